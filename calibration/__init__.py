@@ -1,0 +1,1 @@
+"""Calibration: PyTorch microbenchmarks, the fit of efficiencies, validation. The only torch user."""

@@ -1,0 +1,1 @@
+"""Hardware descriptions and the roofline that turns an operation into time on a device."""

@@ -1,0 +1,86 @@
+"""Time of one operation on one device: roofline bounds shaped by efficiency curves, a floor.
+
+Pure functions of numbers (scalars or numpy arrays), so the simulator can vectorise them over
+batch shapes and cache per-model tables. An op is described by its kind and totals: FLOPs and
+bytes summed over the `launches` kernels that carry it (one per layer, say).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from hwmodels.spec import Efficiency, Hardware, Link
+
+KINDS = ("gemm", "attn_prefill", "attn_decode", "stream", "allreduce", "send")
+
+
+def soft_max(a, b, p: float):
+    """(a^p + b^p)^(1/p): the roofline's max, rounded at the ridge point."""
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    if p >= 64:
+        return np.maximum(a, b)
+    m = np.maximum(np.maximum(a, b), 1e-30)
+    return m * ((a / m) ** p + (b / m) ** p) ** (1.0 / p)
+
+
+def wave_factor(m, n: float, units: int, tile: int = 128):
+    """Useful / issued work when an m x n output is cut into tiles spread over compute units."""
+    m = np.maximum(np.asarray(m, dtype=float), 1.0)
+    tiles = np.ceil(m / tile) * math.ceil(max(n, 1.0) / tile)
+    waves = np.ceil(tiles / units)
+    return m * n / (waves * units * tile * tile)
+
+
+def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, hw: Hardware,
+            m=0.0, n: float = 0.0, seqs=0.0, group: int = 1):
+    """Seconds for an op on one device of `hw`. `group` is the number of devices in a collective."""
+    dev, eff = hw.device, hw.efficiency
+    floor = eff.floor_us * 1e-6 * launches
+    if kind == "gemm":
+        peak = dev.peak_flops(dtype) * eff.gemm_compute
+        if eff.gemm_wave > 0:
+            peak = peak * ((1 - eff.gemm_wave) + eff.gemm_wave * wave_factor(m, n, dev.compute_units))
+        return soft_max(np.asarray(flops) / peak, np.asarray(bytes_) / (dev.bandwidth * eff.gemm_memory),
+                        eff.softmax_p) + floor
+    if kind == "attn_prefill":
+        t_c = np.asarray(flops) / (dev.peak_flops(dtype) * eff.attn_prefill_compute)
+        t_m = np.asarray(bytes_) / (dev.bandwidth * eff.gemm_memory)
+        return soft_max(t_c, t_m, eff.softmax_p) + floor
+    if kind == "attn_decode":
+        t_m = np.asarray(bytes_) / (dev.bandwidth * eff.attn_decode_memory)
+        t_c = np.asarray(flops) / (dev.peak_flops(dtype) * eff.attn_decode_compute)
+        per_seq = eff.attn_decode_seq_us * 1e-6 * np.asarray(seqs) * launches
+        return soft_max(t_c, t_m, eff.softmax_p) + floor + per_seq
+    if kind == "stream":
+        mem = eff.elementwise_memory.get(category, eff.gemm_memory)
+        return np.asarray(bytes_) / (dev.bandwidth * mem) + floor
+    if kind == "allreduce":
+        return allreduce_time(bytes_, group, launches, hw.link if group <= hw.devices_per_node else hw.network, eff)
+    if kind == "send":
+        return send_time(bytes_, launches, hw.link, eff)
+    raise ValueError(f"unknown op kind {kind!r}; known: {KINDS}")
+
+
+def _latency(link: Link, eff: Efficiency) -> float:
+    return (eff.comm_latency_us if eff.comm_latency_us is not None else link.latency_us) * 1e-6
+
+
+def allreduce_time(bytes_, n: int, launches: int, link: Link | None, eff: Efficiency):
+    """Ring all-reduce of `bytes_` in total over `launches` calls: 2(n-1)/n of each message
+    crosses every link, in 2(n-1) latency-bound hops per call."""
+    if n <= 1:
+        return np.zeros_like(np.asarray(bytes_, dtype=float))
+    if link is None:
+        raise ValueError("a collective over several devices needs a link")
+    bw = link.bw_gbps * 1e9 * eff.comm_bw
+    return 2.0 * (n - 1) / n * np.asarray(bytes_, dtype=float) / bw + 2 * (n - 1) * _latency(link, eff) * launches
+
+
+def send_time(bytes_, launches: int, link: Link | None, eff: Efficiency):
+    """Point-to-point sends between pipeline stages."""
+    if link is None:
+        raise ValueError("pipeline parallelism needs a link between devices")
+    return np.asarray(bytes_, dtype=float) / (link.bw_gbps * 1e9 * eff.comm_bw) + _latency(link, eff) * launches

@@ -1,0 +1,137 @@
+"""pydantic descriptions of devices, nodes and clusters: the one schema of a hardware YAML.
+
+Peak throughput is derived, never stated: clock x compute units x FLOPs per cycle per unit,
+so a what-if part changes one physical number and the peaks follow.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
+DTYPE_BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Device(Strict):
+    """One accelerator or CPU socket."""
+
+    name: str
+    kind: Literal["gpu", "cpu", "tpu"] = "gpu"
+    clock_ghz: float = Field(gt=0, le=10, description="clock at which the FLOP rates hold")
+    compute_units: int = Field(gt=0, description="SMs, CUs, TensorCores or CPU cores")
+    flops_per_cycle: dict[str, float] = Field(
+        description="dense FLOPs per cycle per compute unit, by dtype (fp32, bf16, fp16, fp8, int8)"
+    )
+    memory_gb: float = Field(gt=0, description="device memory in GB (1e9 bytes)")
+    memory_bw_gbps: float = Field(gt=0, description="memory bandwidth in GB/s")
+    cache_mb: float = Field(default=0.0, ge=0, description="last-level cache in MB")
+    kernel_launch_us: float = Field(
+        default=2.5, ge=0, description="shortest kernel: launch plus tail on the device"
+    )
+
+    @model_validator(mode="after")
+    def _dtypes(self) -> Device:
+        bad = [k for k in self.flops_per_cycle if k not in DTYPES]
+        if bad:
+            raise ValueError(f"unknown dtype {bad[0]!r} in flops_per_cycle; allowed: {', '.join(DTYPES)}")
+        if not any(v > 0 for v in self.flops_per_cycle.values()):
+            raise ValueError("flops_per_cycle needs at least one dtype with a rate > 0")
+        return self
+
+    def peak_flops(self, dtype: str) -> float:
+        """Dense peak FLOP/s for a dtype; a dtype without units falls back to the next wider one."""
+        for d in _fallback(dtype):
+            fpc = self.flops_per_cycle.get(d, 0.0)
+            if fpc > 0:
+                return self.clock_ghz * 1e9 * self.compute_units * fpc
+        return self.clock_ghz * 1e9 * self.compute_units * max(self.flops_per_cycle.values())
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_gb * 1e9
+
+    @property
+    def bandwidth(self) -> float:
+        return self.memory_bw_gbps * 1e9
+
+
+def _fallback(dtype: str) -> tuple[str, ...]:
+    # fp8/int8/int4 weights dequantise to bf16 GEMMs where no narrow tensor units exist
+    return {
+        "int4": ("int4", "int8", "fp8", "bf16", "fp16", "fp32"),
+        "int8": ("int8", "fp8", "bf16", "fp16", "fp32"),
+        "fp8": ("fp8", "bf16", "fp16", "fp32"),
+        "fp16": ("fp16", "bf16", "fp32"),
+        "bf16": ("bf16", "fp16", "fp32"),
+        "tf32": ("tf32", "fp32"),
+    }.get(dtype, (dtype, "fp32"))
+
+
+class Host(Strict):
+    """The host CPU's side of a step: what PyTorch and the server cost per kernel and per step."""
+
+    name: str = "x86 host"
+    dispatch_us: float = Field(default=20.0, ge=0, description="eager: host time to issue one kernel")
+    graph_launch_us: float = Field(default=60.0, ge=0, description="graph mode: one CUDA graph replay")
+    step_overhead_us: float = Field(
+        default=300.0, ge=0, description="per step: scheduling, input preparation, sampling, sync"
+    )
+
+
+class Link(Strict):
+    name: str = "none"
+    bw_gbps: float = Field(gt=0, description="per device, per direction, GB/s")
+    latency_us: float = Field(default=5.0, ge=0, description="one hop of a collective")
+
+
+class Efficiency(Strict):
+    """Shape of the roofline: how close each kind of kernel gets to peak. Calibration fits these.
+
+    An op takes (t_compute^p + t_memory^p)^(1/p) + floor: a soft maximum, because near the ridge
+    point neither unit is fully used (p = 4 fits H100 GEMMs; p -> inf is the bare roofline).
+    """
+
+    gemm_compute: float = Field(default=0.74, gt=0, le=1, description="fraction of peak a large GEMM reaches")
+    gemm_memory: float = Field(default=0.87, gt=0, le=1, description="fraction of bandwidth a weight stream reaches")
+    gemm_wave: float = Field(
+        default=0.0, ge=0, le=1, description="weight of tile/wave quantisation over compute units (0 = off)"
+    )
+    attn_prefill_compute: float = Field(default=0.50, gt=0, le=1, description="flash attention, prefill")
+    attn_decode_memory: float = Field(default=0.70, gt=0, le=1, description="KV-cache read, decode")
+    attn_decode_compute: float = Field(default=0.25, gt=0, le=1, description="decode attention's FLOP rate")
+    attn_decode_seq_us: float = Field(default=0.0, ge=0, description="extra per sequence in a decode attention")
+    elementwise_memory: dict[str, float] = Field(
+        default_factory=lambda: {"norm": 0.35, "rope": 0.45, "ffn_act": 0.6, "residual_add": 0.9, "embed": 0.2},
+        description="fraction of bandwidth per element-wise category",
+    )
+    softmax_p: float = Field(default=4.0, ge=1, le=64)
+    floor_us: float = Field(default=3.0, ge=0, description="device time of the shortest kernel")
+    comm_bw: float = Field(default=0.75, gt=0, le=1, description="fraction of link bandwidth a collective reaches")
+    comm_latency_us: float | None = Field(default=None, description="per ring step; None: the link's latency")
+
+
+class Hardware(Strict):
+    """A hardware YAML: a device, the host that drives it, its node and cluster."""
+
+    name: str
+    description: str = ""
+    device: Device
+    host: Host = Host()
+    devices_per_node: int = Field(default=1, ge=1, le=1024)
+    link: Link | None = Field(default=None, description="intra-node link between devices")
+    nodes: int = Field(default=1, ge=1)
+    network: Link | None = Field(default=None, description="between nodes")
+    efficiency: Efficiency = Efficiency()
+    price_per_hour: float | None = Field(default=None, ge=0, description="USD per device-hour")
+    sources: dict[str, str] = Field(default_factory=dict, description="field -> where the number came from")
+    profile: str | None = Field(default=None, description="calibration profile applied, if any")
+
+    @property
+    def total_devices(self) -> int:
+        return self.devices_per_node * self.nodes

@@ -1,0 +1,1 @@
+"""momentsim's simulator: models, operations, step costs and the serving engine."""

@@ -1,0 +1,189 @@
+"""`momentsim`: the command line. A user's mistake ends with exit code 2 and one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+
+from hwmodels.errors import InputError
+from hwmodels.load import load_hardware
+from simulator.cost import step_model
+from simulator.memory import check_fits, footprint
+from simulator.model import load_model
+from simulator.ops import Batch, Dtypes, check_tp
+
+SHAPE = re.compile(r"^\s*(-?\d+)\s*[xX]\s*(-?\d+)\s*$")
+
+
+def parse_shape(text: str, flag: str) -> tuple[int, int]:
+    m = SHAPE.match(text)
+    if not m:
+        raise InputError(flag, text, "expected BxLEN, e.g. 16x4096 (batch x tokens)")
+    b, n = int(m.group(1)), int(m.group(2))
+    if b <= 0 or n <= 0:
+        raise InputError(flag, text, "batch and length must be >= 1")
+    return b, n
+
+
+def _resolve(args: argparse.Namespace):
+    model = load_model(args.model)
+    hw = load_hardware(args.hardware)
+    dt = Dtypes(weight=args.weight_dtype or args.dtype, act=args.dtype if args.dtype != "fp8" else "bf16",
+                kv=args.kv_dtype or (args.dtype if args.dtype != "fp8" else "bf16"))
+    try:
+        check_tp(model, args.tp, args.pp)
+    except ValueError as e:
+        raise InputError("--tp", str(args.tp), str(e)) from None
+    if args.tp * args.pp > hw.total_devices:
+        raise InputError("--tp", str(args.tp), f"tp x pp = {args.tp * args.pp} exceeds the {hw.total_devices} "
+                         f"devices of {hw.name} (devices_per_node x nodes)")
+    return model, hw, dt
+
+
+def cmd_step(args: argparse.Namespace) -> int:
+    model, hw, dt = _resolve(args)
+    decode = [parse_shape(s, "--decode") for s in args.decode]
+    prefill = [parse_shape(s, "--prefill") for s in args.prefill]
+    if not decode and not prefill:
+        raise InputError("--decode/--prefill", "", "give at least one, e.g. --decode 16x4096")
+    longest = max([c + 1 for _, c in decode] + [n for _, n in prefill])
+    tokens = sum(b for b, _ in decode) + sum(b * n for b, n in prefill)
+    seqs_kv = sum(b * (c + 1) for b, c in decode) + sum(b * n for b, n in prefill)
+    fp = check_fits(model, hw, args.tp, args.pp, dt, min_tokens=seqs_kv, where="--model/--hardware")
+    sm = step_model(model, hw, args.tp, args.pp, args.mode, dt)
+    cost = sm.cost(Batch.of(decode=decode, prefill=prefill))
+    out = cost.as_dict()
+    if args.verbose:
+        out["config"] = {"model": model.name, "hardware": hw.name, "profile": hw.profile, "tp": args.tp,
+                         "pp": args.pp, "mode": args.mode, "dtypes": vars(dt), "tokens": tokens,
+                         "longest_context": longest, "kernels_per_step": sm.kernels,
+                         "clock_cycles": round(cost.step_ms * 1e-3 * hw.device.clock_ghz * 1e9)}
+        out["memory"] = fp.as_dict()
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{model.name} on {hw.name} (tp={args.tp}, {args.mode}): step {cost.step_ms:.3f} ms "
+              f"(device {cost.device_ms:.3f} ms, host {cost.host_ms:.3f} ms)")
+        for k, v in sorted(cost.breakdown_ms.items(), key=lambda kv: -kv[1]):
+            if v > 0:
+                print(f"  {k:13s} {v:9.3f} ms  {v / cost.step_ms:6.1%}")
+    return 0
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    model, hw, dt = _resolve(args)
+    fp = footprint(model, hw, args.tp, args.pp, dt, args.utilization)
+    out = {"model": model.name, "hardware": hw.name, "tp": args.tp, "pp": args.pp,
+           "params_b": round(model.num_params() / 1e9, 3),
+           "active_params_b": round(model.num_params(active=True) / 1e9, 3), **fp.as_dict(),
+           "fits": fp.kv_capacity_tokens > 0}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:22s} {v}")
+    if not fp.kv_capacity_tokens:
+        check_fits(model, hw, args.tp, args.pp, dt, args.utilization, where="--model/--hardware")
+    return 0
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="preset name or path to config.json / YAML")
+    p.add_argument("--hardware", required=True, help="preset, hardware YAML or calibration profile JSON")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp8"],
+                   help="activations (fp8: fp8 weights with bf16 activations)")
+    p.add_argument("--weight-dtype", choices=["fp32", "bf16", "fp16", "fp8", "int8", "int4"])
+    p.add_argument("--kv-dtype", choices=["fp32", "bf16", "fp16", "fp8", "int8"])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
+    """Subcommands whose code lives elsewhere load only when used (calibration needs torch)."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(module).__getattribute__(func)(args)
+
+    return run
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other bad input
+        self.exit(2, f"momentsim: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="momentsim", description="Simulate LLM inference on real and hypothetical hardware.")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("step", help="the cost of one moment (prefill/decode step)")
+    _add_model_args(p)
+    p.add_argument("--mode", default="graph", choices=["graph", "eager"])
+    p.add_argument("--decode", action="append", default=[], metavar="BxCTX", help="B sequences with CTX cached")
+    p.add_argument("--prefill", action="append", default=[], metavar="BxLEN", help="B prompts of LEN tokens")
+    p.add_argument("-v", "--verbose", action="store_true", help="add config and memory to the JSON")
+    p.set_defaults(func=cmd_step)
+
+    p = sub.add_parser("memory", help="a model's memory footprint on a device")
+    _add_model_args(p)
+    p.add_argument("--utilization", type=float, default=0.9)
+    p.set_defaults(func=cmd_memory)
+
+    p = sub.add_parser("run", help="simulate a serving scenario")
+    p.add_argument("scenario")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--out", help="folder for metrics JSON/CSV, plots and the trace")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_lazy("simulator.run", "cmd_run"))
+
+    p = sub.add_parser("sweep", help="run a grid of scenarios")
+    p.add_argument("sweep")
+    p.add_argument("--out", help="results folder (default: next to the sweep file)")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_lazy("simulator.sweep", "cmd_sweep"))
+
+    p = sub.add_parser("plan", help="cheapest configuration that meets an SLO")
+    p.add_argument("plan")
+    p.add_argument("--out")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_lazy("simulator.plan", "cmd_plan"))
+
+    p = sub.add_parser("calibrate", help="measure this machine with PyTorch, write a profile")
+    p.add_argument("--device", choices=["cpu", "cuda"], required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--base", help="hardware preset the profile starts from")
+    p.set_defaults(func=_lazy("calibration.calibrate", "cmd_calibrate"))
+
+    p = sub.add_parser("validate", help="measure whole layers and steps, compare with predictions")
+    p.add_argument("--device", choices=["cpu", "cuda"], required=True)
+    p.add_argument("--hardware", required=True, help="profile JSON or preset to predict with")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--models", default=None, help="comma-separated preset models")
+    p.set_defaults(func=_lazy("calibration.validate", "cmd_validate"))
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as e:
+        print(f"momentsim: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("momentsim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

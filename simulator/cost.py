@@ -1,0 +1,133 @@
+"""The length of one moment: the step's ops (simulator.ops) timed on a device (hwmodels).
+
+`StepModel` caches, per (model, hardware, tp, pp, mode, dtypes), a table of the token-count
+dependent part of a step (GEMMs, element-wise ops, collectives) over token counts, so that the
+engine costs a step in O(1): a table lookup plus the attention terms in closed form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from hwmodels.roofline import op_time
+from hwmodels.spec import Hardware
+from simulator.model import ModelSpec
+from simulator.ops import (
+    CATEGORIES,
+    Batch,
+    Dtypes,
+    attention_ops,
+    check_tp,
+    dense_ops,
+    eager_kernels,
+)
+
+DEVICE_CATEGORIES = tuple(c for c in CATEGORIES if c != "host")
+
+
+@dataclass(frozen=True)
+class StepCost:
+    step_ms: float
+    device_ms: float
+    host_ms: float
+    breakdown_ms: dict[str, float]
+
+    def as_dict(self) -> dict:
+        r = lambda x: round(float(x), 6)  # noqa: E731
+        return {"step_ms": r(self.step_ms), "device_ms": r(self.device_ms), "host_ms": r(self.host_ms),
+                "breakdown_ms": {k: r(v) for k, v in self.breakdown_ms.items()}}
+
+
+class StepModel:
+    """Step costs of one serving configuration. Build with `step_model(...)` to share the cache."""
+
+    def __init__(self, model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, mode: str = "graph",
+                 dtypes: Dtypes = Dtypes()):
+        check_tp(model, tp, pp)
+        if tp * pp > hw.total_devices:
+            raise ValueError(f"tp*pp={tp * pp} needs more devices than {hw.name} has ({hw.total_devices})")
+        if mode not in ("graph", "eager"):
+            raise ValueError(f"mode {mode!r}; allowed: graph, eager")
+        self.model, self.hw, self.tp, self.pp, self.mode, self.dtypes = model, hw, tp, pp, mode, dtypes
+        self.group = tp
+        host = hw.host
+        self.cpu = hw.device.kind == "cpu"
+        self.kernels = eager_kernels(model, tp, pp)
+        if mode == "eager" or self.cpu:
+            self.issue_s = self.kernels * host.dispatch_us * 1e-6
+        else:
+            self.issue_s = host.graph_launch_us * 1e-6 * pp
+        self.overhead_s = host.step_overhead_us * 1e-6
+        self._dense = np.zeros((len(DEVICE_CATEGORIES), 0))
+        self._lm = np.zeros((len(DEVICE_CATEGORIES), 0))
+        self._dense_tot = np.zeros(0)
+        self._lm_tot = np.zeros(0)
+
+    # -- tables over token counts ---------------------------------------------------------------
+    def _table(self, tokens: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(DEVICE_CATEGORIES), len(tokens)))
+        for op in dense_ops(self.model, tokens, logits, self.dtypes, self.tp, self.pp):
+            t = op_time(op.kind, op.category, op.flops, op.bytes, op.layers, self.dtypes.compute, self.hw,
+                        m=op.m, n=op.n, group=self.group)
+            out[DEVICE_CATEGORIES.index(op.category)] += np.broadcast_to(t, (len(tokens),))
+        return out
+
+    def _grow(self, n: int) -> None:
+        size = max(n + 1, 2 * self._dense_tot.size, 256)
+        t = np.arange(size, dtype=float)
+        zero = np.zeros(size)
+        dense = self._table(t, zero) - self._table(zero, zero)  # token-dependent part
+        base = self._table(zero, zero)
+        lm = self._table(zero, t) - base  # logits-dependent part (final norm, lm_head, gather)
+        self._dense = dense + base  # at logits = 0, so lm adds on top
+        self._dense[:, 0] = 0.0
+        self._lm = lm
+        self._dense_tot = self._dense.sum(axis=0)
+        self._lm_tot = self._lm.sum(axis=0)
+
+    def _attn(self, b: Batch) -> np.ndarray:
+        out = np.zeros(len(DEVICE_CATEGORIES))
+        i = DEVICE_CATEGORIES.index("attention")
+        for op in attention_ops(self.model, b, self.dtypes, self.tp, self.pp):
+            out[i] += float(op_time(op.kind, op.category, op.flops, op.bytes, op.layers, self.dtypes.act,
+                                    self.hw, seqs=op.seqs))
+        return out
+
+    # -- the two entry points --------------------------------------------------------------------
+    def device_s(self, b: Batch) -> float:
+        n = max(b.tokens, b.logit_rows)
+        if n >= self._dense_tot.size:
+            self._grow(n)
+        return float(self._dense_tot[b.tokens] + self._lm_tot[b.logit_rows] + self._attn(b).sum())
+
+    def step_s(self, b: Batch) -> float:
+        """Seconds of one moment: the device's work, the host issuing it, the per-step overhead."""
+        return self._combine(self.device_s(b))
+
+    def _combine(self, dev: float) -> float:
+        if self.cpu:  # the CPU both issues and runs the kernels: nothing overlaps
+            return dev + self.issue_s + self.overhead_s
+        return max(dev, self.issue_s) + self.overhead_s
+
+    def cost(self, b: Batch) -> StepCost:
+        """The contract's breakdown: device categories over all layers, and the host's share."""
+        if b.tokens <= 0:
+            raise ValueError("a step needs at least one token")
+        n = max(b.tokens, b.logit_rows)
+        if n >= self._dense_tot.size:
+            self._grow(n)
+        per = self._dense[:, b.tokens] + self._lm[:, b.logit_rows] + self._attn(b)
+        dev = float(per.sum())
+        step = self._combine(dev)
+        bd = {c: float(v) * 1e3 for c, v in zip(DEVICE_CATEGORIES, per)}
+        bd["host"] = (step - dev) * 1e3  # time the device waits on the host
+        return StepCost(step * 1e3, dev * 1e3, (self.issue_s + self.overhead_s) * 1e3, bd)
+
+
+@lru_cache(maxsize=256)
+def step_model(model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, mode: str = "graph",
+               dtypes: Dtypes = Dtypes()) -> StepModel:
+    return StepModel(model, hw, tp, pp, mode, dtypes)

@@ -1,0 +1,141 @@
+"""The scenario YAML of `momentsim run`: the one description of a serving experiment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hwmodels.errors import from_validation, load_mapping
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Fixed(Strict):
+    dist: Literal["fixed"]
+    value: int = Field(gt=0)
+
+
+class Uniform(Strict):
+    dist: Literal["uniform"]
+    low: int = Field(gt=0)
+    high: int = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> Uniform:
+        if self.high < self.low:
+            raise ValueError("high must be >= low")
+        return self
+
+
+class Lognormal(Strict):
+    dist: Literal["lognormal"]
+    mean: float = Field(gt=0, description="mean length in tokens")
+    sigma: float = Field(ge=0, le=5, description="sigma of the log of the length")
+    max: int | None = Field(default=None, gt=0, description="clip lengths above this")
+
+
+class FromTrace(Strict):
+    dist: Literal["trace"]
+
+
+Length = Annotated[Fixed | Uniform | Lognormal | FromTrace, Field(discriminator="dist")]
+
+
+class Arrival(Strict):
+    process: Literal["poisson", "gamma", "burst", "trace"] = "poisson"
+    rate: float | None = Field(default=None, gt=0, description="requests per second")
+    cv: float = Field(default=1.0, gt=0, description="gamma: coefficient of variation of gaps")
+    path: str | None = Field(default=None, description="trace: CSV or JSONL file")
+    time_scale: float = Field(default=1.0, gt=0, description="trace: multiply arrival times")
+
+    @model_validator(mode="after")
+    def _need(self) -> Arrival:
+        if self.process in ("poisson", "gamma") and self.rate is None:
+            raise ValueError(f"process {self.process} needs a rate (requests per second)")
+        if self.process == "trace" and not self.path:
+            raise ValueError("process trace needs a path to a CSV or JSONL trace")
+        return self
+
+
+class Prefix(Strict):
+    """Shared prompt prefixes (system prompts, multi-turn chat): prefix caching matters."""
+
+    groups: int = Field(default=1, ge=1, description="distinct shared prefixes")
+    length: int = Field(gt=0, description="tokens of each shared prefix (part of the prompt)")
+    fraction: float = Field(default=1.0, ge=0, le=1, description="share of requests that carry one")
+
+
+class Workload(Strict):
+    num_requests: int = Field(default=1000, gt=0, le=100_000_000)
+    arrival: Arrival = Arrival(process="burst")
+    prompt_len: Length = Fixed(dist="fixed", value=512)
+    output_len: Length = Fixed(dist="fixed", value=128)
+    prefix: Prefix | None = None
+
+
+class Serving(Strict):
+    scheduler: Literal["static", "continuous", "chunked"] = "continuous"
+    max_batch_size: int = Field(default=64, gt=0, le=65536)
+    max_batched_tokens: int = Field(default=8192, gt=0, le=1_048_576)
+    tp: int = Field(default=1, ge=1, le=1024)
+    pp: int = Field(default=1, ge=1, le=1024)
+    replicas: int = Field(default=1, ge=1, le=100_000)
+    mode: Literal["graph", "eager"] = "graph"
+    router: Literal["round_robin", "least_outstanding"] = "round_robin"
+    block_size: int = Field(default=16, gt=0, le=1024, description="KV-cache block in tokens")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="share of memory for weights+KV")
+    activation_reserve_gb: float = Field(default=1.0, ge=0, description="kept free for activations")
+    preemption: Literal["recompute", "swap"] = "recompute"
+    prefix_caching: bool = False
+    weight_dtype: Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"] = "bf16"
+    act_dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
+    kv_dtype: Literal["fp32", "bf16", "fp16", "fp8", "int8"] = "bf16"
+    max_queue: int | None = Field(default=None, gt=0, description="reject arrivals beyond this queue length")
+
+
+class Slo(Strict):
+    ttft_ms: float | None = Field(default=None, gt=0, description="per-request TTFT bound (goodput)")
+    tpot_ms: float | None = Field(default=None, gt=0, description="per-request TPOT bound (goodput)")
+    e2e_ms: float | None = Field(default=None, gt=0)
+    p99_ttft_ms: float | None = Field(default=None, gt=0)
+    p99_tpot_ms: float | None = Field(default=None, gt=0)
+
+
+class Scenario(Strict):
+    name: str = "scenario"
+    description: str = ""
+    model: str
+    hardware: str
+    serving: Serving = Serving()
+    workload: Workload = Workload()
+    slo: Slo | None = None
+    seed: int = 0
+
+
+def scenario_from_dict(data: dict[str, Any], where: str, base_dir: Path | None = None) -> Scenario:
+    try:
+        sc = Scenario.model_validate(data)
+    except ValidationError as e:
+        raise from_validation(e, where) from None
+    # relative paths (trace, model/hardware files) are relative to the scenario file
+    if base_dir is not None:
+        upd: dict[str, Any] = {}
+        for key in ("model", "hardware"):
+            v = getattr(sc, key)
+            if ("/" in v or v.endswith((".json", ".yaml", ".yml"))) and not Path(v).is_absolute():
+                upd[key] = str(base_dir / v)
+        arr = sc.workload.arrival
+        if arr.path and not Path(arr.path).is_absolute():
+            new_arr = arr.model_copy(update={"path": str(base_dir / arr.path)})
+            sc = sc.model_copy(update={"workload": sc.workload.model_copy(update={"arrival": new_arr})})
+        sc = sc.model_copy(update=upd)
+    return sc
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    p = Path(path)
+    return scenario_from_dict(load_mapping(p), str(p), p.parent)

@@ -122,7 +122,7 @@ class StepModel:
         per = self._dense[:, b.tokens] + self._lm[:, b.logit_rows] + self._attn(b)
         dev = float(per.sum())
         step = self._combine(dev)
-        bd = {c: float(v) * 1e3 for c, v in zip(DEVICE_CATEGORIES, per)}
+        bd = {c: float(v) * 1e3 for c, v in zip(DEVICE_CATEGORIES, per, strict=True)}
         bd["host"] = (step - dev) * 1e3  # time the device waits on the host
         return StepCost(step * 1e3, dev * 1e3, (self.issue_s + self.overhead_s) * 1e3, bd)
 

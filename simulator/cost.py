@@ -8,8 +8,6 @@ engine costs a step in O(1): a table lookup plus the attention terms in closed f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-
 import numpy as np
 
 from hwmodels.roofline import op_time
@@ -127,7 +125,16 @@ class StepModel:
         return StepCost(step * 1e3, dev * 1e3, (self.issue_s + self.overhead_s) * 1e3, bd)
 
 
-@lru_cache(maxsize=256)
+_CACHE: dict[tuple, StepModel] = {}
+
+
 def step_model(model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, mode: str = "graph",
                dtypes: Dtypes = Dtypes()) -> StepModel:
-    return StepModel(model, hw, tp, pp, mode, dtypes)
+    """A shared StepModel per configuration (specs hold dicts, so key on their JSON)."""
+    key = (model.model_dump_json(), hw.model_dump_json(), tp, pp, mode, dtypes)
+    sm = _CACHE.get(key)
+    if sm is None:
+        if len(_CACHE) > 256:
+            _CACHE.clear()
+        sm = _CACHE[key] = StepModel(model, hw, tp, pp, mode, dtypes)
+    return sm

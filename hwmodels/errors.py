@@ -14,9 +14,15 @@ class InputError(ValueError):
     """Bad input: names the file, the field and what is allowed."""
 
     def __init__(self, where: str, field: str, message: str):
+        where, field, message = (_one_line(x) for x in (where, field, message))
         self.where, self.field, self.message = where, field, message
         loc = f"{where}: {field}" if field else where
         super().__init__(f"{loc}: {message}")
+
+
+def _one_line(text: str) -> str:
+    """A user's key or value may hold line breaks; the message must stay one line."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def from_validation(err: ValidationError, where: str) -> InputError:

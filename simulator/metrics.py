@@ -1,0 +1,237 @@
+"""Summary metrics of one simulated run: the contract's JSON of `momentsim run`, and more.
+
+Everything is computed with numpy over whole arrays (a run may have millions of moments), and
+the result is JSON-safe: numpy scalars become Python numbers and NaN/inf become None (null),
+because a summary of an empty set (no completed request, no decode moment) is "unknown",
+not a number.
+
+Keys beyond the contract: moments_by_kind (prefill = moments with any prompt tokens, i.e.
+prefill-only and mixed; decode = decode-only; each also in device clock cycles), breakdown_share_by_kind,
+mfu / mbu (over all devices of all replicas for the makespan), gpu_busy_frac / host_busy_frac
+(per replica), kv (peak from the moments, mean from the time series), preemptions, goodput
+(requests/s meeting every per-request SLO bound; whether the p99 SLOs hold), queue (from the
+time series, whose points are interval averages), output_tokens and config.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # the engine is only needed for the type; summaries work on any such result
+    from simulator.engine import SimResult
+
+KIND_NAMES = ("prefill", "decode", "mixed")  # SimResult.moments["kind"]: 0, 1, 2
+STATUS_COMPLETED, STATUS_REJECTED = 0, 1
+SIG = 9  # significant digits kept in the JSON: more than any model input is known to
+
+
+def clean(x: Any) -> Any:
+    """JSON-safe copy: numpy -> Python, NaN/inf -> None, floats to SIG significant digits."""
+    if isinstance(x, dict):
+        return {str(k): clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return [clean(v) for v in x.tolist()]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        v = float(x)
+        if not math.isfinite(v):
+            return None
+        return float(f"{v:.{SIG}g}")
+    return x
+
+
+def num(x: float) -> str:
+    """A number for a person: 1,234 / 123 / 12.3 / 1.23 / 0.123, never 1.23e+03."""
+    a = abs(x)
+    if a >= 100:
+        return f"{x:,.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def latency_stats(values_ms: np.ndarray) -> dict[str, float | None]:
+    """mean, p50, p90, p99 of finite values (the contract's latency block); None when empty."""
+    v = np.asarray(values_ms, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+    p50, p90, p99 = np.percentile(v, [50, 90, 99])
+    return {"mean": float(v.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+
+
+def moment_stats(dur_s: np.ndarray, clock_ghz: float | None = None) -> dict[str, float | int | None]:
+    """Moment lengths in ms (the contract's moment_ms block), and in device clock cycles when
+    a clock is given: a moment is to the model what a clock cycle is to a CPU."""
+    ms = np.asarray(dur_s, dtype=float) * 1e3
+    out: dict[str, float | int | None]
+    if ms.size == 0:
+        out = {"mean": None, "std": None, "p50": None, "p99": None, "count": 0}
+    else:
+        p50, p99 = np.percentile(ms, [50, 99])
+        out = {"mean": float(ms.mean()), "std": float(ms.std()), "p50": float(p50), "p99": float(p99),
+               "count": int(ms.size)}
+    if clock_ghz is not None:
+        cyc = 1e-3 * clock_ghz * 1e9  # cycles per ms
+        out["mean_cycles"] = None if out["mean"] is None else out["mean"] * cyc
+        out["p50_cycles"] = None if out["p50"] is None else out["p50"] * cyc
+    return out
+
+
+def shares(seconds: dict[str, float]) -> dict[str, float]:
+    """Each category's fraction of the total (the categories cover the busy time)."""
+    tot = float(sum(max(0.0, float(v)) for v in seconds.values()))
+    if tot <= 0:
+        return {k: 0.0 for k in seconds}
+    return {k: max(0.0, float(v)) / tot for k, v in seconds.items()}
+
+
+def per_request(r: SimResult) -> dict[str, np.ndarray]:
+    """TTFT, TPOT and E2E of every request in ms (NaN where undefined), shared by the summary,
+    requests.csv and the plots so that all three agree."""
+    q = r.requests
+    arrival = np.asarray(q["arrival_s"], dtype=float)
+    first = np.asarray(q["first_token_s"], dtype=float)
+    finish = np.asarray(q["finish_s"], dtype=float)
+    out_len = np.asarray(q["output_len"], dtype=float)
+    done = (np.asarray(q["status"]) == STATUS_COMPLETED) & np.isfinite(finish)
+    ttft = (first - arrival) * 1e3
+    e2e = np.where(done, (finish - arrival) * 1e3, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpot = np.where(done & (out_len > 1), (finish - first) * 1e3 / (out_len - 1), np.nan)
+    return {"ttft_ms": ttft, "tpot_ms": tpot, "e2e_ms": e2e, "completed": done}
+
+
+def _goodput(r: SimResult, lat: dict[str, np.ndarray], makespan: float) -> dict[str, Any]:
+    """Requests per second that meet every per-request SLO bound, and whether the p99 SLOs hold.
+
+    A request counts when it completed and its TTFT, TPOT and E2E are within the bounds that are
+    set; a request of one output token has no TPOT and so cannot miss a TPOT bound."""
+    slo = getattr(getattr(r, "scenario", None), "slo", None)
+    bounds = {k: getattr(slo, k, None) for k in ("ttft_ms", "tpot_ms", "e2e_ms")} if slo else {}
+    ok = lat["completed"].copy()
+    for key, bound in bounds.items():
+        if bound is not None:
+            v = lat[key]
+            ok &= ~(v > bound)  # NaN (no TPOT) passes; a missing TTFT/E2E is already not completed
+    n = ok.size
+    good = int(ok.sum())
+    p99 = {}
+    for key in ("ttft_ms", "tpot_ms"):
+        bound = getattr(slo, f"p99_{key}", None) if slo else None
+        if bound is None:
+            p99[f"p99_{key[:-3]}_ok"] = None
+        else:
+            v = lat[key][np.isfinite(lat[key])]
+            p99[f"p99_{key[:-3]}_ok"] = bool(v.size > 0 and np.percentile(v, 99) <= bound)
+    return {
+        "requests_per_s": good / makespan if makespan > 0 else None,
+        "fraction": good / n if n else None,
+        "requests": good,
+        "slo": {k: v for k, v in bounds.items() if v is not None},
+        **p99,
+    }
+
+
+def _queue(ts: dict[str, np.ndarray]) -> dict[str, float | None]:
+    def stat(key: str) -> tuple[float | None, float | None]:
+        v = np.asarray(ts.get(key, ()), dtype=float)
+        return (float(v.mean()), float(v.max())) if v.size else (None, None)
+
+    qm, qx = stat("queue_len")
+    rm, rx = stat("running")
+    om, ox = stat("outstanding")
+    return {"mean_len": qm, "max_len": qx, "mean_running": rm, "max_running": rx,
+            "mean_outstanding": om, "max_outstanding": ox}
+
+
+def summarize(r: SimResult) -> dict[str, Any]:
+    """The contract's keys (DESIGN.md, `momentsim run --json`) first, then the extras."""
+    q, m = r.requests, r.moments
+    status = np.asarray(q["status"])
+    lat = per_request(r)
+    done = lat["completed"]
+    arrived = int(status.size)
+    completed = int(done.sum())
+    rejected = int((status == STATUS_REJECTED).sum())
+    makespan = float(r.makespan_s)
+    per_s = (lambda x: x / makespan) if makespan > 0 else (lambda x: math.nan)
+    out_tokens = float(np.asarray(q["output_len"], dtype=float)[done].sum())
+
+    dur = np.asarray(m["dur_s"], dtype=float)
+    kind = np.asarray(m["kind"])
+    is_decode = kind == 1
+    cats = {k: dict(v) for k, v in r.category_s.items()}
+    all_cats: dict[str, float] = {}
+    for part in cats.values():
+        for c, s in part.items():
+            all_cats[c] = all_cats.get(c, 0.0) + float(s)
+
+    devices = int(r.replicas) * int(r.devices_per_replica)
+    busy = float(dur.sum())
+    capacity = makespan * int(r.replicas)
+    kv_used = np.asarray(m["kv_blocks_used"], dtype=float)
+    kv_cap = float(r.kv_capacity_blocks)
+    kv_ts = np.asarray(r.timeseries.get("kv_used_frac", ()), dtype=float)
+    pre = np.asarray(q["preemptions"])
+    clock = float(r.clock_ghz)
+
+    out: dict[str, Any] = {
+        "requests": {"arrived": arrived, "completed": completed, "rejected": rejected,
+                     "reject_reasons": {str(k): int(v) for k, v in r.reject_reasons.items()}},
+        "makespan_s": makespan,
+        "output_tokens_per_s": per_s(out_tokens),
+        "requests_per_s": per_s(completed),
+        "ttft_ms": latency_stats(lat["ttft_ms"]),
+        "tpot_ms": latency_stats(lat["tpot_ms"]),
+        "e2e_ms": latency_stats(lat["e2e_ms"]),
+        "moment_ms": moment_stats(dur),
+        "breakdown_share": shares(all_cats),
+        # -- beyond the contract ----------------------------------------------------------------
+        "moments_by_kind": {
+            "prefill": moment_stats(dur[~is_decode], clock),
+            "decode": moment_stats(dur[is_decode], clock),
+            "mixed_count": int((kind == 2).sum()),
+        },
+        "breakdown_share_by_kind": {k: shares(v) for k, v in cats.items()},
+        "mfu": float(r.total_flops) / (makespan * float(r.peak_flops) * devices) if makespan > 0 else None,
+        "mbu": float(r.total_bytes) / (makespan * float(r.mem_bw) * devices) if makespan > 0 else None,
+        "gpu_busy_frac": busy / capacity if capacity > 0 else None,
+        "host_busy_frac": float(r.host_busy_s) / capacity if capacity > 0 else None,
+        "kv": {
+            "capacity_blocks": int(kv_cap),
+            "block_size": int(r.block_size),
+            "peak_blocks": float(kv_used.max()) if kv_used.size else 0.0,
+            "peak_frac": float(kv_used.max()) / kv_cap if kv_used.size and kv_cap > 0 else None,
+            "mean_frac": float(kv_ts.mean()) if kv_ts.size else None,
+        },
+        "preemptions": {"total": int(pre.sum()), "requests": int((pre > 0).sum())},
+        "goodput": _goodput(r, lat, makespan),
+        "queue": _queue(r.timeseries),
+        "output_tokens": out_tokens,
+        "config": _config(r, devices),
+    }
+    return clean(out)
+
+
+def _config(r: SimResult, devices: int) -> dict[str, Any]:
+    """What was simulated, so a metrics.json read alone says what it measured."""
+    sc = getattr(r, "scenario", None)
+    cfg: dict[str, Any] = {"replicas": int(r.replicas), "devices_per_replica": int(r.devices_per_replica),
+                           "devices": devices, "clock_ghz": float(r.clock_ghz),
+                           "peak_flops": float(r.peak_flops), "mem_bw": float(r.mem_bw)}
+    if sc is not None and hasattr(sc, "serving"):
+        cfg = {"scenario": sc.name, "model": sc.model, "hardware": sc.hardware,
+               "scheduler": sc.serving.scheduler, "tp": sc.serving.tp, "pp": sc.serving.pp,
+               "mode": sc.serving.mode, "seed": sc.seed, **cfg}
+    return cfg

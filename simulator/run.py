@@ -1,0 +1,229 @@
+"""`momentsim run SCENARIO.yaml`: simulate one scenario, summarise it, write its outputs.
+
+Bad input must end as one InputError line before any simulation starts, so the model, the
+hardware, the parallelism and the memory footprint are all resolved and checked first.
+`run_scenario` is the one path from a Scenario to its metrics; sweeps call it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hwmodels.errors import InputError
+from hwmodels.load import load_hardware
+from simulator.memory import check_fits
+from simulator.metrics import KIND_NAMES, num, per_request, summarize
+from simulator.model import load_model
+from simulator.ops import Dtypes, check_tp
+from simulator.progress import Progress
+from simulator.scenario import Scenario, load_scenario
+
+if TYPE_CHECKING:
+    from simulator.engine import SimResult
+
+MAX_CSV_ROWS = 1_000_000
+CHUNK = 65_536
+NAN_CELL = re.compile(r"(?<![^,\n])nan(?![^,\n])")  # a whole cell that is NaN
+
+
+# -- checks before simulating --------------------------------------------------------------------
+def _nested(err: InputError, where: str, field: str) -> InputError:
+    """Re-address a resolver's error to the scenario file and field; keep a deeper file's name."""
+    generic = err.where in ("model", "hardware")
+    msg = (f"{err.field}: {err.message}" if err.field else err.message) if generic else str(err)
+    return InputError(where, field, msg)
+
+
+def check_scenario(sc: Scenario, where: str = "scenario") -> None:
+    """Resolve model and hardware and check tp/pp and memory: raise one InputError line."""
+    try:
+        model = load_model(sc.model)
+    except InputError as e:
+        raise _nested(e, where, "model") from None
+    try:
+        hw = load_hardware(sc.hardware)
+    except InputError as e:
+        raise _nested(e, where, "hardware") from None
+    s = sc.serving
+    try:
+        check_tp(model, s.tp, s.pp)
+    except ValueError as e:
+        field = "serving.pp" if str(e).startswith("pp=") else "serving.tp"
+        raise InputError(where, field, str(e)) from None
+    if s.tp * s.pp > hw.total_devices:
+        raise InputError(where, "serving.tp", f"tp x pp = {s.tp * s.pp} exceeds the {hw.total_devices} devices "
+                         f"of {hw.name} (devices_per_node x nodes)")
+    dt = Dtypes(weight=s.weight_dtype, act=s.act_dtype, kv=s.kv_dtype)
+    arr = sc.workload.arrival
+    if arr.process == "trace" and arr.path and not Path(arr.path).is_file():
+        raise InputError(where, "workload.arrival.path", f"trace file not found: {arr.path}")
+    check_fits(model, hw, s.tp, s.pp, dt, s.gpu_memory_utilization, s.activation_reserve_gb,
+               min_tokens=s.block_size, where=f"{where}: model/hardware")
+
+
+# -- outputs -------------------------------------------------------------------------------------
+def write_csv(path: Path, columns: Sequence[tuple[str, np.ndarray, str]], limit: int | None = None) -> int:
+    """Write columns (name, values, %-format) as CSV; NaN cells are left empty. Formats chunks of
+    rows with one %-operation each (numpy's savetxt formats row by row). Returns rows written."""
+    n = min(len(c[1]) for c in columns) if columns else 0
+    if limit is not None:
+        n = min(n, limit)
+    row_fmt = ",".join(c[2] for c in columns) + "\n"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(",".join(c[0] for c in columns) + "\n")
+        for i in range(0, n, CHUNK):
+            j = min(n, i + CHUNK)
+            block = np.empty((j - i, len(columns)), dtype=object)
+            for k, (_, values, _) in enumerate(columns):
+                block[:, k] = np.asarray(values)[i:j].tolist()
+            text = (row_fmt * (j - i)) % tuple(block.ravel().tolist())
+            if "nan" in text:
+                text = NAN_CELL.sub("", text)
+            f.write(text)
+    return n
+
+
+def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str, Any]:
+    """metrics.json, requests.csv, moments.csv, timeseries.csv, the plots and trace.json."""
+    from simulator.plots import write_plots  # matplotlib loads only when plots are wanted
+    from simulator.trace import write_trace
+
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    q = r.requests
+    lat = per_request(r)
+    n_req = len(q["arrival_s"])
+    write_csv(out / "requests.csv", [
+        ("id", np.arange(n_req), "%d"),
+        ("arrival_s", q["arrival_s"], "%.6f"),
+        ("prompt_len", q["prompt_len"], "%d"),
+        ("output_len", q["output_len"], "%d"),
+        ("first_token_s", q["first_token_s"], "%.6f"),
+        ("finish_s", q["finish_s"], "%.6f"),
+        ("ttft_ms", lat["ttft_ms"], "%.4f"),
+        ("tpot_ms", lat["tpot_ms"], "%.4f"),
+        ("e2e_ms", lat["e2e_ms"], "%.4f"),
+        ("replica", q["replica"], "%d"),
+        ("status", np.where(np.asarray(q["status"]) == 1, "rejected", "completed"), "%s"),
+        ("preemptions", q["preemptions"], "%d"),
+    ])
+    m = r.moments
+    n_mom = len(m["start_s"])
+    rows = write_csv(out / "moments.csv", [
+        ("start_s", m["start_s"], "%.6f"),
+        ("dur_ms", np.asarray(m["dur_s"], dtype=float) * 1e3, "%.4f"),
+        ("replica", m["replica"], "%d"),
+        ("kind", np.asarray(KIND_NAMES)[np.asarray(m["kind"], dtype=int)], "%s"),
+        ("tokens", m["tokens"], "%d"),
+        ("batch", m["batch"], "%d"),
+        ("kv_blocks_used", m["kv_blocks_used"], "%d"),
+    ], limit=MAX_CSV_ROWS)
+    if rows < n_mom:
+        notes.append(f"moments.csv holds the first {rows:,} of {n_mom:,} moments (capped); "
+                     "metrics.json covers all of them")
+    ts = r.timeseries
+    keys = ["t_s"] + [k for k in ts if k != "t_s"]
+    write_csv(out / "timeseries.csv", [(k, ts[k], "%.6g") for k in keys if k in ts])
+    plots = write_plots(r, out)
+    tr = write_trace(r, out / "trace.json")
+    if tr.get("truncated"):
+        notes.append(tr["note"])
+    files = ["metrics.json", "requests.csv", "moments.csv", "timeseries.csv", *(p.name for p in plots),
+             "trace.json"]
+    outputs = {"dir": str(out), "files": files, "moments_csv_rows": rows, "notes": notes}
+    full = {**summary, "outputs": outputs}
+    (out / "metrics.json").write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
+    return outputs
+
+
+def run_scenario(scenario: Scenario, out: Path | None = None, progress: bool = False) -> dict[str, Any]:
+    """Simulate, summarise and (with `out`) write every output. The one path sweeps share."""
+    from simulator.engine import simulate
+
+    bar = Progress(enabled=progress) if progress else None
+    try:
+        result = simulate(scenario, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    summary = summarize(result)
+    if out is not None:
+        summary = {**summary, "outputs": write_outputs(result, summary, Path(out))}
+    return summary
+
+
+# -- the command ---------------------------------------------------------------------------------
+def _fmt(x: Any, spec: str | None = None) -> str:
+    if x is None:
+        return "n/a"
+    return format(x, spec) if spec else num(x)
+
+
+def _lat_line(name: str, d: dict[str, Any]) -> str:
+    return (f"{name:<16}mean {_fmt(d['mean']):>8}  p50 {_fmt(d['p50']):>8}  p90 {_fmt(d['p90']):>8}  "
+            f"p99 {_fmt(d['p99']):>8}")
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """A few aligned lines for a person; --json is for programs."""
+    c, req = s.get("config", {}), s["requests"]
+    head = (f"{c.get('model', '?')} on {c.get('hardware', '?')} (tp={c.get('tp', '?')}, pp={c.get('pp', '?')}, "
+            f"replicas={c.get('replicas', '?')}, {c.get('scheduler', '?')})")
+    rej = ""
+    if req["rejected"]:
+        rej = " (" + ", ".join(f"{k}: {v}" for k, v in req["reject_reasons"].items()) + ")"
+    mk = s["moments_by_kind"]
+    lines = [
+        head,
+        f"{'requests':<16}{req['completed']} completed of {req['arrived']} arrived, {req['rejected']} rejected{rej}",
+        f"{'makespan':<16}{_fmt(s['makespan_s'], '.4g')} s",
+        f"{'throughput':<16}{_fmt(s['output_tokens_per_s'], ',.1f')} output tokens/s, "
+        f"{_fmt(s['requests_per_s'])} requests/s",
+        _lat_line("TTFT ms", s["ttft_ms"]),
+        _lat_line("TPOT ms", s["tpot_ms"]),
+        _lat_line("E2E ms", s["e2e_ms"]),
+        f"{'moments':<16}{s['moment_ms']['count']:,}: "
+        + ", ".join(f"{k} {mk[k]['count']:,}" + (f" (p50 {_fmt(mk[k]['p50'])} ms)" if mk[k]["count"] else "")
+                    for k in ("prefill", "decode")),
+        f"{'utilisation':<16}MFU {_fmt(s['mfu'], '.1%')}  MBU {_fmt(s['mbu'], '.1%')}  "
+        f"busy {_fmt(s['gpu_busy_frac'], '.1%')}  KV peak {_fmt(s['kv']['peak_frac'], '.1%')}",
+    ]
+    pre, q = s["preemptions"], s["queue"]
+    if pre["total"] or (q["max_len"] or 0) > 0:
+        lines.append(f"{'queue':<16}mean {_fmt(q['mean_len'])} waiting, max {_fmt(q['max_len'])}; "
+                     + (f"{pre['total']:,} preemptions of {pre['requests']:,} requests" if pre["total"]
+                        else "no preemptions"))
+    g = s["goodput"]
+    if g["slo"]:
+        lines.append(f"{'goodput':<16}{_fmt(g['requests_per_s'])} requests/s within SLO "
+                     f"({_fmt(g['fraction'], '.1%')} of requests)")
+    top = sorted(s["breakdown_share"].items(), key=lambda kv: -kv[1])[:4]
+    if top:
+        lines.append(f"{'time goes to':<16}" + ", ".join(f"{k} {v:.0%}" for k, v in top))
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    where = str(args.scenario)
+    sc = load_scenario(args.scenario)
+    check_scenario(sc, where)
+    show = not getattr(args, "no_progress", False) and sys.stderr.isatty()
+    out = Path(args.out) if getattr(args, "out", None) else None
+    summary = run_scenario(sc, out=out, progress=show)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_summary(summary))
+        if out is not None:
+            print(f"{'outputs':<16}{out}/ ({', '.join(summary['outputs']['files'])})")
+            for note in summary["outputs"]["notes"]:
+                print(f"{'note':<16}{note}")
+    return 0

@@ -1,0 +1,255 @@
+"""summarize() on a hand-built run whose every number was worked out by hand (below), and the
+outputs written from it (CSV cells, trace events, plots) checked against the same numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from simulator.metrics import clean, latency_stats, summarize
+from simulator.progress import Progress
+from simulator.scenario import scenario_from_dict
+
+nan = math.nan
+
+
+@dataclass
+class FakeResult:
+    """The shape of simulator.engine.SimResult, filled by hand."""
+
+    requests: dict[str, np.ndarray]
+    reject_reasons: dict[str, int]
+    moments: dict[str, np.ndarray]
+    category_s: dict[str, dict[str, float]]
+    timeseries: dict[str, np.ndarray]
+    makespan_s: float
+    kv_capacity_blocks: int
+    block_size: int
+    replicas: int
+    devices_per_replica: int
+    clock_ghz: float
+    peak_flops: float
+    mem_bw: float
+    total_flops: float
+    total_bytes: float
+    host_busy_s: float
+    scenario: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def fake_result() -> FakeResult:
+    """Four requests on one replica of two devices, a 5 s run:
+
+    r0 arrives 0.0, first token 0.1, finishes 1.1, 11 tokens: TTFT 100, TPOT 1000/10 = 100, E2E 1100 ms
+    r1 arrives 0.5, first token 0.8, finishes 4.8, 21 tokens: TTFT 300, TPOT 4000/20 = 200, E2E 4300 ms
+    r2 arrives 1.0, first token 1.2, finishes 1.2,  1 token:  TTFT 200, no TPOT,            E2E  200 ms
+    r3 arrives 2.0, rejected (kv_too_long).
+    Moments 100 (prefill), 20, 20 (decode), 60 (mixed) ms.
+    """
+    sc = scenario_from_dict({"model": "llama-3.2-1b", "hardware": "h100-sxm",
+                             "slo": {"ttft_ms": 250, "tpot_ms": 150, "p99_ttft_ms": 200, "p99_tpot_ms": 250}},
+                            "test")
+    return FakeResult(
+        requests={
+            "arrival_s": np.array([0.0, 0.5, 1.0, 2.0]),
+            "prompt_len": np.array([100, 200, 50, 9000]),
+            "output_len": np.array([11, 21, 1, 5]),
+            "first_token_s": np.array([0.1, 0.8, 1.2, nan]),
+            "finish_s": np.array([1.1, 4.8, 1.2, nan]),
+            "replica": np.array([0, 0, 0, -1]),
+            "status": np.array([0, 0, 0, 1]),
+            "preemptions": np.array([0, 2, 0, 0]),
+        },
+        reject_reasons={"kv_too_long": 1},
+        moments={
+            "start_s": np.array([0.0, 0.5, 1.0, 2.0]),
+            "dur_s": np.array([0.1, 0.02, 0.02, 0.06]),
+            "replica": np.array([0, 0, 0, 0]),
+            "kind": np.array([0, 1, 1, 2]),
+            "tokens": np.array([100, 1, 2, 52]),
+            "batch": np.array([1, 1, 2, 3]),
+            "kv_blocks_used": np.array([10, 30, 25, 40]),
+        },
+        category_s={"prefill": {"attention": 0.04, "ffn_up": 0.08, "host": 0.04},
+                    "decode": {"attention": 0.02, "ffn_up": 0.01, "host": 0.01}},
+        timeseries={"t_s": np.arange(5.0), "queue_len": np.array([0, 1, 2, 1, 0]),
+                    "running": np.array([1, 2, 1, 1, 0]), "kv_used_frac": np.array([0.1, 0.3, 0.2, 0.2, 0.0]),
+                    "busy_frac": np.array([1.0, 0.5, 0.2, 0.1, 0.0]), "outstanding": np.array([1, 3, 3, 2, 0])},
+        makespan_s=5.0, kv_capacity_blocks=100, block_size=16, replicas=1, devices_per_replica=2,
+        clock_ghz=2.0, peak_flops=1e15, mem_bw=2e12, total_flops=1e15, total_bytes=4e12, host_busy_s=0.5,
+        scenario=sc,
+    )
+
+
+@pytest.fixture
+def summary() -> dict[str, Any]:
+    return summarize(fake_result())
+
+
+def test_contract_keys(summary: dict[str, Any]) -> None:
+    for k in ("requests", "makespan_s", "output_tokens_per_s", "requests_per_s", "ttft_ms", "tpot_ms",
+              "e2e_ms", "moment_ms", "breakdown_share"):
+        assert k in summary
+    assert set(summary["requests"]) >= {"arrived", "completed", "rejected"}
+    for k in ("ttft_ms", "tpot_ms", "e2e_ms"):
+        assert set(summary[k]) == {"mean", "p50", "p90", "p99"}
+    assert set(summary["moment_ms"]) == {"mean", "std", "p50", "p99", "count"}
+    json.dumps(summary, allow_nan=False)  # JSON-safe
+
+
+def test_requests_and_throughput(summary: dict[str, Any]) -> None:
+    assert summary["requests"] == {"arrived": 4, "completed": 3, "rejected": 1,
+                                   "reject_reasons": {"kv_too_long": 1}}
+    assert summary["makespan_s"] == 5.0
+    assert summary["output_tokens_per_s"] == pytest.approx((11 + 21 + 1) / 5)
+    assert summary["requests_per_s"] == pytest.approx(3 / 5)
+
+
+def test_latencies(summary: dict[str, Any]) -> None:
+    t = summary["ttft_ms"]  # 100, 300, 200
+    assert t["mean"] == pytest.approx(200)
+    assert t["p50"] == pytest.approx(200)
+    assert t["p90"] == pytest.approx(280)  # linear: 200 + 0.8 * 100
+    assert t["p99"] == pytest.approx(298)
+    p = summary["tpot_ms"]  # 100, 200 (r2 has one token: no TPOT)
+    assert p["mean"] == pytest.approx(150)
+    assert p["p50"] == pytest.approx(150)
+    e = summary["e2e_ms"]  # 1100, 4300, 200
+    assert e["mean"] == pytest.approx(5600 / 3)
+    assert e["p50"] == pytest.approx(1100)
+
+
+def test_moments(summary: dict[str, Any]) -> None:
+    m = summary["moment_ms"]  # 100, 20, 20, 60
+    assert m["count"] == 4
+    assert m["mean"] == pytest.approx(50)
+    assert m["std"] == pytest.approx(math.sqrt((50**2 + 30**2 + 30**2 + 10**2) / 4))
+    assert m["p50"] == pytest.approx(40)
+    k = summary["moments_by_kind"]
+    assert k["prefill"]["count"] == 2 and k["prefill"]["mean"] == pytest.approx(80)  # 100 and mixed 60
+    assert k["decode"]["count"] == 2 and k["decode"]["mean"] == pytest.approx(20)
+    assert k["mixed_count"] == 1
+    assert k["prefill"]["mean_cycles"] == pytest.approx(0.080 * 2e9)  # 2 GHz
+    assert k["decode"]["p50_cycles"] == pytest.approx(0.020 * 2e9)
+
+
+def test_breakdown_and_utilisation(summary: dict[str, Any]) -> None:
+    b = summary["breakdown_share"]
+    assert sum(b.values()) == pytest.approx(1.0)
+    assert b == pytest.approx({"attention": 0.06 / 0.2, "ffn_up": 0.09 / 0.2, "host": 0.05 / 0.2})
+    for part in ("prefill", "decode"):
+        assert sum(summary["breakdown_share_by_kind"][part].values()) == pytest.approx(1.0)
+    assert summary["breakdown_share_by_kind"]["decode"]["attention"] == pytest.approx(0.5)
+    assert summary["mfu"] == pytest.approx(1e15 / (5 * 1e15 * 2))  # 2 devices
+    assert summary["mbu"] == pytest.approx(4e12 / (5 * 2e12 * 2))
+    assert summary["gpu_busy_frac"] == pytest.approx(0.2 / 5)
+    assert summary["host_busy_frac"] == pytest.approx(0.5 / 5)
+    assert summary["kv"]["peak_frac"] == pytest.approx(0.4)
+    assert summary["kv"]["mean_frac"] == pytest.approx(0.16)
+    assert summary["preemptions"] == {"total": 2, "requests": 1}
+    assert summary["queue"]["mean_len"] == pytest.approx(0.8)
+    assert summary["queue"]["max_len"] == 2
+
+
+def test_goodput(summary: dict[str, Any]) -> None:
+    g = summary["goodput"]
+    # ttft <= 250 and tpot <= 150: r0 yes, r1 no (TTFT 300), r2 yes (no TPOT), r3 rejected
+    assert g["requests"] == 2
+    assert g["fraction"] == pytest.approx(0.5)
+    assert g["requests_per_s"] == pytest.approx(2 / 5)
+    assert g["p99_ttft_ok"] is False  # p99 TTFT 298 > 200
+    assert g["p99_tpot_ok"] is True  # p99 TPOT 199 <= 250
+
+
+def test_empty_run_is_null_not_nan() -> None:
+    r = fake_result()
+    r.requests["status"][:] = 1
+    r.requests["first_token_s"][:] = nan
+    r.requests["finish_s"][:] = nan
+    for k in r.moments:
+        r.moments[k] = r.moments[k][:0]
+    r.category_s = {"prefill": {}, "decode": {}}
+    s = summarize(r)
+    assert s["ttft_ms"]["mean"] is None and s["moment_ms"]["count"] == 0
+    assert s["moments_by_kind"]["decode"]["mean_cycles"] is None
+    assert s["output_tokens_per_s"] == 0
+    json.dumps(s, allow_nan=False)
+
+
+def test_clean() -> None:
+    assert clean({"a": np.float32(1.5), "b": np.int64(3), "c": [nan, np.inf], 1: np.bool_(True)}) == \
+        {"a": 1.5, "b": 3, "c": [None, None], "1": True}
+    assert latency_stats(np.array([nan])) == {"mean": None, "p50": None, "p90": None, "p99": None}
+
+
+def test_outputs_from_fake(tmp_path: Path) -> None:
+    from simulator.run import write_outputs
+
+    r = fake_result()
+    out = write_outputs(r, summarize(r), tmp_path)
+    assert out["notes"] == []
+    rows = list(csv.DictReader(open(tmp_path / "requests.csv")))
+    assert [row["ttft_ms"] for row in rows] == ["100.0000", "300.0000", "200.0000", ""]
+    assert rows[2]["tpot_ms"] == "" and rows[1]["tpot_ms"] == "200.0000"
+    assert rows[3]["status"] == "rejected" and rows[3]["first_token_s"] == ""
+    mom = list(csv.DictReader(open(tmp_path / "moments.csv")))
+    assert [m["kind"] for m in mom] == ["prefill", "decode", "decode", "mixed"]
+    assert mom[0]["dur_ms"] == "100.0000"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["requests"]["completed"] == 3
+    tr = json.loads((tmp_path / "trace.json").read_text())
+    xs = [e for e in tr["traceEvents"] if e["ph"] == "X"]
+    assert [e["name"] for e in xs] == ["prefill", "decode", "decode", "mixed"]
+    assert xs[0]["ts"] == 0 and xs[0]["dur"] == pytest.approx(100_000)  # microseconds
+    assert xs[3]["args"] == {"tokens": 52, "batch": 3, "kv_blocks": 40}
+    assert any(e["ph"] == "C" for e in tr["traceEvents"])
+    for name in ("latency_cdf.png", "timeline.png", "moment_hist.png", "breakdown.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_csv_cap_and_trace_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import simulator.run as run
+    from simulator.trace import trace_events
+
+    r = fake_result()
+    monkeypatch.setattr(run, "MAX_CSV_ROWS", 2)
+    out = run.write_outputs(r, summarize(r), tmp_path)
+    assert out["moments_csv_rows"] == 2 and "first 2 of 4" in out["notes"][0]
+    assert len((tmp_path / "moments.csv").read_text().splitlines()) == 3
+    tr = trace_events(r, max_events=12)
+    assert tr["otherData"]["truncated"] is True
+    assert len(tr["traceEvents"]) <= 12
+    xs = [e for e in tr["traceEvents"] if e["ph"] == "X"]
+    assert xs and xs[0]["ts"] == 0  # the first moments are kept
+
+
+def test_throughput_curve_integrates_to_tokens() -> None:
+    from simulator.plots import output_rate
+
+    r = fake_result()
+    edges = np.linspace(0, 5, 11)
+    rate = output_rate(r, edges)
+    assert float((rate * np.diff(edges)).sum()) == pytest.approx(33)  # every output token once
+    # bin [0.5, 1.0): r0 emits 10 tokens over (0.1, 1.1] (10/s); r1 emits 20 over (0.8, 4.8]
+    # (5/s for 0.2 s = 1 token) and its first token at 0.8: 5 + 1 + 1 tokens in 0.5 s
+    assert rate[1] == pytest.approx(14)
+
+
+def test_progress_line() -> None:
+    import io
+
+    s = io.StringIO()
+    p = Progress(stream=s, enabled=True, interval=0.0)
+    p(0.5)
+    assert "50.0%" in s.getvalue() and "ETA" in s.getvalue()
+    p.close()
+    q = Progress(stream=io.StringIO())  # not a tty: draws nothing
+    q(0.3)
+    assert q.stream.getvalue() == ""

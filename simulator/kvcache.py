@@ -1,0 +1,116 @@
+"""Paged KV-cache accounting of one replica, in blocks of `block_size` tokens (vLLM's pages).
+
+Only counts are kept, never per-token state, so every operation is O(1) (eviction is O(1)
+amortised per evicted prefix). A request's private blocks are counted by the engine from its
+token count; this class holds the free count and the shared prefixes.
+
+Prefix caching: the full blocks of a shared prefix are held once per replica, refcounted by
+the running requests that use them. A prefix nobody uses stays resident (a later request with
+the same prefix skips its prefill) until free blocks run out, then the least recently released
+one is evicted.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from hwmodels.spec import Hardware
+from simulator.memory import footprint
+from simulator.model import ModelSpec
+from simulator.ops import Dtypes
+
+HIT, MISS, FAIL = 1, 0, -1
+
+
+def capacity_blocks(model: ModelSpec, hw: Hardware, tp: int, pp: int, dt: Dtypes, block_size: int,
+                    utilization: float = 0.9, reserve_gb: float = 1.0) -> int:
+    """Blocks per replica: footprint's KV tokens (per device, already tp/pp-sharded: every
+    device of a replica holds its shard of the same tokens) // block_size."""
+    return footprint(model, hw, tp, pp, dt, utilization, reserve_gb).kv_capacity_tokens // block_size
+
+
+class KVCache:
+    """Block counts of one replica: free, and shared prefixes (in use or cached for reuse)."""
+
+    __slots__ = ("capacity", "block_size", "free", "evictable", "_prefix", "_lru")
+
+    def __init__(self, capacity: int, block_size: int):
+        self.capacity = int(capacity)
+        self.block_size = int(block_size)
+        self.free = int(capacity)
+        self.evictable = 0                       # blocks of resident prefixes nobody uses
+        self._prefix: dict[int, list[int]] = {}  # prefix id -> [blocks, refcount]
+        self._lru: OrderedDict[int, int] = OrderedDict()  # refcount-0 prefixes, oldest first
+
+    @property
+    def used(self) -> int:
+        """Blocks resident: private blocks plus shared prefixes (in use or cached)."""
+        return self.capacity - self.free
+
+    @property
+    def available(self) -> int:
+        """Blocks an allocation could get: free ones plus evictable cached prefixes."""
+        return self.free + self.evictable
+
+    def alloc(self, n: int) -> bool:
+        """Take n blocks, evicting unused cached prefixes (LRU) if needed; False if impossible."""
+        if n <= self.free:
+            self.free -= n
+            return True
+        if n > self.free + self.evictable:
+            return False
+        lru, pref = self._lru, self._prefix
+        while self.free < n:
+            pid, b = lru.popitem(last=False)
+            del pref[pid]
+            self.free += b
+            self.evictable -= b
+        self.free -= n
+        return True
+
+    def release(self, n: int) -> None:
+        self.free += n
+
+    def resident(self, pid: int) -> bool:
+        """Is prefix `pid` held (its KV computed and reusable)?"""
+        return pid in self._prefix
+
+    def acquire_prefix(self, pid: int, blocks: int) -> int:
+        """Use prefix `pid` (of `blocks` full blocks): HIT if resident (its KV is reused), MISS if
+        it was allocated now (the request computes it), FAIL if there is no room."""
+        ent = self._prefix.get(pid)
+        if ent is not None:
+            if ent[1] == 0:
+                del self._lru[pid]
+                self.evictable -= ent[0]
+            ent[1] += 1
+            return HIT
+        if not self.alloc(blocks):
+            return FAIL
+        self._prefix[pid] = [blocks, 1]
+        return MISS
+
+    def release_prefix(self, pid: int) -> None:
+        """A request stops using the prefix; at refcount 0 it stays cached, evictable."""
+        ent = self._prefix[pid]
+        ent[1] -= 1
+        if ent[1] == 0:
+            self._lru[pid] = ent[0]
+            self.evictable += ent[0]
+
+    def drop_prefix(self, pid: int) -> None:
+        """Undo a MISS whose request was not admitted after all: the blocks hold nothing."""
+        ent = self._prefix.pop(pid)
+        if ent[1] != 1:
+            raise RuntimeError("drop_prefix of a prefix other requests use")
+        self.free += ent[0]
+
+    def check(self) -> None:
+        """Invariants, for tests: counts within [0, capacity], evictable = refcount-0 prefixes."""
+        held = sum(b for b, _ in self._prefix.values())
+        assert 0 <= self.free <= self.capacity, (self.free, self.capacity)
+        assert self.evictable == sum(self._lru.values())
+        assert held <= self.capacity - self.free
+
+
+__all__ = ["KVCache", "capacity_blocks", "HIT", "MISS", "FAIL"]

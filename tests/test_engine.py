@@ -1,0 +1,313 @@
+"""The engine's invariants: every request accounted for, KV within capacity, exact token counts,
+time moving forward, determinism, hand-computed static batches, preemption, token budgets."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hwmodels.load import load_hardware
+from simulator.cost import step_model
+from simulator.engine import DECODE, MIXED, PREFILL, simulate
+from simulator.model import load_model
+from simulator.ops import Batch, Dtypes, step_ops, total_flops
+from simulator.scenario import Scenario
+
+MODEL = "llama-3.2-1b"
+
+
+def scen(hardware="h100-sxm", seed=0, **parts) -> Scenario:
+    d = {"model": MODEL, "hardware": hardware, "seed": seed, "serving": {}, "workload": {}}
+    for k, v in parts.items():
+        section, key = k.split("__")
+        d[section][key] = v
+    return Scenario.model_validate(d)
+
+
+def sm_of(hw="h100-sxm"):
+    return step_model(load_model(MODEL), load_hardware(hw), 1, 1, "graph", Dtypes())
+
+
+def tiny_hw(tmp_path, kv_tokens: int) -> str:
+    """A what-if H100 whose memory leaves room for about kv_tokens of llama-3.2-1b KV cache."""
+    m = load_model(MODEL)
+    gb = (m.weight_bytes() + 1e9 + (kv_tokens + 0.5) * m.kv_bytes_per_token()) / 0.9 / 1e9
+    p = tmp_path / "tiny.yaml"
+    p.write_text(f"base: h100-sxm\nname: tiny-h100\ndevice:\n  memory_gb: {gb!r}\n")
+    return str(p)
+
+
+def check(r, exact_tokens: bool = True) -> None:
+    """Invariants every run keeps."""
+    q, m = r.requests, r.moments
+    n = q["arrival_s"].size
+    st_ = q["status"]
+    assert set(np.unique(st_).tolist()) <= {0, 1}
+    assert int((st_ == 1).sum()) == sum(r.reject_reasons.values())
+    done = st_ == 0
+    assert not np.isnan(q["finish_s"][done]).any() and np.isnan(q["finish_s"][~done]).all()
+    assert np.all(q["first_token_s"][done] <= q["finish_s"][done])
+    assert np.all(q["first_token_s"][done] >= q["arrival_s"][done])
+    assert np.all(m["kv_blocks_used"] <= r.kv_capacity_blocks) and np.all(m["kv_blocks_used"] >= 0)
+    assert np.all(m["dur_s"] > 0)
+    for rep in range(r.replicas):
+        sel = m["replica"] == rep
+        s, d = m["start_s"][sel], m["dur_s"][sel]
+        assert np.all(np.diff(s) >= 0)
+        assert np.all(s[1:] >= (s + d)[:-1] - 1e-9 * np.maximum(1.0, s[1:]))  # no overlap
+    assert r.makespan_s >= (m["start_s"] + m["dur_s"]).max(initial=0.0) - 1e-12
+    assert n == done.sum() + (st_ == 1).sum()
+    if exact_tokens:
+        # each completed request produced exactly output_len tokens: its first at the end of its
+        # prefill, then one per decode-bearing moment of its replica until it finished
+        for rep in range(r.replicas):
+            sel = (m["replica"] == rep) & (m["kind"] != PREFILL)
+            ends = np.sort(m["start_s"][sel] + m["dur_s"][sel])
+            mine = done & (q["replica"] == rep)
+            steps = np.searchsorted(ends, q["finish_s"][mine], "right") - np.searchsorted(
+                ends, q["first_token_s"][mine], "right")
+            assert np.array_equal(steps, q["output_len"][mine] - 1)
+
+
+def test_step_cost_matches_step_model():
+    sm = sm_of()
+    c = sm.step_agg
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        ds, ps = int(rng.integers(0, 300)), int(rng.integers(0, 4))
+        pt = int(rng.integers(ps, 5 * ps + 1) * 100) if ps else 0
+        if ds + pt == 0:
+            continue
+        dc = int(rng.integers(0, 2000)) * ds
+        pairs = float(rng.integers(0, 10**6)) * ps
+        pc = int(rng.integers(0, 100)) * ps
+        b = Batch(ds, dc, ps, pt, pairs, pc, ds + ps)
+        assert c(ds, dc, ps, pt, pairs, pc, ds + ps) == pytest.approx(sm.step_s(b), rel=1e-9)
+
+
+@pytest.mark.parametrize("sched", ["static", "continuous", "chunked"])
+def test_invariants_poisson(sched):
+    sc = scen(serving__scheduler=sched, serving__max_batch_size=16, serving__max_batched_tokens=2048,
+              workload__num_requests=300, workload__arrival={"process": "poisson", "rate": 40.0},
+              workload__prompt_len={"dist": "lognormal", "mean": 300, "sigma": 0.6, "max": 2000},
+              workload__output_len={"dist": "lognormal", "mean": 40, "sigma": 0.8})
+    r = simulate(sc)
+    check(r)
+    assert r.requests["status"].sum() == 0 and r.requests["preemptions"].sum() == 0
+    # no preemption, no prefix cache: the moments processed every prompt token and every
+    # generated token but the last of each request (whose KV is never needed)
+    q = r.requests
+    assert r.moments["tokens"].sum() == q["prompt_len"].sum() + (q["output_len"] - 1).sum()
+    kinds = set(np.unique(r.moments["kind"]).tolist())
+    assert kinds <= ({PREFILL, DECODE, MIXED} if sched == "chunked" else {PREFILL, DECODE})
+    assert sum(sum(v.values()) for v in r.category_s.values()) == pytest.approx(r.moments["dur_s"].sum(), rel=1e-9)
+    assert r.host_busy_s == pytest.approx(r.moments["dur_s"].size * (sm_of().issue_s + sm_of().overhead_s))
+    assert 0 < r.total_flops and 0 < r.total_bytes
+
+
+def test_same_seed_same_result_other_seed_differs():
+    kw = dict(serving__scheduler="continuous", workload__num_requests=100,
+              workload__arrival={"process": "poisson", "rate": 30.0},
+              workload__output_len={"dist": "uniform", "low": 1, "high": 60})
+    a, b, c = simulate(scen(seed=1, **kw)), simulate(scen(seed=1, **kw)), simulate(scen(seed=2, **kw))
+    for k in a.requests:
+        assert np.array_equal(a.requests[k], b.requests[k], equal_nan=True)
+    for k in a.moments:
+        assert np.array_equal(a.moments[k], b.moments[k])
+    assert not np.array_equal(a.requests["finish_s"], c.requests["finish_s"], equal_nan=True)
+
+
+@pytest.mark.parametrize("n,maxb", [(4, 8), (6, 4)])
+def test_static_makespan_by_hand(n, maxb):
+    P, OUT = 100, 20
+    sc = scen(serving__scheduler="static", serving__max_batch_size=maxb, workload__num_requests=n,
+              workload__arrival={"process": "burst"}, workload__prompt_len={"dist": "fixed", "value": P},
+              workload__output_len={"dist": "fixed", "value": OUT})
+    r = simulate(sc)
+    check(r)
+    sm = sm_of()
+
+    def batch_s(b: int) -> float:  # prefill of b prompts, then OUT-1 decode steps, contexts +1 each
+        return sm.step_s(Batch.of(prefill=[(b, P)])) + sum(
+            sm.step_s(Batch(b, b * (P + k - 1))) for k in range(1, OUT))
+
+    sizes = [maxb] * (n // maxb) + ([n % maxb] if n % maxb else [])
+    assert r.makespan_s == pytest.approx(sum(batch_s(b) for b in sizes), rel=1e-9)
+    assert r.moments["dur_s"].size == len(sizes) * OUT
+    first = sm.step_s(Batch.of(prefill=[(sizes[0], P)]))
+    assert r.requests["first_token_s"][0] == pytest.approx(first, rel=1e-12)
+    # device work from the running sums = the ops of every moment added up (dense model: exact)
+    batches = [b for n_ in sizes for b in [Batch.of(prefill=[(n_, P)])] + [Batch(n_, n_ * (P + k - 1))
+                                                                          for k in range(1, OUT)]]
+    model = load_model(MODEL)
+    ops = [step_ops(model, b) for b in batches]
+    assert r.total_flops == pytest.approx(sum(total_flops(o) for o in ops), rel=1e-9)
+    assert r.total_bytes == pytest.approx(sum(float(np.sum(x.bytes)) for o in ops for x in o), rel=1e-9)
+
+
+def test_continuous_beats_static_throughput():
+    kw = dict(serving__max_batch_size=32, workload__num_requests=300,
+              workload__arrival={"process": "poisson", "rate": 200.0},
+              workload__prompt_len={"dist": "lognormal", "mean": 200, "sigma": 0.5},
+              workload__output_len={"dist": "lognormal", "mean": 100, "sigma": 1.0})
+    s = simulate(scen(serving__scheduler="static", **kw))
+    c = simulate(scen(serving__scheduler="continuous", **kw))
+    tput = lambda r: r.requests["output_len"][r.requests["status"] == 0].sum() / r.makespan_s
+    assert tput(c) >= tput(s)
+    assert np.nanmean(c.requests["finish_s"] - c.requests["arrival_s"]) < np.nanmean(
+        s.requests["finish_s"] - s.requests["arrival_s"])
+
+
+@pytest.mark.parametrize("sched", ["continuous", "chunked"])
+@pytest.mark.parametrize("mode", ["recompute", "swap"])
+def test_preemption_when_kv_is_tiny(tmp_path, sched, mode):
+    hw = tiny_hw(tmp_path, 3000)
+    sc = scen(hardware=hw, serving__scheduler=sched, serving__preemption=mode, serving__max_batch_size=64,
+              serving__max_batched_tokens=1024, workload__num_requests=120,
+              workload__arrival={"process": "poisson", "rate": 100.0},
+              workload__prompt_len={"dist": "uniform", "low": 50, "high": 400},
+              workload__output_len={"dist": "uniform", "low": 50, "high": 500})
+    r = simulate(sc)
+    assert r.kv_capacity_blocks == 3000 // 16
+    check(r, exact_tokens=False)
+    assert r.requests["preemptions"].sum() > 0
+    assert (r.requests["status"] == 0).all()  # every one still completes
+    assert r.moments["kv_blocks_used"].max() > 0.8 * r.kv_capacity_blocks
+
+
+def test_swap_charges_transfers_recompute_reprefills(tmp_path):
+    hw = tiny_hw(tmp_path, 3000)
+    kw = dict(hardware=hw, serving__scheduler="continuous", serving__max_batch_size=64,
+              workload__num_requests=80, workload__arrival={"process": "burst"},
+              workload__prompt_len={"dist": "fixed", "value": 200}, workload__output_len={"dist": "fixed", "value": 300})
+    rec = simulate(scen(serving__preemption="recompute", **kw))
+    swp = simulate(scen(serving__preemption="swap", **kw))
+    q = rec.requests
+    base = q["prompt_len"].sum() + (q["output_len"] - 1).sum()
+    assert rec.requests["preemptions"].sum() > 0 and rec.moments["tokens"].sum() > base  # re-prefills
+    assert swp.requests["preemptions"].sum() > 0 and swp.moments["tokens"].sum() == base  # no recompute
+
+
+def test_chunked_never_exceeds_token_budget():
+    sc = scen(serving__scheduler="chunked", serving__max_batched_tokens=512, serving__max_batch_size=64,
+              workload__num_requests=150, workload__arrival={"process": "poisson", "rate": 100.0},
+              workload__prompt_len={"dist": "lognormal", "mean": 1500, "sigma": 0.5},
+              workload__output_len={"dist": "fixed", "value": 30})
+    r = simulate(sc)
+    check(r)
+    assert r.moments["tokens"].max() <= 512
+    assert (r.moments["kind"] == MIXED).any()
+    assert r.requests["status"].sum() == 0  # long prompts are chunked, not rejected
+
+
+def test_rejections_have_reasons(tmp_path):
+    hw = tiny_hw(tmp_path, 1000)
+    sc = scen(hardware=hw, serving__scheduler="continuous", serving__max_batched_tokens=600,
+              workload__num_requests=400, workload__arrival={"process": "poisson", "rate": 50.0},
+              workload__prompt_len={"dist": "uniform", "low": 100, "high": 1200},
+              workload__output_len={"dist": "fixed", "value": 50})
+    r = simulate(sc)
+    check(r, exact_tokens=False)
+    q = r.requests
+    cap = r.kv_capacity_blocks * r.block_size
+    too_big = q["prompt_len"] + q["output_len"] > cap
+    too_long = (q["prompt_len"] > 600) & ~too_big
+    assert too_big.any() and too_long.any()
+    assert np.all(q["status"][too_big | too_long] == 1) and np.all(q["status"][~(too_big | too_long)] == 0)
+    assert r.reject_reasons == {"exceeds kv capacity": int(too_big.sum()), "prompt > max_batched_tokens":
+                                int(too_long.sum())}
+
+
+def test_queue_full():
+    sc = scen(serving__scheduler="static", serving__max_batch_size=2, serving__max_queue=3,
+              workload__num_requests=20, workload__arrival={"process": "burst"})
+    r = simulate(sc)
+    check(r)
+    assert r.reject_reasons == {"queue full": 17}  # all arrive at once: 3 wait, the rest are turned away
+
+
+def test_replicas_and_routers():
+    for router in ("round_robin", "least_outstanding"):
+        sc = scen(serving__replicas=3, serving__router=router, workload__num_requests=200,
+                  workload__arrival={"process": "poisson", "rate": 300.0},
+                  workload__output_len={"dist": "uniform", "low": 1, "high": 100})
+        r = simulate(sc)
+        check(r)
+        counts = np.bincount(r.requests["replica"], minlength=3)
+        assert counts.min() > 40
+        if router == "round_robin":
+            assert counts.tolist() == [67, 67, 66]
+        assert r.timeseries["busy_frac"].max() <= 1.0 + 1e-9
+
+
+def test_prefix_caching_skips_shared_prefill():
+    kw = dict(serving__scheduler="continuous", workload__num_requests=200,
+              workload__arrival={"process": "poisson", "rate": 50.0},
+              workload__prompt_len={"dist": "uniform", "low": 50, "high": 150},
+              workload__prefix={"groups": 2, "length": 512, "fraction": 1.0})
+    off = simulate(scen(**kw))
+    on = simulate(scen(serving__prefix_caching=True, **kw))
+    check(off)
+    check(on)
+    # all but the first request of each group reuse 512 cached tokens (32 blocks)
+    saved = off.moments["tokens"].sum() - on.moments["tokens"].sum()
+    assert saved >= (200 - 2 * 4) * 512
+    assert np.nanmean(on.requests["first_token_s"] - on.requests["arrival_s"]) < np.nanmean(
+        off.requests["first_token_s"] - off.requests["arrival_s"])
+
+
+def test_timeseries_and_progress():
+    seen = []
+    sc = scen(workload__num_requests=300, workload__arrival={"process": "poisson", "rate": 100.0})
+    r = simulate(sc, progress=seen.append)
+    check(r)
+    ts = r.timeseries
+    assert set(ts) == {"t_s", "queue_len", "running", "kv_used_frac", "busy_frac", "outstanding"}
+    assert all(v.size == ts["t_s"].size for v in ts.values()) and ts["t_s"].size >= 500
+    assert np.all(np.diff(ts["t_s"]) > 0)
+    assert 0 <= ts["kv_used_frac"].min() and ts["kv_used_frac"].max() <= 1
+    assert np.all(ts["queue_len"] >= 0) and np.all(ts["running"] <= ts["outstanding"] + 1e-6)
+    # busy fraction averaged over the grid = busy seconds / makespan
+    assert ts["busy_frac"].mean() == pytest.approx(r.moments["dur_s"].sum() / r.makespan_s, rel=1e-6)
+    assert seen and seen[-1] == 1.0 and all(0 <= x <= 1 for x in seen)
+
+
+def test_model_that_does_not_fit_is_input_error(tmp_path):
+    from hwmodels.errors import InputError
+    p = tmp_path / "small.yaml"
+    p.write_text("base: h100-sxm\nname: small\ndevice:\n  memory_gb: 2\n")
+    with pytest.raises(InputError, match="needs"):
+        simulate(scen(hardware=str(p)))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sched=st.sampled_from(["static", "continuous", "chunked"]), maxb=st.integers(1, 12),
+       mbt=st.sampled_from([64, 256, 1024]), bs=st.sampled_from([1, 4, 16]), kv=st.integers(300, 3000),
+       mode=st.sampled_from(["recompute", "swap"]), pc=st.booleans(), n=st.integers(1, 30),
+       rate=st.floats(1.0, 1000.0), replicas=st.integers(1, 2), seed=st.integers(0, 3),
+       prefix=st.booleans())
+def test_property_all_accounted_kv_within_capacity(tmp_path_factory, sched, maxb, mbt, bs, kv, mode, pc, n, rate,
+                                                   replicas, seed, prefix):
+    hw = tiny_hw(tmp_path_factory.mktemp("hw"), kv)
+    wl = {"num_requests": n, "arrival": {"process": "poisson", "rate": rate},
+          "prompt_len": {"dist": "uniform", "low": 1, "high": 600},
+          "output_len": {"dist": "lognormal", "mean": 60, "sigma": 1.0, "max": 800}}
+    if prefix:
+        wl["prefix"] = {"groups": 2, "length": 40, "fraction": 0.7}
+    sc = Scenario.model_validate({
+        "model": MODEL, "hardware": hw, "seed": seed, "workload": wl,
+        "serving": {"scheduler": sched, "max_batch_size": maxb, "max_batched_tokens": mbt, "block_size": bs,
+                    "preemption": mode, "prefix_caching": pc, "replicas": replicas}})
+    r = simulate(sc)
+    check(r, exact_tokens=r.requests["preemptions"].sum() == 0)
+    q = r.requests
+    cap = r.kv_capacity_blocks * bs
+    fits = q["prompt_len"] + q["output_len"] <= cap
+    if sched == "continuous":
+        fits &= q["prompt_len"] <= mbt
+    assert np.array_equal(q["status"] == 0, fits)
+    if sched == "chunked":
+        assert r.moments["tokens"].max(initial=0) <= mbt
+    assert math.isfinite(r.makespan_s)

@@ -8,10 +8,11 @@ engine costs a step in O(1): a table lookup plus the attention terms in closed f
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 
 from hwmodels.roofline import op_time
-from hwmodels.spec import Hardware
+from hwmodels.spec import DTYPE_BYTES, Hardware
 from simulator.model import ModelSpec
 from simulator.ops import (
     CATEGORIES,
@@ -24,6 +25,7 @@ from simulator.ops import (
 )
 
 DEVICE_CATEGORIES = tuple(c for c in CATEGORIES if c != "host")
+_ATTN = DEVICE_CATEGORIES.index("attention")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,58 @@ class StepModel:
         self._lm = np.zeros((len(DEVICE_CATEGORIES), 0))
         self._dense_tot = np.zeros(0)
         self._lm_tot = np.zeros(0)
+        self._attention_coefficients()
+        self._grow(4096)
+
+    def _attention_coefficients(self) -> None:
+        """Attention's FLOPs and bytes are linear in the batch aggregates (ops.attention_ops), so
+        its time is roofline.op_time in closed form: seconds per pair / per cached token here.
+        tests/test_cost.py checks this against op_time(attention_ops(...))."""
+        m, dev, eff, dt = self.model, self.hw.device, self.hw.efficiency, self.dtypes
+        L = m.num_hidden_layers
+        heads = m.num_attention_heads / self.tp
+        kvh = max(m.kv_heads / self.tp, 1.0)
+        hd, a, kvb = m.hd, DTYPE_BYTES[dt.act], DTYPE_BYTES[dt.kv]
+        peak, bw = dev.peak_flops(dt.act), dev.bandwidth
+        self.win = m.sliding_window
+        self.p = float(eff.softmax_p)
+        self.floor = eff.floor_us * 1e-6 * L
+        self.d_c = 4.0 * heads * hd * L / (peak * eff.attn_decode_compute)   # per context token
+        self.d_m = 2 * kvh * hd * kvb * L / (bw * eff.attn_decode_memory)   # per context token
+        self.d_q = 2 * heads * hd * a * L / (bw * eff.attn_decode_memory)   # per sequence
+        self.d_seq = eff.attn_decode_seq_us * 1e-6 * L
+        self.p_c = 4.0 * heads * hd * L / (peak * eff.attn_prefill_compute)  # per pair
+        self.p_cm = 2 * kvh * hd * kvb * L / (bw * eff.gemm_memory)         # per cached token
+        self.p_tm = ((2 * heads + 2 * kvh) * hd * a + 2 * kvh * hd * kvb) * L / (bw * eff.gemm_memory)
+
+    def _soft(self, x: float, y: float) -> float:
+        p = self.p
+        hi = x if x > y else y
+        if p >= 64 or hi <= 0.0:
+            return hi
+        return hi * ((x / hi) ** p + (y / hi) ** p) ** (1.0 / p)
+
+    def attention_s(self, ds: int, dc: float, pt: int, pairs: float, pc: float) -> float:
+        """Seconds of attention for decode (ds seqs, dc cached tokens in all) and prefill (pt new
+        tokens, `pairs` causal query-key pairs, pc cached tokens before the chunks)."""
+        t = 0.0
+        if pt:
+            if self.win and pairs > pt * self.win:
+                pairs = pt * self.win
+            t = self._soft(pairs * self.p_c, pc * self.p_cm + pt * self.p_tm) + self.floor
+        if ds:
+            ctx = dc + ds  # each attends to its cache plus itself
+            if self.win and ctx > ds * self.win:
+                ctx = ds * self.win
+            t += self._soft(ctx * self.d_c, ctx * self.d_m + ds * self.d_q) + self.floor + ds * self.d_seq
+        return t
+
+    def step_agg(self, ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int) -> float:
+        """step_s from the batch aggregates as plain numbers: the engine's hot path."""
+        tok = ds + pt
+        if tok >= self._size or lg >= self._size:
+            self._grow(max(tok, lg))
+        return self._combine(self._dense_l[tok] + self._lm_l[lg] + self.attention_s(ds, dc, pt, pairs, pc))
 
     # -- tables over token counts ---------------------------------------------------------------
     def _table(self, tokens: np.ndarray, logits: np.ndarray) -> np.ndarray:
@@ -85,21 +139,24 @@ class StepModel:
         self._lm = lm
         self._dense_tot = self._dense.sum(axis=0)
         self._lm_tot = self._lm.sum(axis=0)
+        self._dense_l = self._dense_tot.tolist()  # python floats: faster to index one at a time
+        self._lm_l = self._lm_tot.tolist()
+        self._size = len(self._dense_l)
 
-    def _attn(self, b: Batch) -> np.ndarray:
-        out = np.zeros(len(DEVICE_CATEGORIES))
-        i = DEVICE_CATEGORIES.index("attention")
-        for op in attention_ops(self.model, b, self.dtypes, self.tp, self.pp):
-            out[i] += float(op_time(op.kind, op.category, op.flops, op.bytes, op.layers, self.dtypes.act,
-                                    self.hw, seqs=op.seqs))
-        return out
+    def _attn_b(self, b: Batch) -> float:
+        return self.attention_s(b.decode_seqs, b.decode_ctx, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx)
+
+    def attention_ops_s(self, b: Batch) -> float:
+        """The same attention time through ops.attention_ops and roofline.op_time (for checking)."""
+        return sum(float(op_time(op.kind, op.category, op.flops, op.bytes, op.layers, self.dtypes.act, self.hw,
+                                 seqs=op.seqs)) for op in attention_ops(self.model, b, self.dtypes, self.tp, self.pp))
 
     # -- the two entry points --------------------------------------------------------------------
     def device_s(self, b: Batch) -> float:
         n = max(b.tokens, b.logit_rows)
-        if n >= self._dense_tot.size:
+        if n >= self._size:
             self._grow(n)
-        return float(self._dense_tot[b.tokens] + self._lm_tot[b.logit_rows] + self._attn(b).sum())
+        return self._dense_l[b.tokens] + self._lm_l[b.logit_rows] + self._attn_b(b)
 
     def step_s(self, b: Batch) -> float:
         """Seconds of one moment: the device's work, the host issuing it, the per-step overhead."""
@@ -115,9 +172,10 @@ class StepModel:
         if b.tokens <= 0:
             raise ValueError("a step needs at least one token")
         n = max(b.tokens, b.logit_rows)
-        if n >= self._dense_tot.size:
+        if n >= self._size:
             self._grow(n)
-        per = self._dense[:, b.tokens] + self._lm[:, b.logit_rows] + self._attn(b)
+        per = self._dense[:, b.tokens] + self._lm[:, b.logit_rows]
+        per[_ATTN] += self._attn_b(b)
         dev = float(per.sum())
         step = self._combine(dev)
         bd = {c: float(v) * 1e3 for c, v in zip(DEVICE_CATEGORIES, per, strict=True)}

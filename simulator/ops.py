@@ -129,10 +129,11 @@ def dense_ops(model: ModelSpec, tokens, logits, dt: Dtypes, tp: int = 1, pp: int
         return Op(name, cat, "gemm", fl, by, layers, m, n, k, copies, 0.0, kernels)
 
     def stream(name: str, cat: str, elems, reads: float, writes: float, layers: int, flops_per_elem: float = 1.0,
-               kernels: int = 1) -> Op:
+               kernels: int = 1, rows=None) -> Op:
+        """An element-wise kernel over `rows` tokens (one thread block each on a GPU)."""
         e = np.asarray(elems, dtype=float)
         return Op(name, cat, "stream", flops_per_elem * e * layers, (reads + writes) * a * e * layers, layers,
-                  kernels=kernels)
+                  m=t if rows is None else rows, kernels=kernels)
 
     ops.append(stream("embed", "embed", t * h, 1, 1, 1, 0.0, EAGER_KERNELS["embed"]))
     ops.append(stream("input_norm", "norm", t * h, 1, 1, L, 4.0, EAGER_KERNELS["norm"]))
@@ -150,7 +151,8 @@ def dense_ops(model: ModelSpec, tokens, logits, dt: Dtypes, tp: int = 1, pp: int
         ops.append(gemm("router", "ffn_up", t, E, h, L, kernels=EAGER_KERNELS["moe_router"]))
         touched = E * (1.0 - (1.0 - k_ / E) ** np.maximum(t, 1.0))  # experts hit by t tokens
         ops.append(gemm("experts_up", "ffn_up", t * k_, 2 * inter, h, L, copies=touched))
-        ops.append(stream("experts_act", "ffn_act", t * k_ * inter, 2, 1, L, 4.0, EAGER_KERNELS["ffn_act"]))
+        ops.append(stream("experts_act", "ffn_act", t * k_ * inter, 2, 1, L, 4.0, EAGER_KERNELS["ffn_act"],
+                          rows=t * k_))
         ops.append(gemm("experts_down", "ffn_down", t * k_, h, inter, L, copies=touched))
     else:
         up = 2 * inter if model.gated else inter
@@ -161,7 +163,7 @@ def dense_ops(model: ModelSpec, tokens, logits, dt: Dtypes, tp: int = 1, pp: int
     if tp > 1:
         ops.append(Op("ffn_allreduce", "comm", "allreduce", 0.0, t * h * a * L, L, t, kernels=1))
     ops.append(stream("ffn_residual", "residual_add", t * h, 2, 1, L, 1.0, EAGER_KERNELS["residual_add"]))
-    ops.append(stream("final_norm", "norm", lg * h, 1, 1, 1, 4.0, EAGER_KERNELS["norm"]))
+    ops.append(stream("final_norm", "norm", lg * h, 1, 1, 1, 4.0, EAGER_KERNELS["norm"], rows=lg))
     ops.append(gemm("lm_head", "lm_head", lg, model.vocab_size / tp, h, 1, kernels=EAGER_KERNELS["lm_head"]))
     if tp > 1:  # gather the vocabulary shards of the logits (fp32)
         ops.append(Op("logits_gather", "comm", "allreduce", 0.0, lg * model.vocab_size / tp * 4, 1, lg))

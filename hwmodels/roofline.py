@@ -26,10 +26,11 @@ def soft_max(a, b, p: float):
     return m * ((a / m) ** p + (b / m) ** p) ** (1.0 / p)
 
 
-def wave_factor(m, n: float, units: int, tile: int = 128):
+def wave_factor(m, n, units: int, tile: int = 128):
     """Useful / issued work when an m x n output is cut into tiles spread over compute units."""
     m = np.maximum(np.asarray(m, dtype=float), 1.0)
-    tiles = np.ceil(m / tile) * math.ceil(max(n, 1.0) / tile)
+    n = np.maximum(np.asarray(n, dtype=float), 1.0)
+    tiles = np.ceil(m / tile) * np.ceil(n / tile)
     waves = np.ceil(tiles / units)
     return m * n / (waves * units * tile * tile)
 
@@ -55,8 +56,7 @@ def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, 
         per_seq = eff.attn_decode_seq_us * 1e-6 * np.asarray(seqs) * launches
         return soft_max(t_c, t_m, eff.softmax_p) + floor + per_seq
     if kind == "stream":
-        mem = eff.elementwise_memory.get(category, eff.gemm_memory)
-        return np.asarray(bytes_) / (dev.bandwidth * mem) + floor
+        return stream_time(category, bytes_, launches, hw, m)
     if kind == "allreduce":
         return allreduce_time(bytes_, group, launches, hw.link if group <= hw.devices_per_node else hw.network, eff)
     if kind == "send":
@@ -64,19 +64,41 @@ def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, 
     raise ValueError(f"unknown op kind {kind!r}; known: {KINDS}")
 
 
+def stream_time(category: str, bytes_, launches: int, hw: Hardware, m=0.0):
+    """An element-wise kernel: its bytes at the category's share of bandwidth (faster while the
+    working set fits in L2), or, for kernels that give each of the m tokens one thread block, at
+    least one row's serial time (what bounds a small batch: one block cannot use the whole
+    memory system), plus a floor."""
+    dev, eff = hw.device, hw.efficiency
+    b = np.asarray(bytes_, dtype=float)
+    t = b / (dev.bandwidth * eff.elementwise_memory.get(category, eff.gemm_memory))
+    gain = eff.elementwise_cache_gain.get(category, 0.0)
+    if gain > 0 and dev.cache_mb > 0:  # a working set that fits in L2 was just written there
+        fits = np.minimum(1.0, dev.cache_mb * 1e6 * launches / np.maximum(b, 1.0))
+        t = t / (1.0 + gain * fits**4)
+    row = eff.elementwise_row_gbps.get(category)
+    if row:
+        m = np.asarray(m, dtype=float)
+        t = np.maximum(t, np.where(m > 0, b / np.maximum(m, 1.0) / (row * 1e9), 0.0))
+    floor = eff.floor_us if eff.elementwise_floor_us is None else eff.elementwise_floor_us
+    return t + floor * 1e-6 * launches
+
+
 def _latency(link: Link, eff: Efficiency) -> float:
     return (eff.comm_latency_us if eff.comm_latency_us is not None else link.latency_us) * 1e-6
 
 
 def allreduce_time(bytes_, n: int, launches: int, link: Link | None, eff: Efficiency):
-    """Ring all-reduce of `bytes_` in total over `launches` calls: 2(n-1)/n of each message
-    crosses every link, in 2(n-1) latency-bound hops per call."""
+    """All-reduce of `bytes_` in total over `launches` calls: 2(n-1)/n of each message crosses
+    every link (ring bandwidth), in 2(n-1) latency-bound hops per call (ring) or 2*ceil(log2 n)
+    (tree, eff.comm_hops)."""
     if n <= 1:
         return np.zeros_like(np.asarray(bytes_, dtype=float))
     if link is None:
         raise ValueError("a collective over several devices needs a link")
     bw = link.bw_gbps * 1e9 * eff.comm_bw
-    return 2.0 * (n - 1) / n * np.asarray(bytes_, dtype=float) / bw + 2 * (n - 1) * _latency(link, eff) * launches
+    hops = 2 * (n - 1) if eff.comm_hops == "ring" else 2 * math.ceil(math.log2(n))
+    return 2.0 * (n - 1) / n * np.asarray(bytes_, dtype=float) / bw + hops * _latency(link, eff) * launches
 
 
 def send_time(bytes_, launches: int, link: Link | None, eff: Efficiency):

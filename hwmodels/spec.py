@@ -110,10 +110,31 @@ class Efficiency(Strict):
         default_factory=lambda: {"norm": 0.35, "rope": 0.45, "ffn_act": 0.6, "residual_add": 0.9, "embed": 0.2},
         description="fraction of bandwidth per element-wise category",
     )
+    elementwise_floor_us: float | None = Field(
+        default=None, ge=0, description="shortest element-wise kernel (lighter than a GEMM's); None: floor_us"
+    )
+    elementwise_row_gbps: dict[str, float] = Field(
+        default_factory=dict,
+        description="per category: GB/s at which one thread block streams one token's row, for kernels "
+        "that give each token a block (norm, rope, activation); bounds small batches; absent: no bound",
+    )
+    elementwise_cache_gain: dict[str, float] = Field(
+        default_factory=dict,
+        description="per category: how much faster an element-wise kernel streams when its working set "
+        "fits in the last-level cache (time / (1 + gain * min(1, cache / bytes)^4)); absent: 0",
+    )
     softmax_p: float = Field(default=4.0, ge=1, le=64)
-    floor_us: float = Field(default=3.0, ge=0, description="device time of the shortest kernel")
+    floor_us: float = Field(
+        default=3.0, ge=0,
+        description="device time of the shortest kernel (GEMM, attention; element-wise too unless elementwise_floor_us)",
+    )
     comm_bw: float = Field(default=0.75, gt=0, le=1, description="fraction of link bandwidth a collective reaches")
     comm_latency_us: float | None = Field(default=None, description="per ring step; None: the link's latency")
+    comm_hops: Literal["ring", "tree"] = Field(
+        default="ring",
+        description="latency steps of an all-reduce over n devices: ring 2(n-1); tree 2*ceil(log2 n), what NCCL "
+        "uses for latency-bound messages (small all-reduces on a DGX H100 cost about the same on 2 and 8 GPUs)",
+    )
 
 
 class Hardware(Strict):

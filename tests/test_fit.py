@@ -1,0 +1,150 @@
+"""calibration.fit: recovers known parameters from synthetic measurements; profiles round-trip.
+
+The synthetic measurements are op_time itself at chosen parameters, so the fit must find those
+parameters again (to 2 %): this checks the optimiser, the bounds and the grouping, not the data.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from calibration.fit import bounds, fit_profile, minimize, predict, record, set_params
+from hwmodels.errors import InputError
+from hwmodels.load import load_hardware, read_profile
+from hwmodels.profile import SCHEMA, Profile
+from hwmodels.roofline import op_time
+from hwmodels.spec import Hardware
+
+BASE = load_hardware("h100-sxm", use_profile=False)
+TRUE = {
+    "gemm_compute": 0.71, "gemm_memory": 0.86, "softmax_p": 3.0, "gemm_wave": 0.4, "floor_us": 3.5,
+    "elementwise_memory.norm": 0.33, "elementwise_row_gbps.norm": 9.0, "elementwise_cache_gain.norm": 0.3,
+    "elementwise_memory.residual_add": 0.8, "elementwise_cache_gain.residual_add": 0.2,
+    "elementwise_floor_us": 1.5, "comm_bw": 0.7, "comm_latency_us": 6.0,
+}
+
+
+def _hw(values: dict[str, float]) -> Hardware:
+    return BASE.model_copy(update={"efficiency": set_params(BASE.efficiency, values)})
+
+
+def _synthetic(hw: Hardware) -> list[dict]:
+    """Records whose ms is op_time at `hw`: GEMMs across the ridge, streams across L2 and the
+    per-row regime, all-reduces from latency- to bandwidth-bound, eager dispatch."""
+    recs = []
+    for n, k in ((4096, 4096), (12288, 4096), (8192, 1024), (28672, 8192)):
+        for m in (1, 8, 32, 96, 128, 200, 256, 384, 512, 1024, 2048, 4096):
+            fl, by = 2.0 * m * n * k, 2.0 * (n * k + m * (n + k))
+            recs.append(record("gemm", 0, category="ffn_up", flops=fl, bytes=by, m=m, n=n, dtype="fp16"))
+    for cat, reads in (("norm", 1), ("residual_add", 2)):
+        for h in (4096, 8192):
+            for m in (1, 16, 64, 256, 512, 1024, 2048, 4096, 8192):
+                recs.append(record("stream", 0, category=cat, bytes=2.0 * (reads + 1) * m * h, m=m, dtype="fp16"))
+    for g in (2, 4, 8):
+        for b in np.geomspace(2e3, 6.4e7, 12):
+            recs.append(record("allreduce", 0, category="comm", bytes=float(b), group=g, dtype="fp16"))
+    for r in recs:
+        r["ms"] = float(op_time(r["op"], r["category"], r["flops"], r["bytes"], 1, r["dtype"], hw, m=r["m"],
+                                n=r["n"], group=r["group"])) * 1e3
+    recs.append(record("dispatch", 23.0e-3 * 100, category="host", launches=100))
+    return recs
+
+
+def test_fit_recovers_known_parameters():
+    truth = _hw(TRUE)
+    truth = truth.model_copy(update={"efficiency": truth.efficiency.model_copy(update={"comm_hops": "tree"})})
+    recs = _synthetic(truth)
+    fitted, report = fit_profile(recs, BASE)
+    got = report["params"]
+    for name, want in TRUE.items():
+        assert got[name] == pytest.approx(want, rel=0.02), name
+    assert got["comm_hops"] == "tree"
+    assert fitted.host.dispatch_us == pytest.approx(23.0)
+    assert report["median_abs_err"] < 0.005
+    assert report["cases"] == len(recs)
+
+
+def test_fix_holds_parameters():
+    recs = [r for r in _synthetic(_hw(TRUE)) if r["op"] == "gemm"]
+    fitted, report = fit_profile(recs, _hw({"softmax_p": 3.0, "gemm_wave": 0.4}), fix={"softmax_p", "gemm_wave"})
+    assert "softmax_p" not in report["params"] and fitted.efficiency.softmax_p == 3.0
+    assert report["params"]["gemm_compute"] == pytest.approx(0.71, rel=0.02)
+
+
+def test_predict_prices_what_it_can():
+    recs = [record("gemm", 1.0, category="o_proj", flops=2e12, bytes=1e9, m=4096, n=8192, dtype="bf16"),
+            record("dispatch", 1.0, category="host", launches=10), record("step", 1.0, category="host")]
+    p = predict(recs, BASE)
+    peak = BASE.device.peak_flops("bf16") * BASE.efficiency.gemm_compute
+    assert p[0] > 2e12 / peak * 1e3  # at least the compute bound
+    assert p[1] == pytest.approx(BASE.host.dispatch_us * 10 * 1e-3)
+    assert np.isnan(p[2])
+
+
+def test_minimize_respects_bounds():
+    x = minimize(lambda v: float((v[0] - 5.0) ** 2), [0.5], [0.0], [1.0])
+    assert 0.99 < x[0] <= 1.0
+    assert bounds("gemm_compute") == pytest.approx((1e-3, 1.0))
+    assert bounds("softmax_p") == (1.0, 64.0)
+
+
+def _profile() -> Profile:
+    return Profile.model_validate({"schema": SCHEMA, "hardware": _hw(TRUE).model_dump(),
+                                   "fingerprint": {"name": "synthetic"}, "provenance": {"efficiency": "test"},
+                                   "fit": {"median_abs_err": 0.0}, "measurements": [{"kind": "x", "rows": [[1, 2]]}]})
+
+
+def test_profile_round_trips_through_json():
+    p = _profile()
+    assert Profile.model_validate_json(p.model_dump_json(by_alias=True)) == p
+
+
+def test_load_hardware_reads_a_profile(tmp_path):
+    path = tmp_path / "synthetic.json"
+    path.write_text(_profile().model_dump_json(by_alias=True), encoding="utf-8")
+    hw = load_hardware(str(path))
+    assert hw.efficiency.gemm_compute == pytest.approx(0.71)
+    assert hw.efficiency.elementwise_row_gbps["norm"] == pytest.approx(9.0)
+
+
+@pytest.mark.parametrize("text, field", [
+    ("{not json", ""),
+    (json.dumps({"schema": "momentsim-profile/0", "hardware": {}}), "schema"),
+    (json.dumps({"hardware": {}}), "schema"),
+])
+def test_bad_profiles_are_one_line_input_errors(tmp_path, text, field):
+    path = tmp_path / "bad.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError) as e:
+        read_profile(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    assert e.value.field == field
+
+
+def test_malformed_profile_field_is_an_input_error(tmp_path):
+    data = json.loads(_profile().model_dump_json(by_alias=True))
+    data["hardware"]["efficiency"]["gemm_compute"] = 1.7  # above the bound le=1
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(InputError) as e:
+        load_hardware(str(path))
+    assert "\n" not in str(e.value) and "gemm_compute" in str(e.value)
+
+
+def test_committed_profile_reproduces_its_fit_report():
+    """calibration/profiles/h100-sxm.json keeps its measurements: re-pricing them with its own
+    hardware gives back the stored fit errors (the profile and the cost model agree)."""
+    from calibration.fit import rel_errors, summary
+    from calibration.published import PROFILE_PATH, records_from_measurements
+
+    prof = read_profile(PROFILE_PATH)
+    recs = records_from_measurements([m for m in prof.measurements if m.get("role") in ("fit", None)])
+    err = rel_errors(predict(recs, prof.hardware), np.array([r["ms"] for r in recs]))
+    s = summary(err)
+    assert s["cases"] == prof.fit["cases"]
+    assert s["median_abs_err"] == pytest.approx(prof.fit["median_abs_err"], abs=1e-4)
+    assert prof.fingerprint["source"] == "published measurements, not a momentsim calibrate run"
+    assert prof.provenance["efficiency.attn_prefill_compute"].startswith("default: not measured")

@@ -61,8 +61,7 @@ def main() -> int:
     print(f"requests      {a.requests} ({done} completed, rejected {r.reject_reasons or 0})")
     print(f"arrival rate  {rate:.3f} req/s ({a.load:.0%} of saturated)" if not a.rate else f"arrival rate  {rate} req/s")
     print(f"simulated     {r.makespan_s:.1f} s, GPU busy {busy:.1%}, mean batch {r.moments['batch'].mean():.1f}")
-    print(f"moments       {moments}  ({moments / wall:,.0f} moments/s; step cost: "
-          f"{'closed form' if r.stats.get('fast_cost') else 'StepModel.step_s (slow path)'})")
+    print(f"moments       {moments}  ({moments / wall:,.0f} moments/s)")
     print(f"requests/s    {a.requests / wall:,.0f} simulated requests per wall second")
     print(f"wall          {wall:.2f} s")
     print(f"peak RSS      {rss_mb:.0f} MB")

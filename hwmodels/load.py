@@ -76,8 +76,25 @@ def _committed_profile(name: str) -> Profile | None:
     return read_profile(p) if p.exists() else None
 
 
+def _borrow_efficiency(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """`efficiency_from: h100-sxm`: start from that part's fitted numbers, keep explicit ones."""
+    src = data.get("efficiency_from")
+    if not src or data.get("profile"):
+        return data
+    if not isinstance(src, str) or not (PRESET_DIR / f"{src}.yaml").exists():
+        raise InputError(where, "efficiency_from", f"unknown preset {src!r}; known: {', '.join(preset_names())}")
+    prof = _committed_profile(src)
+    if prof is None:
+        return data
+    fitted = _fitted_fields(prof)
+    fitted["device"] = {}  # the kernel floor is a property of the part itself
+    out = deep_merge(fitted, data)
+    out["profile"] = f"calibration/profiles/{src}.json (efficiency_from)"
+    return out
+
+
 def hardware_from_dict(data: dict[str, Any], where: str) -> Hardware:
-    data = _with_base(dict(data), where, ())
+    data = _borrow_efficiency(_with_base(dict(data), where, ()), where)
     try:
         return Hardware.model_validate(data)
     except ValidationError as e:

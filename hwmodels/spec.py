@@ -152,6 +152,11 @@ class Hardware(Strict):
     price_per_hour: float | None = Field(default=None, ge=0, description="USD per device-hour")
     sources: dict[str, str] = Field(default_factory=dict, description="field -> where the number came from")
     profile: str | None = Field(default=None, description="calibration profile applied, if any")
+    efficiency_from: str | None = Field(
+        default=None,
+        description="a preset whose committed calibration profile supplies the efficiencies and host costs "
+        "(a part of the same architecture family: efficiencies are fractions of peak, so they carry over)",
+    )
 
     @property
     def total_devices(self) -> int:

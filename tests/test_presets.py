@@ -175,3 +175,15 @@ def test_cpu_core_override(tmp_path):
     base = load_hardware("cpu")
     assert hw.device.compute_units == 16
     assert hw.device.peak_flops("fp32") == pytest.approx(8 * base.device.peak_flops("fp32"))
+
+
+def test_same_family_parts_borrow_fitted_efficiencies():
+    # H200 and H100 PCIe are Hopper like the calibrated H100 SXM: its fitted fractions of peak
+    # carry over, applied to each part's own peaks and bandwidth
+    h100 = load_hardware("h100-sxm")
+    for name in ("h200-sxm", "h100-pcie"):
+        hw = load_hardware(name)
+        assert hw.efficiency == h100.efficiency and "h100-sxm" in (hw.profile or "")
+        assert hw.device.memory_bw_gbps != h100.device.memory_bw_gbps
+    # a part from another family keeps its own (default) efficiencies
+    assert load_hardware("a100-sxm-80gb").efficiency != h100.efficiency

@@ -1,0 +1,279 @@
+"""`momentsim calibrate`: measure this machine's CPU or CUDA GPU, fit the efficiencies, write a
+profile JSON that `--hardware PROFILE.json` accepts.
+
+The flow: microbenchmarks (calibration.microbench) -> a base hardware (a preset with this
+machine's name, cores or SMs, memory) -> calibration.fit.fit_profile -> host costs the fit does
+not cover (per-step overhead) -> hwmodels.profile.Profile with fingerprint, provenance, the fit
+report and every raw record. Only microbenchmarks are fitted; whole layers and steps are left
+for `momentsim validate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwmodels.errors import InputError
+from hwmodels.load import load_hardware
+from hwmodels.profile import SCHEMA, Profile
+from hwmodels.spec import Hardware
+from simulator.model import ModelSpec
+from simulator.ops import EAGER_KERNELS
+
+DEFAULT_BASE = {"cpu": "cpu", "cuda": "h100-sxm"}
+# wave quantisation over 2-60 CPU cores is not how a CPU GEMM loses speed
+CPU_FIXED = ("gemm_wave",)
+
+
+def _need_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise InputError("--device", "", "calibration needs PyTorch: pip install 'momentsim[calibration]'") from None
+
+
+def check_device(device: str) -> None:
+    """A user's mistake (no GPU, no torch) is one line and exit code 2, not a traceback."""
+    _need_torch()
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device", "cuda", f"no CUDA GPU visible to PyTorch {torch.__version__} "
+                         f"(CUDA build: {torch.version.cuda or 'none'}); use --device cpu")
+
+
+def base_hardware(device: str, base: str | None, fp: dict[str, Any], facts: dict[str, Any], name: str
+                  ) -> tuple[Hardware, dict[str, str]]:
+    """The preset the fit starts from, with what this machine says about itself.
+
+    CPU: the machine's model name, the cores torch uses, its memory and last-level cache; the
+    preset's FLOPs per cycle stay (the fit's gemm_compute absorbs the difference); memory
+    bandwidth is never below what a plain stream measured here. CUDA: name, SM count, memory.
+    """
+    base = base or DEFAULT_BASE[device]
+    hw = load_hardware(base, use_profile=False)
+    dev = hw.device.model_dump()
+    prov: dict[str, str] = {}
+    date = fp["date"][:10]
+    if device == "cpu":
+        cpu = fp["cpu"]
+        dev["name"] = f"{cpu['model_name']} ({facts.get('threads', cpu['cores_usable'])} cores)"
+        dev["kind"] = "cpu"
+        dev["compute_units"] = int(facts.get("threads", cpu["cores_usable"]))
+        dev["memory_gb"] = round(cpu["memory_bytes"] / 1e9, 2)
+        dev["cache_mb"] = round(cpu["llc_bytes"] / 2**20, 1)
+        prov["device.name"] = f"/proc/cpuinfo model name, {date}"
+        prov["device.compute_units"] = "cores this process may use (sched_getaffinity) = torch threads"
+        prov["device.memory_gb"] = "/proc/meminfo MemTotal"
+        prov["device.cache_mb"] = "sysfs cpu0 cache, the largest level"
+        best = max(facts.get("copy_gbps", 0.0), facts.get("read_gbps", 0.0))
+        if best > dev["memory_bw_gbps"]:
+            dev["memory_bw_gbps"] = round(best, 1)
+            prov["device.memory_bw_gbps"] = (f"measured: best plain stream (copy or read-only sum) on this "
+                                             f"machine, {date}, above the base preset's figure")
+        prov["device.flops_per_cycle"] = f"kept from the base preset {base!r}: the fit's gemm_compute absorbs the rest"
+    else:
+        g = fp["gpu"]
+        dev["name"] = g["name"]
+        dev["kind"] = "gpu"
+        dev["compute_units"] = int(g["sm_count"])
+        dev["memory_gb"] = round(g["memory_bytes"] / 1e9, 2)
+        if g.get("l2_bytes"):
+            dev["cache_mb"] = round(g["l2_bytes"] / 2**20, 1)
+        prov["device.name"] = "torch.cuda.get_device_name"
+        prov["device.compute_units"] = "torch.cuda.get_device_properties: multi_processor_count"
+        prov["device.memory_gb"] = "torch.cuda.get_device_properties: total_memory"
+        prov["device.flops_per_cycle"] = f"kept from the base preset {base!r} (datasheet peaks)"
+    data = hw.model_dump()
+    data["device"] = dev
+    data["name"] = name
+    data["description"] = f"{dev['name']}: calibrated with PyTorch {fp['torch']} on {date}, from preset {base!r}"
+    return Hardware.model_validate(data), prov
+
+
+def _constrained(param: str, fitted: list[dict[str, Any]]) -> int:
+    """How many fitted records bear on a parameter (for the provenance line)."""
+    if param.startswith("elementwise_"):  # elementwise_memory.norm, elementwise_floor_us, ...
+        cat = param.split(".", 1)[1] if "." in param else None
+        return sum(1 for r in fitted if r["op"] == "stream" and cat in (None, r["category"]))
+    kinds = {"gemm_compute": ("gemm",), "gemm_memory": ("gemm",), "softmax_p": ("gemm",), "gemm_wave": ("gemm",),
+             "attn_prefill_compute": ("attn_prefill",), "attn_decode_memory": ("attn_decode",),
+             "attn_decode_compute": ("attn_decode",), "attn_decode_seq_us": ("attn_decode",),
+             "floor_us": ("gemm", "attn_prefill", "attn_decode", "stream"), "comm_bw": ("allreduce", "send"),
+             "comm_latency_us": ("allreduce", "send"), "dispatch_us": ("dispatch",),
+             "graph_launch_us": ("graph_launch",)}.get(param, ())
+    return sum(1 for r in fitted if r["op"] in kinds)
+
+
+def calibrate(device: str, out: str | Path, size: str = "full", base: str | None = None,
+              models: list[ModelSpec] | None = None, progress_stream: Any = None, tty: bool | None = None,
+              log: Any = None) -> dict[str, Any]:
+    """Measure, fit, write the profile; returns the profile as a dict (what was written)."""
+    check_device(device)
+    from calibration import microbench as mb
+    from calibration.fit import fit_profile, predict, rel_errors, summary
+
+    say = log or (lambda s: print(s, file=sys.stderr))
+    out = Path(out)
+    fp = mb.fingerprint(device)
+    plan = mb.make_plan(device, size, models=models)
+    say(f"calibrating {device} ({fp['gpu']['name'] if device == 'cuda' else fp['cpu']['model_name']}), "
+        f"{size} plan")
+    records, facts = mb.run_plan(plan, progress_stream, tty, log=say)
+    fp["cpu"]["torch_threads"] = facts["threads"]
+    fp["load_average_end"] = mb.loadavg()
+    date = fp["date"][:10]
+    hw0, prov = base_hardware(device, base, fp, facts, out.stem)
+
+    fitted_recs = mb.fit_records(records)
+    if device == "cpu":  # CPU presets rate bf16 like fp32 (or not at all); one gemm_compute can't hold both
+        fitted_recs = [r for r in fitted_recs if r["dtype"] == plan.act_dtype]
+    fix = CPU_FIXED if device == "cpu" else ()
+    hw, report = fit_profile(fitted_recs, hw0, fix=fix)
+
+    # host costs the fit leaves alone
+    host_upd: dict[str, float] = {}
+    steps = [r for r in records if r["op"] == "step"]
+    if steps:
+        # the cost model charges EAGER_KERNELS["sample"] dispatches per step already
+        over = float(np.median([r["ms"] * 1e3 for r in steps])) - EAGER_KERNELS["sample"] * hw.host.dispatch_us
+        host_upd["step_overhead_us"] = round(max(over, 0.0), 2)
+        prov["host.step_overhead_us"] = (f"microbench {device} {date}: median of {len(steps)} per-step scaffolding "
+                                         f"runs (ids, positions, RoPE rows, argmax, read-back) less "
+                                         f"{EAGER_KERNELS['sample']} sampling dispatches")
+    if device == "cpu":
+        host_upd["graph_launch_us"] = hw.host.dispatch_us
+        prov["host.graph_launch_us"] = "no graphs on a CPU: equal to host.dispatch_us"
+    hw = hw.model_copy(update={"host": hw.host.model_copy(update=host_upd)})
+    dev_upd = {"kernel_launch_us": round(hw.efficiency.floor_us, 3)}
+    hw = hw.model_copy(update={"device": hw.device.model_copy(update=dev_upd), "profile": out.name})
+    prov["device.kernel_launch_us"] = "equal to the fitted efficiency.floor_us"
+
+    for p, v in report["params"].items():
+        key = f"host.{p}" if p in ("dispatch_us", "graph_launch_us") else f"efficiency.{p}"
+        n = _constrained(p, fitted_recs)
+        prov[key] = f"fit to {n} microbenchmark cases on {hw.device.name} {date} (value {v})"
+    if device == "cpu":
+        prov["efficiency.gemm_wave"] = "held at the base preset's value: no tile waves on a CPU"
+
+    # the fit's view of every record, also the ones it did not use
+    pred = predict(records, hw)
+    meas = np.array([r["ms"] for r in records], dtype=float)
+    err = rel_errors(pred, meas)
+    for r, p in zip(records, pred, strict=True):
+        r["pred_ms"] = round(float(p), 6) if np.isfinite(p) else None
+    used = {id(r) for r in fitted_recs}
+    ok = np.array([id(r) in used for r in records], dtype=bool)
+    for r, used_it in zip(records, ok, strict=True):
+        r["fitted"] = bool(used_it)
+    fit = {**report, "fitted_records": len(fitted_recs), "records": len(records),
+           "unfitted": summary(err[~ok]) if (~ok).any() else None,
+           "facts": facts, "plan": plan.size, "fixed": list(fix),
+           "note": ("errors are fractions (0.05 = 5 %); on a CPU each device record's ms is its wall time less "
+                    "the measured eager dispatch of its kernels (wall_ms, dispatch_ms keep both)")}
+    sources = dict(hw.sources)
+    sources.update({k: v for k, v in prov.items() if k.startswith(("device.", "host.", "efficiency."))})
+    hw = hw.model_copy(update={"sources": sources})
+    prof = Profile.model_validate({"schema": SCHEMA, "hardware": hw.model_dump(), "fingerprint": fp,
+                                   "provenance": prov, "fit": _jsonable(fit), "measurements": _jsonable(records)})
+    data = prof.model_dump(by_alias=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    return data
+
+
+def _jsonable(x: Any) -> Any:
+    """Plain JSON types (numpy scalars and NaN become floats and null)."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+def summary_text(data: dict[str, Any], out: str | Path) -> str:
+    """One screen: what was measured, the fitted parameters, how well they fit."""
+    hw = data["hardware"]
+    fit = data["fit"]
+    facts = fit.get("facts", {})
+    lines = [f"profile {out}", f"  device   {hw['device']['name']}  ({hw['device']['compute_units']} units, "
+             f"{hw['device']['memory_gb']} GB, {hw['device']['memory_bw_gbps']} GB/s)",
+             f"  cases    {fit['records']} measured, {fit['fitted_records']} fitted, {facts.get('skipped', 0)} skipped"
+             f" as too slow/large, {facts.get('seconds', 0):.0f} s"]
+    if "bf16_ratio" in facts:
+        lines.append(f"  bf16     GEMM rate {facts['bf16_ratio']:.2f}x fp32 ({'measured, not fitted' if facts['bf16_ratio'] >= 0.8 else 'too slow: skipped'})")
+    if facts.get("copy_gbps"):
+        lines.append(f"  stream   copy {facts['copy_gbps']} GB/s, read {facts.get('read_gbps')} GB/s")
+    lines.append("  fitted parameters:")
+    for k, v in fit["params"].items():
+        lines.append(f"    {k:32s} {v}")
+    lines.append(f"    {'step_overhead_us':32s} {hw['host']['step_overhead_us']}")
+    lines.append(f"  fit error: median {fit['median_abs_err'] * 100:.1f} %, worst {fit['worst_abs_err'] * 100:.1f} % "
+                 f"over {fit['cases']} cases")
+    for kind, s in fit.get("per_kind", {}).items():
+        lines.append(f"    {kind:14s} {s['cases']:4d} cases  median {s['median_abs_err'] * 100:5.1f} %  "
+                     f"worst {s['worst_abs_err'] * 100:6.1f} %")
+    if facts.get("errors"):
+        lines.append(f"  {len(facts['errors'])} cases failed, e.g. {facts['errors'][0]}")
+    return "\n".join(lines)
+
+
+def plot_fit(data: dict[str, Any], path: str | Path) -> Path:
+    """The fitted profile against its own microbenchmarks: predicted vs measured, by op kind
+    (fitted records filled, records kept out of the fit hollow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [r for r in data["measurements"] if r.get("pred_ms") and r["ms"] > 0 and r["op"] not in ("step",)]
+    colors = {"gemm": "tab:blue", "attn_prefill": "tab:red", "attn_decode": "tab:purple", "stream": "tab:orange",
+              "dispatch": "tab:gray", "graph_launch": "tab:brown", "allreduce": "tab:green", "send": "tab:olive"}
+    fig, ax = plt.subplots(figsize=(6.4, 6.0))
+    vals = [v for r in recs for v in (r["ms"], r["pred_ms"])]
+    lo, hi = min(vals) / 1.5, max(vals) * 1.5
+    xs = np.geomspace(lo, hi, 50)
+    ax.plot(xs, xs, "k-", lw=1)
+    ax.fill_between(xs, xs / 1.15, xs * 1.15, color="0.85", label="±15 %")
+    for kind, col in colors.items():
+        for fitted in (True, False):
+            sel = [r for r in recs if r["op"] == kind and bool(r.get("fitted")) == fitted]
+            if sel:
+                ax.scatter([r["ms"] for r in sel], [r["pred_ms"] for r in sel], s=14, label=kind if fitted else None,
+                           color=col if fitted else "none", edgecolor=col, linewidth=0.7, zorder=3)
+    if any(not r.get("fitted") for r in recs):
+        ax.scatter([], [], s=14, color="none", edgecolor="k", linewidth=0.7, label="hollow: not fitted")
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="measured ms (device share)",
+           ylabel="fitted model ms", title=f"{data['hardware']['name']}: microbenchmarks vs fitted model")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """`momentsim calibrate --device cpu|cuda --out PROFILE.json [--quick] [--base PRESET]`."""
+    check_device(args.device)
+    size = getattr(args, "size", None) or ("quick" if args.quick else "full")
+    if args.base:
+        load_hardware(args.base, use_profile=False)  # an unknown preset is an InputError here
+    out = Path(args.out)
+    if out.suffix != ".json":
+        raise InputError("--out", str(out), "a profile is a .json file")
+    data = calibrate(args.device, out, size, args.base)
+    print(summary_text(data, out))
+    return 0
+
+
+__all__ = ["cmd_calibrate", "calibrate", "base_hardware", "check_device", "summary_text"]

@@ -1,0 +1,137 @@
+"""`momentsim calibrate`: a tiny CPU run end to end, the record format, the CUDA paths, errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="calibration needs PyTorch (pip install 'momentsim[calibration]')")
+
+from calibration import microbench as mb  # noqa: E402
+from calibration.calibrate import base_hardware, calibrate, cmd_calibrate  # noqa: E402
+from hwmodels.load import load_hardware  # noqa: E402
+from simulator.cli import main  # noqa: E402
+from simulator.ops import CATEGORIES  # noqa: E402
+
+FIELDS = ("op", "category", "flops", "bytes", "launches", "m", "n", "seqs", "group", "dtype", "ms", "source")
+KINDS = ("gemm", "attn_prefill", "attn_decode", "stream", "allreduce", "send", "dispatch", "graph_launch", "step")
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error; a CUDA GPU is present")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cal") / "tiny-cpu.json"
+    data = calibrate("cpu", out, size="tiny", log=lambda s: None)
+    return out, data
+
+
+def test_tiny_cpu_calibration_writes_a_profile_that_loads(tiny_profile):
+    out, data = tiny_profile
+    hw = load_hardware(str(out))
+    assert hw.device.kind == "cpu"
+    assert hw.device.compute_units == mb.cores()
+    assert hw.profile == out.name
+    assert data["schema"] == "momentsim-profile/1"
+    fp = data["fingerprint"]
+    assert fp["device"] == "cpu" and fp["torch"] == torch.__version__ and fp["cpu"]["model_name"]
+    # every fitted parameter says what it was fitted to
+    for p in data["fit"]["params"]:
+        key = f"host.{p}" if p in ("dispatch_us", "graph_launch_us") else f"efficiency.{p}"
+        assert "microbenchmark cases" in data["provenance"][key]
+    assert data["fit"]["fitted_records"] > 10
+    assert math.isfinite(data["fit"]["median_abs_err"])
+
+
+def test_records_have_the_fit_format(tiny_profile):
+    _, data = tiny_profile
+    recs = data["measurements"]
+    assert {r["op"] for r in recs} >= {"gemm", "attn_prefill", "attn_decode", "stream", "dispatch", "step"}
+    for r in recs:
+        assert all(f in r for f in FIELDS), r
+        assert r["op"] in KINDS
+        assert r["category"] in CATEGORIES or r["category"] == "copy"
+    # a CPU device record is its wall time less the dispatch of its kernels
+    for r in recs:
+        if "wall_ms" in r:
+            assert r["ms"] == pytest.approx(r["wall_ms"] - r["dispatch_ms"])
+    # FLOPs and bytes are simulator.ops' own: a GEMM is 2mnk FLOPs
+    g = next(r for r in recs if r["op"] == "gemm")
+    assert g["flops"] == pytest.approx(2 * g["m"] * g["n"] * g["k"])
+
+
+def test_profile_round_trips_through_json(tiny_profile, tmp_path):
+    out, _ = tiny_profile
+    again = tmp_path / "again.json"
+    again.write_text(json.dumps(json.loads(out.read_text())))
+    assert load_hardware(str(again)) == load_hardware(str(out))
+
+
+def test_cmd_calibrate_prints_a_summary(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    rc = cmd_calibrate(argparse.Namespace(device="cpu", out=str(out), quick=True, base=None, size="tiny"))
+    assert rc == 0 and out.exists()
+    text = capsys.readouterr().out
+    assert "fitted parameters" in text and "fit error" in text
+    assert len(text.splitlines()) < 45  # one screen
+
+
+def test_cpu_base_keeps_the_presets_peak():
+    fp = mb.fingerprint("cpu")
+    hw, prov = base_hardware("cpu", None, fp, {"threads": 2, "copy_gbps": 1.0, "read_gbps": 1.0}, "x")
+    base = load_hardware("cpu", use_profile=False)
+    assert hw.device.flops_per_cycle == base.device.flops_per_cycle
+    assert hw.device.compute_units == 2
+    assert hw.device.memory_bw_gbps == base.device.memory_bw_gbps  # a slower stream never lowers it
+    assert "device.memory_bw_gbps" not in prov
+
+
+@no_cuda
+def test_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["calibrate", "--device", "cuda", "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cuda" in err.lower()
+    assert main(["validate", "--device", "cuda", "--hardware", "h100-sxm", "--out", str(tmp_path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_bad_profile_is_one_line_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema": "momentsim-profile/0", "hardware": {}}))
+    assert main(["step", "--model", "llama-3.2-1b", "--hardware", str(bad), "--decode", "1x10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "schema" in err
+    bad.write_text("{not json")
+    assert main(["step", "--model", "llama-3.2-1b", "--hardware", str(bad), "--decode", "1x10"]) == 2
+
+
+def test_cuda_plan_builds_without_a_gpu():
+    """The CUDA paths import and plan their cases with no GPU (tensors are made lazily)."""
+    plan = mb.make_plan("cuda", "full")
+    assert plan.gemm_dtypes == ["bf16", "fp16", "fp8"] and plan.tp == [1, 2, 4, 8]
+    speed = mb.Speed({"bf16": 7e14, "fp16": 7e14, "fp8": 1.4e15, "fp32": 5e13}, 3e12)
+    cases = mb.gemm_cases(plan.gemm_models[:2], plan.tokens, plan.gemm_dtypes, "cuda", speed, mb.Pool(), plan.tp)
+    assert all(c.m % 16 == 0 for c in cases if c.dtype == "fp8")  # torch._scaled_mm wants 16 | M
+    assert {c.category for c in cases} == {"qkv_proj", "o_proj", "ffn_up", "ffn_down", "lm_head"}
+    att = mb.attention_cases(plan.models[:1], plan.prefill, plan.decode, "bf16", "cuda", speed, 1e12)
+    assert {c.op for c in att} == {"attn_prefill", "attn_decode"}
+    for f in (mb.time_cuda, mb.graph_records, mb.collective_records, mb.time_wall):
+        assert callable(f)
+
+
+def test_collectives_run_over_gloo():
+    """The all-reduce/send worker, exercised on CPU processes (the CUDA run uses NCCL)."""
+    recs = mb.collective_records(2, [4096, 65536], reps=2, backend="gloo")
+    assert {r["op"] for r in recs} == {"allreduce", "send"}
+    assert all(r["ms"] > 0 and r["group"] == 2 for r in recs)
+
+
+@needs_cuda
+def test_tiny_cuda_calibration(tmp_path):
+    out = tmp_path / "tiny-cuda.json"
+    data = calibrate("cuda", out, size="tiny", log=lambda s: None)
+    assert load_hardware(str(out)).device.kind == "gpu"
+    assert {r["op"] for r in data["measurements"]} >= {"gemm", "dispatch", "graph_launch"}

@@ -1,0 +1,149 @@
+"""The reference decoder (determinism, KV cache, kernel counts) and a tiny `validate` run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="validation needs PyTorch (pip install 'momentsim[calibration]')")
+
+from calibration.microbench import TINY  # noqa: E402
+from calibration.reference import (  # noqa: E402
+    Reference,
+    apply_rope,
+    attention,
+    count_kernels,
+    rms_norm,
+    split_qkv,
+    swiglu,
+)
+from calibration.validate import layer_ops, predict_layer, validate  # noqa: E402
+from hwmodels.load import load_hardware  # noqa: E402
+from hwmodels.roofline import op_time  # noqa: E402
+from simulator.cost import step_model  # noqa: E402
+from simulator.ops import EAGER_KERNELS, Batch, Dtypes, dense_ops  # noqa: E402
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
+
+
+def ids(b: int, n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, TINY.vocab_size, (b, n), generator=torch.Generator().manual_seed(seed))
+
+
+def test_logits_are_deterministic_for_a_seed():
+    outs = []
+    for seed in (0, 0, 1):
+        r = Reference(TINY, seed=seed)
+        r.alloc_cache(2, 32)
+        outs.append(r.logits(ids(2, 7), 0))
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.allclose(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("dtype,tol", [("fp32", 1e-5), ("bf16", 3e-2)])
+def test_decode_with_the_kv_cache_matches_a_full_recompute(dtype, tol):
+    r = Reference(TINY, dtype=dtype)
+    seq = ids(2, 12)
+    r.alloc_cache(2, 32)
+    full = r.logits(seq, 0)
+    r.alloc_cache(2, 32)
+    r.logits(seq[:, :9], 0)              # prefill 9 tokens
+    for i in range(9, 11):               # then decode one at a time
+        r.logits(seq[:, i:i + 1], i)
+    last = r.logits(seq[:, 11:12], 11)
+    assert torch.allclose(last, full, atol=tol * full.abs().max().item(), rtol=0)
+
+
+def test_generation_is_greedy_and_static():
+    r = Reference(TINY)
+    r.alloc_cache(2, 32)
+    out = r.generate(ids(2, 5), 4)
+    assert len(out) == 2 and all(len(s) == 4 for s in out)
+    r.alloc_cache(2, 32)
+    assert r.generate(ids(2, 5), 4) == out
+
+
+def test_kernel_counts_match_eager_kernels_bf16():
+    """bf16 (the .to() of RMSNorm convert): the primitives launch what simulator.ops counts."""
+    bf = torch.bfloat16
+    x = torch.randn(2, 3, 64, dtype=bf)
+    w = torch.randn(64, dtype=bf)
+    assert count_kernels(lambda: rms_norm(x, w))[0] == EAGER_KERNELS["norm"] == 8
+    q, k = torch.randn(2, 4, 3, 16, dtype=bf), torch.randn(2, 2, 3, 16, dtype=bf)
+    cos, sin = torch.randn(3, 16, dtype=bf), torch.randn(3, 16, dtype=bf)
+    assert count_kernels(lambda: apply_rope(q, k, cos, sin))[0] == EAGER_KERNELS["rope"] == 10
+    gu = torch.randn(2, 3, 256, dtype=bf)
+    assert count_kernels(lambda: swiglu(gu))[0] == EAGER_KERNELS["ffn_act"] == 2
+    kc, vc = torch.zeros(2, 2, 8, 16, dtype=bf), torch.zeros(2, 2, 8, 16, dtype=bf)
+    q, k, v = split_qkv(torch.randn(2, 3, (4 + 2 * 2) * 16, dtype=bf), 4, 2, 16)  # the decoder's layout
+    pos = torch.arange(3)
+    n, names = count_kernels(lambda: attention(q, k, v, kc, vc, pos, 3, causal=True))
+    # 2 cache writes + SDPA. With q a transposed view of (b, n, h, d), as a fused QKV output is,
+    # SDPA returns its output (b, n, h, d)-strided and the head merge before o_proj is a view:
+    # 3 kernels, where simulator.ops.EAGER_KERNELS counts 4.
+    assert names == ["index_copy_", "index_copy_", "scaled_dot_product_attention"]
+    assert n == EAGER_KERNELS["attention"] - 1
+
+
+def test_kernel_counts_of_a_layer_and_a_step():
+    r = Reference(TINY, dtype="bf16")
+    r.alloc_cache(2, 32, fill=True)
+    lay = r.layers[0]
+    x = torch.randn(2, 1, 64, dtype=torch.bfloat16)
+    pos, cos, sin = r.rope_at(10, 1)
+    e = EAGER_KERNELS
+    ffn = e["norm"] + e["ffn_up"] + e["ffn_act"] + e["ffn_down"] + e["residual_add"]
+    assert count_kernels(lambda: r.ffn_block(x, lay))[0] == ffn
+    attn = e["norm"] + e["qkv_proj"] + e["rope"] + (e["attention"] - 1) + e["o_proj"] + e["residual_add"]
+    assert count_kernels(lambda: r.attn_block(x, lay, pos, cos, sin, 11))[0] == attn
+    # a step: 3 for positions and RoPE rows, embed, layers, final norm, lm_head (+ .float()), argmax
+    step = 3 + e["embed"] + TINY.num_hidden_layers * (attn + ffn) + e["norm"] + e["lm_head"] + 1
+    tok = torch.zeros(2, 1, dtype=torch.long)
+    assert count_kernels(lambda: r.step(tok, 10))[0] == step
+
+
+def test_fp32_norm_skips_the_no_op_conversions():
+    x, w = torch.randn(2, 3, 64), torch.randn(64)
+    assert count_kernels(lambda: rms_norm(x, w))[0] == EAGER_KERNELS["norm"] - 2
+
+
+def test_layer_predictions_add_up_to_the_step():
+    """Per-layer device time x layers + embed, final norm and lm_head = the step's device time."""
+    hw = load_hardware("cpu", use_profile=False)
+    spec = TINY.model_copy(update={"num_hidden_layers": 3})
+    dt = Dtypes("fp32", "fp32", "fp32")
+    b = Batch.of(decode=[(4, 100)])
+    layer = predict_layer(spec, hw, "attn", 4, b, dt, host=False) + predict_layer(spec, hw, "ffn", 4, None, dt, False)
+    one = spec.model_copy(update={"num_hidden_layers": 1})
+    rest = 0.0
+    for op in dense_ops(one, 4, 4, dt):
+        if op.name in ("embed", "final_norm", "lm_head"):
+            rest += float(op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dt.compute, hw, m=op.m, n=op.n))
+    sm = step_model(spec, hw, mode="eager", dtypes=dt)
+    assert 3 * layer + rest * 1e3 == pytest.approx(sm.cost(b).device_ms, rel=1e-6)
+    names = {o.name for o in layer_ops(spec, "attn", 4, b, dt)}
+    assert names == {"input_norm", "qkv_proj", "rope", "o_proj", "attn_residual", "attn_decode"}
+
+
+def test_tiny_validate_writes_its_report(tmp_path):
+    data = validate("cpu", "cpu", tmp_path, size="tiny", log=lambda s: None)
+    md = (tmp_path / "validation.md").read_text()
+    js = json.loads((tmp_path / "validation.json").read_text())
+    assert (tmp_path / "pred_vs_measured.png").stat().st_size > 0
+    assert (tmp_path / "error_by_case.png").stat().st_size > 0
+    fams = {c["family"] for c in js["cases"]}
+    assert fams == {"attn_layer", "ffn_layer", "decode_step", "prefill", "generation"}
+    assert all(c["measured_ms"] > 0 and c["predicted_ms"] > 0 for c in js["cases"])
+    assert js["meta"]["fingerprint"]["device"] == "cpu"
+    assert "| family | case |" in md and data["summary"]["all"]["cases"] == len(js["cases"])
+
+
+@needs_cuda
+def test_cuda_graph_decode_matches_eager():
+    r = Reference(TINY, dtype="bf16", device="cuda")
+    r.alloc_cache(2, 32, fill=True)
+    tok = ids(2, 1)
+    eager = r.step(tok.cuda(), 10).cpu()
+    replay = r.capture(2, 10)
+    assert torch.equal(replay(tok), eager)

@@ -140,12 +140,13 @@ def calibrate(device: str, out: str | Path, size: str = "full", base: str | None
     host_upd: dict[str, float] = {}
     steps = [r for r in records if r["op"] == "step"]
     if steps:
-        # the cost model charges EAGER_KERNELS["sample"] dispatches per step already
-        over = float(np.median([r["ms"] * 1e3 for r in steps])) - EAGER_KERNELS["sample"] * hw.host.dispatch_us
+        # the cost model charges the sampling and step-input kernels' dispatches per step already
+        per_step = EAGER_KERNELS["sample"] + EAGER_KERNELS["step_inputs"]
+        over = float(np.median([r["ms"] * 1e3 for r in steps])) - per_step * hw.host.dispatch_us
         host_upd["step_overhead_us"] = round(max(over, 0.0), 2)
         prov["host.step_overhead_us"] = (f"microbench {device} {date}: median of {len(steps)} per-step scaffolding "
                                          f"runs (ids, positions, RoPE rows, argmax, read-back) less "
-                                         f"{EAGER_KERNELS['sample']} sampling dispatches")
+                                         f"{per_step} kernel dispatches")
     if device == "cpu":
         host_upd["graph_launch_us"] = hw.host.dispatch_us
         prov["host.graph_launch_us"] = "no graphs on a CPU: equal to host.dispatch_us"

@@ -151,6 +151,8 @@ def get_param(eff: Efficiency, name: str) -> float:
         return float(eff.elementwise_cache_gain.get(cat, 0.0))
     if field == "elementwise_floor_us" and eff.elementwise_floor_us is None:
         return float(eff.floor_us)
+    if field == "gemv_memory" and eff.gemv_memory is None:
+        return float(eff.gemm_memory)
     v = getattr(eff, name)
     return float(v) if v is not None else float("nan")
 
@@ -289,6 +291,12 @@ def fit_profile(records: Iterable[Record], hw: Hardware, fix: set[str] | Iterabl
     free = lambda names: [n for n in names if n not in fix]  # noqa: E731
     # blocks: (records sharing a floor, the floor's name, [(group records, group params)])
     heavy = [(_Priced(by_kind[k]), free(GROUPS[k])) for k in ("gemm", "attn_prefill", "attn_decode") if k in by_kind]
+    gemv = [r for r in by_kind.get("gemm", []) if 0 < float(r.get("m", 0) or 0) <= 1]
+    if gemv and hw.device.kind == "cpu" and "gemv_memory" not in fix:
+        # a CPU's BLAS streams a matrix-vector product on another path than a blocked GEMM
+        if hw.efficiency.gemv_memory is None:
+            hw = hw.model_copy(update={"efficiency": set_params(hw.efficiency, {"gemv_memory": hw.efficiency.gemm_memory})})
+        heavy[0] = (heavy[0][0], heavy[0][1] + ["gemv_memory"])
     streams = by_kind.get("stream", [])
     light = []
     for cat in sorted({r["category"] for r in streams}):

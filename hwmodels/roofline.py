@@ -44,7 +44,10 @@ def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, 
         peak = dev.peak_flops(dtype) * eff.gemm_compute
         if eff.gemm_wave > 0:
             peak = peak * ((1 - eff.gemm_wave) + eff.gemm_wave * wave_factor(m, n, dev.compute_units))
-        return soft_max(np.asarray(flops) / peak, np.asarray(bytes_) / (dev.bandwidth * eff.gemm_memory),
+        mem = eff.gemm_memory
+        if eff.gemv_memory is not None:
+            mem = np.where(np.asarray(m) <= 1, eff.gemv_memory, eff.gemm_memory)
+        return soft_max(np.asarray(flops) / peak, np.asarray(bytes_) / (dev.bandwidth * mem),
                         eff.softmax_p) + floor
     if kind == "attn_prefill":
         t_c = np.asarray(flops) / (dev.peak_flops(dtype) * eff.attn_prefill_compute)

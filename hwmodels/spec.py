@@ -99,6 +99,11 @@ class Efficiency(Strict):
 
     gemm_compute: float = Field(default=0.74, gt=0, le=1, description="fraction of peak a large GEMM reaches")
     gemm_memory: float = Field(default=0.87, gt=0, le=1, description="fraction of bandwidth a weight stream reaches")
+    gemv_memory: float | None = Field(
+        default=None, gt=0, le=1,
+        description="bandwidth fraction of a one-token GEMM (a matrix-vector product: CPU BLAS takes another "
+        "path for it than for a blocked GEMM); None: gemm_memory",
+    )
     gemm_wave: float = Field(
         default=0.0, ge=0, le=1, description="weight of tile/wave quantisation over compute units (0 = off)"
     )

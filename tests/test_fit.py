@@ -148,3 +148,24 @@ def test_committed_profile_reproduces_its_fit_report():
     assert s["median_abs_err"] == pytest.approx(prof.fit["median_abs_err"], abs=1e-4)
     assert prof.fingerprint["source"] == "published measurements, not a momentsim calibrate run"
     assert prof.provenance["efficiency.attn_prefill_compute"].startswith("default: not measured")
+
+
+def test_fit_recovers_a_cpu_gemv_efficiency():
+    """On a CPU the one-token GEMMs (matrix-vector) stream weights at their own fraction of
+    bandwidth; synthetic records made with known values give them back."""
+    from hwmodels.load import load_hardware
+    from hwmodels.roofline import op_time
+
+    cpu = load_hardware("cpu", use_profile=False)
+    cpu = cpu.model_copy(update={"efficiency": cpu.efficiency.model_copy(update={"softmax_p": 1.0})})
+    true = cpu.model_copy(update={"efficiency": cpu.efficiency.model_copy(
+        update={"gemm_memory": 0.3, "gemv_memory": 0.65, "gemm_compute": 0.9, "softmax_p": 1.0})})
+    recs = []
+    for m in (1, 1, 1, 2, 4, 16, 64, 256, 1024, 4096):
+        for n, k in ((2048, 2048), (8192, 2048), (2048, 8192)):
+            fl, by = 2.0 * m * n * k, 4.0 * (n * k + m * (n + k))
+            t = float(op_time("gemm", "ffn_up", fl, by, 1, "fp32", true, m=m, n=n))
+            recs.append(record("gemm", t * 1e3, category="ffn_up", flops=fl, bytes=by, m=m, n=n, dtype="fp32"))
+    hw, _ = fit_profile(recs, cpu, fix={"floor_us", "softmax_p", "gemm_wave"})
+    assert hw.efficiency.gemv_memory == pytest.approx(0.65, rel=0.02)
+    assert hw.efficiency.gemm_memory == pytest.approx(0.3, rel=0.02)

@@ -52,7 +52,6 @@ class StepModel:
         if mode not in ("graph", "eager"):
             raise ValueError(f"mode {mode!r}; allowed: graph, eager")
         self.model, self.hw, self.tp, self.pp, self.mode, self.dtypes = model, hw, tp, pp, mode, dtypes
-        self.group = tp
         host = hw.host
         self.cpu = hw.device.kind == "cpu"
         self.kernels = eager_kernels(model, tp, pp)
@@ -123,20 +122,19 @@ class StepModel:
         out = np.zeros((len(DEVICE_CATEGORIES), len(tokens)))
         for op in dense_ops(self.model, tokens, logits, self.dtypes, self.tp, self.pp):
             t = op_time(op.kind, op.category, op.flops, op.bytes, op.layers, self.dtypes.compute, self.hw,
-                        m=op.m, n=op.n, group=self.group)
+                        m=op.m, n=op.n, group=self.tp)
             out[DEVICE_CATEGORIES.index(op.category)] += np.broadcast_to(t, (len(tokens),))
         return out
 
     def _grow(self, n: int) -> None:
+        """Tables up to n tokens. Every op depends on the token count or on the logit rows, not
+        both, so a step is dense[tokens] (all ops, no logits) + lm[logits] (the logit ops' growth)."""
         size = max(n + 1, 2 * self._dense_tot.size, 256)
         t = np.arange(size, dtype=float)
         zero = np.zeros(size)
-        dense = self._table(t, zero) - self._table(zero, zero)  # token-dependent part
-        base = self._table(zero, zero)
-        lm = self._table(zero, t) - base  # logits-dependent part (final norm, lm_head, gather)
-        self._dense = dense + base  # at logits = 0, so lm adds on top
+        self._dense = self._table(t, zero)
         self._dense[:, 0] = 0.0
-        self._lm = lm
+        self._lm = self._table(zero, t) - self._table(zero, zero)
         self._dense_tot = self._dense.sum(axis=0)
         self._lm_tot = self._lm.sum(axis=0)
         self._dense_l = self._dense_tot.tolist()  # python floats: faster to index one at a time

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
-from hwmodels.spec import Efficiency, Hardware, Host, Strict
+from hwmodels.spec import Hardware, Strict
 
 SCHEMA = "momentsim-profile/1"
 
@@ -21,9 +21,3 @@ class Profile(Strict):
     provenance: dict[str, str] = Field(default_factory=dict, description="parameter -> where it came from")
     fit: dict[str, Any] = Field(default_factory=dict, description="fit quality: cases, median and worst error")
     measurements: list[dict[str, Any]] = Field(default_factory=list, description="raw microbenchmarks")
-
-    def efficiency(self) -> Efficiency:
-        return self.hardware.efficiency
-
-    def host(self) -> Host:
-        return self.hardware.host

@@ -135,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--utilization", type=float, default=0.9)
     p.set_defaults(func=cmd_memory)
 
+    p = sub.add_parser("curves", help="step time and its make-up vs batch, context and prompt length")
+    _add_model_args(p)
+    p.add_argument("--mode", default="graph", choices=["graph", "eager"])
+    p.add_argument("--batch", default="1,2,4,8,16,32,64,128,256", help="decode batch sizes, comma-separated")
+    p.add_argument("--context", default="128,256,512,1024,2048,4096,8192,16384,32768",
+                   help="decode contexts (tokens cached), comma-separated")
+    p.add_argument("--prompt", default="128,256,512,1024,2048,4096,8192,16384",
+                   help="prefill prompt lengths (batch 1), comma-separated")
+    p.add_argument("--out", help="folder for curves.csv and curves.png")
+    p.set_defaults(func=_lazy("simulator.curves", "cmd_curves"))
+
     p = sub.add_parser("run", help="simulate a serving scenario")
     p.add_argument("scenario")
     p.add_argument("--json", action="store_true")

@@ -10,8 +10,8 @@ case is timed and predicted by the simulator's own cost model with the hardware 
   on CUDA measured as device time of the layer replayed as a CUDA graph.
 - decode_step (eager), decode_step_graph (CUDA graph), prefill: `StepModel.cost(Batch).step_ms`
   of a ModelSpec with the same number of layers as the decoder that ran (nothing is scaled).
-- generation: a static batch's prefill and its decode steps, predicted as the sum of the
-  corresponding step costs.
+- generation: a static batch's prefill and its decode steps, predicted by the serving engine
+  (the makespan of a `momentsim run` scenario of that batch with the static scheduler).
 
 None of these cases is ever given to the fit: calibrate sees microbenchmarks only.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,14 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
 from hwmodels.roofline import op_time
 from hwmodels.spec import Hardware
 from simulator.cost import step_model
+from simulator.engine import simulate
 from simulator.model import ModelSpec, load_model
 from simulator.ops import Batch, Dtypes, Op, attention_ops, dense_ops
+from simulator.scenario import Scenario
 
 FAMILIES = ("attn_layer", "ffn_layer", "decode_step", "decode_step_graph", "prefill", "generation")
 ATTN_OPS = ("input_norm", "qkv_proj", "qkv_bias", "rope", "o_proj", "attn_residual")
@@ -137,13 +141,26 @@ def predict_step(spec: ModelSpec, hw: Hardware, batch: Batch, mode: str, dt: Dty
     return step_model(spec, hw, mode=mode, dtypes=dt).cost(batch).step_ms
 
 
+def generation_scenario(spec: ModelSpec, hw: Hardware, b: int, n: int, new: int, mode: str, dt: Dtypes,
+                        folder: Path) -> Scenario:
+    """The static-batch generation as a `momentsim run` scenario: b prompts of n tokens arrive at
+    once and are served as one static batch to new tokens each (model and hardware written out
+    as files, since the decoder that ran may have fewer layers than the preset)."""
+    (folder / "config.json").write_text(spec.model_dump_json())
+    (folder / "hardware.yaml").write_text(yaml.safe_dump(hw.model_dump(mode="json")))
+    return Scenario.model_validate({
+        "model": str(folder / "config.json"), "hardware": str(folder / "hardware.yaml"),
+        "serving": {"scheduler": "static", "max_batch_size": b, "max_batched_tokens": max(b * n, 1), "mode": mode,
+                    "weight_dtype": dt.weight, "act_dtype": dt.act, "kv_dtype": dt.kv, "activation_reserve_gb": 0.0},
+        "workload": {"num_requests": b, "arrival": {"process": "burst"},
+                     "prompt_len": {"dist": "fixed", "value": n}, "output_len": {"dist": "fixed", "value": new}}})
+
+
 def predict_generation(spec: ModelSpec, hw: Hardware, b: int, n: int, new: int, mode: str, dt: Dtypes) -> float:
-    """A prefill of b x n, then new - 1 decode steps at contexts n .. n + new - 2."""
-    sm = step_model(spec, hw, mode=mode, dtypes=dt)
-    total = sm.cost(Batch.of(prefill=[(b, n)])).step_ms
-    for i in range(new - 1):
-        total += sm.cost(Batch.of(decode=[(b, n + i)])).step_ms
-    return total
+    """The makespan of the generation simulated by the serving engine (as `momentsim run` does):
+    a prefill of b x n, then new - 1 decode steps at contexts n .. n + new - 2."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return simulate(generation_scenario(spec, hw, b, n, new, mode, dt, Path(tmp))).makespan_s * 1e3
 
 
 # -- models -------------------------------------------------------------------------------------------

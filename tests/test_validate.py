@@ -146,3 +146,18 @@ def test_cuda_graph_decode_matches_eager():
     eager = r.step(tok.cuda(), 10).cpu()
     replay = r.capture(2, 10)
     assert torch.equal(replay(tok), eager)
+
+
+def test_generation_prediction_is_the_engine_makespan_and_the_sum_of_its_steps():
+    """The static-batch generation predicted through the serving engine equals, by hand, the
+    prefill step plus new - 1 decode steps with contexts growing by one."""
+    from calibration.validate import predict_generation
+
+    hw = load_hardware("cpu", use_profile=False)
+    spec = TINY.model_copy(update={"num_hidden_layers": 2})
+    dt = Dtypes("fp32", "fp32", "fp32")
+    sm = step_model(spec, hw, mode="eager", dtypes=dt)
+    b, n, new = 4, 32, 6
+    by_hand = sm.cost(Batch.of(prefill=[(b, n)])).step_ms + sum(
+        sm.cost(Batch.of(decode=[(b, n + i)])).step_ms for i in range(new - 1))
+    assert predict_generation(spec, hw, b, n, new, "eager", dt) == pytest.approx(by_hand, rel=1e-9)

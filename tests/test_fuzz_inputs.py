@@ -223,3 +223,32 @@ def test_valid_files_load(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text", ["a:\n  - b\n c", "{", "\x00\x01", "- 1\n- 2", "model: [", ":"])
 def test_known_bad_yaml(tmp_path: Path, text: str) -> None:
     expect_ok_or_one_line(load_scenario, write(tmp_path, ".yaml", text.encode()))
+
+
+# -- sweep and plan files ------------------------------------------------------------------------
+SWEEP = {"name": "fz", "base": {"model": "llama-3.2-1b", "hardware": "h100-sxm",
+                                "workload": {"num_requests": 5, "arrival": {"process": "poisson", "rate": 2.0}}},
+         "grid": {"serving.max_batch_size": [8, 16], "workload.arrival.rate": {"from": 1, "to": 4, "steps": 3}},
+         "points": [{"hardware": "h200-sxm"}]}
+PLAN = {"name": "fz", "model": "llama-3.2-1b",
+        "workload": {"num_requests": 50, "arrival": {"process": "poisson", "rate": 5.0},
+                     "prompt_len": {"dist": "fixed", "value": 100}, "output_len": {"dist": "fixed", "value": 20}},
+        "slo": {"p99_ttft_ms": 500, "p99_tpot_ms": 50},
+        "candidates": [{"hardware": "h100-sxm"}, {"hardware": "l4", "price_per_hour": 0.7}],
+        "search": {"tp": [1, 2], "max_batch_size": [32]}}
+
+
+@FUZZ
+@given(data=contents(SWEEP))
+def test_sweep_yaml(tmp_path: Path, data: bytes) -> None:
+    from simulator.sweep import load_sweep
+
+    expect_ok_or_one_line(load_sweep, write(tmp_path, ".yaml", data))
+
+
+@FUZZ
+@given(data=contents(PLAN))
+def test_plan_yaml(tmp_path: Path, data: bytes) -> None:
+    from simulator.plan import load_plan
+
+    expect_ok_or_one_line(load_plan, write(tmp_path, ".yaml", data))

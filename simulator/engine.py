@@ -8,9 +8,17 @@ step_s already includes the host's issue time and per-step overhead), then reque
 KV cache are updated. An idle replica waits on an event that the next arrival routed to it
 triggers: no polling.
 
-Pipeline parallelism is kept simple: step_s covers one batch going through all pp stages in
-turn, and a replica runs one batch at a time, so there is no micro-batch overlap between stages
-(a pp replica is modelled as slower per step, never as pipelined).
+Pipeline parallelism (pp > 1) is modelled as vLLM runs it: each replica runs pp virtual engines,
+each a process of the same replica logic with its own scheduler, queue and 1/pp of the
+replica's KV cache blocks (cap_blocks // pp), so pp batches are in flight at once. The router
+spreads requests over all virtual engines of all replicas. A virtual engine's moment lasts
+step_s, the full pipeline latency of its batch (all pp stages and the pp-1 sends), and the pp
+virtual engines of a replica run concurrently, independently of each other: the balanced-
+pipeline approximation vLLM's design assumes (every stage takes step_s / pp of each batch, so
+pp batches of similar size keep every stage busy). Stage imbalance, bubbles when the virtual
+engines' batches differ in size, and contention between them for a stage are not modelled:
+a pipelined replica that is full runs pp batches per step_s. Each moment keeps each of the pp
+stages busy for dur / pp, so a replica's devices are busy sum(dur) / pp of the time.
 
 Speed (the hot loop runs millions of moments) comes from never touching every running request
 in a step. Each replica keeps a decode step counter s. A request that enters decode at s0 with
@@ -63,15 +71,29 @@ class SimResult:
 
     requests: per request index (the order of arrival): arrival_s, prompt_len, output_len,
       first_token_s (nan if none), finish_s (nan if not completed), replica (-1 if rejected
-      before routing), status (0 completed, 1 rejected), preemptions.
-    moments: one entry per moment: start_s, dur_s, replica, kind (0 prefill-only, 1 decode-only,
-      2 mixed), tokens, batch (sequences in the step), kv_blocks_used (at the moment's start,
-      after its allocations), running (requests holding KV on the replica during the moment).
+      before routing), engine (the virtual engine within the replica, 0 when pp = 1 or when
+      rejected before routing), status (0 completed, 1 rejected), preemptions.
+    moments: one entry per moment: start_s, dur_s, replica (the physical replica), engine (the
+      virtual engine within it that ran the moment: 0 .. pp-1, all 0 when pp = 1), kind
+      (0 prefill-only, 1 decode-only, 2 mixed), tokens, batch (sequences in the step),
+      kv_blocks_used (the replica's KV blocks in use at the moment's start, after its
+      allocations: the sum over its virtual engines), kv_blocks_engine (the same for the
+      moment's virtual engine alone, at most kv_capacity_blocks // pp; the same array as
+      kv_blocks_used when pp = 1), running (requests holding KV on the moment's virtual engine
+      during the moment).
+    pp > 1 (see the module docstring): a replica runs pp virtual engines concurrently, each moment
+      lasting the full pipeline latency step_s of its batch: the balanced-pipeline approximation
+      vLLM's design assumes, no stage imbalance or bubbles. Moments of one replica's different
+      virtual engines overlap in time; each moment keeps each of the pp stages busy for
+      dur_s / pp, so a replica's devices are busy sum(dur_s) / pp of the time.
     category_s: {"prefill": moments with prefill, "decode": decode-only moments} -> category ->
       seconds (the cost model's breakdown; sampled, see _Sim.account).
     timeseries: on a grid of TIMESERIES_POINTS equal intervals over [0, makespan]: t_s (interval
       start) and the time average over each interval of queue_len, running, kv_used_frac,
-      busy_frac, outstanding (all replicas together), computed exactly from requests and moments.
+      busy_frac, outstanding (all replicas together), computed exactly from requests and moments
+      (busy_frac: the devices' busy fraction, sum(dur_s) / pp per replica, at most 1).
+    kv_capacity_blocks: the blocks of one replica (all its virtual engines together).
+    pp: virtual engines per replica (serving.pp).
     total_flops, total_bytes: device work of all devices of all replicas, from running sums of
       the batch aggregates (see _Sim.work).
     """
@@ -95,6 +117,7 @@ class SimResult:
     scenario: Scenario
     wall_s: float = 0.0
     stats: dict[str, float] = field(default_factory=dict)
+    pp: int = 1
 
 
 # -- the simulation ------------------------------------------------------------------------------
@@ -117,11 +140,14 @@ class _Sim:
         self.first = np.full(n, np.nan)
         self.finish = np.full(n, np.nan)
         self.replica_of = np.full(n, -1, dtype=np.int64)
+        self.pp = sv.pp
+        self.engine_of = np.zeros(n, dtype=np.int64)  # written only when pp > 1
         self.status = np.full(n, UNFINISHED, dtype=np.int64)
         self.preempt = np.zeros(n, dtype=np.int64)
         self.reasons: dict[str, int] = {}
         self.done = 0
-        self.cap_blocks = cap_blocks
+        self.cap_blocks = cap_blocks                 # per replica
+        self.eng_blocks = cap_blocks // sv.pp        # per virtual engine (vLLM: num_gpu_blocks // pp)
         self.bs = sv.block_size
         # moment log: compact growable columns
         self.m_start, self.m_dur = array("d"), array("d")
@@ -141,7 +167,8 @@ class _Sim:
         self.t_prog = time.perf_counter()
         self.moments = 0
 
-    # one call per moment: log it, add to the sums, maybe sample its breakdown, report progress
+    # one call per moment: log it, add to the sums, maybe sample its breakdown, report progress;
+    # rep is the virtual engine's unit id, replica * pp + engine (the replica when pp = 1)
     def account(self, rep: int, start: float, dt: float, kind: int, ds: int, dc: int, ps: int, pt: int,
                 pairs: float, pc: int, lg: int, running: int, kv_used: int) -> None:
         self.ap_start(start)
@@ -193,10 +220,12 @@ class _Sim:
 
 
 class _Replica:
-    """One replica: its queue, running set, KV cache and scheduler; a SimPy process."""
+    """One replica, or one virtual engine of a pp > 1 replica: its queue, running set, KV cache
+    (its share of the replica's) and scheduler; a SimPy process."""
 
-    def __init__(self, sim: _Sim, rid: int):
-        self.sim, self.rid = sim, rid
+    def __init__(self, sim: _Sim, rid: int, eng: int = 0):
+        self.sim, self.rid, self.eng = sim, rid, eng
+        self.unit = rid * sim.pp + eng  # the moment log's id (= rid when pp = 1)
         sv = sim.sc.serving
         self.env = sim.env
         self.kind = sv.scheduler
@@ -205,8 +234,8 @@ class _Replica:
         if self.kind == "chunked":  # every running decode must fit the token budget
             self.maxb = min(self.maxb, self.mbt)
         self.bs = sim.bs
-        self.kv = KVCache(sim.cap_blocks, self.bs)
-        self.wm = int(ADMIT_WATERMARK * sim.cap_blocks)
+        self.kv = KVCache(sim.eng_blocks, self.bs)
+        self.wm = int(ADMIT_WATERMARK * sim.eng_blocks)
         self.swap = sv.preemption == "swap"
         self.pc = sv.prefix_caching and self.kind != "static"  # static reserves whole requests: no sharing
         self.preemptible = self.kind != "static"
@@ -245,13 +274,17 @@ class _Replica:
             dt = plan()
             if dt is None:
                 if self.waiting or self.partial:
-                    raise RuntimeError(f"replica {self.rid} stalled with {len(self.waiting)} waiting")
+                    raise RuntimeError(f"{self.name} stalled with {len(self.waiting)} waiting")
                 self.idle = True
                 self.wake = env.event()
                 yield self.wake
                 continue
             yield timeout(dt)
             commit()
+
+    @property
+    def name(self) -> str:
+        return f"replica {self.rid}" + (f" engine {self.eng}" if self.sim.pp > 1 else "")
 
     def arrive(self, i: int) -> None:
         self.waiting.append(i)
@@ -525,7 +558,7 @@ class _Replica:
         self.extra = 0.0
         self.pkind = kind
         self.decoding = ds > 0
-        sim.account(self.rid, self.env.now, dt, kind, ds, dc, ps, pt, pairs, pc, lg, running, self.kv.used)
+        sim.account(self.unit, self.env.now, dt, kind, ds, dc, ps, pt, pairs, pc, lg, running, self.kv.used)
         return dt
 
     # -- after the moment ------------------------------------------------------------------------
@@ -580,11 +613,18 @@ def _kv_bytes_per_token(sim: _Sim) -> float:
 # -- the workload process and router ------------------------------------------------------------
 
 def _workload(sim: _Sim, reps: list[_Replica]):
+    """reps: every virtual engine, engine-major (engine 0 of each replica, then engine 1, ...), so
+    round robin spreads consecutive requests over the replicas first; ties of least_outstanding
+    go to the first in this order. With pp = 1 they are the replicas in order."""
     env = sim.env
     sv = sim.sc.serving
     arr = sim.req.arrival_s.tolist()
     P, OUT = sim.P, sim.O
-    cap_tokens = sim.cap_blocks * sim.bs
+    cap_tokens = sim.eng_blocks * sim.bs  # a request lives on one virtual engine
+    pp = sim.pp
+    group: dict[int, list[_Replica]] = {}
+    for r in reps:
+        group.setdefault(r.rid, []).append(r)
     max_tokens = sv.max_batched_tokens if sv.scheduler == "continuous" else None
     max_queue = sv.max_queue
     lo = sv.router == "least_outstanding"
@@ -609,7 +649,10 @@ def _workload(sim: _Sim, reps: list[_Replica]):
                     r = reps[rr]
                     rr = rr + 1 if rr + 1 < R else 0
                 sim.replica_of[i] = r.rid
-                if max_queue is not None and len(r.waiting) >= max_queue:
+                if pp > 1:
+                    sim.engine_of[i] = r.eng
+                if max_queue is not None and (len(r.waiting) if pp == 1 else
+                                              sum(len(e.waiting) for e in group[r.rid])) >= max_queue:
                     sim.reject(i, R_QUEUE)
                 else:
                     r.arrive(i)
@@ -633,12 +676,12 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
         raise InputError("scenario", "serving.tp", f"tp x pp = {sv.tp * sv.pp} exceeds the {hw.total_devices} "
                          f"devices of {hw.name} (devices_per_node x nodes)")
     fp = check_fits(model, hw, sv.tp, sv.pp, dt, sv.gpu_memory_utilization, sv.activation_reserve_gb,
-                    min_tokens=sv.block_size, where="scenario: model/hardware")
+                    min_tokens=sv.block_size * sv.pp, where="scenario: model/hardware")  # a block per engine
     cap_blocks = fp.kv_capacity_tokens // sv.block_size
     sm = step_model(model, hw, sv.tp, sv.pp, sv.mode, dt)
     req = make_requests(scenario.workload, scenario.seed, where="scenario")
     sim = _Sim(scenario, req, sm, cap_blocks, progress)
-    reps = [_Replica(sim, r) for r in range(sv.replicas)]
+    reps = [_Replica(sim, r, e) for e in range(sv.pp) for r in range(sv.replicas)]  # engine-major
     for r in reps:
         sim.env.process(r.run())
     sim.env.process(_workload(sim, reps))
@@ -655,15 +698,27 @@ def _result(sim: _Sim, reps: list[_Replica], model, hw, dt: Dtypes, wall: float)
         raise RuntimeError(f"{left} requests neither completed nor rejected (engine bug)")
     for r in reps:  # every block came back: only cached prefixes may stay resident
         if r.B or r.partial or r.swapped or r.kv.free + r.kv.evictable != r.kv.capacity:
-            raise RuntimeError(f"replica {r.rid} ended holding KV blocks (engine bug)")
+            raise RuntimeError(f"{r.name} ended holding KV blocks (engine bug)")
+    pp = sim.pp
+    unit = np.frombuffer(sim.m_rep, dtype=np.int32).astype(np.int64)
+    start = np.frombuffer(sim.m_start, dtype=np.float64)  # shares the array's memory
+    dur = np.frombuffer(sim.m_dur, dtype=np.float64)
+    kv_eng = np.frombuffer(sim.m_kv, dtype=np.int64)
+    if pp == 1:
+        replica, engine, kv_rep = unit, np.zeros(unit.size, dtype=np.int64), kv_eng
+    else:
+        replica, engine = unit // pp, unit % pp
+        kv_rep = _replica_kv(start, dur, replica, engine, kv_eng, pp)
     m = {
-        "start_s": np.frombuffer(sim.m_start, dtype=np.float64),  # shares the array's memory
-        "dur_s": np.frombuffer(sim.m_dur, dtype=np.float64),
-        "replica": np.frombuffer(sim.m_rep, dtype=np.int32).astype(np.int64),
+        "start_s": start,
+        "dur_s": dur,
+        "replica": replica,
+        "engine": engine,
         "kind": np.frombuffer(sim.m_kind, dtype=np.int8).astype(np.int64),
         "tokens": np.frombuffer(sim.m_tok, dtype=np.int64),
         "batch": np.frombuffer(sim.m_batch, dtype=np.int32).astype(np.int64),
-        "kv_blocks_used": np.frombuffer(sim.m_kv, dtype=np.int64),
+        "kv_blocks_used": kv_rep,
+        "kv_blocks_engine": kv_eng,
         "running": np.frombuffer(sim.m_run, dtype=np.int32).astype(np.int64),
     }
     end = float(np.max(m["start_s"] + m["dur_s"])) if m["start_s"].size else 0.0
@@ -671,7 +726,7 @@ def _result(sim: _Sim, reps: list[_Replica], model, hw, dt: Dtypes, wall: float)
     requests = {
         "arrival_s": req.arrival_s, "prompt_len": req.prompt_len, "output_len": req.output_len,
         "first_token_s": sim.first, "finish_s": sim.finish, "replica": sim.replica_of,
-        "status": sim.status, "preemptions": sim.preempt,
+        "engine": sim.engine_of, "status": sim.status, "preemptions": sim.preempt,
     }
     cats = {}
     for k, name in ((0, "prefill"), (1, "decode")):
@@ -682,7 +737,7 @@ def _result(sim: _Sim, reps: list[_Replica], model, hw, dt: Dtypes, wall: float)
         cats[name] = {c: float(v) * scale for c, v in zip(names, est, strict=True)}
     flops, bytes_ = _work(sim, model, dt)
     sv = sc.serving
-    ts = _timeseries(sim, m, makespan, len(reps))
+    ts = _timeseries(sim, m, makespan, sv.replicas)
     sm = sim.sm
     return SimResult(
         requests=requests, reject_reasons=dict(sim.reasons), moments=m, category_s=cats, timeseries=ts,
@@ -690,8 +745,38 @@ def _result(sim: _Sim, reps: list[_Replica], model, hw, dt: Dtypes, wall: float)
         devices_per_replica=sv.tp * sv.pp, clock_ghz=hw.device.clock_ghz, peak_flops=hw.device.peak_flops(dt.compute),
         mem_bw=hw.device.bandwidth, total_flops=flops, total_bytes=bytes_,
         host_busy_s=sim.moments * (sm.issue_s + sm.overhead_s), scenario=sc, wall_s=wall,
-        stats={"moments": sim.moments},
+        stats={"moments": sim.moments}, pp=pp,
     )
+
+
+def _replica_kv(start: np.ndarray, dur: np.ndarray, replica: np.ndarray, engine: np.ndarray,
+                kv: np.ndarray, pp: int) -> np.ndarray:
+    """pp > 1: each moment's replica-wide KV blocks, the sum over the replica's virtual engines of
+    what each holds at the moment's start. A virtual engine holds, at time t, the KV of its moment
+    running at t (kv at that moment's start: blocks change only at moment boundaries) and none
+    when idle (an idle engine holds no request; like the time series, cached prefixes of an idle
+    engine are not counted). Moments are logged in time order, so a moment's index orders it;
+    one sorted search per virtual engine index, vectorised over all moments."""
+    M = start.size
+    total = np.zeros(M, dtype=np.int64)
+    if M == 0:
+        return total
+    idx = np.arange(M, dtype=np.int64)
+    upto = np.searchsorted(start, start, side="right")  # moments that started at or before each start
+    key_q = replica * (M + 1) + upto
+    end = start + dur
+    for e in range(pp):
+        sel = np.flatnonzero(engine == e)
+        if not sel.size:
+            continue
+        o = np.argsort(replica[sel], kind="stable")  # (replica, time) order
+        j = sel[o]
+        keys = replica[j] * (M + 1) + idx[j]
+        k = np.searchsorted(keys, key_q, side="left") - 1  # the engine's latest moment started by then
+        kc = np.maximum(k, 0)
+        hit = (k >= 0) & (replica[j[kc]] == replica) & (end[j[kc]] > start)
+        total += np.where(hit, kv[j[kc]], 0)
+    return total
 
 
 def _work(sim: _Sim, model, dt: Dtypes) -> tuple[float, float]:
@@ -740,8 +825,8 @@ def _timeseries(sim: _Sim, m: dict[str, np.ndarray], makespan: float, replicas: 
     out_i = _integral(edges, arr, leave, ones)
     st, en = m["start_s"], m["start_s"] + m["dur_s"]
     run_i = _integral(edges, st, en, m["running"].astype(float))
-    busy_i = _integral(edges, st, en, np.ones(st.size))
-    kv_i = _integral(edges, st, en, m["kv_blocks_used"].astype(float))
+    busy_i = _integral(edges, st, en, np.full(st.size, 1.0 / sim.pp))  # each of pp stages: dur / pp
+    kv_i = _integral(edges, st, en, m["kv_blocks_engine"].astype(float))  # engines overlap: their sum
     avg = lambda x: np.diff(x) / width
     outstanding = avg(out_i)
     running = avg(run_i)

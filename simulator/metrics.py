@@ -8,9 +8,11 @@ not a number.
 Keys beyond the contract: moments_by_kind (prefill = moments with any prompt tokens, i.e.
 prefill-only and mixed; decode = decode-only; each also in device clock cycles), breakdown_share_by_kind,
 mfu / mbu (over all devices of all replicas for the makespan), gpu_busy_frac / host_busy_frac
-(per replica), kv (peak from the moments, mean from the time series), preemptions, goodput
-(requests/s meeting every per-request SLO bound; whether the p99 SLOs hold), queue (from the
-time series, whose points are interval averages), output_tokens and config.
+(per replica; with pp > 1 the virtual engines' moments overlap and each keeps each of the pp
+stages busy for dur / pp, so gpu_busy_frac is sum(dur) / pp per replica, at most 1), kv (peak
+from the moments, mean from the time series), preemptions, goodput (requests/s meeting every
+per-request SLO bound; whether the p99 SLOs hold), queue (from the time series, whose points
+are interval averages), output_tokens and config.
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ def summarize(r: SimResult) -> dict[str, Any]:
             all_cats[c] = all_cats.get(c, 0.0) + float(s)
 
     devices = int(r.replicas) * int(r.devices_per_replica)
-    busy = float(dur.sum())
+    busy = float(dur.sum()) / int(getattr(r, "pp", 1))  # pp > 1: each moment keeps each stage busy dur / pp
     capacity = makespan * int(r.replicas)
     kv_used = np.asarray(m["kv_blocks_used"], dtype=float)
     kv_cap = float(r.kv_capacity_blocks)

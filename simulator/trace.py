@@ -30,10 +30,13 @@ def trace_events(r: SimResult, max_events: int = MAX_EVENTS) -> dict[str, Any]:
     replicas = int(r.replicas)
     cluster_pid = replicas  # the counters' process, after the replicas
     meta: list[dict[str, Any]] = []
+    engines = int(getattr(r, "pp", 1) or 1)  # pipeline virtual engines: one track each
     for p in range(replicas):
         meta.append({"ph": "M", "name": "process_name", "pid": p, "tid": 0, "args": {"name": f"replica {p}"}})
         meta.append({"ph": "M", "name": "process_sort_index", "pid": p, "tid": 0, "args": {"sort_index": p}})
-        meta.append({"ph": "M", "name": "thread_name", "pid": p, "tid": 0, "args": {"name": "GPU"}})
+        for e in range(engines):
+            name = "GPU" if engines == 1 else f"GPUs, pipeline engine {e}"
+            meta.append({"ph": "M", "name": "thread_name", "pid": p, "tid": e, "args": {"name": name}})
     meta.append({"ph": "M", "name": "process_name", "pid": cluster_pid, "tid": 0, "args": {"name": "cluster"}})
     meta.append({"ph": "M", "name": "process_sort_index", "pid": cluster_pid, "tid": 0,
                  "args": {"sort_index": -1}})
@@ -67,13 +70,14 @@ def trace_events(r: SimResult, max_events: int = MAX_EVENTS) -> dict[str, Any]:
     ts_us = np.round(start[order] * 1e6, 3).tolist()
     dur_us = np.round(np.asarray(m["dur_s"], dtype=float)[order] * 1e6, 3).tolist()
     pid = np.asarray(m["replica"], dtype=int)[order].tolist()
+    tid = (np.asarray(m["engine"], dtype=int)[order].tolist() if "engine" in m else [0] * len(pid))
     tok = np.asarray(m["tokens"], dtype=int)[order].tolist()
     bat = np.asarray(m["batch"], dtype=int)[order].tolist()
     kvb = np.asarray(m["kv_blocks_used"], dtype=int)[order].tolist()
     moments = [
-        {"name": n, "cat": "moment", "ph": "X", "ts": a, "dur": d, "pid": p, "tid": 0,
+        {"name": n, "cat": "moment", "ph": "X", "ts": a, "dur": d, "pid": p, "tid": e,
          "args": {"tokens": k, "batch": b, "kv_blocks": v}}
-        for n, a, d, p, k, b, v in zip(names, ts_us, dur_us, pid, tok, bat, kvb, strict=True)
+        for n, a, d, p, e, k, b, v in zip(names, ts_us, dur_us, pid, tid, tok, bat, kvb, strict=True)
     ]
     truncated = n_mom < total_moments or n_ts < t.size
     other = {"moments_total": total_moments, "moments_written": n_mom, "counter_samples": int(n_ts),

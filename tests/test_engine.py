@@ -1,5 +1,6 @@
 """The engine's invariants: every request accounted for, KV within capacity, exact token counts,
-time moving forward, determinism, hand-computed static batches, preemption, token budgets."""
+time moving forward, determinism, hand-computed static batches, preemption, token budgets;
+pipeline parallelism as pp virtual engines per replica."""
 
 import math
 
@@ -11,6 +12,8 @@ from hypothesis import strategies as st
 from hwmodels.load import load_hardware
 from simulator.cost import step_model
 from simulator.engine import DECODE, MIXED, PREFILL, simulate
+from simulator.memory import footprint
+from simulator.metrics import summarize
 from simulator.model import load_model
 from simulator.ops import Batch, Dtypes, step_ops, total_flops
 from simulator.scenario import Scenario
@@ -26,24 +29,27 @@ def scen(hardware="h100-sxm", seed=0, **parts) -> Scenario:
     return Scenario.model_validate(d)
 
 
-def sm_of(hw="h100-sxm"):
-    return step_model(load_model(MODEL), load_hardware(hw), 1, 1, "graph", Dtypes())
+def sm_of(hw="h100-sxm", pp=1):
+    return step_model(load_model(MODEL), load_hardware(hw), 1, pp, "graph", Dtypes())
 
 
-def tiny_hw(tmp_path, kv_tokens: int) -> str:
-    """A what-if H100 whose memory leaves room for about kv_tokens of llama-3.2-1b KV cache."""
+def tiny_hw(tmp_path, kv_tokens: int, pp: int = 1) -> str:
+    """A what-if H100 whose memory leaves room for about kv_tokens of llama-3.2-1b KV cache per
+    replica of pp stages (tp 1)."""
     m = load_model(MODEL)
-    gb = (m.weight_bytes() + 1e9 + (kv_tokens + 0.5) * m.kv_bytes_per_token()) / 0.9 / 1e9
+    gb = (m.weight_bytes("bf16", 1, pp) + 1e9 + (kv_tokens + 0.5) * m.kv_bytes_per_token("bf16", 1, pp)) / 0.9 / 1e9
     p = tmp_path / "tiny.yaml"
     p.write_text(f"base: h100-sxm\nname: tiny-h100\ndevice:\n  memory_gb: {gb!r}\n")
     return str(p)
 
 
 def check(r, exact_tokens: bool = True) -> None:
-    """Invariants every run keeps."""
+    """Invariants every run keeps (with pp > 1: per virtual engine, and busy at most 1)."""
     q, m = r.requests, r.moments
     n = q["arrival_s"].size
     st_ = q["status"]
+    pp = r.scenario.serving.pp
+    assert r.pp == pp
     assert set(np.unique(st_).tolist()) <= {0, 1}
     assert int((st_ == 1).sum()) == sum(r.reject_reasons.values())
     done = st_ == 0
@@ -51,21 +57,33 @@ def check(r, exact_tokens: bool = True) -> None:
     assert np.all(q["first_token_s"][done] <= q["finish_s"][done])
     assert np.all(q["first_token_s"][done] >= q["arrival_s"][done])
     assert np.all(m["kv_blocks_used"] <= r.kv_capacity_blocks) and np.all(m["kv_blocks_used"] >= 0)
+    # each virtual engine holds at most its share of the replica's blocks
+    assert np.all(m["kv_blocks_engine"] <= r.kv_capacity_blocks // pp) and np.all(m["kv_blocks_engine"] >= 0)
+    assert np.all(m["kv_blocks_engine"] <= m["kv_blocks_used"])
+    assert np.all((0 <= m["engine"]) & (m["engine"] < pp)) and np.all((0 <= q["engine"]) & (q["engine"] < pp))
+    if pp == 1:
+        assert not m["engine"].any() and not q["engine"].any()
+        assert np.array_equal(m["kv_blocks_used"], m["kv_blocks_engine"])
     assert np.all(m["dur_s"] > 0)
-    for rep in range(r.replicas):
-        sel = m["replica"] == rep
+    assert np.all(np.diff(m["start_s"]) >= 0)  # time never goes back
+    units = [(rep, e) for rep in range(r.replicas) for e in range(pp)]
+    for rep, e in units:
+        sel = (m["replica"] == rep) & (m["engine"] == e)
         s, d = m["start_s"][sel], m["dur_s"][sel]
         assert np.all(np.diff(s) >= 0)
-        assert np.all(s[1:] >= (s + d)[:-1] - 1e-9 * np.maximum(1.0, s[1:]))  # no overlap
+        assert np.all(s[1:] >= (s + d)[:-1] - 1e-9 * np.maximum(1.0, s[1:]))  # no overlap in a virtual engine
     assert r.makespan_s >= (m["start_s"] + m["dur_s"]).max(initial=0.0) - 1e-12
     assert n == done.sum() + (st_ == 1).sum()
+    assert r.timeseries["busy_frac"].max(initial=0.0) <= 1.0 + 1e-9
+    busy = summarize(r)["gpu_busy_frac"]
+    assert busy is None or busy <= 1.0 + 1e-9
     if exact_tokens:
         # each completed request produced exactly output_len tokens: its first at the end of its
-        # prefill, then one per decode-bearing moment of its replica until it finished
-        for rep in range(r.replicas):
-            sel = (m["replica"] == rep) & (m["kind"] != PREFILL)
+        # prefill, then one per decode-bearing moment of its virtual engine until it finished
+        for rep, e in units:
+            sel = (m["replica"] == rep) & (m["engine"] == e) & (m["kind"] != PREFILL)
             ends = np.sort(m["start_s"][sel] + m["dur_s"][sel])
-            mine = done & (q["replica"] == rep)
+            mine = done & (q["replica"] == rep) & (q["engine"] == e)
             steps = np.searchsorted(ends, q["finish_s"][mine], "right") - np.searchsorted(
                 ends, q["first_token_s"][mine], "right")
             assert np.array_equal(steps, q["output_len"][mine] - 1)
@@ -287,10 +305,10 @@ def test_model_that_does_not_fit_is_input_error(tmp_path):
        mbt=st.sampled_from([64, 256, 1024]), bs=st.sampled_from([1, 4, 16]), kv=st.integers(300, 3000),
        mode=st.sampled_from(["recompute", "swap"]), pc=st.booleans(), n=st.integers(1, 30),
        rate=st.floats(1.0, 1000.0), replicas=st.integers(1, 2), seed=st.integers(0, 3),
-       prefix=st.booleans())
+       prefix=st.booleans(), pp=st.sampled_from([1, 2]))
 def test_property_all_accounted_kv_within_capacity(tmp_path_factory, sched, maxb, mbt, bs, kv, mode, pc, n, rate,
-                                                   replicas, seed, prefix):
-    hw = tiny_hw(tmp_path_factory.mktemp("hw"), kv)
+                                                   replicas, seed, prefix, pp):
+    hw = tiny_hw(tmp_path_factory.mktemp("hw"), kv, pp)
     wl = {"num_requests": n, "arrival": {"process": "poisson", "rate": rate},
           "prompt_len": {"dist": "uniform", "low": 1, "high": 600},
           "output_len": {"dist": "lognormal", "mean": 60, "sigma": 1.0, "max": 800}}
@@ -299,11 +317,11 @@ def test_property_all_accounted_kv_within_capacity(tmp_path_factory, sched, maxb
     sc = Scenario.model_validate({
         "model": MODEL, "hardware": hw, "seed": seed, "workload": wl,
         "serving": {"scheduler": sched, "max_batch_size": maxb, "max_batched_tokens": mbt, "block_size": bs,
-                    "preemption": mode, "prefix_caching": pc, "replicas": replicas}})
+                    "preemption": mode, "prefix_caching": pc, "replicas": replicas, "pp": pp}})
     r = simulate(sc)
     check(r, exact_tokens=r.requests["preemptions"].sum() == 0)
     q = r.requests
-    cap = r.kv_capacity_blocks * bs
+    cap = r.kv_capacity_blocks // pp * bs  # a request lives on one virtual engine
     fits = q["prompt_len"] + q["output_len"] <= cap
     if sched == "continuous":
         fits &= q["prompt_len"] <= mbt
@@ -311,3 +329,122 @@ def test_property_all_accounted_kv_within_capacity(tmp_path_factory, sched, maxb
     if sched == "chunked":
         assert r.moments["tokens"].max(initial=0) <= mbt
     assert math.isfinite(r.makespan_s)
+
+
+# -- pipeline parallelism: pp virtual engines per replica ------------------------------------------
+
+@pytest.mark.parametrize("sched", ["static", "continuous", "chunked"])
+def test_pipeline_invariants(sched):
+    sc = scen(serving__scheduler=sched, serving__pp=2, serving__replicas=2, serving__max_batch_size=16,
+              serving__max_batched_tokens=2048, workload__num_requests=300,
+              workload__arrival={"process": "poisson", "rate": 80.0},
+              workload__prompt_len={"dist": "lognormal", "mean": 300, "sigma": 0.6, "max": 2000},
+              workload__output_len={"dist": "lognormal", "mean": 40, "sigma": 0.8})
+    r = simulate(sc)
+    check(r)
+    q, m = r.requests, r.moments
+    assert (q["status"] == 0).all() and q["preemptions"].sum() == 0
+    fp = footprint(load_model(MODEL), load_hardware("h100-sxm"), 1, 2)
+    assert r.kv_capacity_blocks == fp.kv_capacity_tokens // 16  # the replica's, all its engines together
+    # every virtual engine of every replica served requests (round robin over all four)
+    assert np.bincount(q["replica"] * 2 + q["engine"], minlength=4).tolist() == [75] * 4
+    assert set(zip(m["replica"].tolist(), m["engine"].tolist(), strict=True)) == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert m["tokens"].sum() == q["prompt_len"].sum() + (q["output_len"] - 1).sum()
+    # the virtual engines of a replica overlap in time (pp batches in flight)...
+    sel0, sel1 = [(m["replica"] == 0) & (m["engine"] == e) for e in (0, 1)]
+    s0, e0, s1 = m["start_s"][sel0], (m["start_s"] + m["dur_s"])[sel0], m["start_s"][sel1]
+    k = np.searchsorted(s0, s1, "right") - 1
+    assert np.any((k >= 0) & (e0[np.maximum(k, 0)] > s1))
+    # ...so busy time counts dur / pp per moment: the time series and the summary agree
+    ts = r.timeseries
+    assert ts["busy_frac"].mean() == pytest.approx(m["dur_s"].sum() / 2 / r.makespan_s / 2, rel=1e-6)
+    assert summarize(r)["gpu_busy_frac"] == pytest.approx(m["dur_s"].sum() / 2 / (r.makespan_s * 2), rel=1e-9)
+    assert ts["kv_used_frac"].max() <= 1 + 1e-9
+    # device work is the same sum of batch aggregates: MFU/MBU need no correction
+    assert r.host_busy_s == pytest.approx(m["dur_s"].size * (sm_of(pp=2).issue_s + sm_of(pp=2).overhead_s))
+
+
+def test_pipeline_replica_kv_is_sum_over_virtual_engines(tmp_path):
+    """kv_blocks_used of a moment = what every virtual engine of its replica holds at its start
+    (brute force: the engine's moment running then, else nothing); the time series' KV is the
+    engines' sum too, never above the replica's capacity."""
+    hw = tiny_hw(tmp_path, 4000, pp=2)
+    sc = scen(hardware=hw, serving__pp=2, serving__replicas=2, serving__scheduler="chunked",
+              serving__max_batched_tokens=512, workload__num_requests=150,
+              workload__arrival={"process": "poisson", "rate": 60.0},
+              workload__prompt_len={"dist": "uniform", "low": 50, "high": 600},
+              workload__output_len={"dist": "uniform", "low": 20, "high": 300})
+    r = simulate(sc)
+    check(r, exact_tokens=False)
+    assert r.kv_capacity_blocks == 4000 // 16
+    m = r.moments
+    st_, en = m["start_s"], m["start_s"] + m["dur_s"]
+    want = np.zeros(st_.size, dtype=np.int64)
+    for j in range(st_.size):
+        for e in range(2):
+            cand = np.flatnonzero((m["replica"] == m["replica"][j]) & (m["engine"] == e) & (st_ <= st_[j]))
+            if cand.size and en[cand[-1]] > st_[j]:
+                want[j] += m["kv_blocks_engine"][cand[-1]]
+    assert np.array_equal(m["kv_blocks_used"], want)
+    assert np.any(m["kv_blocks_used"] > m["kv_blocks_engine"])  # both engines hold KV at times
+    assert m["kv_blocks_engine"].max() <= r.kv_capacity_blocks // 2
+    assert r.timeseries["kv_used_frac"].max() <= 1.0 + 1e-9
+
+
+def test_pipeline_rejects_what_exceeds_an_engines_share(tmp_path):
+    hw = tiny_hw(tmp_path, 3000, pp=2)
+    cap_eng = 3000 // 16 // 2 * 16  # tokens of one virtual engine's blocks
+    sc = scen(hardware=hw, serving__pp=2, serving__scheduler="chunked", serving__max_batched_tokens=512,
+              workload__num_requests=100, workload__arrival={"process": "poisson", "rate": 40.0},
+              workload__prompt_len={"dist": "uniform", "low": 100, "high": 2000},
+              workload__output_len={"dist": "fixed", "value": 20})
+    r = simulate(sc)
+    check(r, exact_tokens=False)
+    q = r.requests
+    too_big = q["prompt_len"] + q["output_len"] > cap_eng
+    assert too_big.any() and (~too_big).any()
+    assert np.array_equal(q["status"] == 1, too_big)
+    assert r.reject_reasons == {"exceeds kv capacity": int(too_big.sum())}
+
+
+def test_pipeline_throughput_is_pp_times_the_serial_pipeline():
+    """A burst of identical requests, continuous batching: each virtual engine runs batches of B,
+    a prefill of B prompts then OUT-1 decode steps (all finish together). A pp = 2 replica without
+    overlap would serve B requests per batch_s(B) (each moment taking step_s of the pp = 2 step
+    model, one after another); with 2 virtual engines in flight it serves twice that."""
+    P, OUT, B, N = 128, 32, 32, 512
+    sc = scen(serving__scheduler="continuous", serving__pp=2, serving__max_batch_size=B, workload__num_requests=N,
+              workload__arrival={"process": "burst"}, workload__prompt_len={"dist": "fixed", "value": P},
+              workload__output_len={"dist": "fixed", "value": OUT})
+    r = simulate(sc)
+    check(r)
+    sm = sm_of(pp=2)
+    batch_s = sm.step_s(Batch.of(prefill=[(B, P)])) + sum(sm.step_s(Batch(B, B * (P + k - 1))) for k in range(1, OUT))
+    serial = B / batch_s  # requests/s of a pp = 2 replica that runs one batch at a time
+    tput = (r.requests["status"] == 0).sum() / r.makespan_s
+    assert tput == pytest.approx(2 * serial, rel=0.10)
+    assert summarize(r)["gpu_busy_frac"] == pytest.approx(1.0, abs=0.02)  # both engines always busy
+    one = simulate(scen(serving__scheduler="continuous", serving__max_batch_size=B, workload__num_requests=N,
+                        workload__arrival={"process": "burst"}, workload__prompt_len={"dist": "fixed", "value": P},
+                        workload__output_len={"dist": "fixed", "value": OUT}))
+    assert not one.moments["engine"].any() and summarize(one)["gpu_busy_frac"] <= 1.0
+
+
+def test_pipeline_routers_and_queue():
+    for router in ("round_robin", "least_outstanding"):
+        sc = scen(serving__replicas=3, serving__pp=2, serving__router=router, workload__num_requests=300,
+                  workload__arrival={"process": "poisson", "rate": 600.0},
+                  workload__output_len={"dist": "uniform", "low": 1, "high": 100})
+        r = simulate(sc)
+        check(r)
+        q = r.requests
+        units = np.bincount(q["replica"] * 2 + q["engine"], minlength=6)
+        assert units.min() > 30
+        if router == "round_robin":
+            assert units.tolist() == [50] * 6
+            assert q["replica"][:6].tolist() == [0, 1, 2, 0, 1, 2] and q["engine"][:6].tolist() == [0, 0, 0, 1, 1, 1]
+    # max_queue bounds the requests waiting on a replica, all its virtual engines together
+    r = simulate(scen(serving__scheduler="static", serving__pp=2, serving__max_batch_size=2, serving__max_queue=3,
+                      workload__num_requests=20, workload__arrival={"process": "burst"}))
+    check(r)
+    assert r.reject_reasons == {"queue full": 17}

@@ -92,7 +92,7 @@ def test_out_writes_every_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     rows = list(csv.DictReader(open(out_dir / "requests.csv")))
     assert len(rows) == 20
     assert list(rows[0]) == ["id", "arrival_s", "prompt_len", "output_len", "first_token_s", "finish_s",
-                             "ttft_ms", "tpot_ms", "e2e_ms", "replica", "status", "preemptions"]
+                             "ttft_ms", "tpot_ms", "e2e_ms", "replica", "engine", "status", "preemptions"]
     ttft = [float(r["ttft_ms"]) for r in rows if r["ttft_ms"]]
     assert sum(ttft) / len(ttft) == pytest.approx(s["ttft_ms"]["mean"], rel=1e-4)
     for r in rows:  # E2E = TTFT + (n - 1) x TPOT, per request

@@ -6,13 +6,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from simulator.engine import SimResult
 from simulator.metrics import clean, latency_stats, summarize
 from simulator.progress import Progress
 from simulator.scenario import scenario_from_dict
@@ -20,31 +20,7 @@ from simulator.scenario import scenario_from_dict
 nan = math.nan
 
 
-@dataclass
-class FakeResult:
-    """The shape of simulator.engine.SimResult, filled by hand."""
-
-    requests: dict[str, np.ndarray]
-    reject_reasons: dict[str, int]
-    moments: dict[str, np.ndarray]
-    category_s: dict[str, dict[str, float]]
-    timeseries: dict[str, np.ndarray]
-    makespan_s: float
-    kv_capacity_blocks: int
-    block_size: int
-    replicas: int
-    devices_per_replica: int
-    clock_ghz: float
-    peak_flops: float
-    mem_bw: float
-    total_flops: float
-    total_bytes: float
-    host_busy_s: float
-    scenario: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def fake_result() -> FakeResult:
+def fake_result() -> SimResult:
     """Four requests on one replica of two devices, a 5 s run:
 
     r0 arrives 0.0, first token 0.1, finishes 1.1, 11 tokens: TTFT 100, TPOT 1000/10 = 100, E2E 1100 ms
@@ -56,7 +32,7 @@ def fake_result() -> FakeResult:
     sc = scenario_from_dict({"model": "llama-3.2-1b", "hardware": "h100-sxm",
                              "slo": {"ttft_ms": 250, "tpot_ms": 150, "p99_ttft_ms": 200, "p99_tpot_ms": 250}},
                             "test")
-    return FakeResult(
+    return SimResult(
         requests={
             "arrival_s": np.array([0.0, 0.5, 1.0, 2.0]),
             "prompt_len": np.array([100, 200, 50, 9000]),

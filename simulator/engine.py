@@ -259,7 +259,6 @@ class _Replica:
         self.swapped: dict[int, tuple[int, int]] = {}  # preempted (swap): (tokens cached, generated)
         self.extra = 0.0
         self.pending: list = []
-        self.pkind = DECODE
         self.decoding = False
         self.plan = {"static": self._plan_static, "continuous": self._plan_continuous,
                      "chunked": self._plan_chunked}[self.kind]
@@ -556,7 +555,6 @@ class _Replica:
         sim = self.sim
         dt = sim.cost(ds, dc, ps, pt, pairs, pc, lg) + self.extra
         self.extra = 0.0
-        self.pkind = kind
         self.decoding = ds > 0
         sim.account(self.unit, self.env.now, dt, kind, ds, dc, ps, pt, pairs, pc, lg, running, self.kv.used)
         return dt

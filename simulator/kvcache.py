@@ -98,13 +98,6 @@ class KVCache:
             self._lru[pid] = ent[0]
             self.evictable += ent[0]
 
-    def drop_prefix(self, pid: int) -> None:
-        """Undo a MISS whose request was not admitted after all: the blocks hold nothing."""
-        ent = self._prefix.pop(pid)
-        if ent[1] != 1:
-            raise RuntimeError("drop_prefix of a prefix other requests use")
-        self.free += ent[0]
-
     def check(self) -> None:
         """Invariants, for tests: counts within [0, capacity], evictable = refcount-0 prefixes."""
         held = sum(b for b, _ in self._prefix.values())

@@ -14,9 +14,6 @@ from hwmodels.errors import InputError, from_validation, load_mapping
 from hwmodels.spec import DTYPE_BYTES
 
 PRESET_DIR = Path(__file__).parent / "models"
-WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8", "int4")
-ACT_DTYPES = ("fp32", "bf16", "fp16")
-KV_DTYPES = ("fp32", "bf16", "fp16", "fp8", "int8")
 
 
 class ModelSpec(BaseModel):

@@ -54,9 +54,6 @@ SHORT = {
     "serving.replicas": "replicas", "serving.scheduler": "scheduler",
     "serving.max_batch_size": "max_batch_size", "workload.arrival.rate": "rate", "seed": "seed",
 }
-LEAD = ["point", "status", "error", "model", "hardware", "tp", "pp", "replicas", "devices", "scheduler",
-        "max_batch_size", "rate", "seed"]
-COST = ["price_per_hour", "cost_per_hour", "cost_per_m_output_tokens"]
 
 
 # -- the SWEEP.yaml schema -----------------------------------------------------------------------

@@ -29,7 +29,6 @@ import csv
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -46,6 +45,7 @@ from simulator.cost import step_model
 from simulator.memory import footprint
 from simulator.model import ModelSpec, load_model
 from simulator.ops import Batch, Dtypes, check_tp
+from simulator.progress import Progress
 from simulator.scenario import (
     Fixed,
     FromTrace,
@@ -563,15 +563,10 @@ def run_plan(plan: Plan, base_dir: Path, runner: Runner | None = None, workers: 
     if n <= 1:
         results = [plan_candidate(plan, c, base_dir, runner) for c in plan.candidates]
     else:
-        tty = sys.stderr.isatty()
-        with ProcessPoolExecutor(max_workers=n) as pool:
+        with ProcessPoolExecutor(max_workers=n) as pool, Progress("plan", interval=0.0) as bar:
             futs = [pool.submit(plan_candidate, plan, c, base_dir, runner) for c in plan.candidates]
-            for k, _ in enumerate(as_completed(futs), start=1):
-                if tty:  # a plan takes a while: say it is alive
-                    sys.stderr.write(f"\rplan: {k}/{len(futs)} parts searched, {time.perf_counter() - t0:.0f} s   ")
-                    sys.stderr.flush()
-            if tty:
-                sys.stderr.write("\n")
+            for k, _ in enumerate(as_completed(futs), start=1):  # a plan takes a while: say it is alive
+                bar(k / len(futs), f"{k}/{len(futs)} parts searched")
             results = [f.result() for f in futs]
     return PlanResult(plan, results, round(time.perf_counter() - t0, 2))
 

@@ -30,9 +30,13 @@ class Progress:
         self._last = -1.0
         self._drawn = False
         self.frac = 0.0
+        self.detail = ""
 
-    def __call__(self, frac: float) -> None:
+    def __call__(self, frac: float, detail: str | None = None) -> None:
+        """Record progress (and a short note such as "12/200 points") and redraw if it is time."""
         self.frac = min(1.0, max(0.0, float(frac))) if frac == frac else self.frac  # NaN: keep
+        if detail is not None:
+            self.detail = detail
         if not self.enabled:
             return
         now = time.monotonic()
@@ -48,7 +52,8 @@ class Progress:
         filled = int(round(f * self.width))
         bar = "#" * filled + "." * (self.width - filled)
         eta = _hms(elapsed * (1 - f) / f) if f > 0.001 else "?"
-        return f"{self.label} {f:6.1%} [{bar}] {_hms(elapsed)} elapsed, ETA {eta} "
+        note = f" {self.detail}" if self.detail else ""
+        return f"{self.label} {f:6.1%} [{bar}]{note} {_hms(elapsed)} elapsed, ETA {eta} "
 
     def close(self) -> None:
         """Erase the line so what is printed next starts clean."""

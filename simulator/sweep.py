@@ -30,7 +30,6 @@ import itertools
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -45,6 +44,7 @@ from hwmodels.errors import InputError, from_validation, load_mapping
 from hwmodels.load import load_hardware
 from simulator.model import load_model
 from simulator.pareto import pareto_front
+from simulator.progress import Progress
 from simulator.scenario import Scenario, scenario_from_dict
 
 Runner = Callable[[Scenario], dict]
@@ -342,35 +342,22 @@ class _Journal:
         self.f.close()
 
 
-class _Progress:
-    """One line rewritten on a terminal: points done, errors, elapsed and an estimate of the rest."""
+class _Tally:
+    """Points finished and failed, drawn as a progress line on a terminal."""
 
     def __init__(self, total: int, resumed: int, enabled: bool | None = None):
         self.total, self.resumed, self.done, self.errors = total, resumed, 0, 0
-        self.t0 = time.monotonic()
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = Progress("sweep", enabled=enabled, interval=0.0)
 
     def tick(self, status: str) -> None:
         self.done += 1
         self.errors += status != "ok"
-        if not self.enabled:
-            return
-        el = time.monotonic() - self.t0
-        left = el / self.done * (self.total - self.done)
         err = f", {self.errors} failed" if self.errors else ""
         res = f", {self.resumed} resumed" if self.resumed else ""
-        sys.stderr.write(f"\rsweep: {self.done}/{self.total} points{err}{res}  "
-                         f"{_hms(el)} elapsed, ~{_hms(left)} left   ")
-        sys.stderr.flush()
+        self.bar(self.done / max(self.total, 1), f"{self.done}/{self.total} points{err}{res}")
 
     def close(self) -> None:
-        if self.enabled and self.done:
-            sys.stderr.write("\n")
-
-
-def _hms(s: float) -> str:
-    s = int(s + 0.5)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+        self.bar.close()
 
 
 def _run_local(todo: list[Point], workers: int, runner: Runner | None,
@@ -451,7 +438,7 @@ def run_sweep(path: str | Path, out: str | Path | None = None, workers: int | No
             queued.add(p.key)
     resumed = sum(p.key in done for p in points)
     results: dict[str, dict[str, Any]] = dict(done)
-    bar = _Progress(len(todo), resumed, progress)
+    bar = _Tally(len(todo), resumed, progress)
     journal = _Journal(journal_path)
 
     def record(p: Point, rec: dict[str, Any]) -> None:

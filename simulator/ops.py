@@ -65,6 +65,9 @@ class Batch:
         return Batch(ds, dc, ps, pt, pp, 0)
 
 
+Num = float | np.ndarray  # a count, or counts over an array of token counts
+
+
 @dataclass(frozen=True)
 class Op:
     """One kind of kernel in a step. m may be an array (vectorised over token counts)."""
@@ -72,14 +75,14 @@ class Op:
     name: str
     category: str
     kind: str                 # gemm | attn_prefill | attn_decode | stream | allreduce | send
-    flops: object             # float or ndarray, per device, all layers
-    bytes: object             # read + written, per device, all layers
+    flops: Num                # per device, all layers
+    bytes: Num                # read + written, per device, all layers
     layers: int               # how many times it runs in the step (per-kernel floors, dispatches)
-    m: object = 0.0           # GEMM rows (tokens); array allowed
+    m: Num = 0.0              # GEMM rows / element-wise rows (tokens)
     n: float = 0.0            # GEMM columns per device
     k: float = 0.0            # GEMM reduction dim per device
-    copies: object = 1.0      # distinct weight matrices streamed (MoE experts touched)
-    seqs: object = 0.0        # sequences in an attention kernel
+    copies: Num = 1.0         # distinct weight matrices streamed (MoE experts touched)
+    seqs: Num = 0.0           # sequences in an attention kernel
     kernels: int = 1          # eager kernel launches per layer
 
 
@@ -106,7 +109,7 @@ def check_tp(model: ModelSpec, tp: int, pp: int = 1) -> None:
         raise ValueError(f"pp={pp} must divide num_hidden_layers={model.num_hidden_layers}")
 
 
-def dense_ops(model: ModelSpec, tokens, logits, dt: Dtypes, tp: int = 1, pp: int = 1) -> list[Op]:
+def dense_ops(model: ModelSpec, tokens: Num, logits: Num, dt: Dtypes, tp: int = 1, pp: int = 1) -> list[Op]:
     """Ops whose cost depends only on the token count (GEMMs, element-wise, collectives).
 
     A moment is one batch through all pipeline stages, so every layer is counted once (on the
@@ -124,14 +127,15 @@ def dense_ops(model: ModelSpec, tokens, logits, dt: Dtypes, tp: int = 1, pp: int
     inter = model.intermediate_size / tp
     ops: list[Op] = []
 
-    def gemm(name: str, cat: str, m, n: float, k: float, layers: int, copies=1.0, kernels: int = 1) -> Op:
+    def gemm(name: str, cat: str, m: Num, n: float, k: float, layers: int, copies: Num = 1.0,
+             kernels: int = 1) -> Op:
         m = np.asarray(m, dtype=float)
         fl = 2.0 * m * n * k * layers
         by = (w * n * k * np.asarray(copies) + a * m * (n + k)) * layers
         return Op(name, cat, "gemm", fl, by, layers, m, n, k, copies, 0.0, kernels)
 
-    def stream(name: str, cat: str, elems, reads: float, writes: float, layers: int, flops_per_elem: float = 1.0,
-               kernels: int = 1, rows=None) -> Op:
+    def stream(name: str, cat: str, elems: Num, reads: float, writes: float, layers: int,
+               flops_per_elem: float = 1.0, kernels: int = 1, rows: Num | None = None) -> Op:
         """An element-wise kernel over `rows` tokens (one thread block each on a GPU)."""
         e = np.asarray(elems, dtype=float)
         return Op(name, cat, "stream", flops_per_elem * e * layers, (reads + writes) * a * e * layers, layers,

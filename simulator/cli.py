@@ -53,7 +53,7 @@ def cmd_step(args: argparse.Namespace) -> int:
     tokens = sum(b for b, _ in decode) + sum(b * n for b, n in prefill)
     seqs_kv = sum(b * (c + 1) for b, c in decode) + sum(b * n for b, n in prefill)
     fp = check_fits(model, hw, args.tp, args.pp, dt, min_tokens=seqs_kv, where="--model/--hardware")
-    sm = step_model(model, hw, args.tp, args.pp, args.mode, dt)
+    sm = step_model(model, hw, args.tp, args.pp, args.mode, dt, args.async_scheduling)
     cost = sm.cost(Batch.of(decode=decode, prefill=prefill))
     out = cost.as_dict()
     if args.verbose:
@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("step", help="the cost of one moment (prefill/decode step)")
     _add_model_args(p)
     p.add_argument("--mode", default="graph", choices=["graph", "eager"])
+    p.add_argument("--async-scheduling", action="store_true",
+                   help="the host prepares the next step while the device runs this one")
     p.add_argument("--decode", action="append", default=[], metavar="BxCTX", help="B sequences with CTX cached")
     p.add_argument("--prefill", action="append", default=[], metavar="BxLEN", help="B prompts of LEN tokens")
     p.add_argument("-v", "--verbose", action="store_true", help="add config and memory to the JSON")

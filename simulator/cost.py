@@ -45,13 +45,16 @@ class StepModel:
     """Step costs of one serving configuration. Build with `step_model(...)` to share the cache."""
 
     def __init__(self, model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, mode: str = "graph",
-                 dtypes: Dtypes = Dtypes()):
+                 dtypes: Dtypes = Dtypes(), async_scheduling: bool = False):
         check_tp(model, tp, pp)
         if tp * pp > hw.total_devices:
             raise ValueError(f"tp*pp={tp * pp} needs more devices than {hw.name} has ({hw.total_devices})")
         if mode not in ("graph", "eager"):
             raise ValueError(f"mode {mode!r}; allowed: graph, eager")
         self.model, self.hw, self.tp, self.pp, self.mode, self.dtypes = model, hw, tp, pp, mode, dtypes
+        # a server that prepares step n+1 on the host while the device runs step n (vLLM v1's
+        # async scheduling) hides its per-step overhead behind the device's work
+        self.async_scheduling = async_scheduling
         host = hw.host
         self.cpu = hw.device.kind == "cpu"
         self.kernels = eager_kernels(model, tp, pp)
@@ -163,6 +166,8 @@ class StepModel:
     def _combine(self, dev: float) -> float:
         if self.cpu:  # the CPU both issues and runs the kernels: nothing overlaps
             return dev + self.issue_s + self.overhead_s
+        if self.async_scheduling:
+            return max(dev, self.issue_s + self.overhead_s)
         return max(dev, self.issue_s) + self.overhead_s
 
     def cost(self, b: Batch) -> StepCost:
@@ -185,12 +190,12 @@ _CACHE: dict[tuple, StepModel] = {}
 
 
 def step_model(model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, mode: str = "graph",
-               dtypes: Dtypes = Dtypes()) -> StepModel:
+               dtypes: Dtypes = Dtypes(), async_scheduling: bool = False) -> StepModel:
     """A shared StepModel per configuration (specs hold dicts, so key on their JSON)."""
-    key = (model.model_dump_json(), hw.model_dump_json(), tp, pp, mode, dtypes)
+    key = (model.model_dump_json(), hw.model_dump_json(), tp, pp, mode, dtypes, async_scheduling)
     sm = _CACHE.get(key)
     if sm is None:
         if len(_CACHE) > 256:
             _CACHE.clear()
-        sm = _CACHE[key] = StepModel(model, hw, tp, pp, mode, dtypes)
+        sm = _CACHE[key] = StepModel(model, hw, tp, pp, mode, dtypes, async_scheduling)
     return sm

@@ -230,13 +230,13 @@ def cost_per_m_tokens(price_per_hour: float, devices: int, out_tokens_per_s: flo
 
 
 def decode_bound(model: ModelSpec, hw: Hardware, tp: int, pp: int, mode: str, dt: Dtypes, batch: int,
-                 kv_tokens: int, prompt: float) -> tuple[float, float]:
+                 kv_tokens: int, prompt: float, async_scheduling: bool = False) -> tuple[float, float]:
     """(an upper bound on one replica's decode tokens/s, the decode step of one sequence in s).
 
     The batch is the cap or what the KV cache holds at the shortest context a decode sees (the
     prompt); contexts are set to the prompt, so steps are no longer than real ones; prefill is
     left out; a pipeline keeps up to pp batches in flight. Every choice errs high."""
-    sm = step_model(model, hw, tp, pp, mode, dt)
+    sm = step_model(model, hw, tp, pp, mode, dt, async_scheduling)
     ctx = max(1, int(prompt))
     b = max(1, min(batch, kv_tokens // ctx))
     step_b = sm.step_s(Batch(decode_seqs=b, decode_ctx=b * ctx))
@@ -351,7 +351,7 @@ class _Search:
                 for c in cs:
                     c.kv_tokens = fp.kv_capacity_tokens
                     tok_s, step1 = decode_bound(self.model, self.hw, tp, pp, s.mode, self.dt, c.max_batch_size,
-                                                fp.kv_capacity_tokens, self.prompt)
+                                                fp.kv_capacity_tokens, self.prompt, s.async_scheduling)
                     c.decode_tok_s = tok_s
                     if self.plan.slo.p99_tpot_ms is not None and step1 * 1e3 > self.plan.slo.p99_tpot_ms:
                         c.status = "pruned: TPOT bound"

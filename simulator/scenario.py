@@ -95,6 +95,9 @@ class Serving(Strict):
     act_dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
     kv_dtype: Literal["fp32", "bf16", "fp16", "fp8", "int8"] = "bf16"
     max_queue: int | None = Field(default=None, gt=0, description="reject arrivals beyond this queue length")
+    async_scheduling: bool = Field(
+        default=False, description="the host prepares the next step while the device runs this one (vLLM v1)"
+    )
 
 
 class Slo(Strict):

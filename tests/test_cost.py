@@ -109,3 +109,16 @@ def test_closed_form_attention_equals_the_ops(name, ds, dc, ps, pt, pc):
     b = Batch(ds, dc if ds else 0, ps, pt, pt * (pt + 1) / 2 + pt * pc, pc if ps else 0)
     assert s.attention_s(b.decode_seqs, b.decode_ctx, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx) == \
         pytest.approx(s.attention_ops_s(b), rel=1e-9, abs=1e-15)
+
+
+def test_async_scheduling_hides_the_per_step_overhead():
+    # by hand: synchronous = max(device, issue) + overhead; async = max(device, issue + overhead)
+    b = Batch.of(decode=[(8, 512)])
+    sync, asy = sm(mode="graph"), sm(mode="graph", async_scheduling=True)
+    dev = sync.device_s(b)
+    assert sync.step_s(b) == pytest.approx(max(dev, sync.issue_s) + sync.overhead_s)
+    assert asy.step_s(b) == pytest.approx(max(dev, asy.issue_s + asy.overhead_s))
+    assert asy.step_s(b) == pytest.approx(dev)  # a 1 ms device step covers 0.36 ms of host work
+    # in eager mode the host is the bottleneck, and async scheduling cannot hide it
+    e = sm(mode="eager", async_scheduling=True)
+    assert e.step_s(b) == pytest.approx(e.issue_s + e.overhead_s)

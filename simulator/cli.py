@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
-from simulator.cost import step_model
+from simulator.cost import check_parallelism, step_model
 from simulator.memory import check_fits, footprint
 from simulator.model import load_model
-from simulator.ops import Batch, Dtypes, check_tp
+from simulator.ops import Batch, Dtypes
 
 SHAPE = re.compile(r"^\s*(-?\d+)\s*[xX]\s*(-?\d+)\s*$")
 
@@ -34,12 +34,9 @@ def _resolve(args: argparse.Namespace):
     dt = Dtypes(weight=args.weight_dtype or args.dtype, act=args.dtype if args.dtype != "fp8" else "bf16",
                 kv=args.kv_dtype or (args.dtype if args.dtype != "fp8" else "bf16"))
     try:
-        check_tp(model, args.tp, args.pp)
+        check_parallelism(model, hw, args.tp, args.pp)
     except ValueError as e:
         raise InputError("--tp", str(args.tp), str(e)) from None
-    if args.tp * args.pp > hw.total_devices:
-        raise InputError("--tp", str(args.tp), f"tp x pp = {args.tp * args.pp} exceeds the {hw.total_devices} "
-                         f"devices of {hw.name} (devices_per_node x nodes)")
     return model, hw, dt
 
 

@@ -28,6 +28,14 @@ DEVICE_CATEGORIES = tuple(c for c in CATEGORIES if c != "host")
 _ATTN = DEVICE_CATEGORIES.index("attention")
 
 
+def check_parallelism(model: ModelSpec, hw: Hardware, tp: int, pp: int) -> None:
+    """tp and pp must shard the model's heads and layers and fit the part's devices (ValueError)."""
+    check_tp(model, tp, pp)
+    if tp * pp > hw.total_devices:
+        raise ValueError(f"tp x pp = {tp * pp} exceeds the {hw.total_devices} devices of {hw.name} "
+                         f"(devices_per_node x nodes)")
+
+
 @dataclass(frozen=True)
 class StepCost:
     step_ms: float
@@ -46,9 +54,7 @@ class StepModel:
 
     def __init__(self, model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, mode: str = "graph",
                  dtypes: Dtypes = Dtypes(), async_scheduling: bool = False):
-        check_tp(model, tp, pp)
-        if tp * pp > hw.total_devices:
-            raise ValueError(f"tp*pp={tp * pp} needs more devices than {hw.name} has ({hw.total_devices})")
+        check_parallelism(model, hw, tp, pp)
         if mode not in ("graph", "eager"):
             raise ValueError(f"mode {mode!r}; allowed: graph, eager")
         self.model, self.hw, self.tp, self.pp, self.mode, self.dtypes = model, hw, tp, pp, mode, dtypes

@@ -38,17 +38,19 @@ from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import simpy
 
 from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
-from simulator.cost import DEVICE_CATEGORIES, StepModel, step_model
+from hwmodels.spec import Hardware
+from simulator.cost import DEVICE_CATEGORIES, StepModel, check_parallelism, step_model
 from simulator.kvcache import FAIL, KVCache
-from simulator.memory import check_fits
-from simulator.model import load_model
-from simulator.ops import Batch, Dtypes, attention_ops, check_tp, dense_ops
+from simulator.memory import check_fits, footprint
+from simulator.model import ModelSpec, load_model
+from simulator.ops import Batch, Dtypes, attention_ops, dense_ops
 from simulator.scenario import Scenario
 from simulator.workload import Requests, make_requests
 
@@ -657,24 +659,48 @@ def _workload(sim: _Sim, reps: list[_Replica]):
             i += 1
 
 
+# -- checks before simulating --------------------------------------------------------------------
+def _nested(err: InputError, where: str, field: str) -> InputError:
+    """Re-address a resolver's error to the scenario file and field; keep a deeper file's name."""
+    generic = err.where in ("model", "hardware")
+    msg = (f"{err.field}: {err.message}" if err.field else err.message) if generic else str(err)
+    return InputError(where, field, msg)
+
+
+def check_scenario(sc: Scenario, where: str = "scenario") -> tuple[ModelSpec, Hardware, Dtypes]:
+    """Resolve model and hardware and check tp/pp and memory (a KV block for each of the pp
+    virtual engines): raise one InputError line before anything is simulated."""
+    try:
+        model = load_model(sc.model)
+    except InputError as e:
+        raise _nested(e, where, "model") from None
+    try:
+        hw = load_hardware(sc.hardware)
+    except InputError as e:
+        raise _nested(e, where, "hardware") from None
+    s = sc.serving
+    try:
+        check_parallelism(model, hw, s.tp, s.pp)
+    except ValueError as e:
+        field = "serving.pp" if str(e).startswith("pp=") else "serving.tp"
+        raise InputError(where, field, str(e)) from None
+    dt = Dtypes(weight=s.weight_dtype, act=s.act_dtype, kv=s.kv_dtype)
+    arr = sc.workload.arrival
+    if arr.process == "trace" and arr.path and not Path(arr.path).is_file():
+        raise InputError(where, "workload.arrival.path", f"trace file not found: {arr.path}")
+    check_fits(model, hw, s.tp, s.pp, dt, s.gpu_memory_utilization, s.activation_reserve_gb,
+               min_tokens=s.block_size * s.pp, where=f"{where}: model/hardware")
+    return model, hw, dt
+
+
 # -- entry point ---------------------------------------------------------------------------------
 
 def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None) -> SimResult:
     """Run a scenario to the end: every request completes or is rejected with a reason."""
     t_wall = time.perf_counter()
     sv = scenario.serving
-    model = load_model(scenario.model)
-    hw = load_hardware(scenario.hardware)
-    dt = Dtypes(sv.weight_dtype, sv.act_dtype, sv.kv_dtype)
-    try:
-        check_tp(model, sv.tp, sv.pp)
-    except ValueError as e:
-        raise InputError("scenario", "serving.tp", str(e)) from None
-    if sv.tp * sv.pp > hw.total_devices:
-        raise InputError("scenario", "serving.tp", f"tp x pp = {sv.tp * sv.pp} exceeds the {hw.total_devices} "
-                         f"devices of {hw.name} (devices_per_node x nodes)")
-    fp = check_fits(model, hw, sv.tp, sv.pp, dt, sv.gpu_memory_utilization, sv.activation_reserve_gb,
-                    min_tokens=sv.block_size * sv.pp, where="scenario: model/hardware")  # a block per engine
+    model, hw, dt = check_scenario(scenario)
+    fp = footprint(model, hw, sv.tp, sv.pp, dt, sv.gpu_memory_utilization, sv.activation_reserve_gb)
     cap_blocks = fp.kv_capacity_tokens // sv.block_size
     sm = step_model(model, hw, sv.tp, sv.pp, sv.mode, dt, sv.async_scheduling)
     req = make_requests(scenario.workload, scenario.seed, where="scenario")

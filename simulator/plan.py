@@ -246,9 +246,8 @@ def decode_bound(model: ModelSpec, hw: Hardware, tp: int, pp: int, mode: str, dt
 
 # -- simulations -----------------------------------------------------------------------------------
 def _default_runner(sc: Scenario) -> dict:
-    from simulator.run import check_scenario, run_scenario
+    from simulator.run import run_scenario
 
-    check_scenario(sc)
     return run_scenario(sc)
 
 

@@ -13,60 +13,18 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from hwmodels.errors import InputError
-from hwmodels.load import load_hardware
-from simulator.memory import check_fits
+from simulator.engine import SimResult, check_scenario, simulate
 from simulator.metrics import KIND_NAMES, num, per_request, summarize
-from simulator.model import load_model
-from simulator.ops import Dtypes, check_tp
 from simulator.progress import Progress
 from simulator.scenario import Scenario, load_scenario
-
-if TYPE_CHECKING:
-    from simulator.engine import SimResult
 
 MAX_CSV_ROWS = 1_000_000
 CHUNK = 65_536
 NAN_CELL = re.compile(r"(?<![^,\n])nan(?![^,\n])")  # a whole cell that is NaN
-
-
-# -- checks before simulating --------------------------------------------------------------------
-def _nested(err: InputError, where: str, field: str) -> InputError:
-    """Re-address a resolver's error to the scenario file and field; keep a deeper file's name."""
-    generic = err.where in ("model", "hardware")
-    msg = (f"{err.field}: {err.message}" if err.field else err.message) if generic else str(err)
-    return InputError(where, field, msg)
-
-
-def check_scenario(sc: Scenario, where: str = "scenario") -> None:
-    """Resolve model and hardware and check tp/pp and memory: raise one InputError line."""
-    try:
-        model = load_model(sc.model)
-    except InputError as e:
-        raise _nested(e, where, "model") from None
-    try:
-        hw = load_hardware(sc.hardware)
-    except InputError as e:
-        raise _nested(e, where, "hardware") from None
-    s = sc.serving
-    try:
-        check_tp(model, s.tp, s.pp)
-    except ValueError as e:
-        field = "serving.pp" if str(e).startswith("pp=") else "serving.tp"
-        raise InputError(where, field, str(e)) from None
-    if s.tp * s.pp > hw.total_devices:
-        raise InputError(where, "serving.tp", f"tp x pp = {s.tp * s.pp} exceeds the {hw.total_devices} devices "
-                         f"of {hw.name} (devices_per_node x nodes)")
-    dt = Dtypes(weight=s.weight_dtype, act=s.act_dtype, kv=s.kv_dtype)
-    arr = sc.workload.arrival
-    if arr.process == "trace" and arr.path and not Path(arr.path).is_file():
-        raise InputError(where, "workload.arrival.path", f"trace file not found: {arr.path}")
-    check_fits(model, hw, s.tp, s.pp, dt, s.gpu_memory_utilization, s.activation_reserve_gb,
-               min_tokens=s.block_size, where=f"{where}: model/hardware")
 
 
 # -- outputs -------------------------------------------------------------------------------------
@@ -148,8 +106,6 @@ def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str,
 
 def run_scenario(scenario: Scenario, out: Path | None = None, progress: bool = False) -> dict[str, Any]:
     """Simulate, summarise and (with `out`) write every output. The one path sweeps share."""
-    from simulator.engine import simulate
-
     bar = Progress(enabled=progress) if progress else None
     try:
         result = simulate(scenario, progress=bar)

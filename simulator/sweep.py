@@ -286,10 +286,9 @@ def load_sweep(path: str | Path) -> tuple[Sweep, list[Point]]:
 
 # -- running ---------------------------------------------------------------------------------------
 def _default_runner(sc: Scenario) -> dict:
-    """`momentsim run`'s path: the same checks (fit, tp) and the same metrics."""
-    from simulator.run import check_scenario, run_scenario
+    """`momentsim run`'s path: the same checks (fit, tp; done by simulate) and the same metrics."""
+    from simulator.run import run_scenario
 
-    check_scenario(sc)
     return run_scenario(sc)
 
 

@@ -97,16 +97,21 @@ def base_hardware(device: str, base: str | None, fp: dict[str, Any], facts: dict
 
 
 def _constrained(param: str, fitted: list[dict[str, Any]]) -> int:
-    """How many fitted records bear on a parameter (for the provenance line)."""
+    """How many fitted records bear on a parameter (for the provenance line), from the fit's own
+    grouping of parameters by op kind."""
+    from calibration.fit import COMM_KINDS, DEVICE_KINDS, GROUPS, HOST_KINDS
+
     if param.startswith("elementwise_"):  # elementwise_memory.norm, elementwise_floor_us, ...
         cat = param.split(".", 1)[1] if "." in param else None
         return sum(1 for r in fitted if r["op"] == "stream" and cat in (None, r["category"]))
-    kinds = {"gemm_compute": ("gemm",), "gemm_memory": ("gemm",), "softmax_p": ("gemm",), "gemm_wave": ("gemm",),
-             "attn_prefill_compute": ("attn_prefill",), "attn_decode_memory": ("attn_decode",),
-             "attn_decode_compute": ("attn_decode",), "attn_decode_seq_us": ("attn_decode",),
-             "floor_us": ("gemm", "attn_prefill", "attn_decode", "stream"), "comm_bw": ("allreduce", "send"),
-             "comm_latency_us": ("allreduce", "send"), "dispatch_us": ("dispatch",),
-             "graph_launch_us": ("graph_launch",)}.get(param, ())
+    if param == "gemv_memory":  # the one-token GEMMs among the GEMMs
+        return sum(1 for r in fitted if r["op"] == "gemm" and 0 < float(r.get("m") or 0) <= 1)
+    if param == "floor_us":
+        kinds: tuple[str, ...] = DEVICE_KINDS
+    else:
+        kinds = tuple(k for g, names in GROUPS.items() if param in names
+                      for k in (COMM_KINDS if g == "comm" else (g,)))
+        kinds += tuple(k for k, f in HOST_KINDS.items() if f == param)
     return sum(1 for r in fitted if r["op"] in kinds)
 
 
@@ -116,7 +121,7 @@ def calibrate(device: str, out: str | Path, size: str = "full", base: str | None
     """Measure, fit, write the profile; returns the profile as a dict (what was written)."""
     check_device(device)
     from calibration import microbench as mb
-    from calibration.fit import fit_profile, predict, rel_errors, summary
+    from calibration.fit import HOST_KINDS, fit_profile, predict, rel_errors, summary
 
     say = log or (lambda s: print(s, file=sys.stderr))
     out = Path(out)
@@ -156,7 +161,7 @@ def calibrate(device: str, out: str | Path, size: str = "full", base: str | None
     prov["device.kernel_launch_us"] = "equal to the fitted efficiency.floor_us"
 
     for p, v in report["params"].items():
-        key = f"host.{p}" if p in ("dispatch_us", "graph_launch_us") else f"efficiency.{p}"
+        key = f"host.{p}" if p in HOST_KINDS.values() else f"efficiency.{p}"
         n = _constrained(p, fitted_recs)
         prov[key] = f"fit to {n} microbenchmark cases on {hw.device.name} {date} (value {v})"
     if device == "cpu":

@@ -25,7 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from calibration.fit import Record, fit_profile, op_label, predict, record, rel_errors, summary
+from calibration.fit import (
+    HOST_KINDS,
+    Record,
+    fit_profile,
+    op_label,
+    predict,
+    record,
+    rel_errors,
+    summary,
+)
 from hwmodels.profile import SCHEMA, Profile
 from hwmodels.spec import Hardware
 from simulator.model import ModelSpec
@@ -424,7 +433,7 @@ def markdown_report(ev: dict[str, Any], prof: Profile) -> str:
     ]
     prov = prof.provenance
     for k, v in params.items():
-        key = f"host.{k}" if k in ("dispatch_us", "graph_launch_us") else f"efficiency.{k}"
+        key = f"host.{k}" if k in HOST_KINDS.values() else f"efficiency.{k}"
         where = prov.get(key, "")
         L.append(f"| `{k}` | {v} | {where} |")
     L.append(f"| `device.kernel_launch_us` | {prof.hardware.device.kernel_launch_us} | {prov['device.kernel_launch_us']} |")

@@ -22,7 +22,7 @@ from hwmodels.errors import InputError
 from hwmodels.spec import Hardware
 from simulator.cli import _resolve
 from simulator.cost import StepModel, step_model
-from simulator.memory import check_fits, footprint
+from simulator.memory import check_fits
 from simulator.model import ModelSpec
 from simulator.ops import CATEGORIES, Batch, Dtypes
 
@@ -64,8 +64,7 @@ def compute(model: ModelSpec, hw: Hardware, tp: int, pp: int, mode: str, dt: Dty
             contexts: list[int], prompts: list[int]) -> dict[str, Any]:
     """The three curves. A model that cannot hold even the smallest point is one InputError."""
     least = min(min(batches) * (min(contexts) + 1), min(prompts))
-    check_fits(model, hw, tp, pp, dt, min_tokens=least, where="--model/--hardware")
-    cap = footprint(model, hw, tp, pp, dt).kv_capacity_tokens
+    cap = check_fits(model, hw, tp, pp, dt, min_tokens=least, where="--model/--hardware").kv_capacity_tokens
     sm = step_model(model, hw, tp, pp, mode, dt)
     grid = {(b, c): point(sm, cap, b, c, False) for c in contexts for b in batches}
     cfg = {"model": model.name, "hardware": hw.name, "tp": tp, "pp": pp, "mode": mode, "dtypes": vars(dt),

@@ -25,7 +25,6 @@ Simulations are the expensive part, so the search avoids them wherever theory de
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -41,10 +40,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hwmodels.errors import InputError, from_validation, load_mapping
 from hwmodels.load import load_hardware
 from hwmodels.spec import Hardware
-from simulator.cost import step_model
+from simulator.cost import check_parallelism, step_model
 from simulator.memory import footprint
 from simulator.model import ModelSpec, load_model
-from simulator.ops import Batch, Dtypes, check_tp
+from simulator.ops import Batch, Dtypes
 from simulator.progress import Progress
 from simulator.scenario import (
     Fixed,
@@ -56,6 +55,7 @@ from simulator.scenario import (
     Uniform,
     Workload,
 )
+from simulator.sweep import cost_per_m_tokens, write_csv
 
 Runner = Callable[[Scenario], dict]
 
@@ -222,13 +222,6 @@ def mean_len(spec: Any) -> float:
     raise TypeError(spec)
 
 
-def cost_per_m_tokens(price_per_hour: float, devices: int, out_tokens_per_s: float | None) -> float | None:
-    """USD per million output tokens: the devices' hourly price over the tokens an hour makes."""
-    if not out_tokens_per_s:
-        return None
-    return price_per_hour * devices / 3600 / out_tokens_per_s * 1e6
-
-
 def decode_bound(model: ModelSpec, hw: Hardware, tp: int, pp: int, mode: str, dt: Dtypes, batch: int,
                  kv_tokens: int, prompt: float, async_scheduling: bool = False) -> tuple[float, float]:
     """(an upper bound on one replica's decode tokens/s, the decode step of one sequence in s).
@@ -320,15 +313,12 @@ class _Search:
         for pp in sorted(set(sr.pp)):
             smaller_fail = False
             for tp in sorted(set(sr.tp), reverse=True):  # a smaller tp needs more memory per device
-                for mbs in sorted(set(sr.max_batch_size)):
-                    for sched in dict.fromkeys(sr.scheduler):
-                        out.append(Config(tp, pp, mbs, sched))
-                cs = out[-len(set(sr.max_batch_size)) * len(dict.fromkeys(sr.scheduler)):]
+                cs = [Config(tp, pp, mbs, sched) for mbs in sorted(set(sr.max_batch_size))
+                      for sched in dict.fromkeys(sr.scheduler)]
+                out += cs
                 why = ""
                 try:
-                    check_tp(self.model, tp, pp)
-                    if tp * pp > self.hw.total_devices:
-                        why = f"tp x pp = {tp * pp} > {self.hw.total_devices} devices"
+                    check_parallelism(self.model, self.hw, tp, pp)
                 except ValueError as e:
                     why = str(e)
                 if why:
@@ -601,25 +591,16 @@ def _run_rows(res: PlanResult) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-
-
 def write_outputs(res: PlanResult, out: Path) -> dict[str, str]:
     """plan.csv (one row per candidate), configs.csv, runs.csv and plan.png."""
     out.mkdir(parents=True, exist_ok=True)
     best = res.best
     rows = [{**c.summary(), "cheapest": c is best} for c in res.candidates]
-    _write_csv(rows, out / "plan.csv")
-    _write_csv(_config_rows(res), out / "configs.csv")
+    write_csv(rows, out / "plan.csv")
+    write_csv(_config_rows(res), out / "configs.csv")
     runs = _run_rows(res)
     if runs:
-        _write_csv(runs, out / "runs.csv")
+        write_csv(runs, out / "runs.csv")
     files = {"plan": str(out / "plan.csv"), "configs": str(out / "configs.csv")}
     if runs:
         files["runs"] = str(out / "runs.csv")

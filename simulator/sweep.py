@@ -486,13 +486,19 @@ def _display(value: Any) -> Any:
     return value
 
 
+def cost_per_m_tokens(price_per_hour: float, devices: int, out_tokens_per_s: float | None) -> float | None:
+    """USD per million output tokens: the devices' hourly price over the tokens an hour makes."""
+    if not out_tokens_per_s:
+        return None
+    return price_per_hour * devices / 3600 / out_tokens_per_s * 1e6
+
+
 def cost_columns(price: float | None, devices: int, out_tokens_per_s: float | None) -> dict[str, Any]:
     """USD per hour of the devices, and USD per million output tokens at the measured throughput."""
     if price is None:
         return {"price_per_hour": None, "cost_per_hour": None, "cost_per_m_output_tokens": None}
-    per_hour = price * devices
-    per_m = per_hour / 3600 / out_tokens_per_s * 1e6 if out_tokens_per_s else None
-    return {"price_per_hour": price, "cost_per_hour": per_hour, "cost_per_m_output_tokens": per_m}
+    return {"price_per_hour": price, "cost_per_hour": price * devices,
+            "cost_per_m_output_tokens": cost_per_m_tokens(price, devices, out_tokens_per_s)}
 
 
 def make_row(p: Point, rec: dict[str, Any] | None) -> dict[str, Any]:

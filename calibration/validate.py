@@ -33,9 +33,8 @@ import yaml
 
 from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
-from hwmodels.roofline import op_time
 from hwmodels.spec import Hardware
-from simulator.cost import step_model
+from simulator.cost import op_seconds, step_model
 from simulator.engine import simulate
 from simulator.model import ModelSpec, load_model
 from simulator.ops import Batch, Dtypes, Op, attention_ops, dense_ops
@@ -107,15 +106,7 @@ class VCase:
 
 def _priced(ops: Sequence[Op], hw: Hardware, dt: Dtypes) -> float:
     """Seconds of `ops` on the device, each op priced the way simulator.cost prices it."""
-    total = 0.0
-    for op in ops:
-        dtype = dt.act if op.kind.startswith("attn") else dt.compute
-        if op.kind.startswith("attn"):
-            t = op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dtype, hw, seqs=op.seqs)
-        else:
-            t = op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dtype, hw, m=op.m, n=op.n, group=1)
-        total += float(np.sum(t))
-    return total
+    return sum(float(np.sum(op_seconds(op, hw, dt))) for op in ops)
 
 
 def layer_ops(spec: ModelSpec, which: str, tokens: int, batch: Batch | None, dt: Dtypes) -> list[Op]:

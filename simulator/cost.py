@@ -18,6 +18,7 @@ from simulator.ops import (
     CATEGORIES,
     Batch,
     Dtypes,
+    Op,
     attention_ops,
     check_tp,
     dense_ops,
@@ -26,6 +27,15 @@ from simulator.ops import (
 
 DEVICE_CATEGORIES = tuple(c for c in CATEGORIES if c != "host")
 _ATTN = DEVICE_CATEGORIES.index("attention")
+
+
+def op_seconds(op: Op, hw: Hardware, dt: Dtypes, group: int = 1):
+    """An op's time on a device of `hw` (an array if the op holds arrays): attention runs in the
+    activation dtype, GEMMs in the compute dtype (fp8 weights run fp8 GEMMs)."""
+    if op.kind.startswith("attn"):
+        return op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dt.act, hw, seqs=op.seqs)
+    return op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dt.compute, hw, m=op.m, n=op.n,
+                   group=group)
 
 
 def check_parallelism(model: ModelSpec, hw: Hardware, tp: int, pp: int) -> None:
@@ -130,8 +140,7 @@ class StepModel:
     def _table(self, tokens: np.ndarray, logits: np.ndarray) -> np.ndarray:
         out = np.zeros((len(DEVICE_CATEGORIES), len(tokens)))
         for op in dense_ops(self.model, tokens, logits, self.dtypes, self.tp, self.pp):
-            t = op_time(op.kind, op.category, op.flops, op.bytes, op.layers, self.dtypes.compute, self.hw,
-                        m=op.m, n=op.n, group=self.tp)
+            t = op_seconds(op, self.hw, self.dtypes, self.tp)
             out[DEVICE_CATEGORIES.index(op.category)] += np.broadcast_to(t, (len(tokens),))
         return out
 
@@ -155,8 +164,8 @@ class StepModel:
 
     def attention_ops_s(self, b: Batch) -> float:
         """The same attention time through ops.attention_ops and roofline.op_time (for checking)."""
-        return sum(float(op_time(op.kind, op.category, op.flops, op.bytes, op.layers, self.dtypes.act, self.hw,
-                                 seqs=op.seqs)) for op in attention_ops(self.model, b, self.dtypes, self.tp, self.pp))
+        return sum(float(op_seconds(op, self.hw, self.dtypes))
+                   for op in attention_ops(self.model, b, self.dtypes, self.tp, self.pp))
 
     # -- the two entry points --------------------------------------------------------------------
     def device_s(self, b: Batch) -> float:

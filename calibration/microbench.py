@@ -36,12 +36,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from calibration.fit import DEVICE_KINDS, Record, record
 from calibration.reference import TORCH_DTYPES, apply_rope, attention, rms_norm, split_qkv, swiglu
 from simulator.model import ModelSpec, load_model
 from simulator.ops import EAGER_KERNELS, Batch, Dtypes, Op, attention_ops, dense_ops
 
-Record = dict[str, Any]
-DEVICE_KINDS = ("gemm", "attn_prefill", "attn_decode", "stream")
 CUDA_FLUSH_BYTES = 256 * 2**20
 TINY = ModelSpec(name="tiny-llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=16, intermediate_size=128, vocab_size=256)
@@ -97,26 +96,24 @@ def cache_bytes() -> int:
     return best or 32 * 2**20
 
 
-def mem_total_bytes() -> int:
+def _meminfo(key: str, default: int) -> int:
+    """A /proc/meminfo field in bytes (Linux), or `default` where there is none."""
     try:
         with open("/proc/meminfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("MemTotal:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 16 * 10**9
+    return default
+
+
+def mem_total_bytes() -> int:
+    return _meminfo("MemTotal", 16 * 10**9)
 
 
 def mem_available_bytes() -> int:
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 * 10**9
+    return _meminfo("MemAvailable", 8 * 10**9)
 
 
 def _smi() -> dict[str, str]:
@@ -528,7 +525,7 @@ def dispatch_records(device: str, loops: int, reps: int) -> list[Record]:
             for _ in range(loops):
                 f()
         ms = median(time_wall(loop, reps, warmup=1, sync=sync)) * 1e3
-        recs.append(make_record("dispatch", ms, category="host", launches=loops, dtype="fp32",
+        recs.append(record("dispatch", ms, category="host", launches=loops, dtype="fp32",
                                 source=f"eager dispatch: {loops} x {name} on tiny tensors, wall clock"))
     return recs
 
@@ -553,11 +550,11 @@ def graph_records(loops: int, reps: int) -> list[Record]:
                 for _ in range(loops):
                     graph.replay()
             ms = median(time_wall(loop, reps, warmup=1, sync=True)) * 1e3
-            recs.append(make_record("graph_launch", ms, category="host", launches=loops, dtype="fp32",
+            recs.append(record("graph_launch", ms, category="host", launches=loops, dtype="fp32",
                                     source=f"CUDA graph replay: {loops} replays of a 1-kernel graph, wall clock"))
         else:
             ms = median(time_cuda(g.replay, reps, warmup=2)) * 1e3 / kernels
-            recs.append(make_record("stream", ms, category="residual_add", launches=1, dtype="fp32", bytes=96.0,
+            recs.append(record("stream", ms, category="residual_add", launches=1, dtype="fp32", bytes=96.0,
                                     flops=8.0, m=8.0,
                                     source="kernel floor: a CUDA graph of 100 tiny in-place adds, events / 100"))
     return recs
@@ -580,7 +577,7 @@ def step_records(device: str, vocab: int, hd: int, reps: int, batches: Sequence[
             return lg.argmax(-1).cpu().tolist()
 
         ms = median(time_wall(scaffold, reps, warmup=2)) * 1e3
-        recs.append(make_record("step", ms, category="host", launches=EAGER_KERNELS["sample"], dtype="fp32", m=b,
+        recs.append(record("step", ms, category="host", launches=EAGER_KERNELS["sample"], dtype="fp32", m=b,
                                 n=vocab, source=f"per-step scaffolding: ids to {device}, positions, RoPE rows, "
                                 f"argmax over {b} x {vocab} logits, read-back"))
     return recs
@@ -618,7 +615,7 @@ def _collective_worker(rank: int, world: int, port: int, sizes: list[int], reps:
                     if i >= 2:
                         samples.append(time.perf_counter() - t0)
             if rank == 0:
-                recs.append(make_record("allreduce", median(samples) * 1e3, category="comm", bytes=float(nbytes),
+                recs.append(record("allreduce", median(samples) * 1e3, category="comm", bytes=float(nbytes),
                                         group=g, launches=1, dtype="bf16",
                                         source=f"torch.distributed all_reduce ({backend}) over {g} ranks"))
             dist.barrier()
@@ -639,7 +636,7 @@ def _collective_worker(rank: int, world: int, port: int, sizes: list[int], reps:
             if i >= 2:
                 samples.append(time.perf_counter() - t0)
         if rank == 0:
-            recs.append(make_record("send", median(samples) * 1e3 / 2, category="comm", bytes=float(nbytes), group=2,
+            recs.append(record("send", median(samples) * 1e3 / 2, category="comm", bytes=float(nbytes), group=2,
                                     launches=1, dtype="bf16", source=f"torch.distributed send/recv ping-pong / 2 ({backend})"))
     dist.barrier()
     if rank == 0:
@@ -668,17 +665,9 @@ def collective_records(world: int, sizes: Sequence[int], reps: int, backend: str
 
 # -- records --------------------------------------------------------------------------------------
 
-def make_record(op: str, ms: float, **fields: Any) -> Record:
-    """A complete record in calibration.fit's format (every field present)."""
-    r: Record = {"op": op, "category": "", "flops": 0.0, "bytes": 0.0, "launches": 1, "m": 0.0, "n": 0.0,
-                 "seqs": 0.0, "group": 1, "dtype": "fp32", "ms": float(ms), "source": ""}
-    r.update(fields)
-    return r
-
-
 def case_record(c: Case, ms: float, device: str, samples: int, wall_ms: float | None = None,
                 dispatch_ms: float = 0.0) -> Record:
-    r = make_record(c.op, ms, category=c.category, flops=c.flops, bytes=c.bytes, launches=c.launches, m=c.m,
+    r = record(c.op, ms, category=c.category, flops=c.flops, bytes=c.bytes, launches=c.launches, m=c.m,
                     n=c.n, seqs=c.seqs, group=c.group, dtype=c.dtype,
                     source=f"microbench {device}: {c.label} (median of {samples})")
     r["kernels"] = c.kernels
@@ -997,5 +986,5 @@ def fit_records(records: Sequence[Record]) -> list[Record]:
 
 
 __all__ = ["Case", "Plan", "Record", "make_plan", "run_plan", "fingerprint", "fit_records", "time_cpu",
-           "time_cuda", "time_wall", "Flusher", "make_record", "collective_records", "MINI", "TINY", "cores",
+           "time_cuda", "time_wall", "Flusher", "collective_records", "MINI", "TINY", "cores",
            "setup_threads", "median", "Progress"]

@@ -256,11 +256,9 @@ class Case:
     m: float = 0.0
     n: float = 0.0
     seqs: float = 0.0
-    group: int = 1
     kernels: int = 1             # eager kernels of the op (dispatches); `launches` is ops' count: 1
     est_s: float = 1e-4          # rough time per call, to pick repeats and skip huge cases
     mem: float = 0.0             # bytes the case allocates
-    flush: bool = True
     fit: bool = True             # False: kept in the profile, not given to the fit (copies)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -272,8 +270,8 @@ class Speed:
     flops: dict[str, float]
     bw: float
 
-    def est(self, flops: float, nbytes: float, dtype: str, launches: int = 1, per_launch: float = 5e-6) -> float:
-        return flops / self.flops.get(dtype, min(self.flops.values())) + nbytes / self.bw + launches * per_launch
+    def est(self, flops: float, nbytes: float, dtype: str, launches: int = 1) -> float:
+        return flops / self.flops.get(dtype, min(self.flops.values())) + nbytes / self.bw + launches * 5e-6
 
 
 class Pool:
@@ -318,8 +316,7 @@ def _dtypes(dtype: str) -> Dtypes:
     return Dtypes(weight=dtype, act=dtype, kv=dtype)
 
 
-GEMM_OPS = {"qkv_proj": "qkv_proj", "o_proj": "o_proj", "ffn_up": "ffn_up", "ffn_down": "ffn_down",
-            "lm_head": "lm_head"}
+GEMM_OPS = ("qkv_proj", "o_proj", "ffn_up", "ffn_down", "lm_head")
 
 
 def gemm_cases(models: Sequence[ModelSpec], tokens: Sequence[int], dtypes: Sequence[str], device: str,
@@ -333,7 +330,7 @@ def gemm_cases(models: Sequence[ModelSpec], tokens: Sequence[int], dtypes: Seque
             if spec.num_attention_heads % t or (spec.kv_heads % t and t % spec.kv_heads):
                 continue
             for dt in dtypes:
-                for name, cat in GEMM_OPS.items():
+                for name in GEMM_OPS:
                     for m in tokens:
                         if name == "lm_head" and lm_head_max is not None and m > lm_head_max:
                             continue
@@ -347,7 +344,7 @@ def gemm_cases(models: Sequence[ModelSpec], tokens: Sequence[int], dtypes: Seque
                         seen.add(key)
                         fl, by = float(o.flops), float(o.bytes)
                         cases.append(Case(
-                            "gemm", cat, dt, f"gemm {dt} {cat} m={m_run} n={n} k={k}",
+                            "gemm", name, dt, f"gemm {dt} {name} m={m_run} n={n} k={k}",
                             _gemm_builder(m_run, n, k, dt, device, pool), fl, by, 1, m_run, n,
                             est_s=speed.est(fl, by, dt), mem=by,
                             extra={"k": k, "model": spec.name, "tp": t}))
@@ -668,7 +665,7 @@ def collective_records(world: int, sizes: Sequence[int], reps: int, backend: str
 def case_record(c: Case, ms: float, device: str, samples: int, wall_ms: float | None = None,
                 dispatch_ms: float = 0.0) -> Record:
     r = record(c.op, ms, category=c.category, flops=c.flops, bytes=c.bytes, launches=c.launches, m=c.m,
-                    n=c.n, seqs=c.seqs, group=c.group, dtype=c.dtype,
+                    n=c.n, seqs=c.seqs, dtype=c.dtype,
                     source=f"microbench {device}: {c.label} (median of {samples})")
     r["kernels"] = c.kernels
     if wall_ms is not None:
@@ -817,17 +814,17 @@ def reps_for(est: float, plan: Plan) -> int:
     return int(min(plan.max_reps, max(plan.min_reps, plan.budget_s / max(est, 1e-7))))
 
 
-def measure_case(c: Case, plan: Plan, flush: Flusher | None) -> tuple[list[float], int]:
+def measure_case(c: Case, plan: Plan, flush: Flusher | None) -> list[float]:
     """Seconds per call of one case, one value per repeat (cuda: device time)."""
     fn = c.build()
     reps = reps_for(c.est_s, plan)
     if plan.device == "cuda":
         sleep = int(min(max(c.kernels * 40e-6, 20e-6), 5e-3) * 1.5e9)  # host time to enqueue the op
-        s = time_cuda(fn, reps, warmup=2, flush=flush if c.flush else None, sleep_cycles=sleep)
+        s = time_cuda(fn, reps, warmup=2, flush=flush, sleep_cycles=sleep)
     else:
         s = time_cpu(fn, reps, warmup=1, flush=_cpu_flush(c, flush), inner=_inner(c))
     del fn
-    return s, reps
+    return s
 
 
 def _inner(c: Case) -> int:
@@ -836,7 +833,7 @@ def _inner(c: Case) -> int:
 
 
 def _cpu_flush(c: Case, flush: Flusher | None) -> Flusher | None:
-    return flush if (c.flush and _inner(c) == 1 and c.bytes > 256 * 2**10) else None
+    return flush if (_inner(c) == 1 and c.bytes > 256 * 2**10) else None
 
 
 def chunks(cases: Sequence[Case], plan: Plan, mem_cap: float) -> list[list[Case]]:
@@ -932,7 +929,7 @@ def run_plan(plan: Plan, progress_stream: Any = None, tty: bool | None = None,
         for c in kept:
             prog.step(c.label)
             try:
-                results.append((c, measure_case(c, plan, flush)[0]))
+                results.append((c, measure_case(c, plan, flush)))
             except (RuntimeError, NotImplementedError) as e:  # e.g. fp8 unsupported on this GPU
                 results.append((c, str(e).splitlines()[0][:160]))
                 torch.cuda.empty_cache()

@@ -300,7 +300,7 @@ def calibrate(root: Path, base: Hardware | None = None) -> tuple[Profile, dict[s
     hw = hw.model_copy(update={
         "device": hw.device.model_copy(update={"kernel_launch_us": eff.elementwise_floor_us or eff.floor_us}),
         "profile": "calibration/profiles/h100-sxm.json",
-        "sources": {**hw0.sources, **_sources(report, len(fit_recs), len(net_fit))},
+        "sources": {**hw0.sources, **_sources(report, len(net_fit))},
     })
     hw = Hardware.model_validate(hw.model_dump())
     ev = evaluate(hw, tables)
@@ -319,7 +319,7 @@ def calibrate(root: Path, base: Hardware | None = None) -> tuple[Profile, dict[s
                     + [{**t, "role": "fit" if box == "h100_dgx" else "check"} for (box, _), t in tables["net"].items()]
                     + [{**v, "source": "h100-microbench.jsonl"} for v in tables["micro"].values()])
     prof = Profile.model_validate({"schema": SCHEMA, "hardware": hw.model_dump(), "fingerprint": fingerprint,
-                                   "provenance": provenance(report, len(fit_recs), len(net_fit)),
+                                   "provenance": provenance(report, len(net_fit)),
                                    "fit": {k: v for k, v in report.items() if k != "evaluation"},
                                    "measurements": measurements})
     return prof, ev, tables
@@ -329,7 +329,7 @@ def _n(report: dict[str, Any], label: str) -> int:
     return int(report["per_op"].get(label, {}).get("cases", 0))
 
 
-def provenance(report: dict[str, Any], n_mlp: int, n_net: int) -> dict[str, str]:
+def provenance(report: dict[str, Any], n_net: int) -> dict[str, str]:
     """Where each parameter of the profile came from."""
     models = "Llama-2-7b, CodeLlama-34b, Qwen-72B"
     gemm_n = sum(_n(report, c) for c in ("qkv_proj", "o_proj", "ffn_up", "ffn_down"))
@@ -360,8 +360,8 @@ def provenance(report: dict[str, Any], n_mlp: int, n_net: int) -> dict[str, str]
     return out
 
 
-def _sources(report: dict[str, Any], n_mlp: int, n_net: int) -> dict[str, str]:
-    return {k: v for k, v in provenance(report, n_mlp, n_net).items() if "." in k and not k.startswith("efficiency.attn")}
+def _sources(report: dict[str, Any], n_net: int) -> dict[str, str]:
+    return {k: v for k, v in provenance(report, n_net).items() if "." in k and not k.startswith("efficiency.attn")}
 
 
 # -- output: console, markdown, plot, JSON ------------------------------------------------------------

@@ -244,25 +244,16 @@ class Reference:
         return replay
 
 
-def weight_bytes(ref: Reference) -> int:
-    """Bytes of the decoder's tensors (weights, caches), to size runs on small machines."""
-    ts = [ref.embed, ref.final_norm] + ([] if ref.lm_head is ref.embed else [ref.lm_head])
-    for lay in ref.layers:
-        ts += [lay.in_norm, lay.qkv, lay.o, lay.post_norm, lay.gate_up, lay.down]
-    return sum(t.numel() * t.element_size() for t in ts)
-
-
-def estimate_bytes(spec: ModelSpec, n_layers: int, dtype: str, batch: int = 0, max_len: int = 0) -> float:
-    """Bytes a Reference would hold, before building it (weights plus a cache)."""
+def estimate_bytes(spec: ModelSpec, n_layers: int, dtype: str) -> float:
+    """Bytes of a Reference's weights, before building it (caches are sized per case)."""
     size = torch.tensor([], dtype=TORCH_DTYPES[dtype]).element_size()
     per_layer = spec.layer_params() * size
     emb = spec.vocab_size * spec.hidden_size * size * (1 if spec.tie_word_embeddings else 2)
-    cache = 2 * n_layers * batch * max_len * spec.kv_dim * size
-    return float(n_layers * per_layer + emb + cache)
+    return float(n_layers * per_layer + emb)
 
 
 __all__ = ["Reference", "count_kernels", "rms_norm", "apply_rope", "rotate_half", "split_qkv", "attention", "swiglu",
-           "rope_tables", "TORCH_DTYPES", "weight_bytes", "estimate_bytes"]
+           "rope_tables", "TORCH_DTYPES", "estimate_bytes"]
 
 
 # -- counting kernels -----------------------------------------------------------------------------

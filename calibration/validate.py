@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +57,6 @@ class Shapes:
     prefill: list[tuple[int, int]]
     generation: list[tuple[int, int, int]]
 
-    def max_batch(self) -> int:
-        return max([b for b, _ in self.attn_decode + self.attn_prefill + self.decode + self.prefill]
-                   + [b for b, _, _ in self.generation] + [1])
-
-    def max_len(self) -> int:
-        return max([c + 1 for _, c in self.attn_decode + self.decode] + [n for _, n in self.attn_prefill + self.prefill]
-                   + [n + t for _, n, t in self.generation] + [1])
-
 
 def shapes_for(device: str, size: str) -> Shapes:
     if size == "tiny":
@@ -95,7 +87,6 @@ class VCase:
     predicted_ms: float = float("nan")
     samples: int = 0
     min_ms: float = float("nan")
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def err(self) -> float:

@@ -54,6 +54,7 @@ from simulator.scenario import (
     Slo,
     Uniform,
     Workload,
+    local_path,
 )
 from simulator.sweep import cost_per_m_tokens, write_csv
 
@@ -267,11 +268,8 @@ class _Search:
 
     def __init__(self, plan: Plan, cand: Candidate, base_dir: Path, runner: Runner | None):
         self.plan, self.cand, self.runner = plan, cand, runner or _default_runner
-        hw_arg = cand.hardware
-        if ("/" in hw_arg or hw_arg.endswith((".yaml", ".yml", ".json"))) and not Path(hw_arg).is_absolute():
-            hw_arg = str(base_dir / hw_arg)
-        self.hw_arg = hw_arg
-        self.hw = load_hardware(hw_arg)
+        self.hw_arg = local_path(cand.hardware, base_dir)
+        self.hw = load_hardware(self.hw_arg)
         self.model = load_model(plan.model)
         price = cand.price_per_hour if cand.price_per_hour is not None else self.hw.price_per_hour
         if price is None:
@@ -530,11 +528,8 @@ def load_plan(path: str | Path) -> Plan:
         err = from_validation(e, str(p))
         raise InputError(str(p), f"serving.{err.field}", err.message) from None
     for i, c in enumerate(plan.candidates):
-        hw = c.hardware
-        if ("/" in hw or hw.endswith((".yaml", ".yml", ".json"))) and not Path(hw).is_absolute():
-            hw = str(p.parent / hw)
         try:
-            h = load_hardware(hw)
+            h = load_hardware(local_path(c.hardware, p.parent))
         except InputError as e:
             raise InputError(str(p), f"candidates[{i}].hardware", e.message) from None
         if c.price_per_hour is None and h.price_per_hour is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -119,24 +120,34 @@ class Scenario(Strict):
     seed: int = 0
 
 
+def local_path(value: Any, base_dir: Path) -> Any:
+    """A model or hardware argument that names a file is relative to the file that names it;
+    a preset name (no slash, no .json/.yaml ending) or an absolute path stays as it is."""
+    if isinstance(value, str) and ("/" in value or value.endswith((".json", ".yaml", ".yml"))) \
+            and not Path(value).is_absolute():
+        return str(base_dir / value)
+    return value
+
+
+def resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """A copy of a raw scenario mapping whose model/hardware/trace paths are relative to base_dir
+    made absolute, so the scenario can be used from elsewhere (a sweep's base)."""
+    d = json.loads(json.dumps(data))
+    for key in ("model", "hardware"):
+        if key in d:
+            d[key] = local_path(d[key], base_dir)
+    arr = d.get("workload", {}).get("arrival") if isinstance(d.get("workload"), dict) else None
+    if isinstance(arr, dict) and isinstance(arr.get("path"), str) and not Path(arr["path"]).is_absolute():
+        arr["path"] = str(base_dir / arr["path"])
+    return d
+
+
 def scenario_from_dict(data: dict[str, Any], where: str, base_dir: Path | None = None) -> Scenario:
+    """Validate a scenario mapping; relative paths in it are relative to base_dir (its file's folder)."""
     try:
-        sc = Scenario.model_validate(data)
+        return Scenario.model_validate(data if base_dir is None else resolve_paths(data, base_dir))
     except ValidationError as e:
         raise from_validation(e, where) from None
-    # relative paths (trace, model/hardware files) are relative to the scenario file
-    if base_dir is not None:
-        upd: dict[str, Any] = {}
-        for key in ("model", "hardware"):
-            v = getattr(sc, key)
-            if ("/" in v or v.endswith((".json", ".yaml", ".yml"))) and not Path(v).is_absolute():
-                upd[key] = str(base_dir / v)
-        arr = sc.workload.arrival
-        if arr.path and not Path(arr.path).is_absolute():
-            new_arr = arr.model_copy(update={"path": str(base_dir / arr.path)})
-            sc = sc.model_copy(update={"workload": sc.workload.model_copy(update={"arrival": new_arr})})
-        sc = sc.model_copy(update=upd)
-    return sc
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -45,7 +45,7 @@ from hwmodels.load import load_hardware
 from simulator.model import load_model
 from simulator.pareto import pareto_front
 from simulator.progress import Progress
-from simulator.scenario import Scenario, scenario_from_dict
+from simulator.scenario import Scenario, resolve_paths, scenario_from_dict
 
 Runner = Callable[[Scenario], dict]
 # swept or fixed inputs that get a short column name in results.csv
@@ -212,27 +212,17 @@ def expand(sw: Sweep, base_seed: int = 0) -> list[dict[str, Any]]:
 
 
 # -- loading ---------------------------------------------------------------------------------------
-def _absolute(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-    """Make a file scenario's relative model/hardware/trace paths absolute, so the sweep file
-    (elsewhere) can use it as a base."""
-    d = json.loads(json.dumps(data))
-    for key in ("model", "hardware"):
-        v = d.get(key)
-        if isinstance(v, str) and ("/" in v or v.endswith((".json", ".yaml", ".yml"))) and not Path(v).is_absolute():
-            d[key] = str(base_dir / v)
-    arr = d.get("workload", {}).get("arrival") if isinstance(d.get("workload"), dict) else None
-    if isinstance(arr, dict) and isinstance(arr.get("path"), str) and not Path(arr["path"]).is_absolute():
-        arr["path"] = str(base_dir / arr["path"])
-    return d
-
-
-def point_key(sc: Scenario) -> str:
+def point_key(sc: Scenario, digests: dict[str, str] | None = None) -> str:
     """A hash of everything that decides the result: the full scenario and the bytes of the files
-    it names (editing a what-if hardware YAML reruns its points)."""
+    it names (editing a what-if hardware YAML reruns its points). `digests` keeps the files'
+    hashes across the points of one sweep, so a large trace is read once."""
+    digests = {} if digests is None else digests
     files: dict[str, str] = {}
     for p in (sc.model, sc.hardware, sc.workload.arrival.path):
-        if p and Path(p).is_file():
-            files[p] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+        if p and p not in digests and Path(p).is_file():
+            digests[p] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+        if p in digests:
+            files[p] = digests[p]
     blob = json.dumps({"v": 1, "scenario": sc.model_dump(mode="json"), "files": files}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -252,7 +242,7 @@ def load_sweep(path: str | Path) -> tuple[Sweep, list[Point]]:
     if isinstance(sw.base, str):
         bp = Path(sw.base) if Path(sw.base).is_absolute() else p.parent / sw.base
         try:
-            base = _absolute(load_mapping(bp), bp.parent)
+            base = resolve_paths(load_mapping(bp), bp.parent)
         except InputError as e:
             raise InputError(where, "base", str(e)) from None
     else:
@@ -267,6 +257,7 @@ def load_sweep(path: str | Path) -> tuple[Sweep, list[Point]]:
     except ValueError as e:
         raise InputError(where, "grid/points", str(e)) from None
     points: list[Point] = []
+    digests: dict[str, str] = {}
     for i, ov in enumerate(overrides):
         data = json.loads(json.dumps(base))
         for k, v in ov.items():
@@ -280,7 +271,7 @@ def load_sweep(path: str | Path) -> tuple[Sweep, list[Point]]:
                 loader(getattr(sc, what))
             except InputError as e:
                 raise InputError(where, what, f"{e.message} (point {i}: {_fmt(ov)})") from None
-        points.append(Point(i, ov, sc, point_key(sc)))
+        points.append(Point(i, ov, sc, point_key(sc, digests)))
     return sw, points
 
 

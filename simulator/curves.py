@@ -126,14 +126,10 @@ def plot(res: dict[str, Any], path: Path) -> None:
     """Four panels: the three curves, and where a decode step's time goes as the batch grows.
     Where the host holds the step up (eager, CPUs) the device's own time is drawn dashed, since
     the flat step alone would hide how the work grows underneath it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.ticker import FuncFormatter
 
-    from simulator.plots import DPI, _empty, _log_x
+    from simulator.plots import _empty, _log_x, plt, save
 
     cfg = res["config"]
     fig, ((a1, a2), (a3, a4)) = plt.subplots(2, 2, figsize=(14, 9.5))
@@ -209,8 +205,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"How a moment grows: {_label(cfg)}\npoints whose KV does not fit ({cfg['kv_capacity_tokens']:,} "
                  "tokens) are left out", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+    save(fig, path)
 
 
 def cmd_curves(args: argparse.Namespace) -> int:

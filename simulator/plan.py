@@ -605,10 +605,7 @@ def write_outputs(res: PlanResult, out: Path) -> dict[str, str]:
 
 def plot_plan(res: PlanResult, path: Path) -> str:
     """Each part's USD per million output tokens and highest sustainable rate, the cheapest in red."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from simulator.plots import plt, save  # matplotlib only when plotting (Agg)
 
     cands = res.candidates
     names = [c.name for c in cands]
@@ -637,8 +634,7 @@ def plot_plan(res: PlanResult, path: Path) -> str:
         ax.tick_params(axis="x", labelsize=8, rotation=20)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
     return str(path)
 
 

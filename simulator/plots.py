@@ -61,7 +61,8 @@ def _log_x(ax: Any) -> None:
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: ""))
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save(fig: Any, path: Path) -> Path:
+    """Every momentsim figure is written the same way: DPI, tight box, the figure closed."""
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -109,7 +110,7 @@ def latency_cdf(r: SimResult, path: Path) -> Path:
         ax.legend(loc="best", fontsize=8)
     fig.suptitle(f"Request latency CDFs\n{_title(r)}", fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def output_rate(r: SimResult, edges: np.ndarray) -> np.ndarray:
@@ -185,7 +186,7 @@ def timeline(r: SimResult, path: Path) -> Path:
     ax.set_xlim(0, (makespan if makespan > 0 else 1.0) * scale)
     fig.suptitle(_title(r), fontsize=10, y=0.995)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def moment_hist(r: SimResult, path: Path) -> Path:
@@ -214,7 +215,7 @@ def moment_hist(r: SimResult, path: Path) -> Path:
         ax.legend(fontsize=9)
     ax.set_title(f"Moment lengths: prefill (any prompt tokens) vs decode-only\n{_title(r)}", fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def breakdown(r: SimResult, path: Path) -> Path:
@@ -230,7 +231,7 @@ def breakdown(r: SimResult, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(11, 2.2 + 0.7 * max(1, len(parts))))
     if not parts:
         _empty(ax, "no busy time")
-        return _save(fig, path)
+        return save(fig, path)
     # tab20's pairs are two shades of one hue: take the dark shades first so neighbours differ
     cmap = plt.get_cmap("tab20")
     shade = [2 * i for i in range(10)] + [2 * i + 1 for i in range(10)]
@@ -254,7 +255,7 @@ def breakdown(r: SimResult, path: Path) -> Path:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=7, fontsize=8, frameon=False)
     ax.set_title(f"Where the time goes, by operation\n{_title(r)}", fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 PLOTS = {"latency_cdf.png": latency_cdf, "timeline.png": timeline, "moment_hist.png": moment_hist,

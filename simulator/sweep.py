@@ -590,10 +590,7 @@ def plot_sweep(rows: list[dict[str, Any]], swept: list[str], out: Path, title: s
     """latency_throughput.png: p99 TTFT and TPOT against throughput, one line per configuration
     (over rate); cost_latency.png: cost per million output tokens against p99 latency, with the
     Pareto front (nothing is both faster and cheaper) drawn in red."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from simulator.plots import plt, save  # matplotlib only when plotting (Agg)
 
     ok = [r for r in rows if r["status"] == "ok" and _num(r.get("output_tokens_per_s")) is not None]
     if not ok:
@@ -624,8 +621,7 @@ def plot_sweep(rows: list[dict[str, Any]], swept: list[str], out: Path, title: s
         axes[1].legend(fontsize=6 if many else 7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     files["latency_plot"] = str(out / "latency_throughput.png")
-    fig.savefig(files["latency_plot"], dpi=110)
-    plt.close(fig)
+    save(fig, files["latency_plot"])
 
     costed = [r for r in ok if _num(r.get("cost_per_m_output_tokens")) is not None]
     if costed:
@@ -652,8 +648,7 @@ def plot_sweep(rows: list[dict[str, Any]], swept: list[str], out: Path, title: s
         axes[0].set_title(f"{title}: cost vs latency")
         fig.tight_layout()
         files["cost_plot"] = str(out / "cost_latency.png")
-        fig.savefig(files["cost_plot"], dpi=110)
-        plt.close(fig)
+        save(fig, files["cost_plot"])
     return files
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from simulator.engine import simulate  # noqa: E402
-from simulator.scenario import Scenario  # noqa: E402
+from simulator.serving.engine import simulate  # noqa: E402
+from simulator.serving.scenario import Scenario  # noqa: E402
 
 
 def scenario(n: int, rate: float | None, seed: int = 0) -> Scenario:

@@ -22,8 +22,8 @@ from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
 from hwmodels.profile import SCHEMA, Profile
 from hwmodels.spec import Hardware
-from simulator.model import ModelSpec
-from simulator.ops import EAGER_KERNELS
+from simulator.moment.model import ModelSpec
+from simulator.moment.ops import EAGER_KERNELS
 
 DEFAULT_BASE = {"cpu": "cpu", "cuda": "h100-sxm"}
 # wave quantisation over 2-60 CPU cores is not how a CPU GEMM loses speed

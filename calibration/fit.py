@@ -5,7 +5,7 @@ format and a profile can store them as JSON:
 
     {"op": "gemm" | "attn_prefill" | "attn_decode" | "stream" | "allreduce" | "send"
            | "dispatch" | "graph_launch" | "step",
-     "category": one of simulator.ops.CATEGORIES, "flops", "bytes", "launches", "m", "n",
+     "category": one of simulator.moment.ops.CATEGORIES, "flops", "bytes", "launches", "m", "n",
      "seqs", "group", "dtype", "ms" (measured median), "source"}
 
 The fit minimises the squared log error of `hwmodels.roofline.op_time` (relative errors, so a

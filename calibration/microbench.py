@@ -1,8 +1,8 @@
 """PyTorch microbenchmarks of one device (a CPU or a CUDA GPU), as records for calibration.fit.
 
-Every case is an op of `simulator.ops` run in isolation in the exact form the reference decoder
+Every case is an op of `simulator.moment.ops` run in isolation in the exact form the reference decoder
 runs it (the primitives are shared with calibration.reference), and its record carries the FLOPs
-and bytes that `simulator.ops` counts for it, so the fit compares like with like.
+and bytes that `simulator.moment.ops` counts for it, so the fit compares like with like.
 
 Timing:
 - cuda: CUDA events around the op, medians of repeats; before each repeat a 256 MB buffer is
@@ -38,8 +38,8 @@ import torch.nn.functional as F
 
 from calibration.fit import DEVICE_KINDS, Record, record
 from calibration.reference import TORCH_DTYPES, apply_rope, attention, rms_norm, split_qkv, swiglu
-from simulator.model import ModelSpec, load_model
-from simulator.ops import EAGER_KERNELS, Batch, Dtypes, Op, attention_ops, dense_ops
+from simulator.moment.model import ModelSpec, load_model
+from simulator.moment.ops import EAGER_KERNELS, Batch, Dtypes, Op, attention_ops, dense_ops
 
 CUDA_FLUSH_BYTES = 256 * 2**20
 TINY = ModelSpec(name="tiny-llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -322,7 +322,7 @@ GEMM_OPS = ("qkv_proj", "o_proj", "ffn_up", "ffn_down", "lm_head")
 def gemm_cases(models: Sequence[ModelSpec], tokens: Sequence[int], dtypes: Sequence[str], device: str,
                speed: Speed, pool: Pool, tp: Sequence[int] = (1,), lm_head_max: int | None = None) -> list[Case]:
     """The projections of each model (sharded for each tp) over token counts; one case per
-    distinct (n, k, m, dtype). FLOPs and bytes are simulator.ops' own."""
+    distinct (n, k, m, dtype). FLOPs and bytes are simulator.moment.ops' own."""
     cases: list[Case] = []
     seen: set[tuple] = set()
     for spec in models:

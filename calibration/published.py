@@ -9,7 +9,7 @@ held-out models say how well the cost model transfers to shapes it has not seen.
     python3 -m calibration.published            # fit, print the report, write the profile
     python3 -m calibration.published --check    # only print the report of the committed profile
 
-The per-op records are built with simulator.ops.dense_ops on a one-layer ModelSpec of each
+The per-op records are built with simulator.moment.ops.dense_ops on a one-layer ModelSpec of each
 CSV's shape, so the fitted numbers price exactly the FLOPs and bytes the simulator uses.
 """
 
@@ -37,8 +37,8 @@ from calibration.fit import (
 )
 from hwmodels.profile import SCHEMA, Profile
 from hwmodels.spec import Hardware
-from simulator.model import ModelSpec
-from simulator.ops import Dtypes, dense_ops
+from simulator.moment.model import ModelSpec
+from simulator.moment.ops import Dtypes, dense_ops
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ENV = "MOMENTSIM_PUBLISHED_DIR"
@@ -48,7 +48,7 @@ REPORT_PATH = REPO / "calibration" / "REPORT-h100-published.md"
 FIT_MODELS = ("Llama-2-7b-hf", "CodeLlama-34b-Instruct-hf", "Qwen-72B")
 HELDOUT_MODELS = ("Llama-2-70b-hf", "internlm-20b", "phi-2")
 DTYPES = Dtypes("fp16", "fp16", "fp16")
-# Vidur's column -> the name of our op in simulator.ops.dense_ops
+# Vidur's column -> the name of our op in simulator.moment.ops.dense_ops
 CSV_OPS = {
     "emb": "embed", "input_layernorm": "input_norm", "attn_pre_proj": "qkv_proj", "attn_rope": "rope",
     "attn_post_proj": "o_proj", "post_attention_layernorm": "post_attn_norm", "mlp_up_proj": "ffn_up",
@@ -129,7 +129,7 @@ def layer_spec(shape: dict[str, Any], name: str) -> ModelSpec:
 
 
 def mlp_records(table: dict[str, Any]) -> list[Record]:
-    """One record per measured op of each row, with FLOPs and bytes from simulator.ops."""
+    """One record per measured op of each row, with FLOPs and bytes from simulator.moment.ops."""
     spec = layer_spec(table["shape"], table["model"])
     rows = np.array([[np.nan if v is None else v for v in r] for r in table["rows"]], dtype=float)
     cols = table["columns"]

@@ -1,7 +1,7 @@
 """A plain-PyTorch Llama-style decoder: the thing whose time `momentsim validate` measures.
 
 Written the way eager Hugging Face code runs (one aten op per line, no fusion), so that its
-kernels are the ones `simulator.ops.EAGER_KERNELS` counts: RMSNorm as in HF (to fp32, pow, mean,
+kernels are the ones `simulator.moment.ops.EAGER_KERNELS` counts: RMSNorm as in HF (to fp32, pow, mean,
 +eps, rsqrt, mul, to dtype, mul weight), a fused QKV projection, RoPE in the rotate_half form on
 q and k, grouped-query attention through SDPA over a preallocated static KV cache (index_copy_
 writes), O projection, residual adds, a fused gate+up projection, SiLU * up, down projection, a
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from simulator.model import ModelSpec
+from simulator.moment.model import ModelSpec
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -5,8 +5,8 @@ case is timed and predicted by the simulator's own cost model with the hardware 
 
 - attn_layer / ffn_layer: one layer's attention (norm, QKV, RoPE, attention with the cache,
   O projection, residual) or FFN (norm, gate+up, SiLU * up, down, residual), predicted as the sum
-  of `simulator.ops`' ops of that layer priced by `hwmodels.roofline.op_time` exactly as
-  `simulator.cost` prices them; on a CPU (eager) plus the host dispatch of their kernels;
+  of `simulator.moment.ops`' ops of that layer priced by `hwmodels.roofline.op_time` exactly as
+  `simulator.moment.cost` prices them; on a CPU (eager) plus the host dispatch of their kernels;
   on CUDA measured as device time of the layer replayed as a CUDA graph.
 - decode_step (eager), decode_step_graph (CUDA graph), prefill: `StepModel.cost(Batch).step_ms`
   of a ModelSpec with the same number of layers as the decoder that ran (nothing is scaled).
@@ -34,11 +34,11 @@ import yaml
 from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
 from hwmodels.spec import Hardware
-from simulator.cost import op_seconds, step_model
-from simulator.engine import simulate
-from simulator.model import ModelSpec, load_model
-from simulator.ops import Batch, Dtypes, Op, attention_ops, dense_ops
-from simulator.scenario import Scenario
+from simulator.moment.cost import op_seconds, step_model
+from simulator.moment.model import ModelSpec, load_model
+from simulator.moment.ops import Batch, Dtypes, Op, attention_ops, dense_ops
+from simulator.serving.engine import simulate
+from simulator.serving.scenario import Scenario
 
 FAMILIES = ("attn_layer", "ffn_layer", "decode_step", "decode_step_graph", "prefill", "generation")
 ATTN_OPS = ("input_norm", "qkv_proj", "qkv_bias", "rope", "o_proj", "attn_residual")
@@ -96,12 +96,12 @@ class VCase:
 # -- predictions ----------------------------------------------------------------------------------
 
 def _priced(ops: Sequence[Op], hw: Hardware, dt: Dtypes) -> float:
-    """Seconds of `ops` on the device, each op priced the way simulator.cost prices it."""
+    """Seconds of `ops` on the device, each op priced the way simulator.moment.cost prices it."""
     return sum(float(np.sum(op_seconds(op, hw, dt))) for op in ops)
 
 
 def layer_ops(spec: ModelSpec, which: str, tokens: int, batch: Batch | None, dt: Dtypes) -> list[Op]:
-    """The ops of one attention or FFN layer of `spec` (simulator.ops, restricted by name)."""
+    """The ops of one attention or FFN layer of `spec` (simulator.moment.ops, restricted by name)."""
     one = spec.model_copy(update={"num_hidden_layers": 1})
     names = ATTN_OPS if which == "attn" else FFN_OPS
     ops = [o for o in dense_ops(one, tokens, 0, dt) if o.name in names]

@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
-from simulator.cost import check_parallelism, step_model
-from simulator.memory import check_fits, footprint
-from simulator.model import load_model
-from simulator.ops import Batch, Dtypes
+from simulator.moment.cost import check_parallelism, step_model
+from simulator.moment.memory import check_fits, footprint
+from simulator.moment.model import load_model
+from simulator.moment.ops import Batch, Dtypes
 
 SHAPE = re.compile(r"^\s*(-?\d+)\s*[xX]\s*(-?\d+)\s*$")
 
@@ -143,14 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="128,256,512,1024,2048,4096,8192,16384",
                    help="prefill prompt lengths (batch 1), comma-separated")
     p.add_argument("--out", help="folder for curves.csv and curves.png")
-    p.set_defaults(func=_lazy("simulator.curves", "cmd_curves"))
+    p.set_defaults(func=_lazy("simulator.studies.curves", "cmd_curves"))
 
     p = sub.add_parser("run", help="simulate a serving scenario")
     p.add_argument("scenario")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", help="folder for metrics JSON/CSV, plots and the trace")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_lazy("simulator.run", "cmd_run"))
+    p.set_defaults(func=_lazy("simulator.reports.run", "cmd_run"))
 
     p = sub.add_parser("sweep", help="run a grid of scenarios")
     p.add_argument("sweep")
@@ -158,13 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_lazy("simulator.sweep", "cmd_sweep"))
+    p.set_defaults(func=_lazy("simulator.studies.sweep", "cmd_sweep"))
 
     p = sub.add_parser("plan", help="cheapest configuration that meets an SLO")
     p.add_argument("plan")
     p.add_argument("--out")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_lazy("simulator.plan", "cmd_plan"))
+    p.set_defaults(func=_lazy("simulator.studies.plan", "cmd_plan"))
 
     p = sub.add_parser("calibrate", help="measure this machine with PyTorch, write a profile")
     p.add_argument("--device", choices=["cpu", "cuda"], required=True)

@@ -14,7 +14,7 @@ from calibration import microbench as mb  # noqa: E402
 from calibration.calibrate import base_hardware, calibrate, cmd_calibrate  # noqa: E402
 from hwmodels.load import load_hardware  # noqa: E402
 from simulator.cli import main  # noqa: E402
-from simulator.ops import CATEGORIES  # noqa: E402
+from simulator.moment.ops import CATEGORIES  # noqa: E402
 
 FIELDS = ("op", "category", "flops", "bytes", "launches", "m", "n", "seqs", "group", "dtype", "ms", "source")
 KINDS = ("gemm", "attn_prefill", "attn_decode", "stream", "allreduce", "send", "dispatch", "graph_launch", "step")
@@ -58,7 +58,7 @@ def test_records_have_the_fit_format(tiny_profile):
     for r in recs:
         if "wall_ms" in r:
             assert r["ms"] == pytest.approx(r["wall_ms"] - r["dispatch_ms"])
-    # FLOPs and bytes are simulator.ops' own: a GEMM is 2mnk FLOPs
+    # FLOPs and bytes are simulator.moment.ops' own: a GEMM is 2mnk FLOPs
     g = next(r for r in recs if r["op"] == "gemm")
     assert g["flops"] == pytest.approx(2 * g["m"] * g["n"] * g["k"])
 

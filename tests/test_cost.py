@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 from hwmodels.load import load_hardware
 from hwmodels.roofline import allreduce_time, soft_max
 from hwmodels.spec import Efficiency, Link
-from simulator.cost import step_model
-from simulator.model import load_model
-from simulator.ops import Batch, step_ops, total_flops
+from simulator.moment.cost import step_model
+from simulator.moment.model import load_model
+from simulator.moment.ops import Batch, step_ops, total_flops
 
 H100 = load_hardware("h100-sxm")
 

@@ -10,11 +10,11 @@ import pytest
 
 from hwmodels.load import load_hardware
 from simulator.cli import main
-from simulator.cost import step_model
-from simulator.curves import compute
-from simulator.memory import footprint
-from simulator.model import load_model
-from simulator.ops import Batch, Dtypes, attention_ops, total_flops
+from simulator.moment.cost import step_model
+from simulator.moment.memory import footprint
+from simulator.moment.model import load_model
+from simulator.moment.ops import Batch, Dtypes, attention_ops, total_flops
+from simulator.studies.curves import compute
 
 BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 CONTEXTS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]

@@ -10,13 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hwmodels.load import load_hardware
-from simulator.cost import step_model
-from simulator.engine import DECODE, MIXED, PREFILL, simulate
-from simulator.memory import footprint
-from simulator.metrics import summarize
-from simulator.model import load_model
-from simulator.ops import Batch, Dtypes, step_ops, total_flops
-from simulator.scenario import Scenario
+from simulator.moment.cost import step_model
+from simulator.moment.memory import footprint
+from simulator.moment.model import load_model
+from simulator.moment.ops import Batch, Dtypes, step_ops, total_flops
+from simulator.reports.metrics import summarize
+from simulator.serving.engine import DECODE, MIXED, PREFILL, simulate
+from simulator.serving.scenario import Scenario
 
 MODEL = "llama-3.2-1b"
 

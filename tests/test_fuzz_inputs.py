@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from hwmodels.errors import InputError
 from hwmodels.load import PRESET_DIR, load_hardware, read_profile
 from hwmodels.profile import SCHEMA
-from simulator.model import PRESET_DIR as MODEL_DIR
-from simulator.model import load_model
-from simulator.scenario import load_scenario
+from simulator.moment.model import PRESET_DIR as MODEL_DIR
+from simulator.moment.model import load_model
+from simulator.serving.scenario import load_scenario
 
 # FUZZ_EXAMPLES=2000 pytest tests/test_fuzz_inputs.py digs deeper than the default run
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")), deadline=None,
@@ -112,7 +112,7 @@ SCENARIO = {
 
 def _load_and_check_scenario(path: str) -> None:
     """What `momentsim run` does before simulating: the file, then model/hardware/tp/memory."""
-    from simulator.run import check_scenario
+    from simulator.reports.run import check_scenario
 
     check_scenario(load_scenario(path), path)
 
@@ -192,7 +192,7 @@ VALID_CSV = b"arrival_s,prompt_len,output_len\n0.0,10,5\n0.5,20,1\n"
 @FUZZ
 @given(data=csv_traces() | st.binary(max_size=200) | st.just(VALID_CSV), suffix=st.sampled_from([".csv", ".txt"]))
 def test_trace_csv(tmp_path: Path, data: bytes, suffix: str) -> None:
-    from simulator.workload import read_trace
+    from simulator.serving.workload import read_trace
 
     expect_ok_or_one_line(read_trace, write(tmp_path, suffix, data))
 
@@ -201,14 +201,14 @@ def test_trace_csv(tmp_path: Path, data: bytes, suffix: str) -> None:
 @given(data=jsonl_traces() | st.binary(max_size=200), suffix=st.sampled_from([".jsonl", ".json"]))
 @example(data=b'{"arrival_s": []}', suffix=".jsonl")  # a list where a number belongs
 def test_trace_jsonl(tmp_path: Path, data: bytes, suffix: str) -> None:
-    from simulator.workload import read_trace
+    from simulator.serving.workload import read_trace
 
     expect_ok_or_one_line(read_trace, write(tmp_path, suffix, data))
 
 
 def test_valid_files_load(tmp_path: Path) -> None:
     """The bases of the mutations are themselves valid (else the fuzz tests only errors)."""
-    from simulator.workload import read_trace
+    from simulator.serving.workload import read_trace
 
     _load_and_check_scenario(str(write(tmp_path, ".yaml", yaml.safe_dump(SCENARIO).encode())))
     load_hardware(str(write(tmp_path, ".yaml", yaml.safe_dump(WHATIF).encode())))
@@ -241,7 +241,7 @@ PLAN = {"name": "fz", "model": "llama-3.2-1b",
 @FUZZ
 @given(data=contents(SWEEP))
 def test_sweep_yaml(tmp_path: Path, data: bytes) -> None:
-    from simulator.sweep import load_sweep
+    from simulator.studies.sweep import load_sweep
 
     expect_ok_or_one_line(load_sweep, write(tmp_path, ".yaml", data))
 
@@ -249,6 +249,6 @@ def test_sweep_yaml(tmp_path: Path, data: bytes) -> None:
 @FUZZ
 @given(data=contents(PLAN))
 def test_plan_yaml(tmp_path: Path, data: bytes) -> None:
-    from simulator.plan import load_plan
+    from simulator.studies.plan import load_plan
 
     expect_ok_or_one_line(load_plan, write(tmp_path, ".yaml", data))

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from simulator.engine import SimResult
-from simulator.metrics import clean, latency_stats, summarize
-from simulator.progress import Progress
-from simulator.scenario import scenario_from_dict
+from simulator.reports.metrics import clean, latency_stats, summarize
+from simulator.reports.progress import Progress
+from simulator.serving.engine import SimResult
+from simulator.serving.scenario import scenario_from_dict
 
 nan = math.nan
 
@@ -166,7 +166,7 @@ def test_clean() -> None:
 
 
 def test_outputs_from_fake(tmp_path: Path) -> None:
-    from simulator.run import write_outputs
+    from simulator.reports.run import write_outputs
 
     r = fake_result()
     out = write_outputs(r, summarize(r), tmp_path)
@@ -191,8 +191,8 @@ def test_outputs_from_fake(tmp_path: Path) -> None:
 
 
 def test_csv_cap_and_trace_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import simulator.run as run
-    from simulator.trace import trace_events
+    import simulator.reports.run as run
+    from simulator.reports.trace import trace_events
 
     r = fake_result()
     monkeypatch.setattr(run, "MAX_CSV_ROWS", 2)
@@ -207,7 +207,7 @@ def test_csv_cap_and_trace_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_throughput_curve_integrates_to_tokens() -> None:
-    from simulator.plots import output_rate
+    from simulator.reports.plots import output_rate
 
     r = fake_result()
     edges = np.linspace(0, 5, 11)

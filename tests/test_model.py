@@ -6,9 +6,9 @@ import pytest
 
 from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
-from simulator.memory import check_fits, footprint
-from simulator.model import load_model, preset_names
-from simulator.ops import Dtypes
+from simulator.moment.memory import check_fits, footprint
+from simulator.moment.model import load_model, preset_names
+from simulator.moment.ops import Dtypes
 
 
 @pytest.mark.parametrize(

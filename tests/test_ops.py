@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.model import load_model
-from simulator.ops import Batch, Dtypes, check_tp, pairs_of_chunk, step_ops, total_flops
+from simulator.moment.model import load_model
+from simulator.moment.ops import Batch, Dtypes, check_tp, pairs_of_chunk, step_ops, total_flops
 
 
 def gemm_flops(ops):

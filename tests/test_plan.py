@@ -13,13 +13,13 @@ import yaml
 
 from hwmodels.load import load_hardware
 from simulator.cli import main
-from simulator.cost import step_model
-from simulator.memory import footprint
-from simulator.model import load_model
-from simulator.ops import Batch, Dtypes
-from simulator.plan import Candidate, Plan, decode_bound, max_sustainable_rate, run_plan
-from simulator.run import run_scenario
-from simulator.scenario import Scenario
+from simulator.moment.cost import step_model
+from simulator.moment.memory import footprint
+from simulator.moment.model import load_model
+from simulator.moment.ops import Batch, Dtypes
+from simulator.reports.run import run_scenario
+from simulator.serving.scenario import Scenario
+from simulator.studies.plan import Candidate, Plan, decode_bound, max_sustainable_rate, run_plan
 
 HERE = Path(".")
 
@@ -140,7 +140,7 @@ def test_plan_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatc
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(bad) in err and "candidates[0].hardware" in err and "h100-sxm" in err
     calls: list[Scenario] = []
-    monkeypatch.setattr("simulator.plan._default_runner", meets(calls))
+    monkeypatch.setattr("simulator.studies.plan._default_runner", meets(calls))
     good = tmp_path / "plan.yaml"
     good.write_text(yaml.safe_dump(data), encoding="utf-8")
     assert main(["plan", str(good), "--out", str(tmp_path / "o"), "--json"]) == 0

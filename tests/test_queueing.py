@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from hwmodels.load import load_hardware
-from simulator.cost import step_model
-from simulator.engine import simulate
-from simulator.model import load_model
-from simulator.ops import Batch, Dtypes
-from simulator.scenario import Scenario
+from simulator.moment.cost import step_model
+from simulator.moment.model import load_model
+from simulator.moment.ops import Batch, Dtypes
+from simulator.serving.engine import simulate
+from simulator.serving.scenario import Scenario
 
 P, OUT = 64, 2
 

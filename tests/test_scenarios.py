@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from hwmodels.load import load_hardware
-from simulator.plan import load_plan
-from simulator.run import check_scenario, run_scenario
-from simulator.scenario import load_scenario
-from simulator.sweep import load_sweep
+from simulator.reports.run import check_scenario, run_scenario
+from simulator.serving.scenario import load_scenario
+from simulator.studies.plan import load_plan
+from simulator.studies.sweep import load_sweep
 
 DIR = Path(__file__).resolve().parent.parent / "scenarios"
 FILES = sorted(DIR.glob("*.yaml"))

@@ -9,9 +9,9 @@ import pytest
 from hwmodels.load import load_hardware
 from hwmodels.load import preset_names as hw_presets
 from simulator.cli import main
-from simulator.memory import footprint
-from simulator.model import load_model
-from simulator.model import preset_names as model_presets
+from simulator.moment.memory import footprint
+from simulator.moment.model import load_model
+from simulator.moment.model import preset_names as model_presets
 
 KEYS = {"embed", "norm", "qkv_proj", "rope", "attention", "o_proj", "ffn_up", "ffn_act", "ffn_down",
         "residual_add", "lm_head", "comm", "host"}

@@ -21,8 +21,8 @@ from calibration.reference import (  # noqa: E402
 from calibration.validate import layer_ops, predict_layer, validate  # noqa: E402
 from hwmodels.load import load_hardware  # noqa: E402
 from hwmodels.roofline import op_time  # noqa: E402
-from simulator.cost import step_model  # noqa: E402
-from simulator.ops import EAGER_KERNELS, Batch, Dtypes, dense_ops  # noqa: E402
+from simulator.moment.cost import step_model  # noqa: E402
+from simulator.moment.ops import EAGER_KERNELS, Batch, Dtypes, dense_ops  # noqa: E402
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
 
@@ -65,7 +65,7 @@ def test_generation_is_greedy_and_static():
 
 
 def test_kernel_counts_match_eager_kernels_bf16():
-    """bf16 (the .to() of RMSNorm convert): the primitives launch what simulator.ops counts."""
+    """bf16 (the .to() of RMSNorm convert): the primitives launch what simulator.moment.ops counts."""
     bf = torch.bfloat16
     x = torch.randn(2, 3, 64, dtype=bf)
     w = torch.randn(64, dtype=bf)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from hwmodels.errors import InputError
-from simulator.scenario import Workload
-from simulator.workload import make_requests
+from simulator.serving.scenario import Workload
+from simulator.serving.workload import make_requests
 
 
 def wl(**kw) -> Workload:

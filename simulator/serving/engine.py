@@ -46,13 +46,13 @@ import simpy
 from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
 from hwmodels.spec import Hardware
-from simulator.cost import DEVICE_CATEGORIES, StepModel, check_parallelism, step_model
-from simulator.kvcache import FAIL, KVCache
-from simulator.memory import check_fits, footprint
-from simulator.model import ModelSpec, load_model
-from simulator.ops import Batch, Dtypes, attention_ops, dense_ops
-from simulator.scenario import Scenario
-from simulator.workload import Requests, make_requests
+from simulator.moment.cost import DEVICE_CATEGORIES, StepModel, check_parallelism, step_model
+from simulator.moment.memory import check_fits, footprint
+from simulator.moment.model import ModelSpec, load_model
+from simulator.moment.ops import Batch, Dtypes, attention_ops, dense_ops
+from simulator.serving.kvcache import FAIL, KVCache
+from simulator.serving.scenario import Scenario
+from simulator.serving.workload import Requests, make_requests
 
 PCIE_BW = 25e9           # bytes/s host<->device for swap preemption (PCIe 4/5 x16, achieved)
 ADMIT_WATERMARK = 0.01   # vLLM: keep 1% of blocks free when admitting, unless nothing runs

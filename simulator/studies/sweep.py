@@ -42,10 +42,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hwmodels.errors import InputError, from_validation, load_mapping
 from hwmodels.load import load_hardware
-from simulator.model import load_model
-from simulator.pareto import pareto_front
-from simulator.progress import Progress
-from simulator.scenario import Scenario, resolve_paths, scenario_from_dict
+from simulator.moment.model import load_model
+from simulator.reports.progress import Progress
+from simulator.serving.scenario import Scenario, resolve_paths, scenario_from_dict
+from simulator.studies.pareto import pareto_front
 
 Runner = Callable[[Scenario], dict]
 # swept or fixed inputs that get a short column name in results.csv
@@ -278,7 +278,7 @@ def load_sweep(path: str | Path) -> tuple[Sweep, list[Point]]:
 # -- running ---------------------------------------------------------------------------------------
 def _default_runner(sc: Scenario) -> dict:
     """`momentsim run`'s path: the same checks (fit, tp; done by simulate) and the same metrics."""
-    from simulator.run import run_scenario
+    from simulator.reports.run import run_scenario
 
     return run_scenario(sc)
 
@@ -590,7 +590,7 @@ def plot_sweep(rows: list[dict[str, Any]], swept: list[str], out: Path, title: s
     """latency_throughput.png: p99 TTFT and TPOT against throughput, one line per configuration
     (over rate); cost_latency.png: cost per million output tokens against p99 latency, with the
     Pareto front (nothing is both faster and cheaper) drawn in red."""
-    from simulator.plots import plt, save  # matplotlib only when plotting (Agg)
+    from simulator.reports.plots import plt, save  # matplotlib only when plotting (Agg)
 
     ok = [r for r in rows if r["status"] == "ok" and _num(r.get("output_tokens_per_s")) is not None]
     if not ok:

@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass
 
 from hwmodels.errors import InputError
 from hwmodels.spec import Hardware
-from simulator.model import ModelSpec
-from simulator.ops import Dtypes
+from simulator.moment.model import ModelSpec
+from simulator.moment.ops import Dtypes
 
 GB = 1e9
 

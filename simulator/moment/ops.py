@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hwmodels.spec import DTYPE_BYTES
-from simulator.model import ModelSpec
+from simulator.moment.model import ModelSpec
 
 CATEGORIES = (
     "embed", "norm", "qkv_proj", "rope", "attention", "o_proj", "ffn_up", "ffn_act",

@@ -40,12 +40,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hwmodels.errors import InputError, from_validation, load_mapping
 from hwmodels.load import load_hardware
 from hwmodels.spec import Hardware
-from simulator.cost import check_parallelism, step_model
-from simulator.memory import footprint
-from simulator.model import ModelSpec, load_model
-from simulator.ops import Batch, Dtypes
-from simulator.progress import Progress
-from simulator.scenario import (
+from simulator.moment.cost import check_parallelism, step_model
+from simulator.moment.memory import footprint
+from simulator.moment.model import ModelSpec, load_model
+from simulator.moment.ops import Batch, Dtypes
+from simulator.reports.progress import Progress
+from simulator.serving.scenario import (
     Fixed,
     FromTrace,
     Lognormal,
@@ -56,7 +56,7 @@ from simulator.scenario import (
     Workload,
     local_path,
 )
-from simulator.sweep import cost_per_m_tokens, write_csv
+from simulator.studies.sweep import cost_per_m_tokens, write_csv
 
 Runner = Callable[[Scenario], dict]
 
@@ -240,7 +240,7 @@ def decode_bound(model: ModelSpec, hw: Hardware, tp: int, pp: int, mode: str, dt
 
 # -- simulations -----------------------------------------------------------------------------------
 def _default_runner(sc: Scenario) -> dict:
-    from simulator.run import run_scenario
+    from simulator.reports.run import run_scenario
 
     return run_scenario(sc)
 
@@ -605,7 +605,7 @@ def write_outputs(res: PlanResult, out: Path) -> dict[str, str]:
 
 def plot_plan(res: PlanResult, path: Path) -> str:
     """Each part's USD per million output tokens and highest sustainable rate, the cheapest in red."""
-    from simulator.plots import plt, save  # matplotlib only when plotting (Agg)
+    from simulator.reports.plots import plt, save  # matplotlib only when plotting (Agg)
 
     cands = res.candidates
     names = [c.name for c in cands]

@@ -21,10 +21,10 @@ from typing import Any
 from hwmodels.errors import InputError
 from hwmodels.spec import Hardware
 from simulator.cli import _resolve
-from simulator.cost import StepModel, step_model
-from simulator.memory import check_fits
-from simulator.model import ModelSpec
-from simulator.ops import CATEGORIES, Batch, Dtypes
+from simulator.moment.cost import StepModel, step_model
+from simulator.moment.memory import check_fits
+from simulator.moment.model import ModelSpec
+from simulator.moment.ops import CATEGORIES, Batch, Dtypes
 
 MAX_VALUE = 1 << 20  # a larger prompt or batch would only build huge cost tables, never a real step
 
@@ -129,7 +129,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
     from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.ticker import FuncFormatter
 
-    from simulator.plots import _empty, _log_x, plt, save
+    from simulator.reports.plots import _empty, _log_x, plt, save
 
     cfg = res["config"]
     fig, ((a1, a2), (a3, a4)) = plt.subplots(2, 2, figsize=(14, 9.5))

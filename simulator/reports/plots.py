@@ -18,10 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from simulator.metrics import num, per_request  # noqa: E402
+from simulator.reports.metrics import num, per_request  # noqa: E402
 
 if TYPE_CHECKING:
-    from simulator.engine import SimResult
+    from simulator.serving.engine import SimResult
 
 DPI = 110
 COLORS = {"prefill": "#d95f02", "decode": "#1b9e77", "mixed": "#7570b3"}

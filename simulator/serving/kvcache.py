@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from hwmodels.spec import Hardware
-from simulator.memory import footprint
-from simulator.model import ModelSpec
-from simulator.ops import Dtypes
+from simulator.moment.memory import footprint
+from simulator.moment.model import ModelSpec
+from simulator.moment.ops import Dtypes
 
 HIT, MISS, FAIL = 1, 0, -1
 

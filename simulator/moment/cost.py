@@ -1,4 +1,4 @@
-"""The length of one moment: the step's ops (simulator.ops) timed on a device (hwmodels).
+"""The length of one moment: the step's ops (simulator.moment.ops) timed on a device (hwmodels).
 
 `StepModel` caches, per (model, hardware, tp, pp, mode, dtypes), a table of the token-count
 dependent part of a step (GEMMs, element-wise ops, collectives) over token counts, so that the
@@ -13,8 +13,8 @@ import numpy as np
 
 from hwmodels.roofline import op_time
 from hwmodels.spec import DTYPE_BYTES, Hardware
-from simulator.model import ModelSpec
-from simulator.ops import (
+from simulator.moment.model import ModelSpec
+from simulator.moment.ops import (
     CATEGORIES,
     Batch,
     Dtypes,

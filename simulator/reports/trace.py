@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simulator.metrics import KIND_NAMES
+from simulator.reports.metrics import KIND_NAMES
 
 if TYPE_CHECKING:
-    from simulator.engine import SimResult
+    from simulator.serving.engine import SimResult
 
 MAX_EVENTS = 200_000
 

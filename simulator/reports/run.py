@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from simulator.engine import SimResult, check_scenario, simulate
-from simulator.metrics import KIND_NAMES, num, per_request, summarize
-from simulator.progress import Progress
-from simulator.scenario import Scenario, load_scenario
+from simulator.reports.metrics import KIND_NAMES, num, per_request, summarize
+from simulator.reports.progress import Progress
+from simulator.serving.engine import SimResult, check_scenario, simulate
+from simulator.serving.scenario import Scenario, load_scenario
 
 MAX_CSV_ROWS = 1_000_000
 CHUNK = 65_536
@@ -51,8 +51,8 @@ def write_csv(path: Path, columns: Sequence[tuple[str, np.ndarray, str]], limit:
 
 def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str, Any]:
     """metrics.json, requests.csv, moments.csv, timeseries.csv, the plots and trace.json."""
-    from simulator.plots import write_plots  # matplotlib loads only when plots are wanted
-    from simulator.trace import write_trace
+    from simulator.reports.plots import write_plots  # matplotlib loads only when plots are wanted
+    from simulator.reports.trace import write_trace
 
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []

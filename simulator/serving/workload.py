@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from hwmodels.errors import InputError
-from simulator.scenario import Fixed, FromTrace, Lognormal, Uniform, Workload
+from simulator.serving.scenario import Fixed, FromTrace, Lognormal, Uniform, Workload
 
 # Column names a trace may use: ours, then the Azure LLM inference trace's.
 ARRIVAL_COLS = ("arrival_s", "TIMESTAMP")

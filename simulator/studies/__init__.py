@@ -1,0 +1,1 @@
+"""Studies built from many runs or many moments: sweeps, capacity plans, step-cost curves."""

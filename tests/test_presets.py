@@ -16,7 +16,7 @@ EXPECTED = {
     "b200", "mi300x", "tpu-v5e", "cpu", "xeon-8480",
 }
 
-# Dense (not sparse) bf16 peaks in TFLOP/s, from /work/shared/data/datasheets.md
+# Dense (not sparse) bf16 peaks in TFLOP/s, from calibration/data/datasheets.md
 # (NVIDIA and AMD datasheets); TPU v5e from Google Cloud's TPU v5e documentation.
 BF16_TFLOPS = {
     "h100-sxm": 989,

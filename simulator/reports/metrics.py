@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # the engine is only needed for the type; summaries work on any such result
-    from simulator.serving.engine import SimResult
+    from simulator.serving.result import SimResult
 
 KIND_NAMES = ("prefill", "decode", "mixed")  # SimResult.moments["kind"]: 0, 1, 2
 STATUS_COMPLETED, STATUS_REJECTED = 0, 1

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simulator.moment.ops import Batch
 from simulator.serving.decodeset import DecodeSet
 from simulator.serving.kvcache import KVCache
 from simulator.serving.result import RequestLog
@@ -30,6 +31,11 @@ def make(kind: str, prompts: list[int], outputs: list[int], blocks: int, prefix:
     return s, log
 
 
+def B(m) -> Batch:
+    """A moment's batch aggregates by name."""
+    return m.as_batch()
+
+
 def pairs(chunk: int, cached: int = 0) -> float:
     """Causal query-key pairs of `chunk` new tokens after `cached` ones."""
     return chunk * cached + chunk * (chunk + 1) / 2
@@ -44,20 +50,20 @@ def test_static_reserves_whole_requests_and_waits_for_the_batch():
     # blocks of 4 tokens: prompt + output need 4, 6 and 8 blocks; 12 hold the first two only
     s, log = make("static", [10, 20, 30], [3, 2, 1], blocks=12, block_size=4)
     m = s.schedule()
-    assert (m.kind, m.prefill_seqs, m.prefill_tokens, m.prefill_pairs) == (PREFILL, 2, 30, pairs(10) + pairs(20))
-    assert (m.decode_seqs, m.logits, m.running, s.kv.used) == (0, 2, 2, 10)
+    assert (m.kind, B(m).prefill_seqs, B(m).prefill_tokens, B(m).prefill_pairs) == (PREFILL, 2, 30, pairs(10) + pairs(20))
+    assert (B(m).decode_seqs, B(m).logits, m.running, s.kv.used) == (0, 2, 2, 10)
     s.on_step_done(m, 1.0)
     assert log.first_token_s[:2].tolist() == [1.0, 1.0] and s.decode.seqs == 2
     m = s.schedule()
-    assert (m.kind, m.decode_seqs, m.decode_ctx, m.logits) == (DECODE, 2, 10 + 20, 2)
+    assert (m.kind, B(m).decode_seqs, B(m).decode_ctx, B(m).logits) == (DECODE, 2, 10 + 20, 2)
     s.on_step_done(m, 2.0)  # request 1 has its 2 tokens: its 6 blocks come back
     assert log.finish_s[1] == 2.0 and s.kv.used == 4
     m = s.schedule()  # request 2 would fit now (8 free), but the batch is not over
-    assert (m.kind, m.decode_seqs, m.decode_ctx) == (DECODE, 1, 11)
+    assert (m.kind, B(m).decode_seqs, B(m).decode_ctx) == (DECODE, 1, 11)
     s.on_step_done(m, 3.0)
     assert log.finish_s[0] == 3.0 and s.kv.used == 0
     m = s.schedule()
-    assert (m.kind, m.prefill_tokens, m.prefill_pairs) == (PREFILL, 30, pairs(30))
+    assert (m.kind, B(m).prefill_tokens, B(m).prefill_pairs) == (PREFILL, 30, pairs(30))
     s.on_step_done(m, 4.0)  # one output token: the first is the last
     assert log.first_token_s[2] == log.finish_s[2] == 4.0
     assert s.schedule() is None and s.drained and s.outstanding == 0
@@ -67,16 +73,16 @@ def test_continuous_token_budget_and_prefills_first():
     s, log = make("continuous", [100, 100, 100], [3, 3, 3], blocks=100, max_batched_tokens=250)
     assert s.max_prompt_tokens == 250
     m = s.schedule()  # the third prompt would exceed 250 tokens
-    assert (m.kind, m.prefill_seqs, m.prefill_tokens, m.logits, m.running) == (PREFILL, 2, 200, 2, 2)
+    assert (m.kind, B(m).prefill_seqs, B(m).prefill_tokens, B(m).logits, m.running) == (PREFILL, 2, 200, 2, 2)
     s.on_step_done(m, 1.0)
     m = s.schedule()  # vLLM v0: a waiting prompt runs before the next decode step
-    assert (m.kind, m.prefill_seqs, m.prefill_tokens, m.running) == (PREFILL, 1, 100, 3)
+    assert (m.kind, B(m).prefill_seqs, B(m).prefill_tokens, m.running) == (PREFILL, 1, 100, 3)
     s.on_step_done(m, 2.0)
     m = s.schedule()
-    assert (m.kind, m.decode_seqs, m.decode_ctx) == (DECODE, 3, 300)
+    assert (m.kind, B(m).decode_seqs, B(m).decode_ctx) == (DECODE, 3, 300)
     s.on_step_done(m, 3.0)
     m = s.schedule()
-    assert (m.kind, m.decode_seqs, m.decode_ctx) == (DECODE, 3, 303)
+    assert (m.kind, B(m).decode_seqs, B(m).decode_ctx) == (DECODE, 3, 303)
     s.on_step_done(m, 4.0)
     assert log.first_token_s.tolist() == [1.0, 1.0, 2.0] and log.finish_s.tolist() == [4.0, 4.0, 4.0]
     assert s.schedule() is None and s.drained
@@ -89,13 +95,13 @@ def test_continuous_preempts_the_newest_when_a_step_needs_blocks():
     s.on_step_done(s.schedule(), 1.0)
     assert s.kv.used == 4 and s.decode.new_blocks() == 2
     m = s.schedule()
-    assert (m.kind, m.decode_seqs, m.decode_ctx) == (DECODE, 1, 8)
+    assert (m.kind, B(m).decode_seqs, B(m).decode_ctx) == (DECODE, 1, 8)
     assert log.preemptions.tolist() == [0, 1] and list(s.waiting) == [1] and s.recompute == {1: 1}
     assert s.kv.used == 3
     s.on_step_done(m, 2.0)
     # its re-prefill (8 prompt + 1 generated = 3 blocks) does not fit the 2 free: decode goes on
     m = s.schedule()
-    assert (m.kind, m.decode_seqs, m.decode_ctx) == (DECODE, 1, 9)
+    assert (m.kind, B(m).decode_seqs, B(m).decode_ctx) == (DECODE, 1, 9)
 
 
 def test_continuous_swap_charges_the_transfer_to_the_next_moment():
@@ -110,14 +116,14 @@ def test_chunked_mixes_decodes_and_chunks_within_the_budget():
     s, log = make("chunked", [10, 10, 100], [5, 5, 5], blocks=100, max_batched_tokens=64)
     assert s.max_prompt_tokens is None
     m = s.schedule()  # two whole prompts and a 44-token chunk of the third
-    assert (m.kind, m.prefill_seqs, m.prefill_tokens) == (PREFILL, 3, 64)
-    assert (m.prefill_pairs, m.logits, m.running) == (2 * pairs(10) + pairs(44), 2, 3)
+    assert (m.kind, B(m).prefill_seqs, B(m).prefill_tokens) == (PREFILL, 3, 64)
+    assert (B(m).prefill_pairs, B(m).logits, m.running) == (2 * pairs(10) + pairs(44), 2, 3)
     s.on_step_done(m, 1.0)
     assert log.first_token_s[:2].tolist() == [1.0, 1.0] and np.isnan(log.first_token_s[2])
     m = s.schedule()  # 2 decodes + the remaining 56 tokens after 44 cached
-    assert (m.kind, m.decode_seqs, m.decode_ctx) == (MIXED, 2, 20)
-    assert (m.prefill_seqs, m.prefill_tokens, m.prefill_ctx, m.prefill_pairs) == (1, 56, 44, pairs(56, 44))
-    assert (m.logits, m.running, m.decode_seqs + m.prefill_tokens) == (3, 3, 58)
+    assert (m.kind, B(m).decode_seqs, B(m).decode_ctx) == (MIXED, 2, 20)
+    assert (B(m).prefill_seqs, B(m).prefill_tokens, B(m).prefill_ctx, B(m).prefill_pairs) == (1, 56, 44, pairs(56, 44))
+    assert (B(m).logits, m.running, B(m).decode_seqs + B(m).prefill_tokens) == (3, 3, 58)
     s.on_step_done(m, 2.0)
     assert log.first_token_s[2] == 2.0 and not s.prefilling and s.decode.seqs == 3
 
@@ -125,7 +131,7 @@ def test_chunked_mixes_decodes_and_chunks_within_the_budget():
 def test_chunked_caps_the_batch_at_the_token_budget():
     s, _ = make("chunked", [1] * 10, [5] * 10, blocks=100, max_batched_tokens=4, max_batch_size=64)
     assert s.max_batch_size == 4
-    assert s.schedule().prefill_seqs == 4
+    assert B(s.schedule()).prefill_seqs == 4
 
 
 def test_prefix_caching_skips_a_resident_prefix_and_static_never_shares():
@@ -133,14 +139,14 @@ def test_prefix_caching_skips_a_resident_prefix_and_static_never_shares():
     s, log = make("continuous", [40, 40], [1, 1], blocks=100, prefix=(7, 32), add=False, prefix_caching=True)
     s.add(0)
     m = s.schedule()
-    assert (m.prefill_tokens, m.prefill_ctx) == (40, 0)
+    assert (B(m).prefill_tokens, B(m).prefill_ctx) == (40, 0)
     s.on_step_done(m, 1.0)
     assert s.kv.used == 2 and s.kv.evictable == 2  # the prefix stays, unused, evictable
     s.add(1)
     m = s.schedule()
-    assert (m.prefill_tokens, m.prefill_ctx, m.prefill_pairs) == (8, 32, pairs(8, 32))
+    assert (B(m).prefill_tokens, B(m).prefill_ctx, B(m).prefill_pairs) == (8, 32, pairs(8, 32))
     static, _ = make("static", [40], [1], blocks=100, prefix=(7, 32), prefix_caching=True)
-    assert not static.prefix_caching and static.schedule().prefill_tokens == 40
+    assert not static.prefix_caching and B(static.schedule()).prefill_tokens == 40
 
 
 def test_routers():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 from typing import NamedTuple
 
-NOBODY: tuple[int, ...] = ()  # advance() when no one finishes: no list built
+NOBODY: tuple[int, ...] = ()  # speed: advance() when no one finishes (most steps) builds no list
 
 
 class Decoding(NamedTuple):
@@ -30,7 +30,7 @@ class Decoding(NamedTuple):
 class DecodeSet:
     """Decoding requests of one engine: counts and sums for the step cost, finishers by step."""
 
-    __slots__ = ("block_size", "seqs", "base", "step", "entries", "_due", "_finish")
+    __slots__ = ("block_size", "seqs", "base", "step", "entries", "due", "_finish")
 
     def __init__(self, block_size: int):
         self.block_size = block_size
@@ -38,7 +38,7 @@ class DecodeSet:
         self.base = 0                            # sum of cached - entry step; see `context`
         self.step = 0                            # decode steps this engine has run
         self.entries: dict[int, Decoding] = {}   # request -> its entry
-        self._due = [0] * block_size             # requests by (entry step - cached) % block_size
+        self.due = [0] * block_size              # requests by (entry step - cached) % block_size
         self._finish: list[tuple[int, int, int]] = []  # (finishing step, token, request)
 
     @property
@@ -48,7 +48,7 @@ class DecodeSet:
 
     def new_blocks(self) -> int:
         """KV blocks this step's tokens open: one per request whose last block is full."""
-        return self._due[self.step % self.block_size]
+        return self.due[self.step % self.block_size]
 
     def enter(self, request: int, cached: int, generated: int, remaining: int, token: int,
               prefix_blocks: int, prefix_id: int) -> None:
@@ -58,16 +58,16 @@ class DecodeSet:
         self.entries[request] = Decoding(cached, s, generated, token, prefix_blocks, prefix_id)
         self.seqs += 1
         self.base += cached - s
-        self._due[(s - cached) % self.block_size] += 1
+        self.due[(s - cached) % self.block_size] += 1
 
     def leave(self, request: int) -> tuple[int, int, int, int]:
         """Remove a request: (tokens cached, tokens generated, prefix blocks, prefix id) now."""
-        e = self.entries.pop(request)
+        cached, step, generated, _token, prefix_blocks, prefix_id = self.entries.pop(request)
         self.seqs -= 1
-        self.base -= e.cached - e.step
-        self._due[(e.step - e.cached) % self.block_size] -= 1
-        d = self.step - e.step
-        return e.cached + d, e.generated + d, e.prefix_blocks, e.prefix_id
+        self.base -= cached - step
+        self.due[(step - cached) % self.block_size] -= 1
+        d = self.step - step
+        return cached + d, generated + d, prefix_blocks, prefix_id
 
     def holds(self, request: int, token: int) -> bool:
         """Is the request in the set under this admission token (not preempted since)?"""

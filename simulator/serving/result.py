@@ -84,12 +84,12 @@ class SimResult:
 
 
 class RequestLog:
-    """Per request: the inputs schedulers read (as lists: faster to index one at a time than
-    numpy) and what happened to it (arrays by request index)."""
+    """Per request: the inputs schedulers read and what happened to it (arrays by request index)."""
 
     def __init__(self, req: Requests):
         n = len(req)
         self.requests = req
+        # speed: lists, as a Python int from a list is faster to read one at a time than from numpy
         self.prompt_len: list[int] = req.prompt_len.tolist()
         self.output_len: list[int] = req.output_len.tolist()
         self.prefix_id: list[int] = req.prefix_id.tolist()
@@ -133,6 +133,10 @@ class MomentLog:
         self.start, self.dur = array("d"), array("d")
         self.unit, self.kind, self.batch, self.running = array("i"), array("b"), array("i"), array("i")
         self.tokens, self.kv_used = array("q"), array("q")
+        # speed: the columns' bound appends, looked up once instead of twice per moment
+        self.ap_start, self.ap_dur, self.ap_unit = self.start.append, self.dur.append, self.unit.append
+        self.ap_kind, self.ap_tokens, self.ap_batch = self.kind.append, self.tokens.append, self.batch.append
+        self.ap_kv_used, self.ap_running = self.kv_used.append, self.running.append
         # running sums of batch aggregates (see _work): moments, logits, decode seqs and ctx,
         # prefill seqs, tokens, pairs and ctx
         self.sums = [0] * 4 + [0, 0, 0.0, 0]
@@ -147,26 +151,26 @@ class MomentLog:
 
     def add(self, unit: int, start: float, dt: float, m: Moment, kv_used: int) -> None:
         """One call per moment: log it, add to the sums, maybe sample its breakdown, report progress."""
-        ds, ps, pt = m.decode_seqs, m.prefill_seqs, m.prefill_tokens
-        self.start.append(start)
-        self.dur.append(dt)
-        self.unit.append(unit)
-        self.kind.append(m.kind)
-        self.tokens.append(ds + pt)
-        self.batch.append(ds + ps)
-        self.kv_used.append(kv_used)
-        self.running.append(m.running)
+        ds, dc, ps, pt, pairs, pc, lg = m.batch
+        self.ap_start(start)
+        self.ap_dur(dt)
+        self.ap_unit(unit)
+        self.ap_kind(m.kind)
+        self.ap_tokens(ds + pt)
+        self.ap_batch(ds + ps)
+        self.ap_kv_used(kv_used)
+        self.ap_running(m.running)
         s = self.sums
         s[0] += 1
-        s[1] += m.logits
+        s[1] += lg
         s[2] += ds
-        s[3] += m.decode_ctx
+        s[3] += dc
         if ps:
             s[4] += ps
             s[5] += pt
-            s[6] += m.prefill_pairs
-            s[7] += m.prefill_ctx
-        # Category seconds without a breakdown per moment: the exact breakdown (sm.cost) of every
+            s[6] += pairs
+            s[7] += pc
+        # speed: category seconds without a breakdown per moment: the exact breakdown (sm.cost) of every
         # moment of a kind until CATEGORY_SAMPLES were taken, then of every 2nd, 4th, ... (the
         # stride doubles each CATEGORY_SAMPLES samples), each weighted by its stride. The shares
         # are then scaled to the kind's exact total seconds (see build_result).
@@ -176,7 +180,7 @@ class MomentLog:
         self.kind_n[k] = i + 1
         st = self.stride[k]
         if i % st == 0:
-            c = self.sm.cost(m.batch())
+            c = self.sm.cost(m.as_batch())
             v = [c.breakdown_ms[x] for x in DEVICE_CATEGORIES] + [c.breakdown_ms["host"]]
             self.cat_est[k] += np.asarray(v) * (st * 1e-3)
             self.taken[k] += 1

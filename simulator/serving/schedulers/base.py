@@ -54,24 +54,27 @@ class Prefill:
 
 @dataclass(slots=True)
 class Moment:
-    """One forward pass as a scheduler planned it: the batch aggregates the cost model needs (the
-    names of ops.Batch) and the work `on_step_done` applies when it ends."""
+    """One forward pass as a scheduler planned it: the batch aggregates the cost model needs and
+    the work `on_step_done` applies when it ends."""
 
-    kind: int             # PREFILL (prefill chunks only), DECODE (decode tokens only) or MIXED
-    decode_seqs: int      # sequences producing one token each
-    decode_ctx: int       # sum of their cached tokens
-    prefill_seqs: int     # prefill chunks
-    prefill_tokens: int   # new tokens in the chunks
-    prefill_pairs: float  # causal query-key pairs of the chunks (see ops.Batch)
-    prefill_ctx: int      # sum of the tokens cached before each chunk
-    logits: int           # rows through the LM head: decodes and chunks that end a prefill
-    running: int          # requests holding KV on this engine during the moment
-    prefills: list[tuple[Prefill, int]] | tuple = ()  # (prefill, its tokens in this moment)
-    extra_s: float = 0.0  # host<->device swap transfers charged to this moment
+    kind: int
+    """PREFILL (prefill chunks, no decodes), DECODE (decode tokens only) or MIXED (both)."""
+    batch: tuple[int, int, int, int, float, int, int]
+    """ops.Batch's fields in its order, the arguments of StepModel.step_agg: decode_seqs (sequences
+    producing one token each), decode_ctx (the sum of their cached tokens), prefill_seqs (chunks),
+    prefill_tokens (new tokens in them), prefill_pairs (their causal query-key pairs),
+    prefill_ctx (the sum of tokens cached before each chunk), logits (rows through the LM head:
+    decodes and chunks that end a prefill). speed: a plain tuple, built in C and passed on with
+    one unpacking; `as_batch()` names the fields."""
+    running: int
+    """Requests holding KV on this engine during the moment."""
+    prefills: list[tuple[Prefill, int]] | tuple = ()
+    """(prefill, its tokens in this moment) for each chunk."""
+    extra_s: float = 0.0
+    """Host<->device swap transfers charged to this moment."""
 
-    def batch(self) -> Batch:
-        return Batch(self.decode_seqs, self.decode_ctx, self.prefill_seqs, self.prefill_tokens,
-                     self.prefill_pairs, self.prefill_ctx, self.logits)
+    def as_batch(self) -> Batch:
+        return Batch(*self.batch)
 
 
 class Scheduler:
@@ -114,7 +117,7 @@ class Scheduler:
 
     def on_step_done(self, m: Moment, now: float) -> None:
         """Moment m ended at `now`: each decode got a token, chunks were computed."""
-        if m.decode_seqs:
+        if m.kind != PREFILL:  # decodes got a token
             d = self.decode
             for i in d.advance():
                 cached, _generated, pb, pid = d.leave(i)
@@ -219,7 +222,7 @@ class Scheduler:
     def _grow_decode(self) -> None:
         """Blocks for this decode step's new tokens; preempt until they fit."""
         kv, d = self.kv, self.decode
-        while not kv.alloc(d.new_blocks()):
+        while not kv.alloc(d.due[d.step % self.block_size]):  # speed: d.new_blocks() inlined
             if not self._preempt_one():
                 raise RuntimeError("KV cache cannot hold the running requests")
         if len(self.newest) > 2 * (d.seqs + len(self.prefilling)) + 64:  # drop stale entries
@@ -269,4 +272,4 @@ class Scheduler:
         d = self.decode
         n = d.seqs
         extra, self.swap_s = self.swap_s, 0.0  # speed: _take_swap_s inlined (one moment per decode step)
-        return Moment(DECODE, n, d.base + n * d.step, 0, 0, 0.0, 0, n, n, (), extra)
+        return Moment(DECODE, (n, d.base + n * d.step, 0, 0, 0.0, 0, n), n, (), extra)

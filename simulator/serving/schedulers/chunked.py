@@ -75,5 +75,5 @@ class ChunkedScheduler(Scheduler):
                 pc += c
                 completing += c + ln == st.target
             kind = DECODE if not chunks else (PREFILL if not B else MIXED)
-            return Moment(kind, B, d.base + B * d.step, len(chunks), pt, pairs, pc, B + completing,
+            return Moment(kind, (B, d.base + B * d.step, len(chunks), pt, pairs, pc, B + completing),
                           B + len(pre), chunks, self._take_swap_s())

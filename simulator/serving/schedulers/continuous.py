@@ -51,7 +51,7 @@ class ContinuousScheduler(Scheduler):
                     n_seq += 1
                 if admitted:
                     n = len(admitted)
-                    return Moment(PREFILL, 0, 0, n, pt, pairs, pc, n, d.seqs + n, admitted, self._take_swap_s())
+                    return Moment(PREFILL, (0, 0, n, pt, pairs, pc, n), d.seqs + n, admitted, self._take_swap_s())
             if not d.seqs:
                 return None
             self._grow_decode()

@@ -34,7 +34,7 @@ class StaticScheduler(Scheduler):
         if not batch:
             return None
         n = len(batch)
-        return Moment(PREFILL, 0, 0, n, pt, pairs, 0, n, n, batch, self._take_swap_s())
+        return Moment(PREFILL, (0, 0, n, pt, pairs, 0, n), n, batch, self._take_swap_s())
 
     def _release(self, i: int, cached: int, pb: int, pid: int) -> None:
         """The blocks reserved at admission, whatever the request used."""

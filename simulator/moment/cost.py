@@ -24,6 +24,8 @@ from simulator.moment.ops import (
     check_tp,
     dense_ops,
     eager_kernels,
+    windowed_keys,
+    windowed_pairs,
 )
 
 DEVICE_CATEGORIES = tuple(c for c in CATEGORIES if c != "host")
@@ -106,7 +108,7 @@ class StepModel:
         for s in attention_shapes(self.model, dt, self.tp):
             L = s.layers
             groups.append((
-                s.window,
+                s.kind, s.size,
                 s.pair_flops * L / (peak * eff.attn_prefill_compute),   # per pair
                 s.ctx_flops * L / (peak * eff.attn_prefill_compute),    # per cached token (MLA up-projection)
                 s.ctx_bytes * L / (bw * eff.gemm_memory),               # per cached token
@@ -126,19 +128,19 @@ class StepModel:
             return hi
         return hi * ((x / hi) ** p + (y / hi) ** p) ** (1.0 / p)
 
-    def attention_s(self, ds: int, dc: float, pt: int, pairs: float, pc: float) -> float:
+    def attention_s(self, ds: int, dc: float, pt: int, pairs: float, pc: float, ps: int = 1) -> float:
         """Seconds of attention for decode (ds seqs, dc cached tokens in all) and prefill (pt new
-        tokens, `pairs` causal query-key pairs, pc cached tokens before the chunks)."""
+        tokens in ps chunks, `pairs` causal query-key pairs, pc cached tokens before the chunks)."""
         t = 0.0
         soft = self._soft
-        for win, p_c, p_cc, p_cm, p_tm, d_c, d_m, d_q, d_seq, floor in self._groups:
+        for kind, size, p_c, p_cc, p_cm, p_tm, d_c, d_m, d_q, d_seq, floor in self._groups:
             if pt:
-                pr = pairs if win is None or pairs <= pt * win else pt * win
+                pr = pairs if kind == "full" else windowed_pairs(kind, size, ps, pt, pairs, pc)
                 t += soft(pr * p_c + pc * p_cc, pc * p_cm + pt * p_tm) + floor
             if ds:
                 ctx = dc + ds  # each attends to its cache plus itself
-                if win is not None and ctx > ds * win:
-                    ctx = ds * win
+                if kind != "full":
+                    ctx = windowed_keys(kind, size, ds, ctx)
                 t += soft(ctx * d_c, ctx * d_m + ds * d_q) + floor + ds * d_seq
         return t
 
@@ -147,7 +149,7 @@ class StepModel:
         tok = ds + pt
         if tok >= self._size or lg >= self._size:
             self._grow(max(tok, lg))
-        return self._combine(self._dense_l[tok] + self._lm_l[lg] + self.attention_s(ds, dc, pt, pairs, pc))
+        return self._combine(self._dense_l[tok] + self._lm_l[lg] + self.attention_s(ds, dc, pt, pairs, pc, ps))
 
     # -- tables over token counts ---------------------------------------------------------------
     def _table(self, tokens: np.ndarray, logits: np.ndarray) -> np.ndarray:
@@ -173,7 +175,8 @@ class StepModel:
         self._size = len(self._dense_l)
 
     def _attn_b(self, b: Batch) -> float:
-        return self.attention_s(b.decode_seqs, b.decode_ctx, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx)
+        return self.attention_s(b.decode_seqs, b.decode_ctx, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx,
+                                b.prefill_seqs)
 
     def attention_ops_s(self, b: Batch) -> float:
         """The same attention time through ops.attention_ops and roofline.op_time (for checking)."""

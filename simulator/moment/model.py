@@ -327,20 +327,17 @@ class ModelSpec(BaseModel):
         return tuple("full_attention" if every and (i + 1) % every == 0 else "sliding_attention" for i in range(L))
 
     @property
-    def window_groups(self) -> tuple[tuple[float | None, int], ...]:
-        """(keys a query attends at most, layers): None is full attention. A chunked layer's query
-        sees the tokens of its chunk so far: about half a chunk on average over positions (exact
-        for prefill pairs; a decode inside the first chunk sees all its context, up to 2x more)."""
-        count: dict[float | None, int] = {}
+    def attention_groups(self) -> tuple[tuple[str, int | None, int], ...]:
+        """(kind, window or chunk size, layers) of the model's attention layers grouped by kind:
+        ("full", None, n), ("sliding", W, n): a query sees the W latest keys, ("chunked", C, n): a
+        query sees the keys of its own C-token chunk so far (Llama 4)."""
+        count: dict[tuple[str, int | None], int] = {}
         for k in self.layer_kinds:
-            w = None if k == "full_attention" else (
-                float(self.sliding_window) if k == "sliding_attention" else self.attention_chunk_size / 2)
-            count[w] = count.get(w, 0) + 1
-        return tuple(sorted(count.items(), key=lambda kv: (kv[0] is not None, kv[0] or 0)))
-
-    @property
-    def sliding(self) -> bool:
-        return any(w is not None for w, _ in self.window_groups)
+            key = ("full", None) if k == "full_attention" else (
+                ("sliding", self.sliding_window) if k == "sliding_attention" else ("chunked", self.attention_chunk_size))
+            count[key] = count.get(key, 0) + 1
+        order = {"full": 0, "sliding": 1, "chunked": 2}
+        return tuple((k, w, n) for (k, w), n in sorted(count.items(), key=lambda kv: order[kv[0][0]]))
 
     @property
     def qk_norm_layers(self) -> int:
@@ -539,6 +536,7 @@ def _unset(key: Any, value: Any) -> bool:
 def _check_fields(data: dict[str, Any], fam: str, where: str) -> None:
     """Every field is modelled for its family or known to be cost-neutral; aliases agree."""
     known = FAMILIES[fam].fields
+    known = known | {canon for alias, canon in _ALIASES.items() if alias in known}  # a dumped ModelSpec's names
     for key in data:
         if key not in known and key not in COST_NEUTRAL and not _unset(key, data[key]):
             raise InputError(where, str(key), f"not modelled for model_type {fam or '(none: Llama-like)'} and may "

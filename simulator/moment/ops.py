@@ -232,7 +232,10 @@ def dense_ops(model: ModelSpec, tokens: Num, logits: Num, dt: Dtypes, tp: int = 
         ops.append(stream("ffn_out_norm", "norm", t * h, 1, 1, L, 4.0, EAGER_KERNELS["norm"]))
     ops.append(stream("ffn_residual", "residual_add", t * h, 2, 1, L, 1.0, EAGER_KERNELS["residual_add"]))
     ops.append(stream("final_norm", "norm", lg * h, 1, 1, 1, 4.0, EAGER_KERNELS["norm"], rows=lg))
-    ops.append(gemm("lm_head", "lm_head", lg, model.vocab_size / tp, h, 1, kernels=EAGER_KERNELS["lm_head"]))
+    # the output head stays in 16 bits when the linear layers are quantised (vLLM, checkpoints)
+    head = dt.weight if DTYPE_BYTES[dt.weight] >= 2 else "bf16"
+    ops.append(gemm_op("lm_head", "lm_head", lg, model.vocab_size / tp, h, 1, dt, kernels=EAGER_KERNELS["lm_head"],
+                       fmt=head))
     if tp > 1:  # gather the vocabulary shards of the logits (fp32)
         ops.append(Op("logits_gather", "comm", "allreduce", 0.0, lg * model.vocab_size / tp * 4, 1, lg))
     if pp > 1:  # activations cross pp - 1 stage boundaries
@@ -317,7 +320,8 @@ class AttnShape:
     query-key pair and per cached token in prefill, per key and per sequence in decode."""
 
     layers: int
-    window: float | None    # keys a query attends at most (None: all of them)
+    kind: str               # full | sliding | chunked
+    size: int | None        # the window (sliding) or chunk (chunked) in tokens
     pair_flops: float       # prefill: QK^T and PV per pair
     ctx_flops: float        # prefill, per cached token (MLA: the up-projection of its latent)
     ctx_bytes: float        # prefill, per cached token
@@ -349,28 +353,55 @@ def attention_shapes(model: ModelSpec, dt: Dtypes, tp: int = 1) -> list[AttnShap
         base = dict(pair_flops=4.0 * heads * hd, ctx_flops=0.0, ctx_bytes=2 * kvh * hd * kvb,
                     new_bytes=(heads + 2 * kvh) * hd * a + heads * hd * a + 2 * kvh * hd * kvb,
                     key_flops=4.0 * heads * hd, key_bytes=2 * kvh * hd * kvb, seq_bytes=2 * heads * hd * a)
-    return [AttnShape(n, w, **base) for w, n in model.window_groups]
+    return [AttnShape(n, kind, size, **base) for kind, size, n in model.attention_groups]
+
+
+def _reach(kind: str, size: float, p: float) -> float:
+    """Keys seen by the queries at positions 1..p together: min(i, W) each in a sliding window,
+    the keys of its own chunk so far ((i - 1) mod C + 1) in chunked attention."""
+    if kind == "sliding":
+        return p * (p + 1) / 2 if p <= size else size * (size + 1) / 2 + (p - size) * size
+    q, r = divmod(p, size)
+    return q * size * (size + 1) / 2 + r * (r + 1) / 2
+
+
+def windowed_pairs(kind: str, size: float | None, seqs: int, tokens: float, pairs: float, ctx: float) -> float:
+    """Query-key pairs of the prefill chunks in a layer of this kind, from the batch's sums: each
+    of the `seqs` chunks taken at the mean cached and new lengths (exact for one chunk, or for
+    chunks alike), and never more than the causal `pairs`."""
+    if kind == "full" or not tokens or size is None:
+        return pairs
+    c = ctx / seqs if seqs else 0.0
+    n = tokens / seqs if seqs else float(tokens)
+    return min(pairs, (seqs or 1) * (_reach(kind, size, c + n) - _reach(kind, size, c)))
+
+
+def windowed_keys(kind: str, size: float | None, seqs: int, keys: float) -> float:
+    """Keys read by `seqs` decode queries that see `keys` in all without a window: at most the
+    window each; in chunked attention half a chunk each, the mean over a long request's positions
+    (exact within the first half chunk; a single sequence late in a chunk sees up to twice that)."""
+    if kind == "full" or size is None:
+        return keys
+    cap = seqs * (size if kind == "sliding" else size / 2)
+    return keys if keys <= cap else cap
 
 
 def attention_ops(model: ModelSpec, b: Batch, dt: Dtypes, tp: int = 1, pp: int = 1) -> list[Op]:
     """Attention over the KV cache: prefill is compute-bound (grows with the square of the
-    prompt), decode reads every cached K and V (grows with the context). A windowed group's
-    query sees at most `window` keys: taken at the batch's sums (min(pairs, tokens x window),
-    min(context, seqs x window)), exact when every sequence is past the window or inside it."""
+    prompt), decode reads every cached K and V (grows with the context). Layers with a sliding
+    window or chunks see fewer keys (windowed_pairs, windowed_keys)."""
     ops: list[Op] = []
     for s in attention_shapes(model, dt, tp):
         L = s.layers
-        tag = "" if s.window is None else f"_window{s.window:g}"
+        tag = "" if s.kind == "full" else f"_{s.kind}{s.size}"
         if b.prefill_tokens:
-            pairs = b.prefill_pairs if s.window is None else min(b.prefill_pairs, b.prefill_tokens * s.window)
+            pairs = windowed_pairs(s.kind, s.size, b.prefill_seqs, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx)
             flops = (s.pair_flops * pairs + s.ctx_flops * b.prefill_ctx) * L
             by = (s.ctx_bytes * b.prefill_ctx + s.new_bytes * b.prefill_tokens) * L
             ops.append(Op("attn_prefill" + tag, "attention", "attn_prefill", flops, by, L, seqs=b.prefill_seqs,
                           kernels=EAGER_KERNELS["attention"]))
         if b.decode_seqs:
-            ctx = b.decode_ctx + b.decode_seqs  # each attends to its cache plus itself
-            if s.window is not None:
-                ctx = min(ctx, b.decode_seqs * s.window)
+            ctx = windowed_keys(s.kind, s.size, b.decode_seqs, b.decode_ctx + b.decode_seqs)  # cache + itself
             by = (s.key_bytes * ctx + s.seq_bytes * b.decode_seqs) * L
             ops.append(Op("attn_decode" + tag, "attention", "attn_decode", s.key_flops * ctx * L, by, L,
                           seqs=b.decode_seqs, kernels=EAGER_KERNELS["attention"]))
@@ -400,5 +431,5 @@ def pairs_of_chunk(new: int, cached: int) -> float:
 
 
 __all__ = ["Batch", "Op", "Dtypes", "CATEGORIES", "EAGER_KERNELS", "step_ops", "dense_ops", "moe_ops", "mla_ops",
-           "attention_ops", "attention_shapes", "AttnShape", "gemm_op", "stream_op", "check_tp", "eager_kernels",
+           "attention_ops", "attention_shapes", "AttnShape", "windowed_pairs", "windowed_keys", "gemm_op", "stream_op", "check_tp", "eager_kernels",
            "total_flops", "pairs_of_chunk"]

@@ -120,6 +120,8 @@ class StepModel:
                 eff.floor_us * 1e-6 * L,
             ))
         self._groups = tuple(groups)
+        # speed: most models have one group of full-attention layers: attention_s skips the loop
+        self._full = groups[0][2:] if len(groups) == 1 and groups[0][0] == "full" else None
 
     def _soft(self, x: float, y: float) -> float:
         p = self.p
@@ -132,6 +134,14 @@ class StepModel:
         """Seconds of attention for decode (ds seqs, dc cached tokens in all) and prefill (pt new
         tokens in ps chunks, `pairs` causal query-key pairs, pc cached tokens before the chunks)."""
         t = 0.0
+        if self._full is not None:
+            p_c, p_cc, p_cm, p_tm, d_c, d_m, d_q, d_seq, floor = self._full
+            if pt:
+                t = self._soft(pairs * p_c + pc * p_cc, pc * p_cm + pt * p_tm) + floor
+            if ds:
+                ctx = dc + ds  # each attends to its cache plus itself
+                t += self._soft(ctx * d_c, ctx * d_m + ds * d_q) + floor + ds * d_seq
+            return t
         soft = self._soft
         for kind, size, p_c, p_cc, p_cm, p_tm, d_c, d_m, d_q, d_seq, floor in self._groups:
             if pt:

@@ -185,3 +185,30 @@ def test_a_generic_config_without_model_type_is_llama_like():
     assert not m.gated and m.family.norms == 2 and not m.tied
     # plain MLP: up and down 256 x 512, attention 4 x 256^2, 2 norms; embeddings untied
     assert m.num_params() == 2 * (2 * 256 * 512 + 4 * 256 * 256 + 2 * 256) + 2 * 100 * 256 + 256
+
+
+# -- expert parallelism as a user sets it ----------------------------------------------------------------
+
+@pytest.mark.parametrize("args, flag, words", [
+    (["--model", "deepseek-v3", "--tp", "8", "--ep", "4"], "--ep", "must be 1 or equal tp=8"),
+    (["--model", "llama-3-8b", "--tp", "2", "--ep", "2"], "--ep", "mixture-of-experts"),
+    (["--model", "deepseek-v3", "--tp", "8", "--ep", "8", "--moe-imbalance", "0.5"], "--moe-imbalance", "within 1"),
+    (["--model", "deepseek-v3", "--tp", "8", "--ep", "0"], "--ep", ">= 1"),
+])
+def test_bad_expert_parallelism_is_one_line(capsys, args, flag, words):
+    rc = main(["step", "--hardware", "h200-sxm", "--decode", "4x100", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"momentsim: {flag}:") and words in err and err.count("\n") == 1
+
+
+def test_scenario_ep_is_checked_before_simulating(tmp_path):
+    from simulator.serving.engine import check_scenario
+    from simulator.serving.scenario import load_scenario
+
+    p = tmp_path / "s.yaml"
+    p.write_text("model: deepseek-v3\nhardware: h200-sxm\nserving: {tp: 8, ep: 2}\n")
+    with pytest.raises(InputError, match="serving.ep: ep=2 must be 1 or equal tp=8"):
+        check_scenario(load_scenario(p), str(p))
+    p.write_text("model: deepseek-v3\nhardware: h200-sxm\nserving: {tp: 8, ep: 8, moe_imbalance: 0.9}\n")
+    with pytest.raises(InputError, match="serving.moe_imbalance"):
+        load_scenario(p)

@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("plan")
     p.add_argument("--out")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_lazy("simulator.studies.plan", "cmd_plan"))
+    p.set_defaults(func=_lazy("simulator.studies.plan_report", "cmd_plan"))
 
     p = sub.add_parser("calibrate", help="measure this machine with PyTorch, write a profile")
     p.add_argument("--device", choices=["cpu", "cuda"], required=True)

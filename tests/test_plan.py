@@ -19,7 +19,8 @@ from simulator.moment.model import load_model
 from simulator.moment.ops import Batch, Dtypes
 from simulator.reports.run import run_scenario
 from simulator.serving.scenario import Scenario
-from simulator.studies.plan import Candidate, Plan, decode_bound, max_sustainable_rate, run_plan
+from simulator.studies.plan import decode_bound, max_sustainable_rate, run_plan
+from simulator.studies.plan_schema import Candidate, Plan
 
 HERE = Path(".")
 

@@ -15,14 +15,12 @@ from hwmodels.errors import InputError
 from simulator.cli import main
 from simulator.serving.scenario import Scenario
 from simulator.studies.pareto import pareto_front
-from simulator.studies.sweep import (
+from simulator.studies.sweep import load_sweep, read_done, run_sweep
+from simulator.studies.sweep_schema import (
     Range,
     Sweep,
     check_path,
     expand,
-    load_sweep,
-    read_done,
-    run_sweep,
     set_path,
 )
 

@@ -24,20 +24,16 @@ Simulations are the expensive part, so the search avoids them wherever theory de
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from hwmodels.errors import InputError, from_validation, load_mapping
+from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
 from hwmodels.spec import Hardware
 from simulator.moment.cost import check_parallelism, step_model
@@ -51,88 +47,13 @@ from simulator.serving.scenario import (
     Lognormal,
     Scenario,
     Serving,
-    Slo,
     Uniform,
-    Workload,
     local_path,
 )
-from simulator.studies.sweep import cost_per_m_tokens, write_csv
+from simulator.studies.plan_schema import Candidate, Plan, PlanSlo
+from simulator.studies.sweep_report import cost_per_m_tokens
 
 Runner = Callable[[Scenario], dict]
-
-
-# -- the PLAN.yaml schema ------------------------------------------------------------------------
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Candidate(Strict):
-    hardware: str = Field(description="preset name, hardware YAML or profile JSON")
-    price_per_hour: float | None = Field(default=None, ge=0, description="USD per device-hour; default: the hardware's")
-
-
-class Search(Strict):
-    tp: list[int] = Field(default=[1], min_length=1)
-    pp: list[int] = Field(default=[1], min_length=1)
-    replicas: list[int] | None = Field(default=None, min_length=1, description="replica counts to allow")
-    max_replicas: int = Field(default=16, ge=1, le=100_000, description="when replicas is not listed: 1..max")
-    max_batch_size: list[int] = Field(default=[64], min_length=1)
-    scheduler: list[Literal["static", "continuous", "chunked"]] = Field(default=["continuous"], min_length=1)
-
-    @model_validator(mode="after")
-    def _positive(self) -> Search:
-        for name in ("tp", "pp", "replicas", "max_batch_size"):
-            bad = [v for v in getattr(self, name) or [] if v < 1]
-            if bad:
-                raise ValueError(f"{name} values must be >= 1, got {bad[0]}")
-        return self
-
-
-class PlanSlo(Strict):
-    p99_ttft_ms: float | None = Field(default=None, gt=0)
-    p99_tpot_ms: float | None = Field(default=None, gt=0)
-    goodput: float | None = Field(default=None, gt=0, le=1, description="share of requests within ttft_ms/tpot_ms")
-    ttft_ms: float | None = Field(default=None, gt=0, description="per-request TTFT bound of goodput (default p99_ttft_ms)")
-    tpot_ms: float | None = Field(default=None, gt=0, description="per-request TPOT bound of goodput (default p99_tpot_ms)")
-
-    @model_validator(mode="after")
-    def _some(self) -> PlanSlo:
-        if self.p99_ttft_ms is None and self.p99_tpot_ms is None and self.goodput is None:
-            raise ValueError("give at least one of p99_ttft_ms, p99_tpot_ms, goodput")
-        if self.goodput is not None and (self.ttft_ms or self.p99_ttft_ms) is None and \
-                (self.tpot_ms or self.p99_tpot_ms) is None:
-            raise ValueError("goodput needs a per-request bound: ttft_ms/tpot_ms or the p99 bounds")
-        return self
-
-    def scenario_slo(self) -> Slo:
-        return Slo(ttft_ms=self.ttft_ms or self.p99_ttft_ms, tpot_ms=self.tpot_ms or self.p99_tpot_ms,
-                   p99_ttft_ms=self.p99_ttft_ms, p99_tpot_ms=self.p99_tpot_ms)
-
-
-class Plan(Strict):
-    name: str = "plan"
-    description: str = ""
-    model: str
-    workload: Workload
-    slo: PlanSlo
-    candidates: list[Candidate] = Field(min_length=1)
-    search: Search = Search()
-    serving: dict[str, Any] = Field(default_factory=dict, description="fixed serving fields")
-    seed: int = 0
-    rate_steps: int = Field(default=5, ge=0, le=20, description="bisection steps for the highest sustainable rate")
-
-    @model_validator(mode="after")
-    def _rate(self) -> Plan:
-        if self.workload.arrival.process not in ("poisson", "gamma"):
-            raise ValueError("workload.arrival.process must be poisson or gamma with a rate (the target rate)")
-        clash = {"tp", "pp", "replicas", "max_batch_size", "scheduler"} & set(self.serving)
-        if clash:
-            raise ValueError(f"serving.{sorted(clash)[0]} is searched: set it under search")
-        return self
-
-    @property
-    def rate(self) -> float:
-        return float(self.workload.arrival.rate or 0.0)
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -207,6 +128,10 @@ class CandidateResult:
 def _get(m: dict[str, Any], a: str, b: str) -> Any:
     v = m.get(a)
     return v.get(b) if isinstance(v, dict) else None
+
+
+def _f(v: Any, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
 # -- theory ----------------------------------------------------------------------------------------
@@ -512,34 +437,6 @@ class PlanResult:
         return sum(len(c.runs) for c in self.candidates)
 
 
-def load_plan(path: str | Path) -> Plan:
-    p = Path(path)
-    try:
-        plan = Plan.model_validate(load_mapping(p))
-    except ValidationError as e:
-        raise from_validation(e, str(p)) from None
-    try:
-        load_model(plan.model)
-    except InputError as e:
-        raise InputError(str(p), "model", e.message) from None
-    try:
-        Serving.model_validate(plan.serving)
-    except ValidationError as e:
-        err = from_validation(e, str(p))
-        raise InputError(str(p), f"serving.{err.field}", err.message) from None
-    for i, c in enumerate(plan.candidates):
-        try:
-            h = load_hardware(local_path(c.hardware, p.parent))
-        except InputError as e:
-            raise InputError(str(p), f"candidates[{i}].hardware", e.message) from None
-        if c.price_per_hour is None and h.price_per_hour is None:
-            raise InputError(str(p), f"candidates[{i}].price_per_hour", f"{h.name} has no price_per_hour; give one")
-    for spec, name in ((plan.workload.prompt_len, "prompt_len"), (plan.workload.output_len, "output_len")):
-        if isinstance(spec, FromTrace):
-            raise InputError(str(p), f"workload.{name}", "a plan needs drawn lengths (fixed, uniform, lognormal)")
-    return plan
-
-
 def run_plan(plan: Plan, base_dir: Path, runner: Runner | None = None, workers: int | None = None) -> PlanResult:
     """Every candidate's search, in parallel processes (one candidate each)."""
     t0 = time.perf_counter()
@@ -553,150 +450,3 @@ def run_plan(plan: Plan, base_dir: Path, runner: Runner | None = None, workers: 
                 bar(k / len(futs), f"{k}/{len(futs)} parts searched")
             results = [f.result() for f in futs]
     return PlanResult(plan, results, round(time.perf_counter() - t0, 2))
-
-
-# -- outputs ---------------------------------------------------------------------------------------
-def _config_rows(res: PlanResult) -> list[dict[str, Any]]:
-    rows = []
-    for cr in res.candidates:
-        for c in cr.configs:
-            m = c.check.metrics if c.check else {}
-            rows.append({
-                "hardware": cr.name, "tp": c.tp, "pp": c.pp, "max_batch_size": c.max_batch_size,
-                "scheduler": c.scheduler, "status": c.status, "reason": c.reason, "replicas": c.replicas,
-                "min_replicas_bound": c.min_replicas, "decode_tok_s_bound": c.decode_tok_s,
-                "kv_tokens": c.kv_tokens, "lb_cost_per_hour": c.lb_cost_per_hour,
-                "cost_per_hour": cr.price_per_hour * c.tp * c.pp * c.replicas if c.replicas else None,
-                "p99_ttft_ms": _get(m, "ttft_ms", "p99"), "p99_tpot_ms": _get(m, "tpot_ms", "p99"),
-                "goodput": _get(m, "goodput", "fraction"), "output_tokens_per_s": m.get("output_tokens_per_s"),
-            })
-    return rows
-
-
-def _run_rows(res: PlanResult) -> list[dict[str, Any]]:
-    rows = []
-    for cr in res.candidates:
-        for r in cr.runs:
-            m = r.metrics
-            rows.append({"hardware": cr.name, "config": r.config, "replicas": r.replicas, "rate": r.rate,
-                         "ok": r.ok, **{f"ratio_{k}": v for k, v in r.ratios.items()},
-                         "p99_ttft_ms": _get(m, "ttft_ms", "p99"), "p99_tpot_ms": _get(m, "tpot_ms", "p99"),
-                         "goodput": _get(m, "goodput", "fraction"),
-                         "output_tokens_per_s": m.get("output_tokens_per_s")})
-    return rows
-
-
-def write_outputs(res: PlanResult, out: Path) -> dict[str, str]:
-    """plan.csv (one row per candidate), configs.csv, runs.csv and plan.png."""
-    out.mkdir(parents=True, exist_ok=True)
-    best = res.best
-    rows = [{**c.summary(), "cheapest": c is best} for c in res.candidates]
-    write_csv(rows, out / "plan.csv")
-    write_csv(_config_rows(res), out / "configs.csv")
-    runs = _run_rows(res)
-    if runs:
-        write_csv(runs, out / "runs.csv")
-    files = {"plan": str(out / "plan.csv"), "configs": str(out / "configs.csv")}
-    if runs:
-        files["runs"] = str(out / "runs.csv")
-    files["plot"] = plot_plan(res, out / "plan.png")
-    return files
-
-
-def plot_plan(res: PlanResult, path: Path) -> str:
-    """Each part's USD per million output tokens and highest sustainable rate, the cheapest in red."""
-    from simulator.reports.plots import plt, save  # matplotlib only when plotting (Agg)
-
-    cands = res.candidates
-    names = [c.name for c in cands]
-    best = res.best
-    colors = ["tab:red" if c is best else "tab:blue" for c in cands]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    costs = [c.cost_per_m_output_tokens or 0.0 for c in cands]
-    axes[0].bar(names, costs, color=colors)
-    for i, c in enumerate(cands):
-        label = (f"{c.best.label}\nx{c.best.replicas}" if c.best else f"none\n({c.binding})")
-        axes[0].annotate(label, (i, costs[i]), ha="center", va="bottom", fontsize=7)
-    axes[0].set_ylim(0, max(costs + [1e-9]) * 1.25)  # room for the labels
-    axes[0].set_ylabel("USD per million output tokens")
-    axes[0].set_title(f"{res.plan.name}: cheapest configuration per part at {res.plan.rate:g} req/s")
-    rates = [c.max_rate or 0.0 for c in cands]
-    axes[1].bar(names, rates, color=colors)
-    axes[1].set_ylim(0, max(rates + [res.plan.rate]) * 1.15)
-    axes[1].axhline(res.plan.rate, color="k", ls="--", lw=1, label="target rate")
-    for i, c in enumerate(cands):
-        if c.binding:
-            axes[1].annotate(c.binding, (i, rates[i]), ha="center", va="bottom", fontsize=7)
-    axes[1].set_ylabel("highest sustainable rate (req/s)")
-    axes[1].set_title("capacity of that configuration (binding constraint)")
-    axes[1].legend(fontsize=7)
-    for ax in axes:
-        ax.tick_params(axis="x", labelsize=8, rotation=20)
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    save(fig, path)
-    return str(path)
-
-
-def _f(v: Any, spec: str) -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
-
-
-def format_table(res: PlanResult) -> str:
-    p, s = res.plan, res.plan.slo
-    bounds = [f"p99 TTFT <= {s.p99_ttft_ms:g} ms" if s.p99_ttft_ms else "",
-              f"p99 TPOT <= {s.p99_tpot_ms:g} ms" if s.p99_tpot_ms else "",
-              f"goodput >= {s.goodput:.0%}" if s.goodput else ""]
-    lines = [f"plan {p.name}: {p.model} at {p.rate:g} req/s; SLO {', '.join(b for b in bounds if b)}"]
-    head = ["hardware", "configuration", "devices", "$/hour", "$/M tok", "p99 TTFT", "p99 TPOT", "goodput",
-            "max rate", "binding"]
-    body = []
-    order = sorted(res.candidates, key=lambda c: (c.cost_per_hour is None, c.cost_per_hour or 0.0))
-    for c in order:
-        d = c.summary()
-        cfg = f"{c.best.label} x{c.best.replicas}" if c.best else "none meets the SLO"
-        body.append([c.name + (" *" if c is res.best else ""), cfg, _f(d["devices"], "d"), _f(d["cost_per_hour"], ".2f"),
-                     _f(d["cost_per_m_output_tokens"], ".3f"), _f(d["p99_ttft_ms"], ".0f"), _f(d["p99_tpot_ms"], ".1f"),
-                     _f(d["goodput"], ".1%"), _f(d["max_rate"], ".1f"), d["binding"] or "-"])
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths, strict=True)) for b in body]
-    b = res.best
-    if b and b.best:
-        lines.append(f"cheapest: {b.name} {b.best.label} x {b.best.replicas} replicas = {b.devices} devices, "
-                     f"${b.cost_per_hour:.2f}/hour, ${_f(b.cost_per_m_output_tokens, '.3f')} per million output tokens")
-    else:
-        lines.append("no candidate meets the SLO at the target rate")
-    lines.append(f"{res.simulations} simulations in {res.wall_s:.1f} s")
-    return "\n".join(lines)
-
-
-def to_json(res: PlanResult, files: dict[str, str]) -> dict[str, Any]:
-    b = res.best
-    return {
-        "plan": res.plan.name, "model": res.plan.model, "target_rate": res.plan.rate,
-        "slo": res.plan.slo.model_dump(exclude_none=True),
-        "best": {**b.summary()} if b else None,
-        "candidates": [c.summary() for c in res.candidates],
-        "configs": _config_rows(res), "simulations": res.simulations, "wall_s": res.wall_s, "files": files,
-    }
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    path = Path(args.plan)
-    plan = load_plan(path)
-    res = run_plan(plan, path.parent)
-    out = Path(args.out) if args.out else path.parent / "out" / path.stem
-    files = write_outputs(res, out)
-    if args.json:
-        print(json.dumps(to_json(res, files), default=_jsonable))
-    else:
-        print(format_table(res))
-        print(f"outputs: {out}/ (plan.csv, configs.csv, runs.csv, plan.png)")
-    return 0 if res.best else 1
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)

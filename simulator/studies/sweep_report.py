@@ -1,0 +1,249 @@
+"""The tables and plots of a sweep: results.csv (and Parquet), the terminal table,
+latency_throughput.png and cost_latency.png."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from hwmodels.load import load_hardware
+from simulator.moment.model import load_model
+from simulator.studies.pareto import pareto_front
+from simulator.studies.sweep_schema import Point, Sweep, SweepResult
+
+# swept or fixed inputs that get a short column name in results.csv
+SHORT = {
+    "model": "model", "hardware": "hardware", "serving.tp": "tp", "serving.pp": "pp",
+    "serving.replicas": "replicas", "serving.scheduler": "scheduler",
+    "serving.max_batch_size": "max_batch_size", "workload.arrival.rate": "rate", "seed": "seed",
+}
+
+
+
+# -- tables ----------------------------------------------------------------------------------------
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested metrics as dotted columns (ttft_ms.p99); lists are skipped (not one number)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, name + "."))
+        elif not isinstance(v, (list, tuple)):
+            out[name] = v
+    return out
+
+
+def _display(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def cost_per_m_tokens(price_per_hour: float, devices: int, out_tokens_per_s: float | None) -> float | None:
+    """USD per million output tokens: the devices' hourly price over the tokens an hour makes."""
+    if not out_tokens_per_s:
+        return None
+    return price_per_hour * devices / 3600 / out_tokens_per_s * 1e6
+
+
+def cost_columns(price: float | None, devices: int, out_tokens_per_s: float | None) -> dict[str, Any]:
+    """USD per hour of the devices, and USD per million output tokens at the measured throughput."""
+    if price is None:
+        return {"price_per_hour": None, "cost_per_hour": None, "cost_per_m_output_tokens": None}
+    return {"price_per_hour": price, "cost_per_hour": price * devices,
+            "cost_per_m_output_tokens": cost_per_m_tokens(price, devices, out_tokens_per_s)}
+
+
+def make_row(p: Point, rec: dict[str, Any] | None) -> dict[str, Any]:
+    sc, s = p.scenario, p.scenario.serving
+    hw = load_hardware(sc.hardware)
+    devices = s.tp * s.pp * s.replicas
+    row: dict[str, Any] = {
+        "point": p.index, "status": rec["status"] if rec else "missing", "error": (rec or {}).get("error"),
+        "model": load_model(sc.model).name, "hardware": hw.name, "tp": s.tp, "pp": s.pp,
+        "replicas": s.replicas, "devices": devices, "scheduler": s.scheduler,
+        "max_batch_size": s.max_batch_size, "rate": sc.workload.arrival.rate, "seed": sc.seed,
+    }
+    for k, v in p.overrides.items():
+        if k not in SHORT:
+            row[k] = _display(v)
+    metrics = (rec or {}).get("metrics") or {}
+    row.update(cost_columns(hw.price_per_hour, devices, metrics.get("output_tokens_per_s")))
+    row["elapsed_s"] = (rec or {}).get("elapsed_s")
+    row["cpu_s"] = (rec or {}).get("cpu_s")
+    row["key"] = p.key
+    for k, v in flatten(metrics).items():
+        row.setdefault(k, v)
+    return row
+
+
+def _swept_columns(points: list[Point]) -> list[str]:
+    """The inputs that take more than one value (a one-value grid entry is a fixed override)."""
+    seen: dict[str, set[str]] = {}
+    for p in points:
+        for k, v in p.overrides.items():
+            seen.setdefault(SHORT.get(k, k), set()).add(json.dumps(v, sort_keys=True, default=str))
+    return [c for c, vals in seen.items() if len(vals) > 1]
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    cols: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    tmp.replace(path)
+
+
+def write_parquet(rows: list[dict[str, Any]], path: Path) -> bool:
+    """Parquet too when pyarrow is there; columns of mixed kinds become text."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return False
+    cols: list[str] = list(dict.fromkeys(k for r in rows for k in r))
+    data: dict[str, list[Any]] = {}
+    for c in cols:
+        vals = [r.get(c) for r in rows]
+        kinds = {type(v) for v in vals if v is not None}
+        if kinds <= {int, float} and kinds != {int, float}:
+            data[c] = vals
+        elif kinds <= {int, float}:
+            data[c] = [None if v is None else float(v) for v in vals]
+        elif kinds == {bool} or kinds == {str}:
+            data[c] = vals
+        else:
+            data[c] = [None if v is None else str(v) for v in vals]
+    pq.write_table(pa.table(data), path)
+    return True
+
+
+def _write(sw: Sweep, points: list[Point], results: dict[str, dict[str, Any]], out: Path,
+           plots: bool) -> SweepResult:
+    rows = [make_row(p, results.get(p.key)) for p in points]
+    swept = _swept_columns(points)
+    res = SweepResult(out=out, rows=rows, swept=swept)
+    write_csv(rows, out / "results.csv")
+    res.files["csv"] = str(out / "results.csv")
+    if write_parquet(rows, out / "results.parquet"):
+        res.files["parquet"] = str(out / "results.parquet")
+    if plots and any(r["status"] == "ok" for r in rows):
+        res.files.update(plot_sweep(rows, swept, out, sw.name))
+    return res
+
+
+# -- plots -----------------------------------------------------------------------------------------
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _config_label(row: dict[str, Any], cols: list[str]) -> str:
+    return ", ".join(f"{c}={row.get(c)}" for c in cols) or "all points"
+
+
+def plot_sweep(rows: list[dict[str, Any]], swept: list[str], out: Path, title: str) -> dict[str, str]:
+    """latency_throughput.png: p99 TTFT and TPOT against throughput, one line per configuration
+    (over rate); cost_latency.png: cost per million output tokens against p99 latency, with the
+    Pareto front (nothing is both faster and cheaper) drawn in red."""
+    from simulator.reports.plots import plt, save  # matplotlib only when plotting (Agg)
+
+    ok = [r for r in rows if r["status"] == "ok" and _num(r.get("output_tokens_per_s")) is not None]
+    if not ok:
+        return {}
+    cfg_cols = [c for c in swept if c not in ("rate", "seed")]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in ok:
+        groups.setdefault(_config_label(r, cfg_cols), []).append(r)
+    files: dict[str, str] = {}
+
+    many = len(groups) > 10
+    cmap = plt.get_cmap("tab20")
+    fig, axes = plt.subplots(1, 2, figsize=(15 if many else 12, 4.8))
+    for ax, key, label in ((axes[0], "ttft_ms.p99", "p99 TTFT (ms)"), (axes[1], "tpot_ms.p99", "p99 TPOT (ms)")):
+        for g, (name, rs) in enumerate(groups.items()):
+            rs = sorted(rs, key=lambda r: (_num(r.get("rate")) or 0.0, r["point"]))
+            xy = [(_num(r["output_tokens_per_s"]), _num(r.get(key))) for r in rs]
+            xy = [(x, y) for x, y in xy if x is not None and y is not None]
+            style = {"color": cmap(g % 20), "ls": ("-", "--", ":", "-.")[g // 20 % 4]} if many else {}
+            if xy:
+                ax.plot(*zip(*xy, strict=True), marker="o", ms=4, label=name, **style)
+        ax.set_xlabel("output tokens/s")
+        ax.set_ylabel(label)
+        _maybe_log(ax, (_num(r.get(key)) for r in ok))
+        ax.grid(alpha=0.3)
+    axes[0].set_title(f"{title}: latency vs throughput")
+    if 1 < len(groups) <= 40:
+        axes[1].legend(fontsize=6 if many else 7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    files["latency_plot"] = str(out / "latency_throughput.png")
+    save(fig, files["latency_plot"])
+
+    costed = [r for r in ok if _num(r.get("cost_per_m_output_tokens")) is not None]
+    if costed:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+        for ax, key, label in ((axes[0], "ttft_ms.p99", "p99 TTFT (ms)"), (axes[1], "tpot_ms.p99", "p99 TPOT (ms)")):
+            xs = [_num(r.get(key)) for r in costed]
+            ys = [_num(r["cost_per_m_output_tokens"]) for r in costed]
+            ax.scatter([x for x in xs if x is not None], [y for x, y in zip(xs, ys, strict=True) if x is not None],
+                       s=14, c="0.55", label="configurations")
+            front = pareto_front(xs, ys)
+            if front:
+                ax.plot([xs[i] for i in front], [ys[i] for i in front], "r-o", ms=5, drawstyle="steps-post",
+                        label="Pareto front")
+                if len(front) <= 8:
+                    for i in front:
+                        ax.annotate(_config_label(costed[i], [c for c in swept if c != "seed"]), (xs[i], ys[i]),
+                                    fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.set_xlabel(label)
+            ax.set_ylabel("USD per million output tokens")
+            _maybe_log(ax, xs, "x")
+            _maybe_log(ax, ys)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        axes[0].set_title(f"{title}: cost vs latency")
+        fig.tight_layout()
+        files["cost_plot"] = str(out / "cost_latency.png")
+        save(fig, files["cost_plot"])
+    return files
+
+
+def _maybe_log(ax: Any, values: Iterable[float | None], axis: str = "y") -> None:
+    """Log scale when the data span more than 30x (a saturated point dwarfs the rest)."""
+    v = [x for x in values if x is not None and x > 0]
+    if v and max(v) / min(v) > 30:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+
+
+# -- the command -----------------------------------------------------------------------------------
+TABLE = [("output_tokens_per_s", "tok/s", "{:.0f}"), ("ttft_ms.p99", "p99 TTFT ms", "{:.1f}"),
+         ("tpot_ms.p99", "p99 TPOT ms", "{:.2f}"), ("cost_per_m_output_tokens", "$/M tok", "{:.3f}")]
+
+
+def format_table(rows: list[dict[str, Any]], swept: Iterable[str], limit: int = 50) -> str:
+    cols = [c for c in swept] or ["model", "hardware"]
+    head = [*cols, *(h for _, h, _ in TABLE), "status"]
+    body = []
+    for r in rows[:limit]:
+        vals = [f"{r[c]:g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
+        for k, _, f in TABLE:
+            v = _num(r.get(k))
+            vals.append(f.format(v) if v is not None else "-")
+        vals.append(r["status"] if r["status"] == "ok" else f"{r['status']}: {(r.get('error') or '')[:60]}")
+        body.append(vals)
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths, strict=True)) for b in body]
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more rows in results.csv")
+    return "\n".join(lines)

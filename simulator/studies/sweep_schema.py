@@ -1,0 +1,170 @@
+"""The SWEEP.yaml schema: a base scenario, a grid and explicit points of dotted paths into it,
+seeds; and the records of a point and of a whole sweep."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hwmodels.errors import InputError
+from simulator.serving.scenario import Scenario
+
+
+# -- the SWEEP.yaml schema -----------------------------------------------------------------------
+class Range(BaseModel):
+    """`{from, to, steps}`: evenly spaced values, geometric with `log: true`. Integer ends whose
+    values all land on integers stay integers (`serving.tp: {from: 1, to: 8, steps: 4, log: true}`
+    is 1, 2, 4, 8: a tp of 2.0 would not validate), otherwise values are floats."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    from_: int | float = Field(alias="from")
+    to: int | float
+    steps: int = Field(ge=1, le=100_000)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _positive_for_log(self) -> Range:
+        if self.log and (self.from_ <= 0 or self.to <= 0):
+            raise ValueError("log: true needs from > 0 and to > 0")
+        return self
+
+    def values(self) -> list[int | float]:
+        a, b, n = float(self.from_), float(self.to), self.steps
+        if n == 1:
+            xs = [a]
+        elif self.log:
+            xs = [a * (b / a) ** (i / (n - 1)) for i in range(n)]
+        else:
+            xs = [a + (b - a) * i / (n - 1) for i in range(n)]
+        if isinstance(self.from_, int) and isinstance(self.to, int) and all(abs(x - round(x)) < 1e-9 for x in xs):
+            return [round(x) for x in xs]
+        return [float(f"{x:.6g}") for x in xs]  # 6 digits: readable columns, exact enough
+
+
+class Sweep(BaseModel):
+    """The one description of a SWEEP.yaml; its errors are the CLI's one-line messages."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "sweep"
+    description: str = ""
+    base: dict[str, Any] | str = Field(description="a scenario mapping or a path to a scenario YAML")
+    grid: dict[str, list[Any] | Range] = Field(default_factory=dict, description="dotted path -> values")
+    points: list[dict[str, Any]] = Field(default_factory=list, description="explicit points: dotted path -> value")
+    repeats: int = Field(default=1, ge=1, le=10_000, description="run each point with seeds seed, seed+1, ...")
+    seeds: list[int] | None = Field(default=None, description="run each point once per seed")
+
+    @field_validator("grid")
+    @classmethod
+    def _nonempty(cls, g: dict[str, Any]) -> dict[str, Any]:
+        for k, v in g.items():
+            if isinstance(v, list) and not v:
+                raise ValueError(f"grid.{k}: give at least one value")
+        return g
+
+    @model_validator(mode="after")
+    def _seeds(self) -> Sweep:
+        if self.seeds is not None and self.repeats != 1:
+            raise ValueError("give either repeats or seeds, not both")
+        if self.seeds is not None and not self.seeds:
+            raise ValueError("seeds: give at least one seed")
+        return self
+
+
+@dataclass
+class Point:
+    """One scenario of the sweep: its index, the values that vary, and its resume key."""
+
+    index: int
+    overrides: dict[str, Any]
+    scenario: Scenario
+    key: str
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    rows: list[dict[str, Any]]
+    swept: list[str]                      # result columns that vary (short names where they exist)
+    ran: int = 0
+    resumed: int = 0
+    wall_s: float = 0.0
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> int:
+        return sum(r["status"] == "ok" for r in self.rows)
+
+    @property
+    def errors(self) -> int:
+        return sum(r["status"] == "error" for r in self.rows)
+
+
+# -- dotted paths ----------------------------------------------------------------------------------
+def _submodels(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field may hold (through Optional, unions and Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _submodels(get_args(annotation)[0])
+    if origin is Union or origin is UnionType:
+        return [m for a in get_args(annotation) for m in _submodels(a)]
+    return []
+
+
+def check_path(path: str, where: str, field_name: str) -> None:
+    """Raise a one-line InputError unless `path` names a field of the scenario schema."""
+    parts = path.split(".")
+    models: list[type[BaseModel]] = [Scenario]
+    for i, part in enumerate(parts):
+        here = ".".join(parts[:i]) or "the scenario"
+        if not models:
+            raise InputError(where, field_name, f"{here} is a value and has no field {part!r}")
+        fields: dict[str, Any] = {}
+        for m in models:
+            fields.update(m.model_fields)
+        if part not in fields:
+            raise InputError(where, field_name, f"unknown field {part!r} in {here}; allowed: {', '.join(fields)}")
+        models = _submodels(fields[part].annotation)
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted path in nested dicts, creating the mappings on the way."""
+    parts = path.split(".")
+    cur = data
+    for part in parts[:-1]:
+        nxt = cur.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[part] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def expand(sw: Sweep, base_seed: int = 0) -> list[dict[str, Any]]:
+    """The overrides of every point: explicit points x grid product x seeds, in that order.
+    `repeats: n` runs seeds base_seed .. base_seed + n - 1; `seeds:` lists them outright."""
+    keys = list(sw.grid)
+    values = [g.values() if isinstance(g, Range) else list(g) for g in sw.grid.values()]
+    combos = [dict(zip(keys, c, strict=True)) for c in itertools.product(*values)]
+    out: list[dict[str, Any]] = []
+    for p in sw.points or [{}]:
+        for c in combos:
+            both = set(p) & set(c)
+            if both:
+                raise ValueError(f"{sorted(both)[0]} is set in both grid and points")
+            out.append({**p, **c})
+    if sw.seeds is not None:
+        seeds = sw.seeds
+    elif sw.repeats > 1:
+        seeds = [base_seed + i for i in range(sw.repeats)]
+    else:
+        return out
+    if any("seed" in o for o in out):
+        raise ValueError("seed is swept and also set by repeats/seeds")
+    return [{**o, "seed": s} for o in out for s in seeds]

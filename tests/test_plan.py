@@ -141,7 +141,7 @@ def test_plan_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatc
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(bad) in err and "candidates[0].hardware" in err and "h100-sxm" in err
     calls: list[Scenario] = []
-    monkeypatch.setattr("simulator.studies.plan._default_runner", meets(calls))
+    monkeypatch.setattr("simulator.studies.plan.default_runner", meets(calls))
     good = tmp_path / "plan.yaml"
     good.write_text(yaml.safe_dump(data), encoding="utf-8")
     assert main(["plan", str(good), "--out", str(tmp_path / "o"), "--json"]) == 0

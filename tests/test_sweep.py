@@ -93,7 +93,7 @@ def test_set_path_and_check_path() -> None:
 
 def test_bad_path_and_bad_value_exit_2_before_running(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("simulator.studies.sweep._default_runner", lambda sc: pytest.fail("nothing may run"))
+    monkeypatch.setattr("simulator.studies.sweep.default_runner", lambda sc: pytest.fail("nothing may run"))
     bad = write(tmp_path, "bad.yaml", {"base": TINY, "grid": {"serving.schedular": ["continuous"]}})
     assert main(["sweep", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()

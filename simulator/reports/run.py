@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,36 +17,14 @@ import numpy as np
 
 from simulator.reports.metrics import KIND_NAMES, num, per_request, summarize
 from simulator.reports.progress import Progress
+from simulator.reports.tables import write_columns
 from simulator.serving.engine import SimResult, check_scenario, simulate
 from simulator.serving.scenario import Scenario, load_scenario
 
 MAX_CSV_ROWS = 1_000_000
-CHUNK = 65_536
-NAN_CELL = re.compile(r"(?<![^,\n])nan(?![^,\n])")  # a whole cell that is NaN
 
 
 # -- outputs -------------------------------------------------------------------------------------
-def write_csv(path: Path, columns: Sequence[tuple[str, np.ndarray, str]], limit: int | None = None) -> int:
-    """Write columns (name, values, %-format) as CSV; NaN cells are left empty. Formats chunks of
-    rows with one %-operation each (numpy's savetxt formats row by row). Returns rows written."""
-    n = min(len(c[1]) for c in columns) if columns else 0
-    if limit is not None:
-        n = min(n, limit)
-    row_fmt = ",".join(c[2] for c in columns) + "\n"
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        f.write(",".join(c[0] for c in columns) + "\n")
-        for i in range(0, n, CHUNK):
-            j = min(n, i + CHUNK)
-            block = np.empty((j - i, len(columns)), dtype=object)
-            for k, (_, values, _) in enumerate(columns):
-                block[:, k] = np.asarray(values)[i:j].tolist()
-            text = (row_fmt * (j - i)) % tuple(block.ravel().tolist())
-            if "nan" in text:
-                text = NAN_CELL.sub("", text)
-            f.write(text)
-    return n
-
-
 def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str, Any]:
     """metrics.json, requests.csv, moments.csv, timeseries.csv, the plots and trace.json."""
     from simulator.reports.plots import write_plots  # matplotlib loads only when plots are wanted
@@ -59,7 +35,7 @@ def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str,
     q = r.requests
     lat = per_request(r)
     n_req = len(q["arrival_s"])
-    write_csv(out / "requests.csv", [
+    write_columns(out / "requests.csv", [
         ("id", np.arange(n_req), "%d"),
         ("arrival_s", q["arrival_s"], "%.6f"),
         ("prompt_len", q["prompt_len"], "%d"),
@@ -76,7 +52,7 @@ def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str,
     ])
     m = r.moments
     n_mom = len(m["start_s"])
-    rows = write_csv(out / "moments.csv", [
+    rows = write_columns(out / "moments.csv", [
         ("start_s", m["start_s"], "%.6f"),
         ("dur_ms", np.asarray(m["dur_s"], dtype=float) * 1e3, "%.4f"),
         ("replica", m["replica"], "%d"),
@@ -91,7 +67,7 @@ def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str,
                      "metrics.json covers all of them")
     ts = r.timeseries
     keys = ["t_s"] + [k for k in ts if k != "t_s"]
-    write_csv(out / "timeseries.csv", [(k, ts[k], "%.6g") for k in keys if k in ts])
+    write_columns(out / "timeseries.csv", [(k, ts[k], "%.6g") for k in keys if k in ts])
     plots = write_plots(r, out)
     tr = write_trace(r, out / "trace.json")
     if tr.get("truncated"):

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +50,8 @@ from simulator.serving.scenario import (
     local_path,
 )
 from simulator.studies.plan_schema import Candidate, Plan, PlanSlo
+from simulator.studies.runner import Runner, default_runner
 from simulator.studies.sweep_report import cost_per_m_tokens
-
-Runner = Callable[[Scenario], dict]
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -164,12 +162,6 @@ def decode_bound(model: ModelSpec, hw: Hardware, tp: int, pp: int, mode: str, dt
 
 
 # -- simulations -----------------------------------------------------------------------------------
-def _default_runner(sc: Scenario) -> dict:
-    from simulator.reports.run import run_scenario
-
-    return run_scenario(sc)
-
-
 def evaluate(metrics: dict[str, Any], slo: PlanSlo) -> tuple[bool, dict[str, float]]:
     """Whether a run meets the SLO, and each constraint's value / bound (> 1 is a miss)."""
     ratios: dict[str, float] = {}
@@ -192,7 +184,7 @@ class _Search:
     """The search over one candidate part; simulations are cached by (config, replicas, rate)."""
 
     def __init__(self, plan: Plan, cand: Candidate, base_dir: Path, runner: Runner | None):
-        self.plan, self.cand, self.runner = plan, cand, runner or _default_runner
+        self.plan, self.cand, self.runner = plan, cand, runner or default_runner
         self.hw_arg = local_path(cand.hardware, base_dir)
         self.hw = load_hardware(self.hw_arg)
         self.model = load_model(plan.model)

@@ -10,9 +10,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from simulator.reports.tables import aligned, write_rows
 from simulator.studies.plan import PlanResult, _f, _get, run_plan
 from simulator.studies.plan_schema import load_plan
-from simulator.studies.sweep_report import write_csv
 
 
 # -- outputs ---------------------------------------------------------------------------------------
@@ -51,11 +51,11 @@ def write_outputs(res: PlanResult, out: Path) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     best = res.best
     rows = [{**c.summary(), "cheapest": c is best} for c in res.candidates]
-    write_csv(rows, out / "plan.csv")
-    write_csv(_config_rows(res), out / "configs.csv")
+    write_rows(rows, out / "plan.csv")
+    write_rows(_config_rows(res), out / "configs.csv")
     runs = _run_rows(res)
     if runs:
-        write_csv(runs, out / "runs.csv")
+        write_rows(runs, out / "runs.csv")
     files = {"plan": str(out / "plan.csv"), "configs": str(out / "configs.csv")}
     if runs:
         files["runs"] = str(out / "runs.csv")
@@ -114,9 +114,7 @@ def format_table(res: PlanResult) -> str:
         body.append([c.name + (" *" if c is res.best else ""), cfg, _f(d["devices"], "d"), _f(d["cost_per_hour"], ".2f"),
                      _f(d["cost_per_m_output_tokens"], ".3f"), _f(d["p99_ttft_ms"], ".0f"), _f(d["p99_tpot_ms"], ".1f"),
                      _f(d["goodput"], ".1%"), _f(d["max_rate"], ".1f"), d["binding"] or "-"])
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths, strict=True)) for b in body]
+    lines += aligned(head, body)
     b = res.best
     if b and b.best:
         lines.append(f"cheapest: {b.name} {b.best.label} x {b.best.replicas} replicas = {b.devices} devices, "

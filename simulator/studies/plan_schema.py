@@ -6,19 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from hwmodels.errors import InputError, from_validation, load_mapping
 from hwmodels.load import load_hardware
 from simulator.moment.model import load_model
-from simulator.serving.scenario import FromTrace, Serving, Slo, Workload, local_path
+from simulator.serving.scenario import FromTrace, Serving, Slo, Strict, Workload, local_path
 
 
 # -- the PLAN.yaml schema ------------------------------------------------------------------------
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class Candidate(Strict):
     hardware: str = Field(description="preset name, hardware YAML or profile JSON")
     price_per_hour: float | None = Field(default=None, ge=0, description="USD per device-hour; default: the hardware's")

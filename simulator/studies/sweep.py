@@ -40,10 +40,9 @@ from hwmodels.load import load_hardware
 from simulator.moment.model import load_model
 from simulator.reports.progress import Progress
 from simulator.serving.scenario import Scenario, resolve_paths, scenario_from_dict
+from simulator.studies.runner import Runner, default_runner
 from simulator.studies.sweep_report import _write, format_table
 from simulator.studies.sweep_schema import Point, Sweep, SweepResult, check_path, expand, set_path
-
-Runner = Callable[[Scenario], dict]
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -111,18 +110,11 @@ def load_sweep(path: str | Path) -> tuple[Sweep, list[Point]]:
 
 
 # -- running ---------------------------------------------------------------------------------------
-def _default_runner(sc: Scenario) -> dict:
-    """`momentsim run`'s path: the same checks (fit, tp; done by simulate) and the same metrics."""
-    from simulator.reports.run import run_scenario
-
-    return run_scenario(sc)
-
-
 def run_point(sc: Scenario, runner: Runner | None = None) -> dict[str, Any]:
     """Run one scenario; a failure becomes a record (a sweep goes on past a bad point)."""
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        rec = {"status": "ok", "metrics": (runner or _default_runner)(sc)}
+        rec = {"status": "ok", "metrics": (runner or default_runner)(sc)}
     except Exception as e:  # noqa: BLE001 - any failure of a point is recorded, not fatal
         rec = {"status": "error", "error": " ".join(f"{type(e).__name__}: {e}".split())[:500]}
     # wall and CPU seconds: on a shared machine the CPU time is what the point really cost

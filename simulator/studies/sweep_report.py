@@ -3,7 +3,6 @@ latency_throughput.png and cost_latency.png."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Iterable
@@ -12,6 +11,7 @@ from typing import Any
 
 from hwmodels.load import load_hardware
 from simulator.moment.model import load_model
+from simulator.reports.tables import aligned, write_rows
 from simulator.studies.pareto import pareto_front
 from simulator.studies.sweep_schema import Point, Sweep, SweepResult
 
@@ -90,21 +90,6 @@ def _swept_columns(points: list[Point]) -> list[str]:
     return [c for c, vals in seen.items() if len(vals) > 1]
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    cols: list[str] = []
-    for r in rows:
-        for k in r:
-            if k not in cols:
-                cols.append(k)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    tmp.replace(path)
-
-
 def write_parquet(rows: list[dict[str, Any]], path: Path) -> bool:
     """Parquet too when pyarrow is there; columns of mixed kinds become text."""
     try:
@@ -134,7 +119,7 @@ def _write(sw: Sweep, points: list[Point], results: dict[str, dict[str, Any]], o
     rows = [make_row(p, results.get(p.key)) for p in points]
     swept = _swept_columns(points)
     res = SweepResult(out=out, rows=rows, swept=swept)
-    write_csv(rows, out / "results.csv")
+    write_rows(rows, out / "results.csv")
     res.files["csv"] = str(out / "results.csv")
     if write_parquet(rows, out / "results.parquet"):
         res.files["parquet"] = str(out / "results.parquet")
@@ -241,9 +226,7 @@ def format_table(rows: list[dict[str, Any]], swept: Iterable[str], limit: int = 
             vals.append(f.format(v) if v is not None else "-")
         vals.append(r["status"] if r["status"] == "ok" else f"{r['status']}: {(r.get('error') or '')[:60]}")
         body.append(vals)
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths, strict=True)) for b in body]
+    lines = aligned(head, body)
     if len(rows) > limit:
         lines.append(f"... {len(rows) - limit} more rows in results.csv")
     return "\n".join(lines)

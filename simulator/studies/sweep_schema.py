@@ -12,11 +12,11 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hwmodels.errors import InputError
-from simulator.serving.scenario import Scenario
+from simulator.serving.scenario import Scenario, Strict
 
 
 # -- the SWEEP.yaml schema -----------------------------------------------------------------------
-class Range(BaseModel):
+class Range(Strict):
     """`{from, to, steps}`: evenly spaced values, geometric with `log: true`. Integer ends whose
     values all land on integers stay integers (`serving.tp: {from: 1, to: 8, steps: 4, log: true}`
     is 1, 2, 4, 8: a tp of 2.0 would not validate), otherwise values are floats."""
@@ -46,10 +46,9 @@ class Range(BaseModel):
         return [float(f"{x:.6g}") for x in xs]  # 6 digits: readable columns, exact enough
 
 
-class Sweep(BaseModel):
+class Sweep(Strict):
     """The one description of a SWEEP.yaml; its errors are the CLI's one-line messages."""
 
-    model_config = ConfigDict(extra="forbid")
     name: str = "sweep"
     description: str = ""
     base: dict[str, Any] | str = Field(description="a scenario mapping or a path to a scenario YAML")

@@ -111,16 +111,22 @@ def format_summary(s: dict[str, Any]) -> str:
     c, req = s.get("config", {}), s["requests"]
     head = (f"{c.get('model', '?')} on {c.get('hardware', '?')} (tp={c.get('tp', '?')}, pp={c.get('pp', '?')}, "
             f"replicas={c.get('replicas', '?')}, {c.get('scheduler', '?')})")
+    flags = (["OVERLOADED"] if s.get("overloaded") else []) + (["REQUESTS REJECTED"] if req["rejected"] else [])
+    if flags:
+        head += ": " + ", ".join(flags)
     rej = ""
     if req["rejected"]:
         rej = " (" + ", ".join(f"{k}: {v}" for k, v in req["reject_reasons"].items()) + ")"
     mk = s["moments_by_kind"]
     lines = [
         head,
+        *(f"{'warning':<16}{w}" for w in s.get("warnings", ())),
         f"{'requests':<16}{req['completed']} completed of {req['arrived']} arrived, {req['rejected']} rejected{rej}",
         f"{'makespan':<16}{_fmt(s['makespan_s'], '.4g')} s",
         f"{'throughput':<16}{_fmt(s['output_tokens_per_s'], ',.1f')} output tokens/s, "
         f"{_fmt(s['requests_per_s'])} requests/s",
+        f"{'latency of':<16}the {req['completed']:,} completed requests only"
+        + (" (the queue grew: these percentiles grow with the run's length)" if s.get("overloaded") else ""),
         _lat_line("TTFT ms", s["ttft_ms"]),
         _lat_line("TPOT ms", s["tpot_ms"]),
         _lat_line("E2E ms", s["e2e_ms"]),
@@ -154,7 +160,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_scenario(sc, out=out, progress=show)
     if args.json:
         print(json.dumps(summary))
-    else:
+    if not summary["requests"]["completed"]:  # nothing to report: say why, on one line
+        print(f"momentsim: {where}: {summary['warnings'][0]}", file=sys.stderr)
+        return 1
+    if not args.json:
         print(format_summary(summary))
         if out is not None:
             print(f"{'outputs':<16}{out}/ ({', '.join(summary['outputs']['files'])})")

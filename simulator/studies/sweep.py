@@ -42,7 +42,15 @@ from simulator.reports.progress import Progress
 from simulator.serving.scenario import Scenario, resolve_paths, scenario_from_dict
 from simulator.studies.runner import Runner, default_runner
 from simulator.studies.sweep_report import _write, format_table
-from simulator.studies.sweep_schema import Point, Sweep, SweepResult, check_path, expand, set_path
+from simulator.studies.sweep_schema import (
+    Point,
+    Status,
+    Sweep,
+    SweepResult,
+    check_path,
+    expand,
+    set_path,
+)
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -292,10 +300,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     res = run_sweep(args.sweep, args.out, args.workers, args.ray)
     if args.json:
         print(json.dumps({"out": str(res.out), "points": len(res.rows), "ok": res.ok, "errors": res.errors,
+                          "overloaded": res.count(Status.OVERLOADED),
                           "ran": res.ran, "resumed": res.resumed, "wall_s": res.wall_s, "swept": res.swept,
                           "files": res.files, "results": res.rows}, default=str))
     else:
         print(format_table(res.rows, res.swept))
-        print(f"sweep: {len(res.rows)} points ({res.ok} ok, {res.errors} failed; ran {res.ran}, "
+        over = res.count(Status.OVERLOADED)
+        print(f"sweep: {len(res.rows)} points ({res.ok} ran" + (f", {over} of them overloaded" if over else "")
+              + f", {res.errors} failed; ran {res.ran}, "
               f"resumed {res.resumed}) in {res.wall_s:.1f} s -> {res.files.get('csv')}")
     return 0 if res.ok or not res.rows else 1

@@ -13,7 +13,7 @@ from hwmodels.load import load_hardware
 from simulator.moment.model import load_model
 from simulator.reports.tables import aligned, write_rows
 from simulator.studies.pareto import pareto_front
-from simulator.studies.sweep_schema import Point, Sweep, SweepResult
+from simulator.studies.sweep_schema import MEASURED, Point, Status, Sweep, SweepResult
 
 # swept or fixed inputs that get a short column name in results.csv
 SHORT = {
@@ -58,12 +58,24 @@ def cost_columns(price: float | None, devices: int, out_tokens_per_s: float | No
             "cost_per_m_output_tokens": cost_per_m_tokens(price, devices, out_tokens_per_s)}
 
 
+def row_status(rec: dict[str, Any] | None) -> Status:
+    """A point's status from its journal record (did it run) and its metrics (what it shows)."""
+    if rec is None:
+        return Status.MISSING
+    if rec["status"] != "ok":
+        return Status.ERROR
+    m = rec.get("metrics") or {}
+    if not (m.get("requests") or {}).get("completed", 1):
+        return Status.EMPTY
+    return Status.OVERLOADED if m.get("overloaded") else Status.OK
+
+
 def make_row(p: Point, rec: dict[str, Any] | None) -> dict[str, Any]:
     sc, s = p.scenario, p.scenario.serving
     hw = load_hardware(sc.hardware)
     devices = s.tp * s.pp * s.replicas
     row: dict[str, Any] = {
-        "point": p.index, "status": rec["status"] if rec else "missing", "error": (rec or {}).get("error"),
+        "point": p.index, "status": row_status(rec).value, "error": (rec or {}).get("error"),
         "model": load_model(sc.model).name, "hardware": hw.name, "tp": s.tp, "pp": s.pp,
         "replicas": s.replicas, "devices": devices, "scheduler": s.scheduler,
         "max_batch_size": s.max_batch_size, "rate": sc.workload.arrival.rate, "seed": sc.seed,
@@ -73,6 +85,7 @@ def make_row(p: Point, rec: dict[str, Any] | None) -> dict[str, Any]:
             row[k] = _display(v)
     metrics = (rec or {}).get("metrics") or {}
     row.update(cost_columns(hw.price_per_hour, devices, metrics.get("output_tokens_per_s")))
+    row["warnings"] = "; ".join(metrics.get("warnings") or ()) or None
     row["elapsed_s"] = (rec or {}).get("elapsed_s")
     row["cpu_s"] = (rec or {}).get("cpu_s")
     row["key"] = p.key
@@ -123,7 +136,7 @@ def _write(sw: Sweep, points: list[Point], results: dict[str, dict[str, Any]], o
     res.files["csv"] = str(out / "results.csv")
     if write_parquet(rows, out / "results.parquet"):
         res.files["parquet"] = str(out / "results.parquet")
-    if plots and any(r["status"] == "ok" for r in rows):
+    if plots and any(r["status"] in MEASURED for r in rows):
         res.files.update(plot_sweep(rows, swept, out, sw.name))
     return res
 
@@ -140,10 +153,11 @@ def _config_label(row: dict[str, Any], cols: list[str]) -> str:
 def plot_sweep(rows: list[dict[str, Any]], swept: list[str], out: Path, title: str) -> dict[str, str]:
     """latency_throughput.png: p99 TTFT and TPOT against throughput, one line per configuration
     (over rate); cost_latency.png: cost per million output tokens against p99 latency, with the
-    Pareto front (nothing is both faster and cheaper) drawn in red."""
+    Pareto front (nothing is both faster and cheaper) drawn in red. Overloaded points are red
+    crosses and never on the front: their latency measures the run's length."""
     from simulator.reports.plots import plt, save  # matplotlib only when plotting (Agg)
 
-    ok = [r for r in rows if r["status"] == "ok" and _num(r.get("output_tokens_per_s")) is not None]
+    ok = [r for r in rows if r["status"] in MEASURED and _num(r.get("output_tokens_per_s")) is not None]
     if not ok:
         return {}
     cfg_cols = [c for c in swept if c not in ("rate", "seed")]
@@ -151,6 +165,7 @@ def plot_sweep(rows: list[dict[str, Any]], swept: list[str], out: Path, title: s
     for r in ok:
         groups.setdefault(_config_label(r, cfg_cols), []).append(r)
     files: dict[str, str] = {}
+    over = [r for r in ok if r["status"] == Status.OVERLOADED.value]
 
     many = len(groups) > 10
     cmap = plt.get_cmap("tab20")
@@ -163,6 +178,7 @@ def plot_sweep(rows: list[dict[str, Any]], swept: list[str], out: Path, title: s
             style = {"color": cmap(g % 20), "ls": ("-", "--", ":", "-.")[g // 20 % 4]} if many else {}
             if xy:
                 ax.plot(*zip(*xy, strict=True), marker="o", ms=4, label=name, **style)
+        mark = _overloaded(ax, over, "output_tokens_per_s", key)
         ax.set_xlabel("output tokens/s")
         ax.set_ylabel(label)
         _maybe_log(ax, (_num(r.get(key)) for r in ok))
@@ -170,12 +186,14 @@ def plot_sweep(rows: list[dict[str, Any]], swept: list[str], out: Path, title: s
     axes[0].set_title(f"{title}: latency vs throughput")
     if 1 < len(groups) <= 40:
         axes[1].legend(fontsize=6 if many else 7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if mark is not None:
+        axes[0].legend(handles=[mark], fontsize=7, loc="upper left")
     fig.tight_layout()
     files["latency_plot"] = str(out / "latency_throughput.png")
     save(fig, files["latency_plot"])
 
-    costed = [r for r in ok if _num(r.get("cost_per_m_output_tokens")) is not None]
-    if costed:
+    costed = [r for r in ok if _num(r.get("cost_per_m_output_tokens")) is not None and r not in over]
+    if costed or over:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
         for ax, key, label in ((axes[0], "ttft_ms.p99", "p99 TTFT (ms)"), (axes[1], "tpot_ms.p99", "p99 TPOT (ms)")):
             xs = [_num(r.get(key)) for r in costed]
@@ -190,10 +208,11 @@ def plot_sweep(rows: list[dict[str, Any]], swept: list[str], out: Path, title: s
                     for i in front:
                         ax.annotate(_config_label(costed[i], [c for c in swept if c != "seed"]), (xs[i], ys[i]),
                                     fontsize=6, xytext=(3, 3), textcoords="offset points")
+            _overloaded(ax, over, key, "cost_per_m_output_tokens")
             ax.set_xlabel(label)
             ax.set_ylabel("USD per million output tokens")
-            _maybe_log(ax, xs, "x")
-            _maybe_log(ax, ys)
+            _maybe_log(ax, xs + [_num(r.get(key)) for r in over], "x")
+            _maybe_log(ax, ys + [_num(r.get("cost_per_m_output_tokens")) for r in over])
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         axes[0].set_title(f"{title}: cost vs latency")
@@ -201,6 +220,16 @@ def plot_sweep(rows: list[dict[str, Any]], swept: list[str], out: Path, title: s
         files["cost_plot"] = str(out / "cost_latency.png")
         save(fig, files["cost_plot"])
     return files
+
+
+def _overloaded(ax: Any, rows: list[dict[str, Any]], x_key: str, y_key: str) -> Any:
+    """Red crosses over the points whose queue grew without bound; returns the legend handle."""
+    xy = [(_num(r.get(x_key)), _num(r.get(y_key))) for r in rows]
+    xy = [(x, y) for x, y in xy if x is not None and y is not None]
+    if not xy:
+        return None
+    return ax.scatter(*zip(*xy, strict=True), marker="x", s=70, c="#d62728", zorder=5,
+                      label="overloaded: the queue grows, latency is the run's length")
 
 
 def _maybe_log(ax: Any, values: Iterable[float | None], axis: str = "y") -> None:
@@ -224,7 +253,7 @@ def format_table(rows: list[dict[str, Any]], swept: Iterable[str], limit: int = 
         for k, _, f in TABLE:
             v = _num(r.get(k))
             vals.append(f.format(v) if v is not None else "-")
-        vals.append(r["status"] if r["status"] == "ok" else f"{r['status']}: {(r.get('error') or '')[:60]}")
+        vals.append(f"{r['status']}: {r['error'][:60]}" if r.get("error") else r["status"])
         body.append(vals)
     lines = aligned(head, body)
     if len(rows) > limit:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -84,6 +85,21 @@ class Point:
     key: str
 
 
+class Status(str, Enum):
+    """A row of results.csv: how its point ended. `ok` and `overloaded` points have metrics;
+    an overloaded one's queue grew without bound (metrics.overload), so its latency is not a
+    steady state and it never enters a Pareto front."""
+
+    OK = "ok"
+    OVERLOADED = "overloaded"
+    EMPTY = "no completions"  # every request rejected: the run has no latency at all
+    ERROR = "error"
+    MISSING = "missing"       # not run yet (an interrupted sweep)
+
+
+MEASURED = (Status.OK.value, Status.OVERLOADED.value)  # rows whose latency and throughput are numbers
+
+
 @dataclass
 class SweepResult:
     out: Path
@@ -94,13 +110,17 @@ class SweepResult:
     wall_s: float = 0.0
     files: dict[str, str] = field(default_factory=dict)
 
+    def count(self, *status: Status) -> int:
+        return sum(r["status"] in {s.value for s in status} for r in self.rows)
+
     @property
     def ok(self) -> int:
-        return sum(r["status"] == "ok" for r in self.rows)
+        """Points that ran (overloaded or not, even with nothing completed)."""
+        return self.count(Status.OK, Status.OVERLOADED, Status.EMPTY)
 
     @property
     def errors(self) -> int:
-        return sum(r["status"] == "error" for r in self.rows)
+        return self.count(Status.ERROR)
 
 
 # -- dotted paths ----------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -53,23 +54,68 @@ from simulator.studies.plan_schema import Candidate, Plan, PlanSlo
 from simulator.studies.runner import Runner, default_runner
 from simulator.studies.sweep_report import cost_per_m_tokens
 
-
 # -- results -------------------------------------------------------------------------------------
+SPREAD = {"p99_ttft_ms": ("ttft_ms", "p99"), "p99_tpot_ms": ("tpot_ms", "p99"), "goodput": ("goodput", "fraction"),
+          "output_tokens_per_s": ("output_tokens_per_s", None)}
+
+
 @dataclass
 class Check:
-    """One simulation: did it meet the SLO, and by how much each bound was used (value / bound)."""
+    """One (configuration, replicas, rate), simulated under one seed or more. It meets the SLO
+    when every seed run does (with the headroom); `ratios` are the share of each limit used by
+    the worst seed (value / bound; goodput: misses / misses allowed), `metrics` that seed's run."""
 
     replicas: int
     rate: float
-    ok: bool
-    ratios: dict[str, float]
-    metrics: dict[str, Any]
     config: str = ""
+    ok: bool = True
+    ratios: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    by_seed: list[dict[str, Any]] = field(default_factory=list)  # each seed's metrics, in seed order
+    seed_ok: list[bool] = field(default_factory=list)
+    seed_ratios: list[dict[str, float]] = field(default_factory=list)
+    worst_seed: int | None = None  # the seed whose run `metrics` is
+
+    def add(self, seed: int, metrics: dict[str, Any], ok: bool, ratios: dict[str, float]) -> None:
+        """One more seed's run: the check fails if it fails; the worst seed sets the ratios."""
+        if not self.seeds or max(ratios.values(), default=0.0) > max(self.ratios.values(), default=0.0):
+            self.metrics, self.worst_seed = metrics, seed
+        self.seeds.append(seed)
+        self.by_seed.append(metrics)
+        self.seed_ok.append(ok)
+        self.seed_ratios.append(ratios)
+        self.ok = self.ok and ok
+        self.ratios = {k: max(v, self.ratios.get(k, -math.inf)) for k, v in ratios.items()}
 
     @property
     def worst(self) -> str | None:
         """The constraint nearest to (or furthest past) its bound."""
         return max(self.ratios, key=lambda k: self.ratios[k]) if self.ratios else None
+
+    def spread(self) -> dict[str, dict[str, float | None]]:
+        """min, mean and max over the seeds run of p99 TTFT, p99 TPOT, goodput and throughput."""
+        out: dict[str, dict[str, float | None]] = {}
+        for name, (a, b) in SPREAD.items():
+            v = [x for x in (_get(m, a, b) for m in self.by_seed) if isinstance(x, (int, float))]
+            out[name] = ({"min": min(v), "mean": sum(v) / len(v), "max": max(v)} if v
+                         else {"min": None, "mean": None, "max": None})
+        return out
+
+
+class ConfigStatus(str, Enum):
+    """What became of one configuration of a candidate part."""
+
+    PENDING = "pending"
+    OK = "ok"                            # meets the SLO; `replicas` is the fewest that do
+    INFEASIBLE = "infeasible"            # simulated, and no replica count allowed meets the SLO
+    PRUNED_MEMORY = "pruned: memory"     # the weights and one request's KV do not fit
+    PRUNED_TP = "pruned: tp"             # tp/pp do not divide the model
+    PRUNED_TPOT = "pruned: TPOT bound"   # one sequence's decode step is already over the TPOT limit
+    PRUNED_COST = "pruned: cost bound"   # cannot be cheaper than the best already found
+
+
+PRUNED_NOT_TRIED = (ConfigStatus.PRUNED_MEMORY, ConfigStatus.PRUNED_TP)
 
 
 @dataclass
@@ -78,14 +124,15 @@ class Config:
     pp: int
     max_batch_size: int
     scheduler: str
-    status: str = "pending"       # ok | infeasible | pruned: memory | pruned: tp | pruned: TPOT bound | pruned: cost bound
+    status: ConfigStatus = ConfigStatus.PENDING
     reason: str = ""
     replicas: int | None = None   # fewest that meet the SLO
     min_replicas: int = 1         # the analytic lower bound
     decode_tok_s: float | None = None  # analytic per-replica upper bound
     kv_tokens: int | None = None
     lb_cost_per_hour: float | None = None
-    check: Check | None = None
+    check: Check | None = None    # the answer (ok), else the last simulated point
+    fewer: Check | None = None    # ok: the same with one replica fewer, when it was simulated
 
     @property
     def label(self) -> str:
@@ -108,23 +155,41 @@ class CandidateResult:
     runs: list[Check] = field(default_factory=list)
     wall_s: float = 0.0
 
+    @property
+    def simulations(self) -> int:
+        return sum(len(ck.seeds) for ck in self.runs)
+
     def summary(self) -> dict[str, Any]:
-        b, m = self.best, (self.best.check.metrics if self.best and self.best.check else {})
+        """The answer for this part: p99s and goodput are the worst over its seeds (`spread`: their
+        min, mean and max), throughput and cost the seeds' mean; `limit_used` is the share of each
+        limit it uses at the target rate, `nearest_limit` the largest of those, and `binding` the
+        constraint that breaks first above `max_rate`."""
+        b = self.best
+        ck = b.check if b else None
+        spread = ck.spread() if ck else {}
+        worst = {k: (v["min"] if k == "goodput" else v["max"]) for k, v in spread.items()}
+        fewer = b.fewer if b else None
         return {
             "hardware": self.name, "hardware_arg": self.hardware, "price_per_hour": self.price_per_hour,
             "feasible": b is not None, "tp": b.tp if b else None, "pp": b.pp if b else None,
             "replicas": b.replicas if b else None, "max_batch_size": b.max_batch_size if b else None,
             "scheduler": b.scheduler if b else None, "devices": self.devices, "cost_per_hour": self.cost_per_hour,
             "cost_per_m_output_tokens": self.cost_per_m_output_tokens,
-            "output_tokens_per_s": m.get("output_tokens_per_s"), "p99_ttft_ms": _get(m, "ttft_ms", "p99"),
-            "p99_tpot_ms": _get(m, "tpot_ms", "p99"), "goodput": _get(m, "goodput", "fraction"),
-            "max_rate": self.max_rate, "binding": self.binding, "simulations": len(self.runs),
+            "output_tokens_per_s": (spread.get("output_tokens_per_s") or {}).get("mean"),
+            "p99_ttft_ms": worst.get("p99_ttft_ms"), "p99_tpot_ms": worst.get("p99_tpot_ms"),
+            "goodput": worst.get("goodput"), "seeds": ck.seeds if ck else [], "spread": spread,
+            "limit_used": dict(ck.ratios) if ck else {}, "nearest_limit": ck.worst if ck else None,
+            "one_replica_fewer": ({"replicas": fewer.replicas, "fails_on": fewer.worst,
+                                   "limit_used": dict(fewer.ratios)} if fewer else None),
+            "max_rate": self.max_rate, "binding": self.binding, "simulations": self.simulations,
             "wall_s": round(self.wall_s, 2),
         }
 
 
-def _get(m: dict[str, Any], a: str, b: str) -> Any:
+def _get(m: dict[str, Any], a: str, b: str | None) -> Any:
     v = m.get(a)
+    if b is None:
+        return v
     return v.get(b) if isinstance(v, dict) else None
 
 
@@ -163,7 +228,11 @@ def decode_bound(model: ModelSpec, hw: Hardware, tp: int, pp: int, mode: str, dt
 
 # -- simulations -----------------------------------------------------------------------------------
 def evaluate(metrics: dict[str, Any], slo: PlanSlo) -> tuple[bool, dict[str, float]]:
-    """Whether a run meets the SLO, and each constraint's value / bound (> 1 is a miss)."""
+    """Whether one run meets the SLO with its headroom, and the share of each limit it uses:
+    p99 / bound for TTFT and TPOT, misses / misses allowed for goodput. It meets the SLO when
+    every share is at most 1 - headroom. A run whose queue grows without bound ("throughput")
+    or that rejects requests (when no goodput target allows for them) fails whatever its
+    percentiles say: they measure the run's length, not the server."""
     ratios: dict[str, float] = {}
     if slo.p99_ttft_ms is not None:
         v = _get(metrics, "ttft_ms", "p99")
@@ -173,11 +242,16 @@ def evaluate(metrics: dict[str, Any], slo: PlanSlo) -> tuple[bool, dict[str, flo
         ratios["TPOT"] = 0.0 if v is None else v / slo.p99_tpot_ms  # one-token replies have no TPOT
     if slo.goodput is not None:
         g = _get(metrics, "goodput", "fraction")
-        ratios["goodput"] = math.inf if not g else slo.goodput / g
+        allowed = 1.0 - slo.goodput
+        misses = 1.0 if g is None else 1.0 - g
+        ratios["goodput"] = misses / allowed if allowed > 0 else (0.0 if misses <= 0 else math.inf)
     req = metrics.get("requests") or {}
     if slo.goodput is None and req.get("rejected"):
         ratios["rejected"] = math.inf
-    return all(r <= 1.0 for r in ratios.values()), ratios
+    if metrics.get("overloaded"):
+        ratios["throughput"] = math.inf
+    limit = 1.0 - slo.headroom
+    return all(r <= limit for r in ratios.values()), ratios
 
 
 class _Search:
@@ -201,30 +275,37 @@ class _Search:
         self.cache: dict[tuple, Check] = {}
         self.result = CandidateResult(cand.hardware, self.hw.name, self.price)
 
-    def scenario(self, c: Config, replicas: int, rate: float) -> Scenario:
+    def scenario(self, c: Config, replicas: int, rate: float, seed: int) -> Scenario:
         s = self.serving.model_copy(update={"tp": c.tp, "pp": c.pp, "replicas": replicas,
                                             "max_batch_size": c.max_batch_size, "scheduler": c.scheduler})
         arr = self.plan.workload.arrival.model_copy(update={"rate": rate})
         wl = self.plan.workload.model_copy(update={"arrival": arr})
         return Scenario(name=f"{self.plan.name}/{self.hw.name}/{c.label}/x{replicas}@{rate:.4g}",
                         model=self.plan.model, hardware=self.hw_arg, serving=s, workload=wl, slo=self.slo,
-                        seed=self.plan.seed)
+                        seed=seed)
 
     def check(self, c: Config, replicas: int, rate: float) -> Check:
+        """Simulate under the plan's seeds in turn, stopping at the first that fails: a pass
+        needs every seed, a failure one (so a miss costs one simulation, a pass `seeds`)."""
         key = (c.tp, c.pp, c.max_batch_size, c.scheduler, replicas, round(rate, 9))
-        if key not in self.cache:
-            m = self.runner(self.scenario(c, replicas, rate))
-            ok, ratios = evaluate(m, self.plan.slo)
-            ck = Check(replicas, rate, ok, ratios, m, c.label)
-            self.cache[key] = ck
+        ck = self.cache.get(key)
+        if ck is None:
+            ck = self.cache[key] = Check(replicas, rate, c.label)
             self.result.runs.append(ck)
-        return self.cache[key]
+        for seed in range(self.plan.seed + len(ck.seeds), self.plan.seed + self.plan.seeds):
+            if not ck.ok:
+                break
+            m = self.runner(self.scenario(c, replicas, rate, seed))
+            ck.add(seed, m, *evaluate(m, self.plan.slo))
+        return ck
 
     # -- pruning by theory --
     def configs(self) -> list[Config]:
         sr, s = self.plan.search, self.serving
         out: list[Config] = []
         need = int(self.prompt + self.output)  # one average request must fit in the KV cache
+        slo = self.plan.slo
+        tpot_limit = None if slo.p99_tpot_ms is None else slo.p99_tpot_ms * (1 - slo.headroom)
         for pp in sorted(set(sr.pp)):
             smaller_fail = False
             for tp in sorted(set(sr.tp), reverse=True):  # a smaller tp needs more memory per device
@@ -238,17 +319,17 @@ class _Search:
                     why = str(e)
                 if why:
                     for c in cs:
-                        c.status, c.reason = "pruned: tp", why
+                        c.status, c.reason = ConfigStatus.PRUNED_TP, why
                     continue
                 if smaller_fail:
                     for c in cs:
-                        c.status, c.reason = "pruned: memory", "a larger tp does not fit (monotone)"
+                        c.status, c.reason = ConfigStatus.PRUNED_MEMORY, "a larger tp does not fit (monotone)"
                     continue
                 fp = footprint(self.model, self.hw, tp, pp, self.dt, s.gpu_memory_utilization, s.activation_reserve_gb)
                 if fp.kv_capacity_tokens < need:
                     smaller_fail = True
                     for c in cs:
-                        c.status = "pruned: memory"
+                        c.status = ConfigStatus.PRUNED_MEMORY
                         c.reason = (f"{fp.weights_gb:.1f} GB weights leave KV for {fp.kv_capacity_tokens} tokens "
                                     f"of {fp.usable_gb:.1f} GB usable; one request needs {need}")
                     continue
@@ -257,9 +338,10 @@ class _Search:
                     tok_s, step1 = decode_bound(self.model, self.hw, tp, pp, s.mode, self.dt, c.max_batch_size,
                                                 fp.kv_capacity_tokens, self.prompt, s.async_scheduling)
                     c.decode_tok_s = tok_s
-                    if self.plan.slo.p99_tpot_ms is not None and step1 * 1e3 > self.plan.slo.p99_tpot_ms:
-                        c.status = "pruned: TPOT bound"
-                        c.reason = f"a one-sequence decode step takes {step1 * 1e3:.2f} ms > p99 TPOT bound"
+                    if tpot_limit is not None and step1 * 1e3 > tpot_limit:
+                        c.status = ConfigStatus.PRUNED_TPOT
+                        c.reason = (f"a one-sequence decode step takes {step1 * 1e3:.2f} ms > {tpot_limit:.3g} ms "
+                                    "(the p99 TPOT bound less the headroom)")
                         continue
                     c.min_replicas = max(1, math.ceil(self.plan.rate * self.output / tok_s - 1e-9))
                     c.lb_cost_per_hour = self.price * tp * pp * c.min_replicas
@@ -304,19 +386,27 @@ class _Search:
                 hi, passed = mid, ck
             else:
                 lo = mid
+        c.fewer = self.check(c, opts[lo], self.plan.rate) if lo >= 0 else None  # cached: it failed
         return passed, cut
 
     def describe(self, ck: Check) -> str:
-        """The misses of one run in words: 'p99 TPOT 61.2 ms > 60 ms'."""
+        """The misses of the worst seed in words: 'p99 TPOT 61.2 ms > 54 ms (60 ms less 10 % headroom)'."""
         s, m, out = self.plan.slo, ck.metrics, []
+        limit = 1 - s.headroom
+        room = f" less {s.headroom:.0%} headroom" if s.headroom else ""
+        seed = f" (seed {ck.worst_seed})" if len(ck.seeds) > 1 else ""
         for name, key, bound in (("TTFT", "ttft_ms", s.p99_ttft_ms), ("TPOT", "tpot_ms", s.p99_tpot_ms)):
-            if ck.ratios.get(name, 0) > 1:
-                out.append(f"p99 {name} {_f(_get(m, key, 'p99'), '.1f')} ms > {bound:g} ms")
-        if ck.ratios.get("goodput", 0) > 1:
-            out.append(f"goodput {_f(_get(m, 'goodput', 'fraction'), '.1%')} < {s.goodput:.0%}")
-        if ck.ratios.get("rejected", 0) > 1:
+            if bound is not None and ck.ratios.get(name, 0) > limit:
+                out.append(f"p99 {name} {_f(_get(m, key, 'p99'), '.1f')} ms > {bound * limit:.3g} ms "
+                           f"({bound:g} ms{room})")
+        if s.goodput is not None and ck.ratios.get("goodput", 0) > limit:
+            out.append(f"goodput {_f(_get(m, 'goodput', 'fraction'), '.1%')} < "
+                       f"{1 - (1 - s.goodput) * limit:.1%} ({s.goodput:.0%}{room})")
+        if ck.ratios.get("rejected", 0) > limit:
             out.append(f"{(m.get('requests') or {}).get('rejected')} requests rejected")
-        return "; ".join(out) or "meets the SLO"
+        if ck.ratios.get("throughput", 0) > limit:
+            out.append("overloaded: the queue grows")
+        return ("; ".join(out) or "meets the SLO") + seed
 
     def max_rate(self, c: Config, replicas: int, lo: float, hi: float, steps: int) -> tuple[float, str | None]:
         """Bisect (geometrically) for the highest rate meeting the SLO, given lo passes and hi is
@@ -339,13 +429,13 @@ class _Search:
         res = self.result
         configs = self.configs()
         res.configs = configs
-        live = sorted((c for c in configs if c.status == "pending"),
+        live = sorted((c for c in configs if c.status == ConfigStatus.PENDING),
                       key=lambda c: (c.lb_cost_per_hour, -(c.decode_tok_s or 0)))
         best: Config | None = None
         best_cost = math.inf
         for c in live:
             if c.lb_cost_per_hour is not None and c.lb_cost_per_hour >= best_cost:
-                c.status = "pruned: cost bound"
+                c.status = ConfigStatus.PRUNED_COST
                 c.reason = (f"at least {c.min_replicas} replica(s) = ${c.lb_cost_per_hour:.2f}/h, "
                             f"not below the ${best_cost:.2f}/h already found")
                 continue
@@ -353,14 +443,14 @@ class _Search:
             if ck is None:
                 last = c.check
                 if cut:
-                    c.status, c.reason = "pruned: cost bound", f"needs more replicas than ${best_cost:.2f}/h buys"
+                    c.status, c.reason = ConfigStatus.PRUNED_COST, f"needs more replicas than ${best_cost:.2f}/h buys"
                 elif last is None:
-                    c.status, c.reason = "infeasible", "no replica count allowed by search"
+                    c.status, c.reason = ConfigStatus.INFEASIBLE, "no replica count allowed by search"
                 else:
-                    c.status = "infeasible"
+                    c.status = ConfigStatus.INFEASIBLE
                     c.reason = f"at {last.replicas} replicas (the most allowed): {self.describe(last)}"
                 continue
-            c.status, c.replicas, c.check = "ok", ck.replicas, ck
+            c.status, c.replicas, c.check = ConfigStatus.OK, ck.replicas, ck
             cost = self.price * c.tp * c.pp * ck.replicas
             if cost < best_cost:
                 best, best_cost = c, cost
@@ -368,8 +458,8 @@ class _Search:
             res.best = best
             res.devices = best.tp * best.pp * (best.replicas or 1)
             res.cost_per_hour = best_cost
-            res.cost_per_m_output_tokens = cost_per_m_tokens(self.price, res.devices,
-                                                             best.check.metrics.get("output_tokens_per_s"))
+            res.cost_per_m_output_tokens = cost_per_m_tokens(
+                self.price, res.devices, best.check.spread()["output_tokens_per_s"]["mean"])
             cap = (best.decode_tok_s or 0) * (best.replicas or 1) / max(self.output, 1.0)
             hi = max(cap, self.plan.rate * 1.01)
             res.max_rate, res.binding = self.max_rate(best, best.replicas or 1, self.plan.rate, hi,
@@ -380,10 +470,10 @@ class _Search:
         return res
 
     def _why_none(self, configs: list[Config]) -> str:
-        if all(c.status.startswith("pruned: memory") or c.status == "pruned: tp" for c in configs):
+        if all(c.status in PRUNED_NOT_TRIED for c in configs):
             return "memory"
-        if all(c.status.startswith("pruned") for c in configs):
-            return "TPOT" if any(c.status == "pruned: TPOT bound" for c in configs) else "memory"
+        if all(c.status in (*PRUNED_NOT_TRIED, ConfigStatus.PRUNED_TPOT) for c in configs):
+            return "TPOT"
         tried = [c.check for c in configs if c.check is not None]
         if not tried:
             return "memory"
@@ -403,7 +493,7 @@ def max_sustainable_rate(plan: Plan, cand: Candidate, base_dir: Path, tp: int, p
     rate misses). Bisects between 0 and the analytic capacity bound."""
     s = _Search(plan, cand, base_dir, runner)
     c = next((k for k in s.configs() if (k.tp, k.pp, k.max_batch_size, k.scheduler) == (tp, pp, max_batch_size, scheduler)), None)
-    if c is None or c.status != "pending" or not c.decode_tok_s:
+    if c is None or c.status != ConfigStatus.PENDING or not c.decode_tok_s:
         return 0.0
     hi = c.decode_tok_s * replicas / max(s.output, 1.0)
     lo = hi / 256
@@ -426,7 +516,7 @@ class PlanResult:
 
     @property
     def simulations(self) -> int:
-        return sum(len(c.runs) for c in self.candidates)
+        return sum(c.simulations for c in self.candidates)
 
 
 def run_plan(plan: Plan, base_dir: Path, runner: Runner | None = None, workers: int | None = None) -> PlanResult:

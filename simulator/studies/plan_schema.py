@@ -43,6 +43,9 @@ class PlanSlo(Strict):
     goodput: float | None = Field(default=None, gt=0, le=1, description="share of requests within ttft_ms/tpot_ms")
     ttft_ms: float | None = Field(default=None, gt=0, description="per-request TTFT bound of goodput (default p99_ttft_ms)")
     tpot_ms: float | None = Field(default=None, gt=0, description="per-request TPOT bound of goodput (default p99_tpot_ms)")
+    headroom: float = Field(default=0.1, ge=0, le=0.9, description=(
+        "keep the answer this share below every limit: p99s at most (1 - headroom) x their bound, "
+        "goodput misses at most (1 - headroom) x the misses allowed"))
 
     @model_validator(mode="after")
     def _some(self) -> PlanSlo:
@@ -68,6 +71,8 @@ class Plan(Strict):
     search: Search = Search()
     serving: dict[str, Any] = Field(default_factory=dict, description="fixed serving fields")
     seed: int = 0
+    seeds: int = Field(default=3, ge=3, le=100, description=(
+        "an answer must meet the SLO under each of the seeds seed, seed+1, ..., seed+seeds-1"))
     rate_steps: int = Field(default=5, ge=0, le=20, description="bisection steps for the highest sustainable rate")
 
     @model_validator(mode="after")

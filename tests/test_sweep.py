@@ -13,15 +13,13 @@ import yaml
 
 from hwmodels.errors import InputError
 from simulator.cli import main
-from simulator.serving.scenario import Scenario
+from simulator.serving.scenario import Scenario, check_path, set_path
 from simulator.studies.pareto import pareto_front
 from simulator.studies.sweep import load_sweep, read_done, run_sweep
 from simulator.studies.sweep_schema import (
     Range,
     Sweep,
-    check_path,
     expand,
-    set_path,
 )
 
 # a scenario that simulates in a fraction of a second: a 1B model, few short requests

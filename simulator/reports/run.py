@@ -153,7 +153,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     where = str(args.scenario)
-    sc = load_scenario(args.scenario)
+    sc = load_scenario(args.scenario, getattr(args, "set", None) or ())
     check_scenario(sc, where)
     show = not getattr(args, "no_progress", False) and sys.stderr.isatty()
     out = Path(args.out) if getattr(args, "out", None) else None

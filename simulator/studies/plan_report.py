@@ -266,7 +266,7 @@ def to_json(res: PlanResult, files: dict[str, str]) -> dict[str, Any]:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     path = Path(args.plan)
-    plan = load_plan(path)
+    plan = load_plan(path, args.rate, args.slo)
     res = run_plan(plan, path.parent)
     out = Path(args.out) if args.out else path.parent / "out" / path.stem
     files = write_outputs(res, out)

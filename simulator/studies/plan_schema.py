@@ -3,9 +3,11 @@ search space; `load_plan` validates it all (one InputError line for any mistake)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from hwmodels.errors import InputError, from_validation, load_mapping
@@ -89,12 +91,39 @@ class Plan(Strict):
         return float(self.workload.arrival.rate or 0.0)
 
 
-def load_plan(path: str | Path) -> Plan:
+def overrides(data: dict[str, Any], where: str, rate: float | None = None, slo: Sequence[str] = ()) -> dict[str, Any]:
+    """`plan --rate R --slo KEY=VALUE ...` on a raw plan mapping: the target rate and any field of
+    `slo` (VALUE read as YAML), as if written in the file."""
+    if rate is not None:
+        wl = data.setdefault("workload", {})
+        if isinstance(wl, dict):
+            arr = wl.setdefault("arrival", {})
+            if isinstance(arr, dict):
+                arr["rate"] = rate
+    if slo and not isinstance(data.get("slo"), dict):
+        data["slo"] = {}
+    for text in slo:
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        if not sep or key not in PlanSlo.model_fields:
+            raise InputError(where, f"--slo {text}", f"expected KEY=VALUE with KEY one of {', '.join(PlanSlo.model_fields)}")
+        try:
+            data["slo"][key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise InputError(where, f"--slo {key}", f"{raw!r} is not a YAML value") from None
+    return data
+
+
+def load_plan(path: str | Path, rate: float | None = None, slo: Sequence[str] = ()) -> Plan:
+    """Read and validate a plan and everything it names, with the command line's overrides."""
     p = Path(path)
     try:
-        plan = Plan.model_validate(load_mapping(p))
+        plan = Plan.model_validate(overrides(load_mapping(p), str(p), rate, slo))
     except ValidationError as e:
-        raise from_validation(e, str(p)) from None
+        err = from_validation(e, str(p))
+        flag = (" (given by --rate)" if rate is not None and err.field == "workload.arrival.rate"
+                else " (given by --slo)" if slo and err.field.startswith("slo") else "")
+        raise InputError(err.where, err.field, err.message + flag) from None
     try:
         load_model(plan.model)
     except InputError as e:

@@ -39,7 +39,13 @@ from hwmodels.errors import InputError, from_validation, load_mapping
 from hwmodels.load import load_hardware
 from simulator.moment.model import load_model
 from simulator.reports.progress import Progress
-from simulator.serving.scenario import Scenario, resolve_paths, scenario_from_dict
+from simulator.serving.scenario import (
+    Scenario,
+    check_path,
+    resolve_paths,
+    scenario_from_dict,
+    set_path,
+)
 from simulator.studies.runner import Runner, default_runner
 from simulator.studies.sweep_report import _write, format_table
 from simulator.studies.sweep_schema import (
@@ -47,9 +53,7 @@ from simulator.studies.sweep_schema import (
     Status,
     Sweep,
     SweepResult,
-    check_path,
     expand,
-    set_path,
 )
 
 

@@ -7,12 +7,10 @@ import itertools
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from hwmodels.errors import InputError
 from simulator.serving.scenario import Scenario, Strict
 
 
@@ -121,48 +119,6 @@ class SweepResult:
     @property
     def errors(self) -> int:
         return self.count(Status.ERROR)
-
-
-# -- dotted paths ----------------------------------------------------------------------------------
-def _submodels(annotation: Any) -> list[type[BaseModel]]:
-    """The pydantic models a field may hold (through Optional, unions and Annotated)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    origin = get_origin(annotation)
-    if origin is Annotated:
-        return _submodels(get_args(annotation)[0])
-    if origin is Union or origin is UnionType:
-        return [m for a in get_args(annotation) for m in _submodels(a)]
-    return []
-
-
-def check_path(path: str, where: str, field_name: str) -> None:
-    """Raise a one-line InputError unless `path` names a field of the scenario schema."""
-    parts = path.split(".")
-    models: list[type[BaseModel]] = [Scenario]
-    for i, part in enumerate(parts):
-        here = ".".join(parts[:i]) or "the scenario"
-        if not models:
-            raise InputError(where, field_name, f"{here} is a value and has no field {part!r}")
-        fields: dict[str, Any] = {}
-        for m in models:
-            fields.update(m.model_fields)
-        if part not in fields:
-            raise InputError(where, field_name, f"unknown field {part!r} in {here}; allowed: {', '.join(fields)}")
-        models = _submodels(fields[part].annotation)
-
-
-def set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    """Set a dotted path in nested dicts, creating the mappings on the way."""
-    parts = path.split(".")
-    cur = data
-    for part in parts[:-1]:
-        nxt = cur.get(part)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            cur[part] = nxt
-        cur = nxt
-    cur[parts[-1]] = value
 
 
 def expand(sw: Sweep, base_seed: int = 0) -> list[dict[str, Any]]:

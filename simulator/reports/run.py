@@ -26,7 +26,8 @@ MAX_CSV_ROWS = 1_000_000
 
 # -- outputs -------------------------------------------------------------------------------------
 def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str, Any]:
-    """metrics.json, requests.csv, moments.csv, timeseries.csv, the plots and trace.json."""
+    """report.html, metrics.json, requests.csv, moments.csv, timeseries.csv, the plots and trace.json."""
+    from simulator.reports.html import run_report
     from simulator.reports.plots import write_plots  # matplotlib loads only when plots are wanted
     from simulator.reports.trace import write_trace
 
@@ -72,7 +73,8 @@ def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str,
     tr = write_trace(r, out / "trace.json")
     if tr.get("truncated"):
         notes.append(tr["note"])
-    files = ["metrics.json", "requests.csv", "moments.csv", "timeseries.csv", *(p.name for p in plots),
+    run_report(summary, plots, out / "report.html")
+    files = ["report.html", "metrics.json", "requests.csv", "moments.csv", "timeseries.csv", *(p.name for p in plots),
              "trace.json"]
     outputs = {"dir": str(out), "files": files, "moments_csv_rows": rows, "notes": notes}
     full = {**summary, "outputs": outputs}

@@ -70,7 +70,7 @@ def _plan_rows(res: PlanResult) -> list[dict[str, Any]]:
 
 
 def write_outputs(res: PlanResult, out: Path) -> dict[str, str]:
-    """plan.csv (one row per candidate), configs.csv, runs.csv and plan.png."""
+    """plan.csv (one row per candidate), configs.csv, runs.csv, plan.png and report.html."""
     out.mkdir(parents=True, exist_ok=True)
     write_rows(_plan_rows(res), out / "plan.csv")
     write_rows(_config_rows(res), out / "configs.csv")
@@ -81,6 +81,7 @@ def write_outputs(res: PlanResult, out: Path) -> dict[str, str]:
     if runs:
         files["runs"] = str(out / "runs.csv")
     files["plot"] = plot_plan(res, out / "plan.png")
+    files["report"] = str(html_report(res, Path(files["plot"]), out / "report.html"))
     return files
 
 
@@ -209,39 +210,50 @@ def alternatives_head(res: PlanResult) -> list[str]:
     return ["configuration", "$/hour", "vs answer", *(f"{k} used" for k in names), "also", "seeds", "verdict"]
 
 
-def format_table(res: PlanResult, alternatives_shown: int = 12) -> str:
+def headline(res: PlanResult) -> str:
     p, s = res.plan, res.plan.slo
     bounds = [f"p99 TTFT <= {s.p99_ttft_ms:g} ms" if s.p99_ttft_ms else "",
               f"p99 TPOT <= {s.p99_tpot_ms:g} ms" if s.p99_tpot_ms else "",
               f"goodput >= {s.goodput:.0%}" if s.goodput else ""]
-    lines = [f"plan {p.name}: {p.model} at {p.rate:g} req/s; SLO {', '.join(b for b in bounds if b)}, "
-             f"each kept {s.headroom:.0%} below its limit under each of {p.seeds} seeds"]
+    return (f"plan {p.name}: {p.model} at {p.rate:g} req/s; SLO {', '.join(b for b in bounds if b)}, "
+            f"each kept {s.headroom:.0%} below its limit under each of {p.seeds} seeds")
+
+
+def by_cost(res: PlanResult) -> list[Any]:
+    return sorted(res.candidates, key=lambda c: (c.cost_per_hour is None, c.cost_per_hour or 0.0))
+
+
+def conclusion(res: PlanResult) -> list[str]:
+    """The answer in words: what it costs, which limit binds, what one replica fewer misses."""
+    b, rate = res.best, res.plan.rate
+    if not (b and b.best):
+        return ["no candidate meets the SLO at the target rate"]
+    d = b.summary()
+    lines = [f"cheapest: {b.name} {b.best.label} x {b.best.replicas} replicas = {b.devices} devices, "
+             f"${b.cost_per_hour:.2f}/hour, ${_f(b.cost_per_m_output_tokens, '.3f')} per million output tokens",
+             f"binding: {d['nearest_limit']} at {rate:g} req/s uses {_pct(d['limit_used'].get(d['nearest_limit']))}"
+             f" of its limit (worst of seeds {', '.join(map(str, d['seeds']))}); above {_f(d['max_rate'], '.1f')} "
+             f"req/s {d['binding']} breaks first"]
+    fewer = d["one_replica_fewer"]
+    if fewer:
+        lines.append(f"with {fewer['replicas']} replica(s) it misses on {fewer['fails_on']} "
+                     f"({_pct(fewer['limit_used'].get(fewer['fails_on']))} of its limit)")
+    return lines
+
+
+def format_table(res: PlanResult, alternatives_shown: int = 12) -> str:
+    s = res.plan.slo
     head = ["hardware", "configuration", "devices", "$/hour", "$/M tok", "p99 TTFT (seeds)", "p99 TPOT (seeds)",
             "goodput", "nearest limit", "max rate", "binding"]
     body = []
-    order = sorted(res.candidates, key=lambda c: (c.cost_per_hour is None, c.cost_per_hour or 0.0))
-    for c in order:
+    for c in by_cost(res):
         d = c.summary()
         cfg = f"{c.best.label} x{c.best.replicas}" if c.best else "none meets the SLO"
         body.append([c.name + (" *" if c is res.best else ""), cfg, _f(d["devices"], "d"), _f(d["cost_per_hour"], ".2f"),
                      _f(d["cost_per_m_output_tokens"], ".3f"), _range(d["spread"], "p99_ttft_ms", ".0f"),
                      _range(d["spread"], "p99_tpot_ms", ".1f"), _range(d["spread"], "goodput", ".1%"),
                      _share(d["limit_used"], d["nearest_limit"]), _f(d["max_rate"], ".1f"), d["binding"] or "-"])
-    lines += aligned(head, body)
-    b = res.best
-    if b and b.best:
-        d = b.summary()
-        lines.append(f"cheapest: {b.name} {b.best.label} x {b.best.replicas} replicas = {b.devices} devices, "
-                     f"${b.cost_per_hour:.2f}/hour, ${_f(b.cost_per_m_output_tokens, '.3f')} per million output tokens")
-        lines.append(f"binding: {d['nearest_limit']} at {p.rate:g} req/s uses {_pct(d['limit_used'].get(d['nearest_limit']))}"
-                     f" of its limit (worst of seeds {', '.join(map(str, d['seeds']))}); above {_f(d['max_rate'], '.1f')} "
-                     f"req/s {d['binding']} breaks first")
-        fewer = d["one_replica_fewer"]
-        if fewer:
-            lines.append(f"with {fewer['replicas']} replica(s) it misses on {fewer['fails_on']} "
-                         f"({_pct(fewer['limit_used'].get(fewer['fails_on']))} of its limit)")
-    else:
-        lines.append("no candidate meets the SLO at the target rate")
+    lines = [headline(res), *aligned(head, body), *conclusion(res)]
     alts = alternatives(res)
     if alts:
         lines.append(f"alternatives (share of each limit used by the worst seed; above {1 - s.headroom:.0%} misses):")
@@ -250,6 +262,41 @@ def format_table(res: PlanResult, alternatives_shown: int = 12) -> str:
             lines.append(f"  ... {len(alts) - alternatives_shown} more in configs.csv and runs.csv")
     lines.append(f"{res.simulations} simulations in {res.wall_s:.1f} s")
     return "\n".join(lines)
+
+
+def html_report(res: PlanResult, plot: Path, path: Path) -> Path:
+    """report.html: the answer per part (p99s: the worst seed, and the seeds' range), the answer
+    in words, every alternative's share of each limit, the plot, and every configuration."""
+    from simulator.reports import html
+
+    rows = []
+    for c in by_cost(res):
+        d, k = c.summary(), c.name
+        rows.append([c.name + (" (cheapest)" if c is res.best else ""),
+                     f"{c.best.label} x{c.best.replicas}" if c.best else "none meets the SLO",
+                     html.cell(d["devices"], f"{k}.devices"), html.cell(d["cost_per_hour"], f"{k}.cost_per_hour", ".2f"),
+                     html.cell(d["cost_per_m_output_tokens"], f"{k}.cost_per_m_output_tokens", ".3f"),
+                     html.cell(d["p99_ttft_ms"], f"{k}.p99_ttft_ms", ".1f"), _range(d["spread"], "p99_ttft_ms", ".1f"),
+                     html.cell(d["p99_tpot_ms"], f"{k}.p99_tpot_ms", ".2f"), _range(d["spread"], "p99_tpot_ms", ".2f"),
+                     _range(d["spread"], "goodput", ".1%"), _share(d["limit_used"], d["nearest_limit"]),
+                     html.cell(d["max_rate"], f"{k}.max_rate", ".2f"), d["binding"] or "-"])
+    configs = [[r["hardware"], f"tp{r['tp']} pp{r['pp']} bs{r['max_batch_size']} {r['scheduler']}", r["status"],
+                r["replicas"], r["reason"]] for r in _config_rows(res)]
+    blocks = [
+        html.p(headline(res)), html.p(res.plan.description, "note") if res.plan.description else "",
+        *(html.p(line) for line in conclusion(res)),
+        html.h2("The answer per part"),
+        html.table(["hardware", "configuration", "devices", "$/hour", "$/M output tokens", "p99 TTFT ms",
+                    "(seeds)", "p99 TPOT ms", "(seeds)", "goodput (seeds)", "nearest limit", "max rate req/s",
+                    "breaks first"], rows, caption="p99s and goodput: the worst of the seeds, with their range"),
+        html.h2("Plot"), html.image(plot, "plan"),
+        html.h2("Alternatives"),
+        html.table(alternatives_head(res), alternatives(res),
+                   caption=f"share of each limit used by the worst seed; above {1 - res.plan.slo.headroom:.0%} misses"),
+        html.h2("Every configuration"), html.table(["hardware", "configuration", "status", "replicas", "why"], configs),
+        html.p(f"{res.simulations} simulations in {res.wall_s:.1f} s", "note"),
+    ]
+    return html.write_page(path, f"plan {res.plan.name}", blocks)
 
 
 def to_json(res: PlanResult, files: dict[str, str]) -> dict[str, Any]:
@@ -274,7 +321,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(to_json(res, files), default=_jsonable))
     else:
         print(format_table(res))
-        print(f"outputs: {out}/ (plan.csv, configs.csv, runs.csv, plan.png)")
+        print(f"outputs: {out}/ (report.html, plan.csv, configs.csv, runs.csv, plan.png)")
     return 0 if res.best else 1
 
 

@@ -138,6 +138,7 @@ def _write(sw: Sweep, points: list[Point], results: dict[str, dict[str, Any]], o
         res.files["parquet"] = str(out / "results.parquet")
     if plots and any(r["status"] in MEASURED for r in rows):
         res.files.update(plot_sweep(rows, swept, out, sw.name))
+    res.files["report"] = str(html_report(sw, res, out / "report.html"))
     return res
 
 
@@ -240,22 +241,56 @@ def _maybe_log(ax: Any, values: Iterable[float | None], axis: str = "y") -> None
 
 
 # -- the command -----------------------------------------------------------------------------------
-TABLE = [("output_tokens_per_s", "tok/s", "{:.0f}"), ("ttft_ms.p99", "p99 TTFT ms", "{:.1f}"),
-         ("tpot_ms.p99", "p99 TPOT ms", "{:.2f}"), ("cost_per_m_output_tokens", "$/M tok", "{:.3f}")]
+TABLE = [("output_tokens_per_s", "tok/s", ".0f"), ("ttft_ms.p99", "p99 TTFT ms", ".1f"),
+         ("tpot_ms.p99", "p99 TPOT ms", ".2f"), ("cost_per_m_output_tokens", "$/M tok", ".3f")]
+
+
+def _columns(swept: Iterable[str]) -> list[str]:
+    return [c for c in swept] or ["model", "hardware"]
 
 
 def format_table(rows: list[dict[str, Any]], swept: Iterable[str], limit: int = 50) -> str:
-    cols = [c for c in swept] or ["model", "hardware"]
+    cols = _columns(swept)
     head = [*cols, *(h for _, h, _ in TABLE), "status"]
     body = []
     for r in rows[:limit]:
         vals = [f"{r[c]:g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
         for k, _, f in TABLE:
             v = _num(r.get(k))
-            vals.append(f.format(v) if v is not None else "-")
+            vals.append(format(v, f) if v is not None else "-")
         vals.append(f"{r['status']}: {r['error'][:60]}" if r.get("error") else r["status"])
         body.append(vals)
     lines = aligned(head, body)
     if len(rows) > limit:
         lines.append(f"... {len(rows) - limit} more rows in results.csv")
     return "\n".join(lines)
+
+
+def html_report(sw: Sweep, res: SweepResult, path: Path, limit: int = 2000) -> Path:
+    """report.html: what was swept, how the points ended, the plots, and the table of results
+    (the same columns as the terminal's, every point up to `limit`, and each point's warnings)."""
+    from simulator.reports import html
+
+    rows = res.rows
+    cols = _columns(res.swept)
+    counts = {s.value: res.count(s) for s in Status if res.count(s)}
+    body = []
+    for i, r in enumerate(rows[:limit]):
+        vals: list[Any] = [html.cell(r.get(c), spec="g" if isinstance(r.get(c), float) else None) for c in cols]
+        vals += [html.cell(_num(r.get(k)), f"{i}:{k}", f) for k, _, f in TABLE]
+        vals += [html.cell(r["status"], f"{i}:status"), r.get("error") or r.get("warnings") or ""]
+        body.append(vals)
+    plots = [Path(res.files[k]) for k in ("latency_plot", "cost_plot") if k in res.files]
+    blocks = [
+        html.p(sw.description, "note") if sw.description else "",
+        html.p(f"{len(rows):,} points: " + ", ".join(f"{n:,} {s}" for s, n in counts.items())),
+        html.warnings([f"{counts['overloaded']:,} points are overloaded: their queue grew without bound, so "
+                       "their latency measures the run's length (red crosses in the plots, never on the "
+                       "Pareto front)"] if counts.get("overloaded") else []),
+        html.h2("Plots"), *(html.image(pl, pl.stem) for pl in plots),
+        html.h2("Results"),
+        html.table([*cols, *(h for _, h, _ in TABLE), "status", "notes"], body,
+                   caption=f"first {limit:,} of {len(rows):,} points; all in results.csv" if len(rows) > limit
+                   else "every point; more columns in results.csv"),
+    ]
+    return html.write_page(path, f"sweep {sw.name}", blocks)

@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from hwmodels.errors import InputError
 from simulator.cli import build_parser, main
 from simulator.serving.scenario import Scenario, load_scenario
 
@@ -173,3 +176,15 @@ def test_head_in_a_shell(tmp_path: Path) -> None:
                     "--json", "|", "head", "-c", "10"])
     r = subprocess.run([sh, "-c", cmd], capture_output=True, text=True, timeout=120)
     assert r.stdout == '{"step_ms"' and "Traceback" not in r.stderr, r.stderr
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(["serving.max_batch_size", "serving.tp", "workload.arrival", "workload.prompt_len.value",
+                              "slo.ttft_ms", "seed", "model", "serving", "serving.scheduler.x"]) | st.text(max_size=20),
+       value=st.text(max_size=20) | st.sampled_from(["-1", "0", "1e9", "true", "[1, 2]", "{a: 1}", "~", "null"]),
+       eq=st.booleans())
+def test_any_set_is_a_scenario_or_one_input_error(scenario: Path, field: str, value: str, eq: bool) -> None:
+    try:
+        load_scenario(scenario, [f"{field}={value}" if eq else field + value])
+    except InputError as e:
+        assert "\n" not in str(e) and str(scenario) in str(e)

@@ -107,15 +107,15 @@ def plot_plan(res: PlanResult, path: Path) -> str:
     axes[0].set_title(f"{res.plan.name}: cheapest configuration per part at {res.plan.rate:g} req/s", fontsize=10)
 
     ax = axes[1]
-    limits = [k for k in ("TTFT", "TPOT", "goodput") if getattr(res.plan.slo, _SLO_FIELD[k]) is not None]
-    width = 0.8 / max(len(limits), 1)
-    for j, k in enumerate(limits):
+    kinds = limits(res)
+    width = 0.8 / max(len(kinds), 1)
+    for j, k in enumerate(kinds):
         xs, worst, lo, hi = [], [], [], []
         for i, c in enumerate(cands):
             ck = c.best.check if c.best else None
             v = [r[k] for r in (ck.seed_ratios if ck else []) if k in r and math.isfinite(r[k])]
             if v:
-                xs.append(i + (j - (len(limits) - 1) / 2) * width)
+                xs.append(i + (j - (len(kinds) - 1) / 2) * width)
                 worst.append(max(v))
                 lo.append(max(v) - min(v))
                 hi.append(0.0)
@@ -167,6 +167,14 @@ def _share(ratios: dict[str, float], name: str | None) -> str:
     return f"{name} {_pct(ratios.get(name))}" if name else "-"
 
 
+SLO_FIELD = {"TTFT": "p99_ttft_ms", "TPOT": "p99_tpot_ms", "goodput": "goodput"}  # a limit's PlanSlo field
+
+
+def limits(res: PlanResult) -> list[str]:
+    """The SLO's limits that are set, by the names the ratios use."""
+    return [k for k, f in SLO_FIELD.items() if getattr(res.plan.slo, f) is not None]
+
+
 def alternatives(res: PlanResult) -> list[list[str]]:
     """Every point the search settled on or ruled out, with its cost against the answer's and the
     share of each limit its worst seed used: the answer, then what also meets the SLO (cheapest
@@ -174,7 +182,7 @@ def alternatives(res: PlanResult) -> list[list[str]]:
     replicas that met the SLO and the count just below; one that never met it, the last tried."""
     best = res.best
     base = best.cost_per_hour if best else None
-    names = [k for k in ("TTFT", "TPOT", "goodput") if getattr(res.plan.slo, _SLO_FIELD[k]) is not None]
+    names = limits(res)
     limit = 1 - res.plan.slo.headroom
     items = []
     for cr in res.candidates:
@@ -202,12 +210,9 @@ def alternatives(res: PlanResult) -> list[list[str]]:
     return [row for _, row in items]
 
 
-_SLO_FIELD = {"TTFT": "p99_ttft_ms", "TPOT": "p99_tpot_ms", "goodput": "goodput"}
-
 
 def alternatives_head(res: PlanResult) -> list[str]:
-    names = [k for k in ("TTFT", "TPOT", "goodput") if getattr(res.plan.slo, _SLO_FIELD[k]) is not None]
-    return ["configuration", "$/hour", "vs answer", *(f"{k} used" for k in names), "also", "seeds", "verdict"]
+    return ["configuration", "$/hour", "vs answer", *(f"{k} used" for k in limits(res)), "also", "seeds", "verdict"]
 
 
 def headline(res: PlanResult) -> str:

@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hwmodels.errors import InputError
 from simulator.cli import main
 from simulator.moment.model import PRESET_DIR, ModelSpec, load_model
-from simulator.moment.ops import Dtypes
+from simulator.moment.ops import Batch, Dtypes, step_ops, total_flops
 
 
 def preset(name: str) -> dict:
@@ -172,7 +174,7 @@ def test_unmodelled_quantization_is_one_line(tmp_path, quant, field):
 
 def test_multimodal_wrappers_cost_the_text_model(tmp_path):
     m = load_model("gemma-3-27b")
-    assert m.model_type == "gemma3_text" and m.family.qk_norm and m.family.norms == 4 and m.tied
+    assert m.model_type == "gemma3_text" and m.family.qk_norm == "rms" and m.family.norms == 4 and m.tied
     cfg = preset("gemma-3-27b") | {"vision_config": {"hidden_size": 1152, "num_hidden_layers": 27}}
     assert load_model(write(tmp_path, cfg)).num_params() == m.num_params()
     with pytest.raises(InputError, match="hidden_size"):  # a text field beside text_config is not read
@@ -212,3 +214,30 @@ def test_scenario_ep_is_checked_before_simulating(tmp_path):
     p.write_text("model: deepseek-v3\nhardware: h200-sxm\nserving: {tp: 8, ep: 8, moe_imbalance: 0.9}\n")
     with pytest.raises(InputError, match="serving.moe_imbalance"):
         load_scenario(p)
+
+
+# -- hostile configs of the new families ----------------------------------------------------------------------
+
+_values = (st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=True, allow_infinity=True)
+           | st.text(max_size=8) | st.lists(st.integers(-3, 100), max_size=5)
+           | st.sampled_from(["sliding_attention", "chunked_attention", "fp8", "mxfp4", "awq", [128, 128]]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["deepseek-v3", "gemma-3-27b", "gpt-oss-120b", "llama-4-scout", "qwen2-57b-a14b"]),
+       st.data())
+def test_a_mutated_config_loads_and_costs_or_is_one_line(tmp_path, name, data):
+    cfg = preset(name)
+    inner = cfg.get("text_config", cfg)
+    key = data.draw(st.sampled_from(sorted(inner) + ["quantization_config", "layer_types", "moe_layers"]))
+    if data.draw(st.booleans()):
+        inner[key] = data.draw(_values)
+    else:
+        inner.pop(key, None)
+    try:
+        m = load_model(write(tmp_path, cfg))
+    except InputError as e:
+        assert "\n" not in str(e)
+        return
+    assert m.num_params() >= 0 and m.kv_bytes_per_token() >= 0
+    assert total_flops(step_ops(m, Batch.of(decode=[(2, 100)], prefill=[(1, 64)]), Dtypes.of(m))) > 0

@@ -47,7 +47,7 @@ class Family:
     act: str = "silu"           # hidden_act when the config does not say
     gated: bool = True          # gate and up projections (SwiGLU, GeGLU)
     qkv_bias: bool = False      # q, k and v always carry a bias (Qwen2), whatever attention_bias says
-    qk_norm: bool = False       # an RMSNorm with weights over each head's q and k (Qwen3, Gemma 3)
+    qk_norm: str = ""           # over each head's q and k: "rms" with weights (Qwen3, Gemma 3), "l2" (Llama 4)
     norms: int = 2              # RMSNorms per layer (Gemma 2/3 also norm each sublayer's output)
     tied: bool = False          # tie_word_embeddings when the config does not say
     window_every: int = 0       # with a window: every n-th layer is full, the others slide (0: all slide)
@@ -66,20 +66,20 @@ FAMILIES: dict[str, Family] = {
     "qwen2": Family(_SHAPE | _QWEN, qkv_bias=True, window_flag=True),
     "qwen2_moe": Family(_SHAPE | _QWEN | _QWEN_MOE | {"shared_expert_intermediate_size"}, qkv_bias=True,
                         window_flag=True, shared_gate=True),
-    "qwen3": Family(_SHAPE | _QWEN | {"attention_bias"}, qk_norm=True, window_flag=True),
-    "qwen3_moe": Family(_SHAPE | _QWEN | _QWEN_MOE | {"attention_bias"}, qk_norm=True, window_flag=True),
+    "qwen3": Family(_SHAPE | _QWEN | {"attention_bias"}, qk_norm="rms", window_flag=True),
+    "qwen3_moe": Family(_SHAPE | _QWEN | _QWEN_MOE | {"attention_bias"}, qk_norm="rms", window_flag=True),
     "deepseek_v2": Family(_SHAPE | _DEEPSEEK),
     "deepseek_v3": Family(_SHAPE | _DEEPSEEK),
     "gemma": Family(_SHAPE | _GEMMA, act="gelu_pytorch_tanh", tied=True),
     "gemma2": Family(_SHAPE | _GEMMA | {"sliding_window", "layer_types"}, act="gelu_pytorch_tanh", norms=4,
                      tied=True, window_every=2),
     "gemma3_text": Family(_SHAPE | _GEMMA | {"sliding_window", "layer_types", "sliding_window_pattern"},
-                          act="gelu_pytorch_tanh", qk_norm=True, norms=4, tied=True, window_every=6),
+                          act="gelu_pytorch_tanh", qk_norm="rms", norms=4, tied=True, window_every=6),
     "gpt_oss": Family(_SHAPE | _EXPERTS | {"experts_per_token", "sliding_window", "layer_types", "attention_bias"},
                       window_every=2, biases=True),
     "llama4_text": Family(_SHAPE | _EXPERTS | {"intermediate_size_mlp", "interleave_moe_layer_step", "moe_layers",
                                                "attention_chunk_size", "no_rope_layers", "use_qk_norm",
-                                               "attention_bias"}, shared_expert=True),
+                                               "attention_bias"}, qk_norm="l2", shared_expert=True),
     "phi3": Family(_SHAPE | {"sliding_window", "attention_bias"}),
 }
 WRAPPERS = {"gemma3": "gemma3_text", "llama4": "llama4_text"}  # multimodal: the text model is text_config
@@ -194,7 +194,8 @@ class ModelSpec(BaseModel):
     model_type: str = ""
     architectures: list[str] = Field(default_factory=list)
     hidden_size: int = Field(gt=0)
-    num_hidden_layers: int = Field(gt=0)
+    num_hidden_layers: int = Field(gt=0, le=1024, description="layers (the largest models have ~130; per-layer "
+                                   "layouts are built from it)")
     num_attention_heads: int = Field(gt=0)
     num_key_value_heads: int | None = Field(default=None, gt=0)
     intermediate_size: int = Field(gt=0)
@@ -224,10 +225,10 @@ class ModelSpec(BaseModel):
     n_shared_experts: int | None = Field(default=None, ge=0)
     shared_expert_intermediate_size: int | None = Field(default=None, ge=0)
     first_k_dense_replace: int = Field(default=0, ge=0)
-    moe_layer_freq: int = Field(default=1, ge=1)
-    decoder_sparse_step: int = Field(default=1, ge=1)
+    moe_layer_freq: int = Field(default=1, ge=1, le=1024)
+    decoder_sparse_step: int = Field(default=1, ge=1, le=1024)
     mlp_only_layers: list[int] = Field(default_factory=list)
-    interleave_moe_layer_step: int = Field(default=1, ge=1)
+    interleave_moe_layer_step: int = Field(default=1, ge=1, le=1024)
     moe_layers: list[int] | None = None
     # multi-head latent attention (DeepSeek-V2/V3)
     kv_lora_rank: int | None = Field(default=None, gt=0)
@@ -341,11 +342,11 @@ class ModelSpec(BaseModel):
 
     @property
     def qk_norm_layers(self) -> int:
-        """Layers that normalise each head's q and k (Qwen3, Gemma 3 with weights; Llama 4 an L2 norm on its
-        RoPE layers)."""
-        if self.family.qk_norm:
+        """Layers that normalise each head's q and k: every layer of Qwen3 and Gemma 3, Llama 4's
+        RoPE (chunked) layers unless use_qk_norm is false."""
+        if self.family.qk_norm == "rms":
             return self.num_hidden_layers
-        if self.family.shared_expert and (self.use_qk_norm is None or self.use_qk_norm):
+        if self.family.qk_norm == "l2" and self.use_qk_norm is not False:
             return sum(k == "chunked_attention" for k in self.layer_kinds)
         return 0
 
@@ -434,8 +435,8 @@ class ModelSpec(BaseModel):
             p += self.q_dim + 2 * self.kv_dim
         if self.attention_bias:
             p += self.hidden_size  # o_proj's bias
-        if self.family.qk_norm:
-            p += 2 * self.hd
+        if self.family.qk_norm == "rms":
+            p += 2 * self.hd  # the norms' weights (Llama 4's L2 norm has none)
         if self.family.biases:
             p += self.num_attention_heads  # attention sinks: one logit per head
         return p

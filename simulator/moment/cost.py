@@ -40,7 +40,8 @@ def op_seconds(op: Op, hw: Hardware, dt: Dtypes, group: int = 1):
         return op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dt.act, hw, seqs=op.seqs)
     if op.kind == "gemm":
         dtype, dequantised = gemm_dtype(op.fmt or dt.weight, dt.act, hw.device)
-        return op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dtype, hw, m=op.m, n=op.n,
+        c = np.maximum(op.copies, 1.0)  # a grouped GEMM (MoE): `copies` GEMMs of m / copies rows, their tiles
+        return op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dtype, hw, m=op.m / c, n=op.n * c,
                        dequant=op.dequant if dequantised else 0.0)
     return op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dt.compute, hw, m=op.m, n=op.n,
                    group=group)

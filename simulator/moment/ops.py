@@ -9,6 +9,7 @@ sharding and for all layers of one pipeline stage.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -282,21 +283,24 @@ def moe_ops(model: ModelSpec, t: Num, dt: Dtypes, tp: int = 1, ep: int = 1, imba
     experts; attention stays tensor-parallel and its all-reduce runs as a reduce-scatter and an
     all-gather (the same bytes) around the MoE block, so each device routes t/ep tokens and runs
     the shared experts (replicated) on them. The busiest device bounds the layer: its rows are
-    the mean t k / ep plus the spread of random routing (the expected maximum over ep devices,
-    sqrt(2 ln ep) standard deviations), times `imbalance` (skewed expert popularity, >= 1)."""
+    the mean t k / ep plus the spread of random routing (the expected largest of ep binomial
+    loads, Blom's normal approximation: 1.43 standard deviations for 8), times `imbalance`
+    (skewed expert popularity, >= 1), and they hit its E/ep experts at random."""
     L = model.moe_layer_count
     E, k = model.num_local_experts, model.num_experts_per_tok
     h = model.hidden_size
     t = np.asarray(t, dtype=float)
     width = model.expert_intermediate / (tp // ep)
     local = E / ep
-    touched = local * (1.0 - (1.0 - k / E) ** t)
     if ep > 1:
         mean = t * k / ep
-        rows = np.minimum((mean + np.sqrt(2 * np.log(ep) * mean * (1 - 1 / ep))) * imbalance, t * min(k, local))
+        z = NormalDist().inv_cdf((ep - 0.375) / (ep + 0.25))  # the expected largest of ep normals (Blom)
+        rows = np.minimum((mean + z * np.sqrt(mean * (1 - 1 / ep))) * imbalance, t * min(k, local))
+        touched = local * (1.0 - (1.0 - 1.0 / local) ** rows)  # the busiest device's rows over its experts
         own, shared_tp = t / ep, 1
     else:
         rows, own, shared_tp = t * k, t, tp
+        touched = E * (1.0 - (1.0 - k / E) ** t)
     act = act_flops(model)
     ops = [gemm_op("router", "ffn_up", own, E, h, L, dt, kernels=EAGER_KERNELS["moe_router"], fmt=dt.act),
            gemm_op("experts_up", "ffn_up", rows, 2 * width, h, L, dt, copies=touched, fmt=dt.experts),

@@ -181,6 +181,17 @@ def test_multimodal_wrappers_cost_the_text_model(tmp_path):
         load_model(write(tmp_path, cfg | {"hidden_size": 4096}))
 
 
+def test_a_sparse_text_config_takes_the_families_defaults(tmp_path):
+    # published multimodal configs leave fields to the HF class (Gemma3TextConfig: vocab 262208,
+    # head_dim 256, window 4096); momentsim fills the same values
+    text = {"model_type": "gemma3_text", "hidden_size": 3840, "intermediate_size": 15360, "num_hidden_layers": 48,
+            "num_attention_heads": 16, "num_key_value_heads": 8, "sliding_window": 1024}
+    m = load_model(write(tmp_path, {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+                                    "text_config": text}))
+    assert m.num_params() == load_model("gemma-3-12b").num_params()
+    assert m.attention_groups == (("full", None, 8), ("sliding", 1024, 40))
+
+
 def test_a_generic_config_without_model_type_is_llama_like():
     m = ModelSpec(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
                   vocab_size=100, hidden_act="gelu")

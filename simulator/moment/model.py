@@ -55,6 +55,7 @@ class Family:
     shared_expert: bool = False  # one shared expert of intermediate_size in each MoE layer (Llama 4)
     shared_gate: bool = False   # a sigmoid gate (hidden -> 1) on the shared expert (Qwen2-MoE)
     biases: bool = False        # experts and router carry biases, attention has sinks (gpt-oss)
+    defaults: tuple[tuple[str, Any], ...] = ()  # the HF config class's values for fields a config may omit
 
 
 FAMILIES: dict[str, Family] = {
@@ -74,12 +75,17 @@ FAMILIES: dict[str, Family] = {
     "gemma2": Family(_SHAPE | _GEMMA | {"sliding_window", "layer_types"}, act="gelu_pytorch_tanh", norms=4,
                      tied=True, window_every=2),
     "gemma3_text": Family(_SHAPE | _GEMMA | {"sliding_window", "layer_types", "sliding_window_pattern"},
-                          act="gelu_pytorch_tanh", qk_norm="rms", norms=4, tied=True, window_every=6),
+                          act="gelu_pytorch_tanh", qk_norm="rms", norms=4, tied=True, window_every=6,
+                          defaults=(("vocab_size", 262208), ("head_dim", 256), ("sliding_window", 4096),
+                                    ("max_position_embeddings", 131072))),
     "gpt_oss": Family(_SHAPE | _EXPERTS | {"experts_per_token", "sliding_window", "layer_types", "attention_bias"},
                       window_every=2, biases=True),
     "llama4_text": Family(_SHAPE | _EXPERTS | {"intermediate_size_mlp", "interleave_moe_layer_step", "moe_layers",
                                                "attention_chunk_size", "no_rope_layers", "use_qk_norm",
-                                               "attention_bias"}, qk_norm="l2", shared_expert=True),
+                                               "attention_bias"}, qk_norm="l2", shared_expert=True,
+                          defaults=(("vocab_size", 202048), ("head_dim", 128), ("intermediate_size_mlp", 16384),
+                                    ("attention_chunk_size", 8192), ("num_local_experts", 16),
+                                    ("num_experts_per_tok", 1))),
     "phi3": Family(_SHAPE | {"sliding_window", "attention_bias"}),
 }
 WRAPPERS = {"gemma3": "gemma3_text", "llama4": "llama4_text"}  # multimodal: the text model is text_config
@@ -572,6 +578,8 @@ def _spec(data: dict[str, Any], name: str, where: str) -> ModelSpec:
     _check_fields(data, fam, where)
     data = {k: v for k, v in data.items() if k not in COST_NEUTRAL or k in ("architectures", "model_type")}
     data["model_type"] = fam
+    for key, value in FAMILIES[fam].defaults:  # multimodal text_configs often leave these to the class
+        data.setdefault(key, value)
     data.setdefault("name", name)
     try:
         return ModelSpec.model_validate(data)

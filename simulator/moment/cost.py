@@ -109,7 +109,7 @@ class StepModel:
         for s in attention_shapes(self.model, dt, self.tp):
             L = s.layers
             groups.append((
-                s.kind, s.size,
+                s.kind, s.size, windowed_keys(s.kind, s.size, 1, float("inf")),  # keys per decode query at most
                 s.pair_flops * L / (peak * eff.attn_prefill_compute),   # per pair
                 s.ctx_flops * L / (peak * eff.attn_prefill_compute),    # per cached token (MLA up-projection)
                 s.ctx_bytes * L / (bw * eff.gemm_memory),               # per cached token
@@ -122,7 +122,7 @@ class StepModel:
             ))
         self._groups = tuple(groups)
         # speed: most models have one group of full-attention layers: attention_s skips the loop
-        self._full = groups[0][2:] if len(groups) == 1 and groups[0][0] == "full" else None
+        self._full = groups[0][3:] if len(groups) == 1 and groups[0][0] == "full" else None
 
     def _soft(self, x: float, y: float) -> float:
         p = self.p
@@ -144,14 +144,14 @@ class StepModel:
                 t += self._soft(ctx * d_c, ctx * d_m + ds * d_q) + floor + ds * d_seq
             return t
         soft = self._soft
-        for kind, size, p_c, p_cc, p_cm, p_tm, d_c, d_m, d_q, d_seq, floor in self._groups:
+        for kind, size, cap, p_c, p_cc, p_cm, p_tm, d_c, d_m, d_q, d_seq, floor in self._groups:
             if pt:
                 pr = pairs if kind == "full" else windowed_pairs(kind, size, ps, pt, pairs, pc)
                 t += soft(pr * p_c + pc * p_cc, pc * p_cm + pt * p_tm) + floor
             if ds:
                 ctx = dc + ds  # each attends to its cache plus itself
-                if kind != "full":
-                    ctx = windowed_keys(kind, size, ds, ctx)
+                if ctx > ds * cap:  # speed: windowed_keys inlined
+                    ctx = ds * cap
                 t += soft(ctx * d_c, ctx * d_m + ds * d_q) + floor + ds * d_seq
         return t
 

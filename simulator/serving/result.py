@@ -18,7 +18,7 @@ import numpy as np
 
 from simulator.moment.cost import DEVICE_CATEGORIES, StepModel
 from simulator.moment.ops import Batch, Dtypes, attention_ops, dense_ops
-from simulator.serving.scenario import Scenario
+from simulator.serving.scenario import Scenario, Serving
 from simulator.serving.schedulers.base import DECODE, Moment
 from simulator.serving.workload import Requests
 
@@ -242,7 +242,7 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
         names = list(DEVICE_CATEGORIES) + ["host"]
         cats[name] = {c: float(v) * scale for c, v in zip(names, est, strict=True)}
     sm = moments.sm
-    flops, bytes_ = _work(moments.sums, sm.model, dt, sv.tp, sv.pp)
+    flops, bytes_ = _work(moments.sums, sm.model, dt, sv)
     ts = _timeseries(log, m, makespan, sv.replicas, pp, cap_blocks)
     return SimResult(
         requests=requests, reject_reasons=dict(log.reasons), moments=m, category_s=cats, timeseries=ts,
@@ -284,7 +284,7 @@ def _replica_kv(start: np.ndarray, dur: np.ndarray, replica: np.ndarray, engine:
     return total
 
 
-def _work(sums: list, model, dt: Dtypes, tp: int, pp: int) -> tuple[float, float]:
+def _work(sums: list, model, dt: Dtypes, sv: Serving) -> tuple[float, float]:
     """Total FLOPs and bytes of all devices from the running sums of batch aggregates.
 
     The ops' FLOPs are linear in the aggregates (tokens, logit rows, prefill pairs, decode
@@ -296,12 +296,12 @@ def _work(sums: list, model, dt: Dtypes, tp: int, pp: int) -> tuple[float, float
     M, LG, DS, DC, PS, PT, PP, PC = sums
     if M == 0:
         return 0.0, 0.0
-    ops = dense_ops(model, DS + PT, LG, dt, tp, pp)
-    base = dense_ops(model, 0, 0, dt, tp, pp)
-    att = attention_ops(model, Batch(int(DS), int(DC), int(PS), int(PT), float(PP), int(PC)), dt, tp, pp)
+    ops = dense_ops(model, DS + PT, LG, dt, sv.tp, sv.pp, sv.ep, sv.moe_imbalance)
+    base = dense_ops(model, 0, 0, dt, sv.tp, sv.pp, sv.ep, sv.moe_imbalance)
+    att = attention_ops(model, Batch(int(DS), int(DC), int(PS), int(PT), float(PP), int(PC)), dt, sv.tp, sv.pp)
     flops = sum(float(np.sum(o.flops)) for o in ops + att)
     by = sum(float(np.sum(o.bytes)) for o in ops + att) + (M - 1) * sum(float(np.sum(o.bytes)) for o in base)
-    return flops * tp, by * tp
+    return flops * sv.tp, by * sv.tp
 
 
 def _integral(t: np.ndarray, starts: np.ndarray, ends: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ import heapq
 from typing import NamedTuple
 
 NOBODY: tuple[int, ...] = ()  # speed: advance() when no one finishes (most steps) builds no list
+_new_tuple = tuple.__new__
 
 
 class Decoding(NamedTuple):
@@ -55,7 +56,8 @@ class DecodeSet:
         """Add a request with `cached` tokens of KV that needs `remaining` more decode steps."""
         s = self.step
         heapq.heappush(self._finish, (s + remaining, token, request))
-        self.entries[request] = Decoding(cached, s, generated, token, prefix_blocks, prefix_id)
+        # speed: tuple.__new__ skips the NamedTuple's Python-level __new__ (once per admission)
+        self.entries[request] = _new_tuple(Decoding, (cached, s, generated, token, prefix_blocks, prefix_id))
         self.seqs += 1
         self.base += cached - s
         self.due[(s - cached) % self.block_size] += 1

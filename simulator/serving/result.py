@@ -147,15 +147,20 @@ class MomentLog:
         self.cat_est = [np.zeros(len(DEVICE_CATEGORIES) + 1), np.zeros(len(DEVICE_CATEGORIES) + 1)]
         self.progress = progress
         self.t_prog = time.perf_counter()
-        self.count = 0
+
+    @property
+    def count(self) -> int:
+        """Moments logged."""
+        return self.sums[0]
 
     def add(self, unit: int, start: float, dt: float, m: Moment, kv_used: int) -> None:
         """One call per moment: log it, add to the sums, maybe sample its breakdown, report progress."""
         ds, dc, ps, pt, pairs, pc, lg = m.batch
+        kind = m.kind
         self.ap_start(start)
         self.ap_dur(dt)
         self.ap_unit(unit)
-        self.ap_kind(m.kind)
+        self.ap_kind(kind)
         self.ap_tokens(ds + pt)
         self.ap_batch(ds + ps)
         self.ap_kv_used(kv_used)
@@ -174,7 +179,7 @@ class MomentLog:
         # moment of a kind until CATEGORY_SAMPLES were taken, then of every 2nd, 4th, ... (the
         # stride doubles each CATEGORY_SAMPLES samples), each weighted by its stride. The shares
         # are then scaled to the kind's exact total seconds (see build_result).
-        k = 1 if m.kind == DECODE else 0
+        k = 1 if kind == DECODE else 0
         self.kind_s[k] += dt
         i = self.kind_n[k]
         self.kind_n[k] = i + 1
@@ -187,8 +192,7 @@ class MomentLog:
             if self.taken[k] >= CATEGORY_SAMPLES:
                 self.taken[k] = 0
                 self.stride[k] = st * 2
-        self.count += 1
-        if self.progress is not None and not self.count & 1023:
+        if self.progress is not None and not s[0] & 1023:
             now = time.perf_counter()
             if now - self.t_prog >= 0.1:
                 self.t_prog = now

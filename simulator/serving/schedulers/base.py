@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from simulator.serving.scenario import Serving
 
 PREFILL, DECODE, MIXED = 0, 1, 2  # Moment.kind, moments["kind"]
+NO_PREFIX = (0, -1)  # (prefix blocks, prefix id) of a request that shares none
 ADMIT_WATERMARK = 0.01  # vLLM: keep 1% of blocks free when admitting, unless nothing runs
 
 
@@ -167,12 +168,15 @@ class Scheduler:
 
     # -- admission -----------------------------------------------------------------------------------
     def _prefix(self, i: int) -> tuple[int, int]:
-        """(blocks, id) of the shared prefix request i can use; (0, -1) if none."""
+        """(blocks, id) of the shared prefix request i can use; (0, -1) if none or if prefix
+        caching is off."""
+        if not self.prefix_caching:
+            return NO_PREFIX
         pid = self.requests.prefix_id[i]
         plen = self.requests.prefix_len[i]
-        if self.prefix_caching and pid >= 0 and plen >= self.block_size:
+        if pid >= 0 and plen >= self.block_size:
             return plen // self.block_size, pid
-        return 0, -1
+        return NO_PREFIX
 
     def _admit(self, i: int, n_seq: int, chunk_room: int, whole_limit: int = 0) -> tuple[Prefill, int] | None:
         """Take request i (the head of the queue) with blocks for its (first) prefill chunk of at
@@ -182,20 +186,22 @@ class Scheduler:
         kv, bs = self.kv, self.block_size
         g_prev = self.recompute.get(i, 0)
         target = self.prompt_len[i] + g_prev
-        pb, pid = self._prefix(i)
+        pb, pid = self._prefix(i) if self.prefix_caching else NO_PREFIX  # speed: no call when off
         cached = pb * bs if pid >= 0 and kv.resident(pid) else 0
         room = kv.available - pb - (self.watermark if n_seq else 0)  # blocks for its own tokens
         if chunk_room < 0:
             ln = target - cached
-            if ln > whole_limit or kv.blocks(target) - pb > room:
+            own = kv.blocks(target) - pb
+            if ln > whole_limit or own > room:
                 return None
         else:
             ln = min(target - cached, chunk_room, (pb + room) * bs - cached)
             if ln <= 0:
                 return None
+            own = kv.blocks(cached + ln) - pb
         if pid >= 0 and kv.acquire_prefix(pid, pb) == FAIL:  # cannot fail: room counted pb
             return None
-        kv.alloc(kv.blocks(cached + ln) - pb)
+        kv.alloc(own)
         self.waiting.popleft()
         self.recompute.pop(i, None)
         return Prefill(i, cached, target, g_prev, pb, pid), ln

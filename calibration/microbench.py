@@ -530,20 +530,17 @@ def dispatch_records(device: str, loops: int, reps: int) -> list[Record]:
 def graph_records(loops: int, reps: int) -> list[Record]:
     """CUDA graph replay: a graph of one tiny kernel replayed `loops` times (host cost per replay)
     and a graph of 100 tiny kernels timed with events (device time of the shortest kernel)."""
+    from calibration.graphs import Captured
+
     x = torch.ones(8, device="cuda")
     recs: list[Record] = []
     for kernels in (1, 100):
-        g = torch.cuda.CUDAGraph()
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            x.add_(1)
-        torch.cuda.current_stream().wait_stream(s)
-        with torch.cuda.graph(g):
-            for _ in range(kernels):
+        def adds(n: int = kernels) -> None:
+            for _ in range(n):
                 x.add_(1)
+        g = Captured(adds, (x,), "cuda", warmup=1)
         if kernels == 1:
-            def loop(graph: torch.cuda.CUDAGraph = g) -> None:
+            def loop(graph: Captured = g) -> None:
                 for _ in range(loops):
                     graph.replay()
             ms = median(time_wall(loop, reps, warmup=1, sync=True)) * 1e3

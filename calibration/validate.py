@@ -217,27 +217,6 @@ def _time_rounds(items: Sequence[Timed], reps: int, flush: Callable[[], None] | 
         it.case.samples = len(s)
 
 
-def _graph(fn: Callable[[], object]) -> Callable[[], None]:
-    """`fn` captured as a CUDA graph; returns its replay."""
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-
-    def replay() -> None:
-        g.replay()
-
-    replay.graph = g  # type: ignore[attr-defined]
-    return replay
-
-
 @dataclass
 class Planned:
     """A case before it runs: the cache it needs and how to make its timed function."""
@@ -250,14 +229,17 @@ class Planned:
 
 
 def run_model(spec: ModelSpec, layers: int, device: str, hw: Hardware, shapes: Shapes, reps: int,
-              say: Callable[[str], None], progress: Any = None) -> list[VCase]:
+              say: Callable[[str], None], progress: Any = None, graphs: bool | None = None) -> list[VCase]:
     """Build the decoder once, measure every case of `shapes`, predict each.
 
     Where one KV cache for every shape fits in memory (CPU runs), all cases share it and their
     repeats are interleaved; otherwise (big models on a GPU) each case gets a cache of its own
-    size, and a case whose cache cannot fit is left out with a note."""
+    size, and a case whose cache cannot fit is left out with a note. `graphs` (default: on CUDA)
+    runs the CUDA-graph cases; off CUDA the graphs are emulated (calibration.graphs), which
+    checks their index arithmetic, not their speed."""
     import torch
 
+    from calibration.graphs import Captured
     from calibration.microbench import Flusher, mem_available_bytes
     from calibration.reference import Reference
 
@@ -272,6 +254,7 @@ def run_model(spec: ModelSpec, layers: int, device: str, hw: Hardware, shapes: S
     tdt = ref.dtype
     host_layers = device == "cpu"
     cuda = device == "cuda"
+    graphs = cuda if graphs is None else graphs
     name = spec.name
     plan: list[Planned] = []
 
@@ -282,7 +265,8 @@ def run_model(spec: ModelSpec, layers: int, device: str, hw: Hardware, shapes: S
         return torch.randint(0, spec.vocab_size, (b, n), generator=cpu_gen).tolist()
 
     def layer(case: VCase, need: tuple[int, int], fn_of: Callable[[], Callable[[], object]]) -> None:
-        make = (lambda: _graph(fn_of())) if cuda else fn_of
+        # the bound replay holds the Captured, which holds fn_of()'s closure (x, positions, RoPE rows)
+        make = (lambda: Captured(fn_of(), device=device).replay) if graphs else fn_of
         plan.append(Planned(case, need, make, "device" if cuda else "wall", case.predicted_ms * 1e-3))
 
     for b, c in shapes.attn_decode:
@@ -318,7 +302,7 @@ def run_model(spec: ModelSpec, layers: int, device: str, hw: Hardware, shapes: S
         # a server gets token ids as Python ints, makes a tensor, reads the next ones back
         plan.append(Planned(case, (b, c + 1), lambda toks=toks, c=c: (
             lambda: ref.step(torch.tensor(toks, device=device), c).cpu().tolist()), "wall", case.predicted_ms * 1e-3))
-        if cuda:
+        if graphs:
             g = VCase("decode_step_graph", name, layers, f"{name} decode graph b={b} ctx={c}", {"batch": b, "ctx": c})
             g.predicted_ms = predict_step(spec_l, hw, Batch.of(decode=[(b, c)]), "graph", dt)
 

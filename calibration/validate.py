@@ -3,11 +3,13 @@
 The reference decoder (calibration.reference) runs with random weights and real shapes; each
 case is timed and predicted by the simulator's own cost model with the hardware under test:
 
+Every prediction prices plain PyTorch's kernels (simulator.moment.kernels "pytorch"), as the
+reference decoder runs them.
+
 - attn_layer / ffn_layer: one layer's attention (norm, QKV, RoPE, attention with the cache,
   O projection, residual) or FFN (norm, gate+up, SiLU * up, down, residual), predicted as the sum
-  of `simulator.moment.ops`' ops of that layer priced by `hwmodels.roofline.op_time` exactly as
-  `simulator.moment.cost` prices them; on a CPU (eager) plus the host dispatch of their kernels;
-  on CUDA measured as device time of the layer replayed as a CUDA graph.
+  of its kernels priced exactly as `simulator.moment.cost` prices them; on a CPU plus the host's
+  calls; on CUDA measured as device time of the layer replayed as a CUDA graph (graph floors).
 - decode_step (eager), decode_step_graph (CUDA graph), prefill: `StepModel.cost(Batch).step_ms`
   of a ModelSpec with the same number of layers as the decoder that ran (nothing is scaled).
 - generation: a static batch's prefill and its decode steps, predicted by the serving engine
@@ -33,8 +35,9 @@ import yaml
 
 from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
-from hwmodels.spec import Hardware
+from hwmodels.spec import DTYPE_BYTES, Hardware
 from simulator.moment.cost import op_seconds, step_model
+from simulator.moment.kernels import calls, compose
 from simulator.moment.model import ModelSpec, load_model
 from simulator.moment.ops import Batch, Dtypes, Op, attention_ops, dense_ops
 from simulator.serving.engine import simulate
@@ -95,9 +98,7 @@ class VCase:
 
 # -- predictions ----------------------------------------------------------------------------------
 
-def _priced(ops: Sequence[Op], hw: Hardware, dt: Dtypes) -> float:
-    """Seconds of `ops` on the device, each op priced the way simulator.moment.cost prices it."""
-    return sum(float(np.sum(op_seconds(op, hw, dt))) for op in ops)
+KERNELS = "pytorch"  # the reference decoder is plain PyTorch (simulator.moment.kernels)
 
 
 def layer_ops(spec: ModelSpec, which: str, tokens: int, batch: Batch | None, dt: Dtypes) -> list[Op]:
@@ -111,16 +112,26 @@ def layer_ops(spec: ModelSpec, which: str, tokens: int, batch: Batch | None, dt:
 
 
 def predict_layer(spec: ModelSpec, hw: Hardware, which: str, tokens: int, batch: Batch | None, dt: Dtypes,
-                  host: bool) -> float:
-    """ms of one layer: device time, plus (eager on a CPU) the dispatch of every kernel."""
-    ops = layer_ops(spec, which, tokens, batch, dt)
-    dev = _priced(ops, hw, dt)
-    disp = sum(o.kernels * o.layers for o in ops) * hw.host.dispatch_us * 1e-6 if host else 0.0
-    return (dev + disp) * 1e3
+                  mode: str) -> float:
+    """ms of one layer as the reference decoder runs it: its kernels' device time (inside a CUDA
+    graph for mode "graph", as validate replays a GPU layer), plus on a CPU the host's calls."""
+    one = spec.model_copy(update={"num_hidden_layers": 1})
+    sm = step_model(one, hw, mode=mode, dtypes=dt, kernels=KERNELS)
+    ops = [o for o in layer_ops(spec, which, tokens, batch, dt) if not o.kind.startswith("attn_")]
+    dev = sum(float(np.sum(op_seconds(o, hw, dt, graph=sm.graph))) for o in compose(ops, KERNELS, DTYPE_BYTES[dt.act]))
+    if which == "attn" and batch is not None:
+        dev += sm.attention_s(batch.decode_seqs, batch.decode_ctx, batch.prefill_tokens, batch.prefill_pairs,
+                              batch.prefill_ctx, batch.prefill_seqs)
+    host = 0.0
+    if sm.cpu or mode == "eager":
+        a = DTYPE_BYTES[dt.act]
+        names = [o.name for o in ops] + (["attention"] if which == "attn" and batch is not None else [])
+        host = sum(hw.host.call_us(c.host_op(a)) for n in names for c in calls(KERNELS, n)) * 1e-6
+    return (dev + host if sm.cpu else max(dev, host)) * 1e3
 
 
 def predict_step(spec: ModelSpec, hw: Hardware, batch: Batch, mode: str, dt: Dtypes) -> float:
-    return step_model(spec, hw, mode=mode, dtypes=dt).cost(batch).step_ms
+    return step_model(spec, hw, mode=mode, dtypes=dt, kernels=KERNELS).cost(batch).step_ms
 
 
 def generation_scenario(spec: ModelSpec, hw: Hardware, b: int, n: int, new: int, mode: str, dt: Dtypes,
@@ -133,7 +144,8 @@ def generation_scenario(spec: ModelSpec, hw: Hardware, b: int, n: int, new: int,
     return Scenario.model_validate({
         "model": str(folder / "config.json"), "hardware": str(folder / "hardware.yaml"),
         "serving": {"scheduler": "static", "max_batch_size": b, "max_batched_tokens": max(b * n, 1), "mode": mode,
-                    "weight_dtype": dt.weight, "act_dtype": dt.act, "kv_dtype": dt.kv, "activation_reserve_gb": 0.0},
+                    "kernels": KERNELS, "weight_dtype": dt.weight, "act_dtype": dt.act, "kv_dtype": dt.kv,
+                    "activation_reserve_gb": 0.0},
         "workload": {"num_requests": b, "arrival": {"process": "burst"},
                      "prompt_len": {"dist": "fixed", "value": n}, "output_len": {"dist": "fixed", "value": new}}})
 
@@ -252,7 +264,7 @@ def run_model(spec: ModelSpec, layers: int, device: str, hw: Hardware, shapes: S
     gen = torch.Generator(device=device).manual_seed(0)
     cpu_gen = torch.Generator().manual_seed(0)
     tdt = ref.dtype
-    host_layers = device == "cpu"
+    layer_mode = "graph" if device == "cuda" else "eager"  # a GPU layer is timed as a graph replay
     cuda = device == "cuda"
     graphs = cuda if graphs is None else graphs
     name = spec.name
@@ -271,7 +283,7 @@ def run_model(spec: ModelSpec, layers: int, device: str, hw: Hardware, shapes: S
 
     for b, c in shapes.attn_decode:
         case = VCase("attn_layer", name, 1, f"{name} attn decode b={b} ctx={c}", {"batch": b, "ctx": c})
-        case.predicted_ms = predict_layer(spec, hw, "attn", b, Batch.of(decode=[(b, c)]), dt, host_layers)
+        case.predicted_ms = predict_layer(spec, hw, "attn", b, Batch.of(decode=[(b, c)]), dt, layer_mode)
 
         def fn_of(b: int = b, c: int = c) -> Callable[[], object]:
             x = x_of(b, 1)
@@ -280,7 +292,7 @@ def run_model(spec: ModelSpec, layers: int, device: str, hw: Hardware, shapes: S
         layer(case, (b, c + 1), fn_of)
     for b, n in shapes.attn_prefill:
         case = VCase("attn_layer", name, 1, f"{name} attn prefill b={b} len={n}", {"batch": b, "len": n})
-        case.predicted_ms = predict_layer(spec, hw, "attn", b * n, Batch.of(prefill=[(b, n)]), dt, host_layers)
+        case.predicted_ms = predict_layer(spec, hw, "attn", b * n, Batch.of(prefill=[(b, n)]), dt, layer_mode)
 
         def fn_of(b: int = b, n: int = n) -> Callable[[], object]:
             x = x_of(b, n)
@@ -289,7 +301,7 @@ def run_model(spec: ModelSpec, layers: int, device: str, hw: Hardware, shapes: S
         layer(case, (b, n), fn_of)
     for t in shapes.ffn_tokens:
         case = VCase("ffn_layer", name, 1, f"{name} ffn tokens={t}", {"tokens": t})
-        case.predicted_ms = predict_layer(spec, hw, "ffn", t, None, dt, host_layers)
+        case.predicted_ms = predict_layer(spec, hw, "ffn", t, None, dt, layer_mode)
 
         def fn_of(t: int = t) -> Callable[[], object]:
             x = x_of(1, t)

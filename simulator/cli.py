@@ -50,19 +50,19 @@ def cmd_step(args: argparse.Namespace) -> int:
     tokens = sum(b for b, _ in decode) + sum(b * n for b, n in prefill)
     seqs_kv = sum(b * (c + 1) for b, c in decode) + sum(b * n for b, n in prefill)
     fp = check_fits(model, hw, args.tp, args.pp, dt, min_tokens=seqs_kv, where="--model/--hardware")
-    sm = step_model(model, hw, args.tp, args.pp, args.mode, dt, args.async_scheduling)
+    sm = step_model(model, hw, args.tp, args.pp, args.mode, dt, args.async_scheduling, args.kernels)
     cost = sm.cost(Batch.of(decode=decode, prefill=prefill))
     out = cost.as_dict()
     if args.verbose:
         out["config"] = {"model": model.name, "hardware": hw.name, "profile": hw.profile, "tp": args.tp,
-                         "pp": args.pp, "mode": args.mode, "dtypes": vars(dt), "tokens": tokens,
+                         "pp": args.pp, "mode": args.mode, "kernels": args.kernels, "dtypes": vars(dt), "tokens": tokens,
                          "longest_context": longest, "kernels_per_step": sm.kernels,
                          "clock_cycles": round(cost.step_ms * 1e-3 * hw.device.clock_ghz * 1e9)}
         out["memory"] = fp.as_dict()
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{model.name} on {hw.name} (tp={args.tp}, {args.mode}): step {cost.step_ms:.3f} ms "
+        print(f"{model.name} on {hw.name} (tp={args.tp}, {args.mode}, {args.kernels} kernels): step {cost.step_ms:.3f} ms "
               f"(device {cost.device_ms:.3f} ms, host {cost.host_ms:.3f} ms)")
         for k, v in sorted(cost.breakdown_ms.items(), key=lambda kv: -kv[1]):
             if v > 0:
@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("step", help="the cost of one moment (prefill/decode step)")
     _add_model_args(p)
     p.add_argument("--mode", default="graph", choices=["graph", "eager"])
+    p.add_argument("--kernels", default="fused", choices=["fused", "pytorch"],
+                   help="fused: a serving stack's kernels (vLLM, SGLang, TensorRT-LLM); pytorch: plain eager PyTorch")
     p.add_argument("--async-scheduling", action="store_true",
                    help="the host prepares the next step while the device runs this one")
     p.add_argument("--decode", action="append", default=[], metavar="BxCTX", help="B sequences with CTX cached")
@@ -137,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("curves", help="step time and its make-up vs batch, context and prompt length")
     _add_model_args(p)
     p.add_argument("--mode", default="graph", choices=["graph", "eager"])
+    p.add_argument("--kernels", default="fused", choices=["fused", "pytorch"])
     p.add_argument("--batch", default="1,2,4,8,16,32,64,128,256", help="decode batch sizes, comma-separated")
     p.add_argument("--context", default="128,256,512,1024,2048,4096,8192,16384,32768",
                    help="decode contexts (tokens cached), comma-separated")
@@ -166,11 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_lazy("simulator.studies.plan", "cmd_plan"))
 
-    p = sub.add_parser("calibrate", help="measure this machine with PyTorch, write a profile")
-    p.add_argument("--device", choices=["cpu", "cuda"], required=True)
+    p = sub.add_parser("calibrate", help="measure this machine with PyTorch (or refit saved measurements), "
+                                         "write a profile")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="measure this device (with --refit: check the kind)")
     p.add_argument("--out", required=True)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--base", help="hardware preset the profile starts from")
+    p.add_argument("--refit", metavar="RAW.json",
+                   help="fit saved measurements again (a profile, or a JSON list of raw records); no GPU needed")
     p.set_defaults(func=_lazy("calibration.calibrate", "cmd_calibrate"))
 
     p = sub.add_parser("validate", help="measure whole layers and steps, compare with predictions")

@@ -1,41 +1,36 @@
-"""The length of one moment: the step's ops (simulator.moment.ops) timed on a device (hwmodels).
+"""The length of one moment: the step's ops (simulator.moment.ops) as an implementation runs
+them (simulator.moment.kernels) timed on a device (hwmodels), and the host issuing them.
 
-`StepModel` caches, per (model, hardware, tp, pp, mode, dtypes), a table of the token-count
-dependent part of a step (GEMMs, element-wise ops, collectives) over token counts, so that the
-engine costs a step in O(1): a table lookup plus the attention terms in closed form.
+`StepModel` caches, per (model, hardware, tp, pp, mode, dtypes, kernels), a table of the
+token-count dependent part of a step (GEMMs, element-wise ops, collectives) over token counts,
+so that the engine costs a step in O(1): a table lookup plus the attention terms in closed form.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from hwmodels.roofline import op_time
+from hwmodels import attention as attn
+from hwmodels.roofline import floor_us, op_time
 from hwmodels.spec import DTYPE_BYTES, Hardware
+from simulator.moment import kernels as kn
 from simulator.moment.model import ModelSpec
-from simulator.moment.ops import (
-    CATEGORIES,
-    Batch,
-    Dtypes,
-    Op,
-    attention_ops,
-    check_tp,
-    dense_ops,
-    eager_kernels,
-)
+from simulator.moment.ops import CATEGORIES, Batch, Dtypes, Op, check_tp, dense_ops
 
 DEVICE_CATEGORIES = tuple(c for c in CATEGORIES if c != "host")
 _ATTN = DEVICE_CATEGORIES.index("attention")
+TAIL_OPS = ("final_norm", "lm_head", "lm_head_epilogue")  # what the device still runs after the host's last call
 
 
-def op_seconds(op: Op, hw: Hardware, dt: Dtypes, group: int = 1):
-    """An op's time on a device of `hw` (an array if the op holds arrays): attention runs in the
-    activation dtype, GEMMs in the compute dtype (fp8 weights run fp8 GEMMs)."""
-    if op.kind.startswith("attn"):
-        return op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dt.act, hw, seqs=op.seqs)
-    return op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dt.compute, hw, m=op.m, n=op.n,
-                   group=group)
+def op_seconds(op: Op, hw: Hardware, dt: Dtypes, group: int = 1, graph: bool = False):
+    """An op's time on a device of `hw` (an array if the op holds arrays), one floor per kernel
+    (`Op.kernels` per layer: compose the ops for an implementation first). GEMMs run in the
+    compute dtype (fp8 weights run fp8 GEMMs), element-wise kernels in the activation dtype."""
+    return op_time(op.kind, op.category, op.flops, op.bytes, op.layers * op.kernels, dt.compute, hw, m=op.m,
+                   n=op.n, group=group, graph=graph)
 
 
 def check_parallelism(model: ModelSpec, hw: Hardware, tp: int, pp: int) -> None:
@@ -60,22 +55,33 @@ class StepCost:
 
 
 class StepModel:
-    """Step costs of one serving configuration. Build with `step_model(...)` to share the cache."""
+    """Step costs of one serving configuration. Build with `step_model(...)` to share the cache.
+
+    The host: in eager mode (and always on a CPU) it makes every framework call of the step
+    (kernels.host_calls, each `Host.call_us`); with CUDA graphs it launches one graph per
+    pipeline stage. A GPU runs while the host issues, so an eager step lasts the longer of the
+    device's work and the host's calls plus the work left after the last call (final norm,
+    logits); a CPU does both in turn. Then the per-step overhead (inputs, sampling, sync).
+    """
 
     def __init__(self, model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, mode: str = "graph",
-                 dtypes: Dtypes = Dtypes(), async_scheduling: bool = False):
+                 dtypes: Dtypes = Dtypes(), async_scheduling: bool = False, kernels: str = "fused"):
         check_parallelism(model, hw, tp, pp)
         if mode not in ("graph", "eager"):
             raise ValueError(f"mode {mode!r}; allowed: graph, eager")
+        kn.check(kernels)
         self.model, self.hw, self.tp, self.pp, self.mode, self.dtypes = model, hw, tp, pp, mode, dtypes
+        self.impl = kernels
         # a server that prepares step n+1 on the host while the device runs step n (vLLM v1's
         # async scheduling) hides its per-step overhead behind the device's work
         self.async_scheduling = async_scheduling
         host = hw.host
         self.cpu = hw.device.kind == "cpu"
-        self.kernels = eager_kernels(model, tp, pp)
+        self.graph = mode == "graph" and not self.cpu
+        self.calls = kn.host_calls(model, kernels, dtypes, tp, pp)
+        self.kernels = kn.kernel_count(self.calls)
         if mode == "eager" or self.cpu:
-            self.issue_s = self.kernels * host.dispatch_us * 1e-6
+            self.issue_s = kn.host_seconds(self.calls, host.call_us)
         else:
             self.issue_s = host.graph_launch_us * 1e-6 * pp
         self.overhead_s = host.step_overhead_us * 1e-6
@@ -86,26 +92,41 @@ class StepModel:
         self._attention_coefficients()
         self._grow(4096)
 
+    def ops(self, tokens, logits) -> list[Op]:
+        """The token-count dependent ops as this implementation runs them."""
+        ops = dense_ops(self.model, tokens, logits, self.dtypes, self.tp, self.pp)
+        return kn.compose(ops, self.impl, DTYPE_BYTES[self.dtypes.act])
+
     def _attention_coefficients(self) -> None:
-        """Attention's FLOPs and bytes are linear in the batch aggregates (ops.attention_ops), so
-        its time is roofline.op_time in closed form: seconds per pair / per cached token here.
-        tests/test_cost.py checks this against op_time(attention_ops(...))."""
-        m, dev, eff, dt = self.model, self.hw.device, self.hw.efficiency, self.dtypes
-        L = m.num_hidden_layers
-        heads = m.num_attention_heads / self.tp
-        kvh = max(m.kv_heads / self.tp, 1.0)
+        """Attention (hwmodels.attention) from the batch aggregates in closed form: the scalars it
+        needs, precomputed. tests/test_cost.py checks attention_s against the vectorised
+        hwmodels.attention functions (attention_ops_s)."""
+        m, hw, dt = self.model, self.hw, self.dtypes
+        dev, eff = hw.device, hw.efficiency
+        self.layers = m.num_hidden_layers
+        self.heads = m.num_attention_heads / self.tp
+        self.kvh = max(m.kv_heads / self.tp, 1.0)
         hd, a, kvb = m.hd, DTYPE_BYTES[dt.act], DTYPE_BYTES[dt.kv]
-        peak, bw = dev.peak_flops(dt.act), dev.bandwidth
+        L = self.layers
         self.win = m.sliding_window
         self.p = float(eff.softmax_p)
-        self.floor = eff.floor_us * 1e-6 * L
-        self.d_c = 4.0 * heads * hd * L / (peak * eff.attn_decode_compute)   # per context token
-        self.d_m = 2 * kvh * hd * kvb * L / (bw * eff.attn_decode_memory)   # per context token
-        self.d_q = 2 * heads * hd * a * L / (bw * eff.attn_decode_memory)   # per sequence
-        self.d_seq = eff.attn_decode_seq_us * 1e-6 * L
-        self.p_c = 4.0 * heads * hd * L / (peak * eff.attn_prefill_compute)  # per pair
-        self.p_cm = 2 * kvh * hd * kvb * L / (bw * eff.gemm_memory)         # per cached token
-        self.p_tm = ((2 * heads + 2 * kvh) * hd * a + 2 * kvh * hd * kvb) * L / (bw * eff.gemm_memory)
+        self.units = dev.compute_units
+        self.rows = float(attn.tile_rows(hd))
+        self.tau = float(attn.pair_seconds(hw, dt.act, hd))
+        self.tail = eff.attn_tail
+        bw = dev.bandwidth
+        self.p_cm = 2 * self.kvh * hd * kvb / (bw * eff.gemm_memory)                         # per cached token
+        self.p_tm = (2 * self.heads + 2 * self.kvh) * hd * a / (bw * eff.gemm_memory)        # per new token
+        self.d_c = 4.0 * self.heads * hd / (dev.peak_flops(dt.act) * eff.attn_decode_compute)  # per key
+        self.d_m = 2 * self.kvh * hd * kvb / (bw * eff.attn_decode_memory)                   # per key
+        self.d_q = 2 * self.heads * hd * a / (bw * eff.attn_decode_memory)                   # per sequence
+        self.d_seq = (eff.attn_decode_seq_us + eff.attn_decode_cta_us * self.kvh / self.units) * 1e-6
+        self.ramp = eff.attn_decode_ramp_us * 1e-6
+        cat, n_kv, per_token = kn.kv_write(self.impl, m, dt, self.tp)
+        ew = eff.elementwise_memory.get(cat, eff.gemm_memory)
+        self.kv_tok = per_token * L / (bw * ew)                                              # cache writes per new token
+        heavy = sum(1 for c in kn.calls(self.impl, "attention") if c.launches(a) and c.op in kn.HEAVY)
+        self.floor = (heavy * floor_us(eff, True, self.graph) + n_kv * floor_us(eff, False, self.graph)) * 1e-6 * L
 
     def _soft(self, x: float, y: float) -> float:
         p = self.p
@@ -114,19 +135,43 @@ class StepModel:
             return hi
         return hi * ((x / hi) ** p + (y / hi) ** p) ** (1.0 / p)
 
-    def attention_s(self, ds: int, dc: float, pt: int, pairs: float, pc: float) -> float:
-        """Seconds of attention for decode (ds seqs, dc cached tokens in all) and prefill (pt new
-        tokens, `pairs` causal query-key pairs, pc cached tokens before the chunks)."""
+    def attention_s(self, ds: int, dc: float, pt: int, pairs: float, pc: float, ps: int = 1) -> float:
+        """Seconds of attention for decode (ds seqs, dc cached tokens in all) and prefill (ps
+        chunks of pt new tokens in all, `pairs` causal query-key pairs, pc cached tokens before
+        the chunks): the attention kernels, the cache writes, their floors. Prefill tiles are
+        quantised at the mean chunk length (hwmodels.attention)."""
         t = 0.0
         if pt:
-            if self.win and pairs > pt * self.win:
-                pairs = pt * self.win
-            t = self._soft(pairs * self.p_c, pc * self.p_cm + pt * self.p_tm) + self.floor
+            n = ps if ps > 0 else 1
+            win = self.win
+            if win and pairs > pt * win:
+                pairs = pt * win
+            length, ctx = pt / n, pc / n
+            if win and ctx > win:
+                ctx = win
+            rows = self.rows
+            tiles = math.ceil(length / rows)
+            padded = rows * tiles * ctx + rows * rows * tiles * (tiles + 1) / 2
+            longest = rows * (ctx + tiles * rows)
+            if win:  # a query tile sees at most the window and its own tile
+                reach = win + rows
+                full = min(max(math.floor((reach - ctx) / rows), 0.0), tiles)
+                padded = rows * (full * ctx + rows * full * (full + 1) / 2) + (tiles - full) * rows * reach
+                longest = min(longest, rows * reach)
+            longest = min(longest, padded) * self.tau
+            exact = pairs / n if pairs > n else 1.0
+            pad = padded / exact if padded > exact else 1.0
+            work = self.heads * pairs * pad * self.tau / self.units
+            compute = (work if work > longest else longest) + self.tail * longest
+            t = self._soft(compute, pc * self.p_cm + pt * self.p_tm) * self.layers + pt * self.kv_tok + self.floor
         if ds:
-            ctx = dc + ds  # each attends to its cache plus itself
-            if self.win and ctx > ds * self.win:
-                ctx = ds * self.win
-            t += self._soft(ctx * self.d_c, ctx * self.d_m + ds * self.d_q) + self.floor + ds * self.d_seq
+            keys = dc + ds  # each attends to its cache plus itself
+            if self.win and keys > ds * self.win:
+                keys = ds * self.win
+            t_m = keys * self.d_m + ds * self.d_q
+            if self.ramp > 0:
+                t_m += self.ramp * -math.expm1(-t_m / self.ramp)
+            t += (self._soft(keys * self.d_c, t_m) + ds * self.d_seq) * self.layers + ds * self.kv_tok + self.floor
         return t
 
     def step_agg(self, ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int) -> float:
@@ -134,13 +179,16 @@ class StepModel:
         tok = ds + pt
         if tok >= self._size or lg >= self._size:
             self._grow(max(tok, lg))
-        return self._combine(self._dense_l[tok] + self._lm_l[lg] + self.attention_s(ds, dc, pt, pairs, pc))
+        dev = self._dense_l[tok] + self._lm_l[lg] + self.attention_s(ds, dc, pt, pairs, pc, ps)
+        return self._combine(dev, self._tail_l[lg])
 
     # -- tables over token counts ---------------------------------------------------------------
-    def _table(self, tokens: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    def _table(self, tokens: np.ndarray, logits: np.ndarray, only: tuple[str, ...] = ()) -> np.ndarray:
         out = np.zeros((len(DEVICE_CATEGORIES), len(tokens)))
-        for op in dense_ops(self.model, tokens, logits, self.dtypes, self.tp, self.pp):
-            t = op_seconds(op, self.hw, self.dtypes, self.tp)
+        for op in self.ops(tokens, logits):
+            if only and op.name not in only:
+                continue
+            t = op_seconds(op, self.hw, self.dtypes, self.tp, self.graph)
             out[DEVICE_CATEGORIES.index(op.category)] += np.broadcast_to(t, (len(tokens),))
         return out
 
@@ -157,15 +205,35 @@ class StepModel:
         self._lm_tot = self._lm.sum(axis=0)
         self._dense_l = self._dense_tot.tolist()  # python floats: faster to index one at a time
         self._lm_l = self._lm_tot.tolist()
+        self._tail_l = self._table(zero, t, TAIL_OPS).sum(axis=0).tolist()
         self._size = len(self._dense_l)
 
+    def tail_s(self, logit_rows: int) -> float:
+        """Device time of what follows the host's last eager call: final norm and logits."""
+        if logit_rows >= self._size:
+            self._grow(logit_rows)
+        return self._tail_l[logit_rows]
+
     def _attn_b(self, b: Batch) -> float:
-        return self.attention_s(b.decode_seqs, b.decode_ctx, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx)
+        return self.attention_s(b.decode_seqs, b.decode_ctx, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx,
+                                b.prefill_seqs)
 
     def attention_ops_s(self, b: Batch) -> float:
-        """The same attention time through ops.attention_ops and roofline.op_time (for checking)."""
-        return sum(float(op_seconds(op, self.hw, self.dtypes))
-                   for op in attention_ops(self.model, b, self.dtypes, self.tp, self.pp))
+        """The same attention time through the vectorised hwmodels.attention functions (for checking)."""
+        m, dt, hw = self.model, self.dtypes, self.hw
+        cat, n_kv, per_token = kn.kv_write(self.impl, m, dt, self.tp)
+        ew = hw.efficiency.elementwise_memory.get(cat, hw.efficiency.gemm_memory)
+        kv_s = per_token * m.num_hidden_layers / (hw.device.bandwidth * ew)
+        t = 0.0
+        if b.prefill_tokens:
+            t += float(attn.prefill_s(hw, dt.act, dt.kv, b.prefill_seqs, b.prefill_tokens, b.prefill_pairs,
+                                      b.prefill_ctx, self.heads, self.kvh, m.hd, self.layers, window=self.win))
+            t += b.prefill_tokens * kv_s + self.floor
+        if b.decode_seqs:
+            t += float(attn.decode_s(hw, dt.act, dt.kv, b.decode_seqs, b.decode_ctx + b.decode_seqs, self.heads,
+                                     self.kvh, m.hd, self.layers, window=self.win))
+            t += b.decode_seqs * kv_s + self.floor
+        return t
 
     # -- the two entry points --------------------------------------------------------------------
     def device_s(self, b: Batch) -> float:
@@ -176,14 +244,16 @@ class StepModel:
 
     def step_s(self, b: Batch) -> float:
         """Seconds of one moment: the device's work, the host issuing it, the per-step overhead."""
-        return self._combine(self.device_s(b))
+        dev = self.device_s(b)
+        return self._combine(dev, self._tail_l[b.logit_rows])
 
-    def _combine(self, dev: float) -> float:
+    def _combine(self, dev: float, tail: float = 0.0) -> float:
         if self.cpu:  # the CPU both issues and runs the kernels: nothing overlaps
             return dev + self.issue_s + self.overhead_s
+        issued = self.issue_s + (tail if not self.graph else 0.0)
         if self.async_scheduling:
-            return max(dev, self.issue_s + self.overhead_s)
-        return max(dev, self.issue_s) + self.overhead_s
+            return max(dev, issued + self.overhead_s)
+        return max(dev, issued) + self.overhead_s
 
     def cost(self, b: Batch) -> StepCost:
         """The contract's breakdown: device categories over all layers, and the host's share."""
@@ -195,7 +265,7 @@ class StepModel:
         per = self._dense[:, b.tokens] + self._lm[:, b.logit_rows]
         per[_ATTN] += self._attn_b(b)
         dev = float(per.sum())
-        step = self._combine(dev)
+        step = self._combine(dev, self._tail_l[b.logit_rows])
         bd = {c: float(v) * 1e3 for c, v in zip(DEVICE_CATEGORIES, per, strict=True)}
         bd["host"] = (step - dev) * 1e3  # time the device waits on the host
         return StepCost(step * 1e3, dev * 1e3, (self.issue_s + self.overhead_s) * 1e3, bd)
@@ -205,12 +275,12 @@ _CACHE: dict[tuple, StepModel] = {}
 
 
 def step_model(model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, mode: str = "graph",
-               dtypes: Dtypes = Dtypes(), async_scheduling: bool = False) -> StepModel:
+               dtypes: Dtypes = Dtypes(), async_scheduling: bool = False, kernels: str = "fused") -> StepModel:
     """A shared StepModel per configuration (specs hold dicts, so key on their JSON)."""
-    key = (model.model_dump_json(), hw.model_dump_json(), tp, pp, mode, dtypes, async_scheduling)
+    key = (model.model_dump_json(), hw.model_dump_json(), tp, pp, mode, dtypes, async_scheduling, kernels)
     sm = _CACHE.get(key)
     if sm is None:
         if len(_CACHE) > 256:
             _CACHE.clear()
-        sm = _CACHE[key] = StepModel(model, hw, tp, pp, mode, dtypes, async_scheduling)
+        sm = _CACHE[key] = StepModel(model, hw, tp, pp, mode, dtypes, async_scheduling, kernels)
     return sm

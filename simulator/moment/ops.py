@@ -84,6 +84,8 @@ class Op:
     copies: Num = 1.0         # distinct weight matrices streamed (MoE experts touched)
     seqs: Num = 0.0           # sequences in an attention kernel
     kernels: int = 1          # eager kernel launches per layer
+    elems: Num = 0.0          # elements per layer (element-wise: of the tensor; GEMM: of the output);
+                              # simulator/moment/kernels.py prices each implementation's kernels by them
 
 
 @dataclass(frozen=True)
@@ -132,14 +134,14 @@ def dense_ops(model: ModelSpec, tokens: Num, logits: Num, dt: Dtypes, tp: int = 
         m = np.asarray(m, dtype=float)
         fl = 2.0 * m * n * k * layers
         by = (w * n * k * np.asarray(copies) + a * m * (n + k)) * layers
-        return Op(name, cat, "gemm", fl, by, layers, m, n, k, copies, 0.0, kernels)
+        return Op(name, cat, "gemm", fl, by, layers, m, n, k, copies, 0.0, kernels, m * n)
 
     def stream(name: str, cat: str, elems: Num, reads: float, writes: float, layers: int,
                flops_per_elem: float = 1.0, kernels: int = 1, rows: Num | None = None) -> Op:
         """An element-wise kernel over `rows` tokens (one thread block each on a GPU)."""
         e = np.asarray(elems, dtype=float)
         return Op(name, cat, "stream", flops_per_elem * e * layers, (reads + writes) * a * e * layers, layers,
-                  m=t if rows is None else rows, kernels=kernels)
+                  m=t if rows is None else rows, kernels=kernels, elems=e)
 
     ops.append(stream("embed", "embed", t * h, 1, 1, 1, 0.0, EAGER_KERNELS["embed"]))
     ops.append(stream("input_norm", "norm", t * h, 1, 1, L, 4.0, EAGER_KERNELS["norm"]))

@@ -162,8 +162,8 @@ def build_profile(records: list[dict[str, Any]], fp: dict[str, Any], facts: dict
         host_upd["graph_launch_us"] = hw.host.dispatch_us
         prov["host.graph_launch_us"] = "no graphs on a CPU: equal to host.dispatch_us"
     if hw.host.sequence_us is None:
-        prov["host.sequence_us"] = ("not measured (no sequence record): 1.5 x view_us, the ratio measured on a "
-                                    "2-core EPYC with the reference decoder (README, 'The host')")
+        prov["host.sequence_us"] = ("not measured (no sequence record): 1.2 x view_us, the ratio measured on a "
+                                    "2-core EPYC with the reference decoder (hwmodels.spec.SEQUENCE_PER_VIEW)")
     hw = hw.model_copy(update={"host": hw.host.model_copy(update=host_upd)})
     dev_upd = {"kernel_launch_us": round(hw.efficiency.floor_us, 3)}
     hw = hw.model_copy(update={"device": hw.device.model_copy(update=dev_upd), "profile": out.name})

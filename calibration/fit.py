@@ -37,7 +37,7 @@ from annotated_types import Ge, Gt, Le, Lt
 from calibration.records import prepare
 from hwmodels import attention as attn
 from hwmodels.roofline import floor_us, op_time
-from hwmodels.spec import DTYPE_BYTES, Efficiency, Hardware
+from hwmodels.spec import DTYPE_BYTES, PARALLEL_GRAIN, Efficiency, Hardware
 
 Record = dict[str, Any]
 DEVICE_KINDS = ("gemm", "attn_prefill", "attn_decode", "stream")
@@ -62,7 +62,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
 HUBER = 0.15
 # practical upper bounds where the schema has none (microseconds)
 OPEN_BOUNDS = {"floor_us": 50.0, "elementwise_floor_us": 50.0, "attn_decode_seq_us": 50.0, "comm_latency_us": 200.0,
-               "attn_decode_cta_us": 20.0, "attn_decode_ramp_us": 100.0, "attn_softmax_cycles": 1.0, "timer_us": 20.0}
+               "attn_decode_cta_us": 20.0, "attn_decode_ramp_us": 100.0, "parallel_us": 1000.0, "attn_softmax_cycles": 1.0, "timer_us": 20.0}
 
 
 def record(op: str, ms: float, **fields: Any) -> Record:
@@ -78,13 +78,13 @@ def _batches(records: Sequence[Record]) -> dict[tuple, np.ndarray]:
     """Indices of records that one vectorised call can price (same scalar arguments)."""
     out: dict[tuple, list[int]] = {}
     for i, r in enumerate(records):
-        key = (r["op"], r.get("category", ""), r.get("dtype", "bf16"), int(r.get("launches", 1)),
-               int(r.get("group", 1)))
+        cat = "" if r["op"] in ("gemm",) + ATTN_KINDS else r.get("category", "")  # priced alike: one call
+        key = (r["op"], cat, r.get("dtype", "bf16"), int(r.get("launches", 1)), int(r.get("group", 1)))
         out.setdefault(key, []).append(i)
     return {k: np.asarray(v) for k, v in out.items()}
 
 
-FIELDS = ("flops", "bytes", "m", "n", "seqs", "ms", "heads", "kv_heads", "head_dim", "batch", "len")
+FIELDS = ("flops", "bytes", "m", "n", "seqs", "ms", "heads", "kv_heads", "head_dim", "batch", "len", "elems")
 
 
 def _columns(records: Sequence[Record]) -> dict[str, np.ndarray]:
@@ -129,7 +129,7 @@ class _Priced:
                 if op in COMM_KINDS and (hw.link is None or (group > hw.devices_per_node and hw.network is None)):
                     continue
                 t = op_time(op, cat, c["flops"][idx], c["bytes"][idx], launches, dtype, hw,
-                            m=c["m"][idx], n=c["n"][idx], seqs=c["seqs"][idx], group=group)
+                            m=c["m"][idx], n=c["n"][idx], seqs=c["seqs"][idx], group=group, elems=c["elems"][idx])
                 out[idx] = np.broadcast_to(np.asarray(t, dtype=float), idx.shape) * 1e3
             elif op == "dispatch":
                 out[idx] = [_dispatch_us(hw, self.records[i].get("name")) * 1e-3 * launches for i in idx]
@@ -476,6 +476,9 @@ def fit_profile(records: Iterable[Record], hw: Hardware, fix: set[str] | Iterabl
     light = [r for r in device if r["op"] != "gemm"]
     if light and "elementwise_floor_us" not in fix:
         shared.append(("elementwise_floor_us", _Priced(light)))
+    wide = [r for r in streams if float(r.get("elems", 0) or 0) >= PARALLEL_GRAIN]
+    if hw.device.kind == "cpu" and wide and len(wide) < len(streams) and "parallel_us" not in fix:
+        shared.append(("parallel_us", _Priced(streams)))  # kernels on both sides of the grain tell
     timed = [r for r in device if r.get("timer")]
     timer = 0.0
     fitted: list[str] = []
@@ -529,3 +532,32 @@ def fit_profile(records: Iterable[Record], hw: Hardware, fix: set[str] | Iterabl
 
 __all__ = ["Record", "record", "predict", "fit_profile", "host_costs", "attention_ms", "HOST_PARAMS", "rel_errors", "summary", "error_table", "op_label",
            "minimize", "bounds", "get_param", "set_params"]
+
+
+def attention_held_out(records: Sequence[Record], hw: Hardware, timer_us: float = 0.0,
+                       start: Efficiency | None = None) -> dict[str, Any]:
+    """Attention fitted on some models and checked on the others: for each model among the
+    attention records, its attention parameters (fit.GROUPS, the softmax cycles where head sizes
+    differ) are fitted afresh from `start` (default: the efficiencies before any fit) on the
+    other models' records, everything else held at `hw`, and its own records are predicted.
+    Returns the held-out errors per model and overall (fractions)."""
+    recs = [r for r in prepare(list(records)) if r["op"] in ATTN_KINDS]
+    start = start or Efficiency()
+    names = {k: list(GROUPS[k]) for k in ATTN_KINDS}
+    init = {n: get_param(start, n) for k in ATTN_KINDS for n in names[k] + ["attn_softmax_cycles"]}
+    out: dict[str, Any] = {"per_model": {}}
+    errs: list[np.ndarray] = []
+    for model in sorted({r.get("model", "") for r in recs}):
+        train = [r for r in recs if r.get("model") != model]
+        test = [r for r in recs if r.get("model") == model]
+        h = hw.model_copy(update={"efficiency": set_params(hw.efficiency, init)})
+        for kind in ATTN_KINDS:
+            rs = [r for r in train if r["op"] == kind]
+            extra = ["attn_softmax_cycles"] if kind == "attn_prefill" and len({r["head_dim"] for r in rs}) > 1 else []
+            if rs:
+                h = _fit_group(_Priced(rs), h, names[kind] + extra, timer_us)
+        e = rel_errors(_Priced(test).predict(h, timer_us), np.array([r["ms"] for r in test]))
+        out["per_model"][model] = summary(e)
+        errs.append(e)
+    out["all"] = summary(np.concatenate(errs)) if errs else summary(np.array([]))
+    return out

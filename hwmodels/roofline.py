@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from hwmodels.spec import Efficiency, Hardware, Link
+from hwmodels.spec import PARALLEL_GRAIN, Efficiency, Hardware, Link
 
 KINDS = ("gemm", "attn_prefill", "attn_decode", "stream", "allreduce", "send")
 
@@ -48,10 +48,10 @@ def floor_us(eff: Efficiency, heavy: bool, graph: bool = False) -> float:
 
 
 def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, hw: Hardware,
-            m=0.0, n: float = 0.0, seqs=0.0, group: int = 1, graph: bool = False):
+            m=0.0, n: float = 0.0, seqs=0.0, group: int = 1, graph: bool = False, elems=0.0):
     """Seconds for an op of `launches` kernels on one device of `hw` (`graph`: inside a CUDA
-    graph). `group` is the number of devices in a collective. Attention kernels are priced by
-    hwmodels.attention, from their shapes."""
+    graph; `elems`: an element-wise kernel's elements). `group` is the number of devices in a
+    collective. Attention kernels are priced by hwmodels.attention, from their shapes."""
     dev, eff = hw.device, hw.efficiency
     if kind == "gemm":
         peak = dev.peak_flops(dtype) * eff.gemm_compute
@@ -63,7 +63,7 @@ def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, 
         return soft_max(np.asarray(flops) / peak, np.asarray(bytes_) / (dev.bandwidth * mem),
                         eff.softmax_p) + floor_us(eff, True, graph) * 1e-6 * launches
     if kind == "stream":
-        return stream_time(category, bytes_, launches, hw, m, graph)
+        return stream_time(category, bytes_, launches, hw, m, graph, elems)
     if kind == "allreduce":
         return allreduce_time(bytes_, group, launches, hw.link if group <= hw.devices_per_node else hw.network, eff)
     if kind == "send":
@@ -73,11 +73,12 @@ def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, 
     raise ValueError(f"unknown op kind {kind!r}; known: {KINDS}")
 
 
-def stream_time(category: str, bytes_, launches: int, hw: Hardware, m=0.0, graph: bool = False):
+def stream_time(category: str, bytes_, launches: int, hw: Hardware, m=0.0, graph: bool = False, elems=0.0):
     """Element-wise kernels: their bytes at the category's share of bandwidth (faster while the
     working set fits in L2), or, for kernels that give each of the m tokens one thread block, at
     least one row's serial time (what bounds a small batch: one block cannot use the whole
-    memory system), plus a floor per kernel."""
+    memory system), plus a floor per kernel; on a CPU, kernels over `elems` >= PARALLEL_GRAIN
+    elements also hand off to the thread pool and back (`parallel_us`)."""
     dev, eff = hw.device, hw.efficiency
     b = np.asarray(bytes_, dtype=float)
     t = b / (dev.bandwidth * eff.elementwise_memory.get(category, eff.gemm_memory))
@@ -89,6 +90,8 @@ def stream_time(category: str, bytes_, launches: int, hw: Hardware, m=0.0, graph
     if row:
         m = np.asarray(m, dtype=float)
         t = np.maximum(t, np.where(m > 0, b / np.maximum(m, 1.0) / (row * 1e9), 0.0))
+    if eff.parallel_us:
+        t = t + np.where(np.asarray(elems, dtype=float) >= PARALLEL_GRAIN, eff.parallel_us * 1e-6 * launches, 0.0)
     return t + floor_us(eff, False, graph) * 1e-6 * launches
 
 

@@ -73,6 +73,14 @@ def _fallback(dtype: str) -> tuple[str, ...]:
     }.get(dtype, (dtype, "fp32"))
 
 
+# a call in the reference decoder's layer costs the host this many views beyond its tight loop:
+# measured with calibration.microbench.sequence_records on a 2-core EPYC (fp32, one thread:
+# framework only), median of 8 runs 1.12-1.25 (README, "The host")
+SEQUENCE_PER_VIEW = 1.2
+# PyTorch's at::internal::GRAIN_SIZE: an element-wise kernel over fewer elements runs on one thread
+PARALLEL_GRAIN = 32768
+
+
 class Host(Strict):
     """The host CPU's side of a step: what PyTorch and the server cost per call, kernel and step.
 
@@ -97,7 +105,7 @@ class Host(Strict):
     sequence_us: float | None = Field(
         default=None, ge=0, le=1e6,
         description="extra host time per call in a model's varied sequence over its tight-loop cost (cold "
-        "code paths, real layouts); None: 1.5 x view_us, the ratio measured on a CPU (see README)",
+        "code paths, real layouts); None: 1.2 x view_us, the ratio measured on a CPU (see README)",
     )
     graph_launch_us: float = Field(default=60.0, ge=0, le=100_000, description="graph mode: one CUDA graph replay")
     step_overhead_us: float = Field(
@@ -118,7 +126,7 @@ class Host(Strict):
 
     @property
     def sequence_extra_us(self) -> float:
-        return 1.5 * self.view_us if self.sequence_us is None else self.sequence_us
+        return SEQUENCE_PER_VIEW * self.view_us if self.sequence_us is None else self.sequence_us
 
 
 class Link(Strict):
@@ -192,6 +200,11 @@ class Efficiency(Strict):
         default_factory=dict,
         description="per category: how much faster an element-wise kernel streams when its working set "
         "fits in the last-level cache (time / (1 + gain * min(1, cache / bytes)^4)); absent: 0",
+    )
+    parallel_us: float = Field(
+        default=0.0, ge=0, le=100_000,
+        description="CPU: waking the thread pool for an element-wise kernel over at least PARALLEL_GRAIN "
+        "elements (PyTorch splits those over its threads) and joining it again, per kernel; 0 on GPUs",
     )
     softmax_p: float = Field(default=4.0, ge=1, le=64)
     floor_us: float = Field(

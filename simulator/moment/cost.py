@@ -30,7 +30,7 @@ def op_seconds(op: Op, hw: Hardware, dt: Dtypes, group: int = 1, graph: bool = F
     (`Op.kernels` per layer: compose the ops for an implementation first). GEMMs run in the
     compute dtype (fp8 weights run fp8 GEMMs), element-wise kernels in the activation dtype."""
     return op_time(op.kind, op.category, op.flops, op.bytes, op.layers * op.kernels, dt.compute, hw, m=op.m,
-                   n=op.n, group=group, graph=graph)
+                   n=op.n, group=group, graph=graph, elems=op.elems)
 
 
 def check_parallelism(model: ModelSpec, hw: Hardware, tp: int, pp: int) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from calibration.fit import attention_held_out, error_table, predict, rel_errors, summary
-from hwmodels.load import load_hardware, read_profile
+from hwmodels.load import read_profile
 from hwmodels.spec import Hardware
 from simulator.moment.model import load_model
 from simulator.moment.ops import Batch, Dtypes

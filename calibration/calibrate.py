@@ -92,6 +92,10 @@ def base_hardware(device: str, base: str | None, fp: dict[str, Any], facts: dict
     data = hw.model_dump()
     data["device"] = dev
     data["name"] = name
+    cpu = fp.get("cpu") or {}
+    if cpu.get("model_name"):  # the host is part of what was measured
+        data["host"] = {**data["host"], "name": f"{cpu['model_name']} ({cpu.get('cores_usable', '?')} cores)"}
+        prov["host.name"] = "/proc/cpuinfo of the machine measured"
     data["description"] = f"{dev['name']}: calibrated with PyTorch {fp['torch']} on {date}, from preset {base!r}"
     return Hardware.model_validate(data), prov
 

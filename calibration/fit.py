@@ -61,6 +61,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
 # should not drag the smooth curve; below it the loss is the plain squared log error
 HUBER = 0.15
 # practical upper bounds where the schema has none (microseconds)
+# where a cost that defaults to 0 (off) starts its search: a typical size of it (us)
+START = {"parallel_us": 10.0, "attn_decode_cta_us": 1.0, "attn_decode_ramp_us": 10.0}
 OPEN_BOUNDS = {"floor_us": 50.0, "elementwise_floor_us": 50.0, "attn_decode_seq_us": 50.0, "comm_latency_us": 200.0,
                "attn_decode_cta_us": 20.0, "attn_decode_ramp_us": 100.0, "parallel_us": 1000.0, "attn_softmax_cycles": 1.0, "timer_us": 20.0}
 
@@ -240,7 +242,7 @@ def bounds(name: str) -> tuple[float, float]:
         elif isinstance(c, Ge):
             lo = max(lo, float(c.ge))
         elif isinstance(c, Le):
-            hi = float(c.le)
+            hi = min(float(c.le), OPEN_BOUNDS.get(name, float(c.le)))
         elif isinstance(c, Lt):
             hi = float(c.lt) - 1e-3
     return lo, hi
@@ -311,8 +313,11 @@ def _fit_group(priced: _Priced, hw: Hardware, names: list[str], timer_us: float 
         return hw
     x0 = [get_param(hw.efficiency, n) for n in names]
     bl = [bounds(n) for n in names]
-    # an absent per-row rate starts where such kernels are (~10 GB/s per block), else mid-box
-    x0 = [min(max(v if math.isfinite(v) else 10.0 if n.startswith("elementwise_row_gbps") else 0.5 * (lo + hi),
+    # an absent per-row rate starts where such kernels are (~10 GB/s per block), else mid-box; a
+    # value on its lower bound (a cost that is off by default) starts at a typical size instead,
+    # where the search can move it
+    x0 = [min(max(START.get(n, v) if (not math.isfinite(v) or v <= lo) and n in START else
+                  v if math.isfinite(v) else 10.0 if n.startswith("elementwise_row_gbps") else 0.5 * (lo + hi),
                   lo), hi) for n, v, (lo, hi) in zip(names, x0, bl, strict=True)]
 
     def f(x: np.ndarray) -> float:

@@ -76,15 +76,9 @@ def cases() -> list[dict[str, Any]]:
 
 def predict_case(c: dict[str, Any], hw: Hardware) -> float:
     """ms of one validation case, predicted as `momentsim validate` predicts it."""
-    from calibration.validate import predict_generation, predict_step
+    from calibration.validate import predict_case as predict
 
-    spec = load_model(c["model"]).model_copy(update={"num_hidden_layers": c["layers"]})
-    s = c["shape"]
-    if c["family"] == "decode_step":
-        return predict_step(spec, hw, Batch.of(decode=[(s["batch"], s["ctx"])]), "eager", DT)
-    if c["family"] == "prefill":
-        return predict_step(spec, hw, Batch.of(prefill=[(s["batch"], s["len"])]), "eager", DT)
-    return predict_generation(spec, hw, s["batch"], s["prompt"], s["new"], "eager", DT)
+    return predict(c, hw, "cuda")
 
 
 def disturbed(cs: list[dict[str, Any]], hw: Hardware) -> dict[str, float]:

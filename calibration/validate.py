@@ -560,14 +560,73 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def predict_case(c: dict[str, Any], hw: Hardware, device: str) -> float:
+    """ms of a saved case (a validation.json entry), predicted as `validate` predicts it."""
+    from calibration.records import BUILT_IN
+
+    base = BUILT_IN.get(c["model"]) or load_model(c["model"])
+    dtype = "fp32" if device == "cpu" else "bf16"
+    dt = Dtypes(dtype, dtype, dtype)
+    spec = base.model_copy(update={"num_hidden_layers": c["layers"]})
+    s, fam = c["shape"], c["family"]
+    layer_mode = "graph" if device == "cuda" else "eager"
+    if fam in ("decode_step", "decode_step_graph"):
+        return predict_step(spec, hw, Batch.of(decode=[(s["batch"], s["ctx"])]),
+                            "graph" if fam == "decode_step_graph" else "eager", dt)
+    if fam == "prefill":
+        return predict_step(spec, hw, Batch.of(prefill=[(s["batch"], s["len"])]), "eager", dt)
+    if fam == "generation":
+        return predict_generation(spec, hw, s["batch"], s["prompt"], s["new"], "eager", dt)
+    if fam == "ffn_layer":
+        return predict_layer(base, hw, "ffn", s["tokens"], None, dt, layer_mode)
+    b = Batch.of(decode=[(s["batch"], s["ctx"])]) if "ctx" in s else Batch.of(prefill=[(s["batch"], s["len"])])
+    return predict_layer(base, hw, "attn", b.tokens, b, dt, layer_mode)
+
+
+def repredict(saved: str | Path, hardware: str, out: str | Path, command: str | None = None) -> dict[str, Any]:
+    """A saved validation.json's measurements predicted again with `hardware` (no device, no
+    torch): how another profile, or today's model, does on cases measured before."""
+    from hwmodels.errors import load_mapping
+
+    src = load_mapping(saved)
+    if not isinstance(src.get("cases"), list) or not isinstance(src.get("meta"), dict):
+        raise InputError(str(saved), "cases", "not a validation.json written by momentsim validate")
+    hw = load_hardware(hardware)
+    device = src["meta"].get("fingerprint", {}).get("device", "cpu")
+    cases = []
+    for c in src["cases"]:
+        v = VCase(c["family"], c["model"], c["layers"], c["label"], c["shape"], c["measured_ms"], samples=c.get("samples", 0),
+                  min_ms=c.get("min_ms") or float("nan"))
+        v.predicted_ms = predict_case(c, hw, device)
+        cases.append(v)
+    summ = family_summary(cases)
+    meta = {**src["meta"], "hardware": hardware, "hardware_name": hw.name, "profile": hw.profile,
+            "command": command or f"momentsim validate --repredict {saved} --hardware {hardware}",
+            "repredicted_from": str(saved)}
+    data = {"meta": meta, "summary": summ, "cases": [{**asdict(c), "err": round(c.err, 5)} for c in cases]}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "validation.json").write_text(json.dumps(_clean(data), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    (out / "validation.md").write_text(markdown(cases, summ, meta), encoding="utf-8")
+    return data
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    """`momentsim validate --device cpu|cuda --hardware HW --out DIR [--quick] [--models a,b]`."""
+    """`momentsim validate --device cpu|cuda --hardware HW --out DIR [--quick] [--models a,b]`, or
+    `momentsim validate --repredict SAVED.json --hardware HW --out DIR` (no device needed)."""
+    command = "momentsim " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("momentsim") else None
+    if getattr(args, "repredict", None):
+        data = repredict(args.repredict, args.hardware, args.out, command)
+        print(f"{args.repredict} predicted with {args.hardware} -> {Path(args.out) / 'validation.md'}")
+        print("\n".join(summary_lines(data)))
+        return 0
     from calibration.calibrate import check_device
 
+    if not args.device:
+        raise InputError("--device", "", "give --device cpu|cuda to measure, or --repredict SAVED.json")
     check_device(args.device)
     load_hardware(args.hardware)  # a bad --hardware is an InputError before anything runs
     size = getattr(args, "size", None) or ("quick" if args.quick else "full")
-    command = "momentsim " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("momentsim") else None
     data = validate(args.device, args.hardware, args.out, size, args.models, command=command)
     out = Path(args.out)
     print(f"validation of {args.hardware} on {args.device}: {sum(s['cases'] for k, s in data['summary'].items() if k != 'all')} "
@@ -576,5 +635,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["cmd_validate", "validate", "predict_layer", "predict_step", "predict_generation", "layer_ops",
+__all__ = ["cmd_validate", "validate", "repredict", "predict_case", "predict_layer", "predict_step", "predict_generation",
+           "layer_ops",
            "family_summary", "resolve_models", "shapes_for", "VCase", "Shapes"]

@@ -180,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_lazy("calibration.calibrate", "cmd_calibrate"))
 
     p = sub.add_parser("validate", help="measure whole layers and steps, compare with predictions")
-    p.add_argument("--device", choices=["cpu", "cuda"], required=True)
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--repredict", metavar="SAVED.json",
+                   help="predict a saved validation.json's measurements again with --hardware (no device)")
     p.add_argument("--hardware", required=True, help="profile JSON or preset to predict with")
     p.add_argument("--out", required=True)
     p.add_argument("--quick", action="store_true")

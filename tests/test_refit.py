@@ -69,3 +69,17 @@ def test_records_of_another_device_kind_are_refused(tmp_path, raw, capsys):
 def test_measuring_needs_a_device(tmp_path, capsys):
     assert main(["calibrate", "--out", str(tmp_path / "p.json")]) == 2
     assert "--refit" in capsys.readouterr().err
+
+
+def test_a_saved_validation_is_predicted_again_without_a_device(tmp_path, capsys):
+    """validate --repredict: the committed CPU measurements, priced by today's model and profile,
+    case for case as validate prices them (the H200 path is tests/test_h200.py)."""
+    saved = json.loads(open("calibration/validation-cpu/validation.json", encoding="utf-8").read())
+    assert main(["validate", "--repredict", "calibration/validation-cpu/validation.json", "--hardware",
+                 "calibration/profiles/cpu-2core.json", "--out", str(tmp_path)]) == 0
+    got = json.loads((tmp_path / "validation.json").read_text())
+    assert [c["measured_ms"] for c in got["cases"]] == [c["measured_ms"] for c in saved["cases"]]
+    assert all(c["predicted_ms"] > 0 for c in got["cases"]) and "prefill" in capsys.readouterr().out
+    bad = _write(tmp_path, "bad.json", {"meta": {}})
+    assert main(["validate", "--repredict", str(bad), "--hardware", "cpu", "--out", str(tmp_path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

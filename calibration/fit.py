@@ -100,13 +100,17 @@ def attention_ms(hw: Hardware, op: str, dtype: str, heads, kv_heads, head_dim, b
     eff, dev = hw.efficiency, hw.device
     b, n = np.asarray(batch, dtype=float), np.asarray(length, dtype=float)
     a = DTYPE_BYTES[dtype]
+    shape = attn.standard(np.asarray(heads, dtype=float), np.asarray(kv_heads, dtype=float),
+                          np.asarray(head_dim, dtype=float), a, a)
     if op == "attn_prefill":
         new = b * n
-        t = attn.prefill_s(hw, dtype, dtype, b, new, b * n * (n + 1) / 2, 0.0, heads, kv_heads, head_dim)
+        t = attn.prefill_s(hw, dtype, b, new, b * n * (n + 1) / 2, 0.0, np.asarray(heads, dtype=float),
+                           shape["pair_flops"], shape["ctx_flops"], shape["ctx_bytes"], shape["new_bytes"])
     else:
         new = b
-        t = attn.decode_s(hw, dtype, dtype, b, b * (n + 1), heads, kv_heads, head_dim)
-    copy = new * 2 * kv_heads * head_dim * 2 * a / (dev.bandwidth * eff.elementwise_memory.get("index_copy", eff.gemm_memory))
+        t = attn.decode_s(hw, dtype, b, b * (n + 1), shape["key_flops"], shape["key_bytes"], shape["seq_bytes"],
+                          np.asarray(kv_heads, dtype=float))
+    copy = new * shape["key_bytes"] * 2 / (dev.bandwidth * eff.elementwise_memory.get("index_copy", eff.gemm_memory))
     floors = (floor_us(eff, True) + ATTN_LIGHT_KERNELS * floor_us(eff, False)) * 1e-6
     return (t + copy + floors) * 1e3
 

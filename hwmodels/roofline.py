@@ -14,7 +14,7 @@ import numpy as np
 
 from hwmodels.spec import PARALLEL_GRAIN, Efficiency, Hardware, Link
 
-KINDS = ("gemm", "attn_prefill", "attn_decode", "stream", "allreduce", "send")
+KINDS = ("gemm", "attn_prefill", "attn_decode", "stream", "allreduce", "send", "alltoall")
 
 
 def soft_max(a, b, p: float):
@@ -48,10 +48,12 @@ def floor_us(eff: Efficiency, heavy: bool, graph: bool = False) -> float:
 
 
 def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, hw: Hardware,
-            m=0.0, n: float = 0.0, seqs=0.0, group: int = 1, graph: bool = False, elems=0.0):
+            m=0.0, n: float = 0.0, seqs=0.0, group: int = 1, graph: bool = False, elems=0.0, dequant=0.0):
     """Seconds for an op of `launches` kernels on one device of `hw` (`graph`: inside a CUDA
     graph; `elems`: an element-wise kernel's elements). `group` is the number of devices in a
-    collective. Attention kernels are priced by hwmodels.attention, from their shapes."""
+    collective; `dequant`: vector ops that unpack quantised weights inside a GEMM (on the fp32
+    units, beside the tensor cores' work). Attention kernels are priced by hwmodels.attention,
+    from their shapes."""
     dev, eff = hw.device, hw.efficiency
     if kind == "gemm":
         peak = dev.peak_flops(dtype) * eff.gemm_compute
@@ -60,14 +62,19 @@ def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, 
         mem = eff.gemm_memory
         if eff.gemv_memory is not None:
             mem = np.where(np.asarray(m) <= 1, eff.gemv_memory, eff.gemm_memory)
-        return soft_max(np.asarray(flops) / peak, np.asarray(bytes_) / (dev.bandwidth * mem),
-                        eff.softmax_p) + floor_us(eff, True, graph) * 1e-6 * launches
+        t_c = np.asarray(flops) / peak
+        if np.any(np.asarray(dequant) > 0):
+            t_c = t_c + np.asarray(dequant) / (dev.peak_flops("fp32") * eff.gemm_compute)
+        return soft_max(t_c, np.asarray(bytes_) / (dev.bandwidth * mem), eff.softmax_p) \
+            + floor_us(eff, True, graph) * 1e-6 * launches
     if kind == "stream":
         return stream_time(category, bytes_, launches, hw, m, graph, elems)
     if kind == "allreduce":
         return allreduce_time(bytes_, group, launches, hw.link if group <= hw.devices_per_node else hw.network, eff)
     if kind == "send":
         return send_time(bytes_, launches, hw.link, eff)
+    if kind == "alltoall":
+        return alltoall_time(bytes_, group, launches, hw.link if group <= hw.devices_per_node else hw.network, eff)
     if kind in ("attn_prefill", "attn_decode"):
         raise ValueError(f"{kind} is priced by hwmodels.attention from its shapes, not by op_time")
     raise ValueError(f"unknown op kind {kind!r}; known: {KINDS}")
@@ -116,4 +123,15 @@ def send_time(bytes_, launches: int, link: Link | None, eff: Efficiency):
     """Point-to-point sends between pipeline stages."""
     if link is None:
         raise ValueError("pipeline parallelism needs a link between devices")
+    return np.asarray(bytes_, dtype=float) / (link.bw_gbps * 1e9 * eff.comm_bw) + _latency(link, eff) * launches
+
+
+def alltoall_time(bytes_, n: int, launches: int, link: Link | None, eff: Efficiency):
+    """All-to-all (expert-parallel dispatch or combine) over n devices: `bytes_` is what the
+    busiest device receives from the others in all `launches` calls; every device talks to all
+    others at once over a switch, so one latency per call."""
+    if n <= 1:
+        return np.zeros_like(np.asarray(bytes_, dtype=float))
+    if link is None:
+        raise ValueError("expert parallelism over several devices needs a link")
     return np.asarray(bytes_, dtype=float) / (link.bw_gbps * 1e9 * eff.comm_bw) + _latency(link, eff) * launches

@@ -101,7 +101,8 @@ def test_more_tp_is_not_slower_per_device_for_big_models():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.sampled_from(["llama-3.2-1b", "mistral-7b", "qwen2-7b"]), st.sampled_from(["pytorch", "fused"]),
+@given(st.sampled_from(["llama-3.2-1b", "mistral-7b", "qwen2-7b", "gemma-2-9b", "gpt-oss-20b", "deepseek-v2-lite",
+                        "llama-4-scout", "qwen3-30b-a3b"]), st.sampled_from(["pytorch", "fused"]),
        st.sampled_from(["graph", "eager"]), st.integers(0, 300), st.integers(0, 10**6),
        st.integers(0, 4), st.integers(0, 9000), st.integers(0, 10**5))
 def test_closed_form_attention_equals_the_vectorised_model(name, kernels, mode, ds, dc, ps, pt, pc):

@@ -249,6 +249,6 @@ def test_sweep_yaml(tmp_path: Path, data: bytes) -> None:
 @FUZZ
 @given(data=contents(PLAN))
 def test_plan_yaml(tmp_path: Path, data: bytes) -> None:
-    from simulator.studies.plan import load_plan
+    from simulator.studies.plan_schema import load_plan
 
     expect_ok_or_one_line(load_plan, write(tmp_path, ".yaml", data))

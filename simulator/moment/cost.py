@@ -15,10 +15,20 @@ import numpy as np
 
 from hwmodels import attention as attn
 from hwmodels.roofline import floor_us, op_time
-from hwmodels.spec import DTYPE_BYTES, Hardware
+from hwmodels.spec import DTYPE_BYTES, Hardware, gemm_dtype
 from simulator.moment import kernels as kn
 from simulator.moment.model import ModelSpec
-from simulator.moment.ops import CATEGORIES, Batch, Dtypes, Op, check_tp, dense_ops
+from simulator.moment.ops import (
+    CATEGORIES,
+    Batch,
+    Dtypes,
+    Op,
+    attention_shapes,
+    check_tp,
+    dense_ops,
+    windowed_keys,
+    windowed_pairs,
+)
 
 DEVICE_CATEGORIES = tuple(c for c in CATEGORIES if c != "host")
 _ATTN = DEVICE_CATEGORIES.index("attention")
@@ -27,15 +37,24 @@ TAIL_OPS = ("final_norm", "lm_head", "lm_head_epilogue")  # what the device stil
 
 def op_seconds(op: Op, hw: Hardware, dt: Dtypes, group: int = 1, graph: bool = False):
     """An op's time on a device of `hw` (an array if the op holds arrays), one floor per kernel
-    (`Op.kernels` per layer: compose the ops for an implementation first). GEMMs run in the
-    compute dtype (fp8 weights run fp8 GEMMs), element-wise kernels in the activation dtype."""
-    return op_time(op.kind, op.category, op.flops, op.bytes, op.layers * op.kernels, dt.compute, hw, m=op.m,
-                   n=op.n, group=group, graph=graph, elems=op.elems)
+    (`Op.kernels` per layer: compose the ops for an implementation first). A GEMM runs in its
+    weights' tensor dtype where the part has those units (fp8 weights run fp8 GEMMs), else in
+    the activation dtype after dequantising the weights; element-wise kernels in the activation
+    dtype. Attention is priced from its shapes (StepModel.attention_s, hwmodels.attention)."""
+    launches = op.layers * op.kernels
+    if op.kind == "gemm":
+        dtype, dequantised = gemm_dtype(op.fmt or dt.weight, dt.act, hw.device)
+        c = np.maximum(op.copies, 1.0)  # a grouped GEMM (MoE): `copies` GEMMs of m / copies rows, their tiles
+        return op_time(op.kind, op.category, op.flops, op.bytes, launches, dtype, hw, m=op.m / c, n=op.n * c,
+                       graph=graph, dequant=op.dequant if dequantised else 0.0)
+    return op_time(op.kind, op.category, op.flops, op.bytes, launches, dt.compute, hw, m=op.m, n=op.n,
+                   group=group, graph=graph, elems=op.elems)
 
 
-def check_parallelism(model: ModelSpec, hw: Hardware, tp: int, pp: int) -> None:
-    """tp and pp must shard the model's heads and layers and fit the part's devices (ValueError)."""
-    check_tp(model, tp, pp)
+def check_parallelism(model: ModelSpec, hw: Hardware, tp: int, pp: int, ep: int = 1) -> None:
+    """tp, pp and ep must shard the model's heads, layers and experts and fit the part's devices
+    (ValueError)."""
+    check_tp(model, tp, pp, ep)
     if tp * pp > hw.total_devices:
         raise ValueError(f"tp x pp = {tp * pp} exceeds the {hw.total_devices} devices of {hw.name} "
                          f"(devices_per_node x nodes)")
@@ -54,6 +73,28 @@ class StepCost:
                 "breakdown_ms": {k: r(v) for k, v in self.breakdown_ms.items()}}
 
 
+@dataclass(frozen=True)
+class _AttnGroup:
+    """The scalars attention_s needs for one window group of layers (precomputed per StepModel)."""
+
+    kind: str
+    size: float | None
+    cap: float                   # keys a decode query sees at most (window, half a chunk, inf)
+    heads: float
+    rows: float                  # prefill query tile
+    tau: float                   # s per pair and head on one compute unit
+    p_cc: float                  # per cached token: a latent's up-projection (MLA)
+    p_cm: float                  # per cached token: its K and V read
+    p_tm: float                  # per new token: q, k, v, output
+    d_c: float                   # per key: compute
+    d_m: float                   # per key: its K and V read
+    d_q: float                   # per sequence: query and output
+    d_seq: float                 # per sequence: fixed costs
+    kv_tok: float                # per new token: the cache-write kernels
+    floor: float                 # the group's kernel floors, all its layers
+    layers: int
+
+
 class StepModel:
     """Step costs of one serving configuration. Build with `step_model(...)` to share the cache.
 
@@ -65,12 +106,14 @@ class StepModel:
     """
 
     def __init__(self, model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, mode: str = "graph",
-                 dtypes: Dtypes = Dtypes(), async_scheduling: bool = False, kernels: str = "fused"):
-        check_parallelism(model, hw, tp, pp)
+                 dtypes: Dtypes = Dtypes(), async_scheduling: bool = False, ep: int = 1, moe_imbalance: float = 1.0,
+                 kernels: str = "fused"):
+        check_parallelism(model, hw, tp, pp, ep)
         if mode not in ("graph", "eager"):
             raise ValueError(f"mode {mode!r}; allowed: graph, eager")
         kn.check(kernels)
         self.model, self.hw, self.tp, self.pp, self.mode, self.dtypes = model, hw, tp, pp, mode, dtypes
+        self.ep, self.moe_imbalance = ep, moe_imbalance
         self.impl = kernels
         # a server that prepares step n+1 on the host while the device runs step n (vLLM v1's
         # async scheduling) hides its per-step overhead behind the device's work
@@ -78,7 +121,7 @@ class StepModel:
         host = hw.host
         self.cpu = hw.device.kind == "cpu"
         self.graph = mode == "graph" and not self.cpu
-        self.calls = kn.host_calls(model, kernels, dtypes, tp, pp)
+        self.calls = kn.host_calls(model, kernels, dtypes, tp, pp, ep)
         self.kernels = kn.kernel_count(self.calls)
         if mode == "eager" or self.cpu:
             self.issue_s = kn.host_seconds(self.calls, host.call_us)
@@ -94,39 +137,44 @@ class StepModel:
 
     def ops(self, tokens, logits) -> list[Op]:
         """The token-count dependent ops as this implementation runs them."""
-        ops = dense_ops(self.model, tokens, logits, self.dtypes, self.tp, self.pp)
+        ops = dense_ops(self.model, tokens, logits, self.dtypes, self.tp, self.pp, self.ep, self.moe_imbalance)
         return kn.compose(ops, self.impl, DTYPE_BYTES[self.dtypes.act])
 
     def _attention_coefficients(self) -> None:
         """Attention (hwmodels.attention) from the batch aggregates in closed form: the scalars it
-        needs, precomputed. tests/test_cost.py checks attention_s against the vectorised
+        needs per window group of layers (ops.attention_shapes: full, sliding, chunked),
+        precomputed. tests/test_cost.py checks attention_s against the vectorised
         hwmodels.attention functions (attention_ops_s)."""
         m, hw, dt = self.model, self.hw, self.dtypes
         dev, eff = hw.device, hw.efficiency
-        self.layers = m.num_hidden_layers
-        self.heads = m.num_attention_heads / self.tp
-        self.kvh = max(m.kv_heads / self.tp, 1.0)
-        hd, a, kvb = m.hd, DTYPE_BYTES[dt.act], DTYPE_BYTES[dt.kv]
-        L = self.layers
-        self.win = m.sliding_window
         self.p = float(eff.softmax_p)
         self.units = dev.compute_units
-        self.rows = float(attn.tile_rows(hd))
-        self.tau = float(attn.pair_seconds(hw, dt.act, hd))
         self.tail = eff.attn_tail
-        bw = dev.bandwidth
-        self.p_cm = 2 * self.kvh * hd * kvb / (bw * eff.gemm_memory)                         # per cached token
-        self.p_tm = (2 * self.heads + 2 * self.kvh) * hd * a / (bw * eff.gemm_memory)        # per new token
-        self.d_c = 4.0 * self.heads * hd / (dev.peak_flops(dt.act) * eff.attn_decode_compute)  # per key
-        self.d_m = 2 * self.kvh * hd * kvb / (bw * eff.attn_decode_memory)                   # per key
-        self.d_q = 2 * self.heads * hd * a / (bw * eff.attn_decode_memory)                   # per sequence
-        self.d_seq = (eff.attn_decode_seq_us + eff.attn_decode_cta_us * self.kvh / self.units) * 1e-6
         self.ramp = eff.attn_decode_ramp_us * 1e-6
-        cat, n_kv, per_token = kn.kv_write(self.impl, m, dt, self.tp)
+        bw, peak = dev.bandwidth, dev.peak_flops(dt.act)
+        a = DTYPE_BYTES[dt.act]
+        cat, n_kv = kn.kv_write(self.impl)
         ew = eff.elementwise_memory.get(cat, eff.gemm_memory)
-        self.kv_tok = per_token * L / (bw * ew)                                              # cache writes per new token
         heavy = sum(1 for c in kn.calls(self.impl, "attention") if c.launches(a) and c.op in kn.HEAVY)
-        self.floor = (heavy * floor_us(eff, True, self.graph) + n_kv * floor_us(eff, False, self.graph)) * 1e-6 * L
+        per_kernel = heavy * floor_us(eff, True, self.graph) + n_kv * floor_us(eff, False, self.graph)
+        kvh = 1.0 if m.is_mla else max(m.kv_heads / self.tp, 1.0)
+        heads = m.num_attention_heads / self.tp
+        groups = []
+        for s in attention_shapes(m, dt, self.tp):
+            L = s.layers
+            head = s.pair_flops / heads
+            write = s.key_bytes * (1.0 + a / DTYPE_BYTES[dt.kv])  # read the new K and V, write them to the cache
+            groups.append(_AttnGroup(
+                s.kind, s.size, float(windowed_keys(s.kind, s.size, 1, float("inf"))), heads,
+                float(attn.tile_rows(head / 4.0)), float(attn.pair_seconds(hw, dt.act, head)),
+                s.ctx_flops * L / (peak * eff.attn_prefill_compute), s.ctx_bytes * L / (bw * eff.gemm_memory),
+                (s.new_bytes - s.key_bytes) * L / (bw * eff.gemm_memory),
+                s.key_flops * L / (peak * eff.attn_decode_compute), s.key_bytes * L / (bw * eff.attn_decode_memory),
+                s.seq_bytes * L / (bw * eff.attn_decode_memory),
+                (eff.attn_decode_seq_us + eff.attn_decode_cta_us * kvh / self.units) * 1e-6 * L,
+                write * L / (bw * ew), per_kernel * 1e-6 * L, L))
+        self._groups = tuple(groups)
+        self._kvh = kvh
 
     def _soft(self, x: float, y: float) -> float:
         p = self.p
@@ -141,37 +189,38 @@ class StepModel:
         the chunks): the attention kernels, the cache writes, their floors. Prefill tiles are
         quantised at the mean chunk length (hwmodels.attention)."""
         t = 0.0
-        if pt:
-            n = ps if ps > 0 else 1
-            win = self.win
-            if win and pairs > pt * win:
-                pairs = pt * win
-            length, ctx = pt / n, pc / n
-            if win and ctx > win:
-                ctx = win
-            rows = self.rows
-            tiles = math.ceil(length / rows)
-            padded = rows * tiles * ctx + rows * rows * tiles * (tiles + 1) / 2
-            longest = rows * (ctx + tiles * rows)
-            if win:  # a query tile sees at most the window and its own tile
-                reach = win + rows
-                full = min(max(math.floor((reach - ctx) / rows), 0.0), tiles)
-                padded = rows * (full * ctx + rows * full * (full + 1) / 2) + (tiles - full) * rows * reach
-                longest = min(longest, rows * reach)
-            longest = min(longest, padded) * self.tau
-            exact = pairs / n if pairs > n else 1.0
-            pad = padded / exact if padded > exact else 1.0
-            work = self.heads * pairs * pad * self.tau / self.units
-            compute = (work if work > longest else longest) + self.tail * longest
-            t = self._soft(compute, pc * self.p_cm + pt * self.p_tm) * self.layers + pt * self.kv_tok + self.floor
-        if ds:
-            keys = dc + ds  # each attends to its cache plus itself
-            if self.win and keys > ds * self.win:
-                keys = ds * self.win
-            t_m = keys * self.d_m + ds * self.d_q
-            if self.ramp > 0:
-                t_m += self.ramp * -math.expm1(-t_m / self.ramp)
-            t += (self._soft(keys * self.d_c, t_m) + ds * self.d_seq) * self.layers + ds * self.kv_tok + self.floor
+        soft = self._soft
+        for g in self._groups:
+            if pt:
+                n = ps if ps > 0 else 1
+                pr = pairs if g.kind == "full" else windowed_pairs(g.kind, g.size, n, pt, pairs, pc)
+                length, ctx = pt / n, pc / n
+                rows, reach = g.rows, g.size
+                if reach and ctx > reach:
+                    ctx = reach
+                tiles = math.ceil(length / rows)
+                padded = rows * tiles * ctx + rows * rows * tiles * (tiles + 1) / 2
+                longest = rows * (ctx + tiles * rows)
+                if reach:  # a query tile sees at most the window and its own tile
+                    span = reach + rows
+                    full = min(max(math.floor((span - ctx) / rows), 0.0), tiles)
+                    windowed = rows * (full * ctx + rows * full * (full + 1) / 2) + (tiles - full) * rows * span
+                    padded = min(padded, windowed)
+                    longest = min(longest, rows * span)
+                longest = min(longest, padded) * g.tau
+                exact = pr / n if pr > n else 1.0
+                pad = padded / exact if padded > exact else 1.0
+                work = g.heads * pr * pad * g.tau / self.units
+                compute = (work if work > longest else longest) + self.tail * longest
+                t += soft(compute * g.layers + pc * g.p_cc, pc * g.p_cm + pt * g.p_tm) + pt * g.kv_tok + g.floor
+            if ds:
+                keys = dc + ds  # each attends to its cache plus itself
+                if keys > ds * g.cap:  # speed: windowed_keys inlined
+                    keys = ds * g.cap
+                t_m = keys * g.d_m + ds * g.d_q
+                if self.ramp > 0:
+                    t_m += self.ramp * g.layers * -math.expm1(-t_m / (self.ramp * g.layers))
+                t += soft(keys * g.d_c, t_m) + ds * g.d_seq + ds * g.kv_tok + g.floor
         return t
 
     def step_agg(self, ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int) -> float:
@@ -221,18 +270,20 @@ class StepModel:
     def attention_ops_s(self, b: Batch) -> float:
         """The same attention time through the vectorised hwmodels.attention functions (for checking)."""
         m, dt, hw = self.model, self.dtypes, self.hw
-        cat, n_kv, per_token = kn.kv_write(self.impl, m, dt, self.tp)
-        ew = hw.efficiency.elementwise_memory.get(cat, hw.efficiency.gemm_memory)
-        kv_s = per_token * m.num_hidden_layers / (hw.device.bandwidth * ew)
         t = 0.0
-        if b.prefill_tokens:
-            t += float(attn.prefill_s(hw, dt.act, dt.kv, b.prefill_seqs, b.prefill_tokens, b.prefill_pairs,
-                                      b.prefill_ctx, self.heads, self.kvh, m.hd, self.layers, window=self.win))
-            t += b.prefill_tokens * kv_s + self.floor
-        if b.decode_seqs:
-            t += float(attn.decode_s(hw, dt.act, dt.kv, b.decode_seqs, b.decode_ctx + b.decode_seqs, self.heads,
-                                     self.kvh, m.hd, self.layers, window=self.win))
-            t += b.decode_seqs * kv_s + self.floor
+        for s, g in zip(attention_shapes(m, dt, self.tp), self._groups, strict=True):
+            L = s.layers
+            if b.prefill_tokens:
+                pr = windowed_pairs(s.kind, s.size, b.prefill_seqs, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx)
+                t += float(attn.prefill_s(hw, dt.act, b.prefill_seqs, b.prefill_tokens, pr, b.prefill_ctx,
+                                          m.num_attention_heads / self.tp, s.pair_flops, s.ctx_flops, s.ctx_bytes,
+                                          s.new_bytes - s.key_bytes, L, reach=s.size))
+                t += b.prefill_tokens * g.kv_tok + g.floor
+            if b.decode_seqs:
+                keys = windowed_keys(s.kind, s.size, b.decode_seqs, b.decode_ctx + b.decode_seqs)
+                t += float(attn.decode_s(hw, dt.act, b.decode_seqs, keys, s.key_flops, s.key_bytes, s.seq_bytes,
+                                         self._kvh, L))
+                t += b.decode_seqs * g.kv_tok + g.floor
         return t
 
     # -- the two entry points --------------------------------------------------------------------
@@ -275,12 +326,14 @@ _CACHE: dict[tuple, StepModel] = {}
 
 
 def step_model(model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, mode: str = "graph",
-               dtypes: Dtypes = Dtypes(), async_scheduling: bool = False, kernels: str = "fused") -> StepModel:
+               dtypes: Dtypes = Dtypes(), async_scheduling: bool = False, ep: int = 1,
+               moe_imbalance: float = 1.0, kernels: str = "fused") -> StepModel:
     """A shared StepModel per configuration (specs hold dicts, so key on their JSON)."""
-    key = (model.model_dump_json(), hw.model_dump_json(), tp, pp, mode, dtypes, async_scheduling, kernels)
+    key = (model.model_dump_json(), hw.model_dump_json(), tp, pp, mode, dtypes, async_scheduling, ep, moe_imbalance,
+           kernels)
     sm = _CACHE.get(key)
     if sm is None:
         if len(_CACHE) > 256:
             _CACHE.clear()
-        sm = _CACHE[key] = StepModel(model, hw, tp, pp, mode, dtypes, async_scheduling, kernels)
+        sm = _CACHE[key] = StepModel(model, hw, tp, pp, mode, dtypes, async_scheduling, ep, moe_imbalance, kernels)
     return sm

@@ -63,12 +63,17 @@ COMPOSITION: dict[str, dict[str, tuple[Call, ...]]] = {
     "pytorch": {
         "embed": (Call("embedding", act=2),),
         "input_norm": _HF_NORM, "post_attn_norm": _HF_NORM, "final_norm": _HF_NORM,
+        # the other RMSNorms of some families (q/k norms, Gemma's sublayer-output norms, MLA's)
+        "qk_norm": _HF_NORM, "attn_out_norm": _HF_NORM, "ffn_out_norm": _HF_NORM, "q_a_norm": _HF_NORM,
+        "kv_a_norm": _HF_NORM,
         "qkv_proj": (Call("linear"),) + (VIEW,) * 7,          # split into q, k, v; view and transpose each
         "rope": _ROTATE_HALF + _ROTATE_HALF_AGAIN,
         "o_proj": (Call("linear"),),
         "attn_residual": (Call("add", act=3),), "ffn_residual": (Call("add", act=3),),
         "ffn_up": (Call("linear"),),
         "ffn_act": (VIEW, Call("silu", act=2), Call("mul", act=3)),  # chunk, SiLU(gate), * up
+        "experts_act": (VIEW, Call("silu", act=2), Call("mul", act=3)),
+        "shared_act": (VIEW, Call("silu", act=2), Call("mul", act=3)),
         "ffn_down": (Call("linear"),),
         "lm_head": (VIEW, Call("linear"), Call("to", act=1, f32=1, convert=True)),  # last token, logits .float()
         # cache slices, K and V index_copy_, the attended slices, SDPA, the head merge (a view)
@@ -81,12 +86,16 @@ COMPOSITION: dict[str, dict[str, tuple[Call, ...]]] = {
         # the residual add happens inside the next norm: read x and the residual, write both
         "input_norm": (Call("fused_add_rms_norm", act=4),), "post_attn_norm": (Call("fused_add_rms_norm", act=4),),
         "final_norm": (Call("fused_add_rms_norm", act=4),),
+        "qk_norm": (Call("rms_norm", act=2),), "attn_out_norm": (Call("rms_norm", act=2),),
+        "ffn_out_norm": (Call("rms_norm", act=2),), "q_a_norm": (Call("rms_norm", act=2),),
+        "kv_a_norm": (Call("rms_norm", act=2),),
         "attn_residual": (), "ffn_residual": (),
         "qkv_proj": (Call("linear"), VIEW, VIEW, VIEW),
         "rope": (Call("rotary_embedding", act=2),),            # q and k rotated in place
         "o_proj": (Call("linear"),),
         "ffn_up": (Call("linear"),),
         "ffn_act": (Call("silu_and_mul", act=3),),
+        "experts_act": (Call("silu_and_mul", act=3),), "shared_act": (Call("silu_and_mul", act=3),),
         "ffn_down": (Call("linear"),),
         "lm_head": (Call("linear"), Call("to", act=1, f32=1, convert=True)),  # the sampler's fp32 logits
         "attention": (Call("reshape_and_cache"), VIEW, VIEW, Call("attention")),
@@ -132,7 +141,7 @@ def compose(ops: list[Op], impl: str, act_bytes: float) -> list[Op]:
                 per = sum(c.act * act_bytes + c.f32 * 4.0 for c in epi)
                 out.append(Op(f"{op.name}_epilogue", op.category, "stream", 0.0, op.elems * per * op.layers,
                               op.layers, 0.0, kernels=len(epi), elems=op.elems))
-        elif op.name == "ffn_act" and op.kernels == 1:  # a plain (non-gated) MLP's activation
+        elif op.name in ("ffn_act", "experts_act", "shared_act") and op.kernels == 1:  # a plain MLP's activation
             out.append(replace(op, kernels=1, m=op.m if impl == "fused" else 0.0))
         elif op.kind == "stream" and op.name in COMPOSITION[impl]:
             if not launched:
@@ -147,26 +156,21 @@ def compose(ops: list[Op], impl: str, act_bytes: float) -> list[Op]:
     return out
 
 
-def kv_write(impl: str, model: ModelSpec, dt: Dtypes, tp: int = 1) -> tuple[str, int, float]:
-    """The cache-write kernels of one layer's attention: their bandwidth category, how many they
-    are, and the bytes they move per new token (read K and V, write them into the cache)."""
+def kv_write(impl: str) -> tuple[str, int]:
+    """The kernels writing one layer's new keys and values into the cache: their bandwidth
+    category and how many they are (pytorch: an index_copy_ each for K and V; fused: one)."""
     check(impl)
-    n = sum(1 for c in calls(impl, "attention") if c.launches(2.0) and c.op not in HEAVY)
-    kvh = max(model.kv_heads / tp, 1.0)
-    from hwmodels.spec import DTYPE_BYTES
-
-    per_token = 2 * kvh * model.hd * (DTYPE_BYTES[dt.act] + DTYPE_BYTES[dt.kv])
-    return KV_WRITE[impl], n, per_token
+    return KV_WRITE[impl], sum(1 for c in calls(impl, "attention") if c.launches(2.0) and c.op not in HEAVY)
 
 
-def host_calls(model: ModelSpec, impl: str, dt: Dtypes, tp: int = 1, pp: int = 1) -> dict[str, int]:
+def host_calls(model: ModelSpec, impl: str, dt: Dtypes, tp: int = 1, pp: int = 1, ep: int = 1) -> dict[str, int]:
     """Framework calls of one eager step by op ("view" for those that launch nothing): the
     embedding, every layer's ops, the final norm and logits, the step's inputs and sampling."""
     check(impl)
     from hwmodels.spec import DTYPE_BYTES
 
     a = DTYPE_BYTES[dt.act]
-    ops = dense_ops(model, 1, 1, dt, tp, pp) + attention_ops(model, Batch(1, 1, 0, 0, 0, 0), dt, tp, pp)
+    ops = dense_ops(model, 1, 1, dt, tp, pp, ep) + attention_ops(model, Batch(1, 1, 0, 0, 0, 0), dt, tp, pp)
     out: dict[str, int] = {}
     parts = [(calls(impl, o.name, o), o.layers) for o in ops] + [(calls(impl, "step_inputs"), 1),
                                                                   (calls(impl, "sample"), 1)]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hwmodels.errors import InputError
+from hwmodels.errors import InputError, read_text
 from hwmodels.load import load_hardware
 from hwmodels.profile import SCHEMA, Profile
 from hwmodels.spec import Hardware
@@ -244,12 +244,7 @@ def read_raw(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any], di
     records, or {"fingerprint": ..., "measurements": [...]}). Returns (records, fingerprint,
     facts, base preset if the file names one). Anything else is one InputError line."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(str(p), "", "file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(str(p), "", f"cannot read: {e.__class__.__name__}") from None
+    text = read_text(p)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

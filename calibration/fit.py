@@ -260,7 +260,7 @@ def _to_unit(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def _from_unit(z: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    return lo + (hi - lo) / (1.0 + np.exp(-z))
+    return lo + (hi - lo) / (1.0 + np.exp(-np.clip(z, -700.0, 700.0)))  # exp(700) still fits a float
 
 
 def minimize(f: Callable[[np.ndarray], float], x0: Sequence[float], lo: Sequence[float], hi: Sequence[float],

@@ -128,6 +128,7 @@ class StepModel:
         else:
             self.issue_s = host.graph_launch_us * 1e-6 * pp
         self.overhead_s = host.step_overhead_us * 1e-6
+        self._tail_weight = 0.0 if self.graph else 1.0  # a graph's launch already holds its last kernels
         self._dense = np.zeros((len(DEVICE_CATEGORIES), 0))
         self._lm = np.zeros((len(DEVICE_CATEGORIES), 0))
         self._dense_tot = np.zeros(0)
@@ -148,6 +149,7 @@ class StepModel:
         m, hw, dt = self.model, self.hw, self.dtypes
         dev, eff = hw.device, hw.efficiency
         self.p = float(eff.softmax_p)
+        self._negligible = 1e-12 ** (1.0 / self.p)  # below this ratio the smaller term moves a soft max by < 1e-12
         self.units = dev.compute_units
         self.tail = eff.attn_tail
         self.ramp = eff.attn_decode_ramp_us * 1e-6
@@ -175,6 +177,11 @@ class StepModel:
                 write * L / (bw * ew), per_kernel * 1e-6 * L, L))
         self._groups = tuple(groups)
         self._kvh = kvh
+        g = groups[0]
+        # speed: most models have one group of full-attention layers, whose decode terms attention_s
+        # reads from one tuple
+        self._full = (g.d_c, g.d_m, g.d_q, g.d_seq + g.kv_tok, g.floor, self.ramp * g.layers) \
+            if len(groups) == 1 and g.kind == "full" else None
 
     def _soft(self, x: float, y: float) -> float:
         p = self.p
@@ -188,6 +195,18 @@ class StepModel:
         chunks of pt new tokens in all, `pairs` causal query-key pairs, pc cached tokens before
         the chunks): the attention kernels, the cache writes, their floors. Prefill tiles are
         quantised at the mean chunk length (hwmodels.attention)."""
+        if not pt and self._full is not None:  # speed: a decode-only moment of one full-attention group
+            if not ds:
+                return 0.0
+            d_c, d_m, d_q, d_seq, floor, ramp = self._full
+            keys = dc + ds  # each attends to its cache plus itself
+            t_m = keys * d_m + ds * d_q
+            if ramp > 0:
+                t_m -= ramp * math.expm1(-t_m / ramp)
+            t_c = keys * d_c
+            if t_c < self._negligible * t_m:  # speed: memory-bound (decode almost always is): soft max = t_m
+                return t_m + ds * d_seq + floor
+            return self._soft(t_c, t_m) + ds * d_seq + floor
         t = 0.0
         soft = self._soft
         for g in self._groups:
@@ -211,8 +230,12 @@ class StepModel:
                 exact = pr / n if pr > n else 1.0
                 pad = padded / exact if padded > exact else 1.0
                 work = g.heads * pr * pad * g.tau / self.units
-                compute = (work if work > longest else longest) + self.tail * longest
-                t += soft(compute * g.layers + pc * g.p_cc, pc * g.p_cm + pt * g.p_tm) + pt * g.kv_tok + g.floor
+                c = ((work if work > longest else longest) + self.tail * longest) * g.layers + pc * g.p_cc
+                m = pc * g.p_cm + pt * g.p_tm
+                if m < self._negligible * c:  # speed: compute-bound (a prefill almost always is)
+                    t += c + pt * g.kv_tok + g.floor
+                else:
+                    t += soft(c, m) + pt * g.kv_tok + g.floor
             if ds:
                 keys = dc + ds  # each attends to its cache plus itself
                 if keys > ds * g.cap:  # speed: windowed_keys inlined
@@ -301,10 +324,11 @@ class StepModel:
     def _combine(self, dev: float, tail: float = 0.0) -> float:
         if self.cpu:  # the CPU both issues and runs the kernels: nothing overlaps
             return dev + self.issue_s + self.overhead_s
-        issued = self.issue_s + (tail if not self.graph else 0.0)
+        issued = self.issue_s + tail * self._tail_weight
         if self.async_scheduling:
-            return max(dev, issued + self.overhead_s)
-        return max(dev, issued) + self.overhead_s
+            issued += self.overhead_s
+            return dev if dev > issued else issued
+        return (dev if dev > issued else issued) + self.overhead_s  # speed: no max() call
 
     def cost(self, b: Batch) -> StepCost:
         """The contract's breakdown: device categories over all layers, and the host's share."""

@@ -39,15 +39,21 @@ def from_validation(err: ValidationError, where: str) -> InputError:
     return InputError(where, field, msg + more)
 
 
-def load_mapping(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON file that must hold a mapping; any failure is an InputError."""
+def read_text(path: str | Path) -> str:
+    """A text file's contents; a missing or unreadable file is an InputError."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(str(p), "", "file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(str(p), "", f"cannot read: {e.__class__.__name__}") from None
+
+
+def load_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON file that must hold a mapping; any failure is an InputError."""
+    p = Path(path)
+    text = read_text(p)
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:

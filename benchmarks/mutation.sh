@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Mutation testing of the modules that make numbers (mutmut 3, `pip install -e ".[test]"`).
+#
+#   benchmarks/mutation.sh                 # every module below, one after another
+#   benchmarks/mutation.sh roofline kvcache
+#   JOBS=1 benchmarks/mutation.sh cost     # mutants run in parallel: JOBS (default 2)
+#
+# Each module runs in its own scratch copy of this working tree (/tmp/momentsim-mutation/NAME,
+# or $MUTATION_DIR/NAME) with mutmut told to mutate that module only and to run only the test
+# files that exercise it (mutmut then runs, for each mutant, the tests that call the mutated
+# function). A mutant is killed when a test fails or times out. The survivors judged equivalent
+# (no input changes what the code computes) are listed, with the reason, in
+# benchmarks/mutation-equivalent.md; the score in the README counts them apart.
+# Prints one line per module: killed / total, survivors; `mutmut results` inside the scratch copy
+# lists the survivors and `mutmut show NAME` shows one. CPU-heavy (minutes per module): not on CI.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+scratch="${MUTATION_DIR:-/tmp/momentsim-mutation}"
+jobs="${JOBS:-2}"
+
+# module name -> "source file|test files" (the tests that check its numbers)
+declare -A MODULES=(
+  [roofline]="hwmodels/roofline.py|tests/test_roofline.py tests/test_cost.py tests/test_physical_limits.py tests/test_fit.py"
+  [model]="simulator/moment/model.py|tests/test_model.py tests/test_families.py tests/test_ops_families.py tests/test_ops.py tests/test_physical_limits.py"
+  [ops]="simulator/moment/ops.py|tests/test_ops.py tests/test_ops_families.py tests/test_kernels.py tests/test_physical_limits.py tests/test_cost.py"
+  [cost]="simulator/moment/cost.py|tests/test_cost.py tests/test_physical_limits.py tests/test_kernels.py tests/test_engine.py"
+  [kvcache]="simulator/serving/kvcache.py|tests/test_kvcache.py tests/test_engine.py tests/test_reference.py tests/test_physical_limits.py"
+  [engine]="simulator/serving/engine.py|tests/test_engine.py tests/test_reference.py tests/test_schedulers.py tests/test_overload.py"
+  [schedulers]="simulator/serving/schedulers/*|tests/test_reference.py tests/test_engine.py tests/test_schedulers.py"
+  [decodeset]="simulator/serving/decodeset.py|tests/test_reference.py tests/test_engine.py tests/test_schedulers.py"
+  [result]="simulator/serving/result.py|tests/test_engine.py tests/test_metrics.py tests/test_reference.py"
+  [metrics]="simulator/reports/metrics.py|tests/test_metrics.py tests/test_queueing.py tests/test_overload.py"
+)
+ORDER=(roofline model ops cost kvcache decodeset schedulers engine result metrics)
+
+names=("$@")
+[ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")
+
+for name in "${names[@]}"; do
+  spec="${MODULES[$name]:-}"
+  if [ -z "$spec" ]; then
+    echo "mutation.sh: unknown module '$name'; known: ${ORDER[*]}" >&2
+    exit 2
+  fi
+  src="${spec%%|*}"
+  tests="${spec#*|}"
+  dir="$scratch/$name"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  # the working tree as it is (tracked and new files, not ignored ones)
+  (cd "$here" && git ls-files -z -co --exclude-standard | tar --null -T - -cf -) | tar -xf - -C "$dir"
+  existing=()
+  for t in $tests; do [ -f "$dir/$t" ] && existing+=("\"$t\""); done
+  sel="$(IFS=,; echo "${existing[*]}")"
+  cat >> "$dir/pyproject.toml" <<EOF
+
+[tool.mutmut]
+source_paths = ["hwmodels", "simulator", "calibration"]
+also_copy = ["scenarios", "benchmarks", "docs", "README.md"]
+only_mutate = ["$src"]
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
+pytest_add_cli_args_test_selection = [$sel]
+EOF
+  (
+    cd "$dir"
+    unset PYTHONPATH  # the mutated copy (mutants/) must be what the tests import
+    mutmut run --max-children "$jobs" > mutmut-run.log 2>&1 || true
+    mutmut export-cicd-stats > /dev/null 2>&1 || true
+    python3 - "$name" "$src" <<'PY'
+import json, sys
+s = json.load(open("mutants/mutmut-cicd-stats.json"))
+killed = s["killed"] + s.get("timeout", 0) + s.get("caught_by_type_check", 0)
+total = s["total"] - s.get("skipped", 0)
+print(f"{sys.argv[1]:<11} {sys.argv[2]:<36} killed {killed:>5} / {total:<5} "
+      f"({100 * killed / max(total, 1):.1f} %)  survived {s['survived']}  no tests {s['no_tests']}  "
+      f"suspicious {s.get('suspicious', 0)}")
+PY
+  )
+done

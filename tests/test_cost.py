@@ -1,5 +1,7 @@
 """Step costs: monotone in batch and context, host-bound in eager mode, roofline-bound at scale."""
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,7 +11,7 @@ from hwmodels.roofline import allreduce_time, soft_max
 from hwmodels.spec import Efficiency, Link
 from simulator.moment.cost import TAIL_OPS, op_seconds, step_model
 from simulator.moment.model import load_model
-from simulator.moment.ops import Batch, step_ops, total_flops
+from simulator.moment.ops import Batch
 
 H100 = load_hardware("h100-sxm")
 
@@ -51,24 +53,41 @@ def test_breakdown_sums_to_step():
     assert sum(v for k, v in c.breakdown_ms.items() if k != "host") == pytest.approx(c.device_ms)
 
 
-def test_large_prefill_is_compute_bound():
-    # 8 x 2048 prompt tokens: FLOPs / (peak x GEMM efficiency) is a lower bound, and
-    # the step stays within 2x of it (attention and element-wise ops add the rest)
-    s = sm()
-    b = Batch.of(prefill=[(8, 2048)])
-    fl = total_flops(step_ops(load_model("llama-3-8b"), b))
-    bound = fl / (H100.device.peak_flops("bf16") * H100.efficiency.gemm_compute)
-    t = s.device_s(b)
-    assert bound * 0.95 < t < 2 * bound
+# Llama-3-8B's GEMMs per layer as (output columns n, reduction k): q,k,v fused (4096 + 2 x 1024),
+# o, gate+up fused (2 x 14336), down; 32 layers, bf16 (2 bytes per weight and activation).
+LLAMA3_8B_GEMMS = {"qkv_proj": (6144, 4096), "o_proj": (4096, 4096), "ffn_up": (28672, 4096),
+                   "ffn_down": (4096, 14336)}
 
 
-def test_small_decode_is_memory_bound():
-    # batch 1: the weights stream once; time ~ 16 GB / (3.35 TB/s x efficiency)
-    s = sm()
-    t = s.device_s(Batch.of(decode=[(1, 16)]))
-    weights = load_model("llama-3-8b").weight_bytes("bf16")
-    floor = weights / H100.device.bandwidth
-    assert floor < t < 1.6 * floor
+def gemm_by_hand(m: int, n: int, k: int) -> tuple[float, float, float]:
+    """One layer's GEMM on the H100 profile, written out from hwmodels/roofline.py's docstring:
+    (compute, memory, floor) seconds. 2mnk FLOPs at peak x gemm_compute x (1 - wave + wave x
+    the useful share of the tiles' waves); weights and activations, 2(nk + m(n + k)) bytes, at
+    bandwidth x gemm_memory; the kernel floor inside a CUDA graph (the floor less the
+    element-wise floor's excess over the graph floor)."""
+    e, d = H100.efficiency, H100.device
+    tiles = math.ceil(m / 128) * math.ceil(n / 128)
+    useful = m * n / (math.ceil(tiles / d.compute_units) * d.compute_units * 128 * 128)
+    compute = 2 * m * n * k / (d.peak_flops("bf16") * e.gemm_compute * (1 - e.gemm_wave + e.gemm_wave * useful))
+    memory = 2 * (n * k + m * (n + k)) / (d.bandwidth * e.gemm_memory)
+    floor = max(e.graph_floor_us, e.floor_us - max(e.elementwise_floor_us - e.graph_floor_us, 0.0)) * 1e-6
+    return compute, memory, floor
+
+
+@pytest.mark.parametrize("m, batch", [(1, Batch.of(decode=[(1, 16)])), (16384, Batch.of(prefill=[(8, 2048)]))])
+def test_gemm_categories_by_hand(m, batch):
+    """Each GEMM category of a step is 32 layers of its roofline by hand: (compute^p + memory^p)^(1/p)
+    + floor. A batch-1 decode is memory-bound (within 0.05 % of its weights at bandwidth x
+    gemm_memory); 8 x 2048 prompt tokens are compute-bound (within 2 % of their FLOPs at the
+    waves' share of peak x gemm_compute)."""
+    c = sm().cost(batch)
+    p = H100.efficiency.softmax_p
+    for cat, (n, k) in LLAMA3_8B_GEMMS.items():
+        got = c.breakdown_ms[cat] * 1e-3
+        compute, memory, floor = gemm_by_hand(m, n, k)
+        assert got == pytest.approx(32 * ((compute ** p + memory ** p) ** (1 / p) + floor), rel=1e-9), cat
+        bound = memory if m == 1 else compute
+        assert got == pytest.approx(32 * (bound + floor), rel=5e-4 if m == 1 else 0.02), cat
 
 
 def test_soft_max_bounds():

@@ -3,7 +3,6 @@ the ops' FLOP counts, never numbers copied from a run."""
 
 import csv
 import json
-import time
 from itertools import pairwise
 
 import pytest
@@ -129,10 +128,9 @@ def test_a_model_that_never_fits_is_one_line_exit_2(capsys):
 
 
 def test_json_out_csv_and_png(capsys, tmp_path):
-    t0 = time.perf_counter()
     rc = main(["curves", "--model", "llama-3-8b", "--hardware", "h100-sxm", "--mode", "eager", "--json",
                "--out", str(tmp_path / "c")])
-    assert rc == 0 and time.perf_counter() - t0 < 4  # defaults, plot included (< 2 s unloaded)
+    assert rc == 0
     d = json.loads(capsys.readouterr().out)
     assert [len(d[k]) for k in ("decode_vs_batch", "decode_vs_context", "prefill_vs_prompt")] == [81, 81, 8]
     png = (tmp_path / "c" / "curves.png").read_bytes()
@@ -143,9 +141,7 @@ def test_json_out_csv_and_png(capsys, tmp_path):
     assert ok and all(sum(float(v) for k, v in r.items() if k.startswith("share_")) == pytest.approx(1) for r in ok)
 
 
-def test_table_is_fast_and_marks_what_does_not_fit(capsys):
-    t0 = time.perf_counter()
+def test_table_marks_what_does_not_fit(capsys):
     assert main(["curves", "--model", "llama-3-8b", "--hardware", "h100-sxm"]) == 0
-    assert time.perf_counter() - t0 < 2
     out = capsys.readouterr().out
     assert "decode step [ms]" in out and "prefill, batch 1" in out and "does not fit" in out

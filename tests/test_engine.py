@@ -16,6 +16,7 @@ from simulator.moment.model import load_model
 from simulator.moment.ops import Batch, Dtypes, step_ops, total_flops
 from simulator.reports.metrics import summarize
 from simulator.serving.engine import DECODE, MIXED, PREFILL, simulate
+from simulator.serving.result import TIMESERIES_POINTS
 from simulator.serving.scenario import Scenario
 
 MODEL = "llama-3.2-1b"
@@ -74,9 +75,13 @@ def check(r, exact_tokens: bool = True) -> None:
         assert np.all(s[1:] >= (s + d)[:-1] - 1e-9 * np.maximum(1.0, s[1:]))  # no overlap in a virtual engine
     assert r.makespan_s >= (m["start_s"] + m["dur_s"]).max(initial=0.0) - 1e-12
     assert n == done.sum() + (st_ == 1).sum()
-    assert r.timeseries["busy_frac"].max(initial=0.0) <= 1.0 + 1e-7  # prefix-sum integrals: rounding ~1e-9
+    # busy fractions are sums of n moment lengths over the makespan (itself n additions): at most
+    # 1 up to the round-off of n additions, n eps relative; the time series divides differences of
+    # prefix sums of makespan size by intervals 1/TIMESERIES_POINTS as long, so 1000 times that
+    eps = len(m["dur_s"]) * np.finfo(float).eps
+    assert r.timeseries["busy_frac"].max(initial=0.0) <= 1.0 + 4 * TIMESERIES_POINTS * eps
     busy = summarize(r)["gpu_busy_frac"]
-    assert busy is None or busy <= 1.0 + 1e-9
+    assert busy is None or busy <= 1.0 + 4 * eps
     if exact_tokens:
         # each completed request produced exactly output_len tokens: its first at the end of its
         # prefill, then one per decode-bearing moment of its virtual engine until it finished
@@ -195,7 +200,9 @@ def test_preemption_when_kv_is_tiny(tmp_path, sched, mode):
     assert r.moments["kv_blocks_used"].max() > 0.8 * r.kv_capacity_blocks
 
 
-def test_swap_charges_transfers_recompute_reprefills(tmp_path):
+def test_swap_keeps_kv_recompute_reprefills(tmp_path):
+    """Token counts only; the time each swap transfer adds is checked moment by moment against
+    the reference scheduler (tests/test_reference.py)."""
     hw = tiny_hw(tmp_path, 3000)
     kw = dict(hardware=hw, serving__scheduler="continuous", serving__max_batch_size=64,
               workload__num_requests=80, workload__arrival={"process": "burst"},
@@ -257,7 +264,7 @@ def test_replicas_and_routers():
         assert counts.min() > 40
         if router == "round_robin":
             assert counts.tolist() == [67, 67, 66]
-        assert r.timeseries["busy_frac"].max() <= 1.0 + 1e-9
+        assert r.timeseries["busy_frac"].max() <= 1.0 + 4 * TIMESERIES_POINTS * len(r.moments["dur_s"]) * 2.0 ** -52
 
 
 def test_prefix_caching_skips_shared_prefill():

@@ -167,6 +167,25 @@ def test_mixtral_active_params():
     assert load_model("mixtral-8x7b").num_params(active=True) / 1e9 == pytest.approx(12.9, abs=0.05)
 
 
+def test_moe_counts_by_hand_include_the_router():
+    """Exact counts (the published figures round to 0.1B, which would hide the router's 1M):
+    Mixtral-8x7B: embed and head 32000 x 4096 each, 32 layers of q, o 4096^2, k, v 4096 x 1024,
+    8 experts of 3 x 4096 x 14336, a router 4096 x 8 and 2 norms, a final norm; a token runs 2
+    experts. Qwen3-30B-A3B: 151936 x 2048 twice, 48 layers of q 2048 x 4096, k, v 2048 x 512,
+    o 4096 x 2048, q/k norms of 128, 128 experts of 3 x 2048 x 768, a router 2048 x 128, 2 norms;
+    8 experts per token."""
+    h = 4096
+    attn = 2 * h * h + 2 * h * 1024 + h * 8 + 2 * h
+    mixtral = load_model("mixtral-8x7b")
+    assert mixtral.num_params() == 2 * 32000 * h + 32 * (attn + 8 * 3 * h * 14336) + h
+    assert mixtral.num_params(active=True) == 2 * 32000 * h + 32 * (attn + 2 * 3 * h * 14336) + h
+    h = 2048
+    attn = h * 4096 + 2 * h * 512 + 4096 * h + 2 * 128 + h * 128 + 2 * h
+    qwen = load_model("qwen3-30b-a3b")
+    assert qwen.num_params() == 2 * 151936 * h + 48 * (attn + 128 * 3 * h * 768) + h
+    assert qwen.num_params(active=True) == 2 * 151936 * h + 48 * (attn + 8 * 3 * h * 768) + h
+
+
 def test_llama3_8b_count_by_hand():
     # embed 128256*4096 twice (untied) + 32 layers of (q,o 4096^2; k,v 4096*1024; MLP 3*4096*14336;
     # 2 norms of 4096) + final norm 4096
@@ -230,8 +249,3 @@ def test_unknown_and_malformed_models(tmp_path):
     with pytest.raises(InputError, match="multiple"):
         load_model(str(bad))
 
-
-def test_all_presets_load():
-    assert len(preset_names()) >= 9
-    for n in preset_names():
-        assert load_model(n).num_params() > 0.5e9

@@ -65,6 +65,14 @@ def test_json_has_the_contract(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert sum(s["breakdown_share"].values()) == pytest.approx(1.0)
     # throughput is what completed over the makespan; Little's law can't be checked on 20 requests
     assert s["requests_per_s"] == pytest.approx(s["requests"]["completed"] / s["makespan_s"], rel=1e-6)
+    # every request fits (prompt <= 256 + output <= 32 tokens): all complete, and the tokens they
+    # produce are the workload's output lengths, drawn again here from the same seed
+    from simulator.serving.scenario import load_scenario
+    from simulator.serving.workload import make_requests
+    sc = load_scenario(scenario(tmp_path))
+    outputs = int(make_requests(sc.workload, sc.seed).output_len.sum())
+    assert s["requests"]["completed"] == 20
+    assert s["output_tokens_per_s"] * s["makespan_s"] == pytest.approx(outputs, rel=1e-6)
     assert 0 < s["mfu"] < 1 and 0 < s["mbu"] < 1 and 0 < s["gpu_busy_frac"] <= 1
     assert err == ""  # stderr is not a tty under pytest: no progress bar
 
@@ -115,7 +123,7 @@ def test_out_writes_every_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert tr["otherData"]["truncated"] is False
 
 
-def test_console_script(tmp_path: Path) -> None:
+def test_console_script(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     exe = shutil.which("momentsim")
     assert exe, "the momentsim console script is not installed (pip install -e .)"
     r = subprocess.run([exe, "run", str(scenario(tmp_path)), "--json"], capture_output=True, text=True,
@@ -124,6 +132,10 @@ def test_console_script(tmp_path: Path) -> None:
     s = json.loads(r.stdout)
     assert CONTRACT <= set(s)
     assert all(v is None or math.isfinite(v) for v in s["ttft_ms"].values())
+    # the installed command and the in-process entry point give the same numbers (same seed)
+    rc = main(["run", str(scenario(tmp_path)), "--json"])
+    here = json.loads(capsys.readouterr().out)
+    assert rc == 0 and {k: s[k] for k in CONTRACT} == {k: here[k] for k in CONTRACT}
 
 
 # -- bad input: exit 2, one line naming the file and the field ----------------------------------

@@ -173,6 +173,12 @@ def test_tiny_validate_writes_its_report(tmp_path):
     fams = {c["family"] for c in js["cases"]}
     assert fams == {"attn_layer", "ffn_layer", "decode_step", "prefill", "generation"}
     assert all(c["measured_ms"] > 0 and c["predicted_ms"] > 0 for c in js["cases"])
+    # a case's time is the median of its samples (3 for tiny), never below their minimum, and
+    # its error is (predicted - measured) / measured; the summary counts every case once
+    for c in js["cases"]:
+        assert c["samples"] >= 3 and c["measured_ms"] >= c["min_ms"] > 0
+        assert c["err"] == pytest.approx((c["predicted_ms"] - c["measured_ms"]) / c["measured_ms"], abs=1e-4)
+    assert sum(v["cases"] for k, v in js["summary"].items() if k != "all") == len(js["cases"])
     assert js["meta"]["fingerprint"]["device"] == "cpu"
     assert "| family | case |" in md and data["summary"]["all"]["cases"] == len(js["cases"])
 

@@ -237,3 +237,63 @@ def test_op_time_uses_the_link_inside_a_node_and_the_network_across_nodes():
         1e9 / 5e10 + 4e-6, rel=1e-12)
     assert float(op_time("alltoall", "comm", 0.0, 1e9, 1, "bf16", h, group=16)) == pytest.approx(
         1e9 / 5e9 + 20e-6, rel=1e-12)
+
+
+# -- defaults and edges, exactly (abs=0: a picosecond matters at these sizes) ------------------------
+
+def exactly(x: float):
+    return pytest.approx(x, rel=1e-12, abs=0)
+
+
+def test_defaults_are_eager_no_rows_no_dequantising_one_device():
+    g = hw(graph_floor_us=1.0, elementwise_floor_us=1.5, elementwise_row_gbps={"norm": 10.0})
+    # a stream's defaults: eager floor, no per-row bound (m = 0), no thread-pool hand-off
+    assert float(stream_time("norm", 4e6, 1, g)) == exactly(4e6 / (BW * 0.4) + 1.5e-6)
+    assert float(op_time("stream", "norm", 0.0, 4e6, 1, "bf16", g)) == exactly(4e6 / (BW * 0.4) + 1.5e-6)
+    assert floor_us(g.efficiency, False) == 1.5 and floor_us(g.efficiency, True) == 3.0
+    # in a graph: the graph floor, through op_time too
+    assert float(stream_time("norm", 4e6, 1, g, graph=True)) == exactly(4e6 / (BW * 0.4) + 1e-6)
+    assert float(op_time("stream", "norm", 0.0, 4e6, 1, "bf16", g, graph=True)) == exactly(4e6 / (BW * 0.4) + 1e-6)
+    # a GEMM without dequantising work: exactly its roofline (no vector ops added)
+    assert float(op_time("gemm", "ffn_up", 1e12, 0.0, 1, "bf16", g, m=4096, n=4096)) == exactly(0.02 + 3e-6)
+    # half a vector op is still work
+    assert float(op_time("gemm", "ffn_up", 1e12, 0.0, 1, "bf16", g, m=4096, n=4096, dequant=0.5)) == exactly(
+        0.02 + 0.5 / (FP32 * 0.5) + 3e-6)
+    # a collective over one device (the default group) costs nothing
+    assert float(op_time("allreduce", "comm", 0.0, 1e9, 1, "bf16", g)) == 0.0
+    assert float(op_time("alltoall", "comm", 0.0, 1e9, 1, "bf16", g)) == 0.0
+
+
+def test_one_token_rows_and_exact_row_rate():
+    h = hw(elementwise_row_gbps={"norm": 10.0})
+    # one token (a batch-1 decode): its whole row through one block at 10 GB/s
+    assert float(stream_time("norm", 1e6, 1, h, m=1)) == exactly(1e6 / 10e9 + 3e-6)
+    assert float(stream_time("norm", 4e6, 1, h, m=4)) == exactly(1e6 / 10e9 + 3e-6)
+
+
+def test_a_cache_under_a_megabyte_still_gains():
+    h = hw(elementwise_cache_gain={"norm": 1.0})
+    h = h.model_copy(update={"device": h.device.model_copy(update={"cache_mb": 0.5})})
+    # 0.25 MB fits a 0.5 MB cache: twice as fast
+    assert float(stream_time("norm", 0.25e6, 1, h)) == exactly(0.25e6 / (BW * 0.4) / 2 + 3e-6)
+
+
+def test_collectives_return_float_arrays_of_their_input_shape():
+    link, eff = Link(bw_gbps=100, latency_us=2.0), Efficiency(comm_bw=0.5)
+    for f in (lambda b: allreduce_time(b, 1, 1, None, eff), lambda b: alltoall_time(b, 1, 1, None, eff)):
+        z = f(np.array([1000, 2000]))
+        assert z.dtype == np.float64 and z.shape == (2,) and not z.any()
+    assert allreduce_time(np.array([1e9, 2e9]), 2, 1, link, eff).shape == (2,)
+
+
+def test_collective_errors_say_what_is_missing():
+    eff = Efficiency()
+    with pytest.raises(ValueError, match="^a collective over several devices needs a link$"):
+        allreduce_time(1e9, 2, 1, None, eff)
+    with pytest.raises(ValueError, match="^pipeline parallelism needs a link between devices$"):
+        send_time(1e9, 1, None, eff)
+    with pytest.raises(ValueError, match="^expert parallelism over several devices needs a link$"):
+        alltoall_time(1e9, 2, 1, None, eff)
+    for kind in ("attn_prefill", "attn_decode"):
+        with pytest.raises(ValueError, match=f"^{kind} is priced by hwmodels.attention"):
+            op_time(kind, "attention", 1.0, 1.0, 1, "bf16", hw())

@@ -141,6 +141,7 @@ def test_collectives_run_over_gloo():
     assert all(r["ms"] > 0 for r in recs)
 
 
+@pytest.mark.cuda
 @needs_cuda
 def test_tiny_cuda_calibration(tmp_path):
     out = tmp_path / "tiny-cuda.json"

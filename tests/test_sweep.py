@@ -173,21 +173,21 @@ def test_resume_skips_finished_points(tmp_path: Path) -> None:
     out = tmp_path / "out"
     calls: list[str] = []
     with pytest.raises(KeyboardInterrupt):  # interrupted after two points
-        run_sweep(sw, out, workers=1, runner=_stub(calls, stop_after=2), progress=False)
+        run_sweep(sw, out, workers=1, runner=_stub(calls, stop_after=2), progress=False, plots=False)
     assert len(calls) == 2 and len(read_done(out / "points.jsonl")) == 2
     assert [r["status"] for r in read_csv(out / "results.csv")] == ["ok", "ok", "missing", "missing"]
     with (out / "points.jsonl").open("a") as f:
         f.write('{"key": "torn line of a crash')  # a record cut short is ignored
     calls2: list[str] = []
-    res = run_sweep(sw, out, workers=1, runner=_stub(calls2), progress=False)
+    res = run_sweep(sw, out, workers=1, runner=_stub(calls2), progress=False, plots=False)
     assert len(calls2) == 2 and res.ran == 2 and res.resumed == 2 and res.ok == 4
     calls3: list[str] = []
-    res = run_sweep(sw, out, workers=1, runner=_stub(calls3), progress=False)
+    res = run_sweep(sw, out, workers=1, runner=_stub(calls3), progress=False, plots=False)
     assert calls3 == [] and res.resumed == 4
     # a changed point (another rate) is a new key: only it runs
     sw = write(tmp_path, "sw.yaml", {"base": TINY, "grid": {"workload.arrival.rate": [1.0, 2.0, 3.0, 5.0]}})
     calls4: list[str] = []
-    run_sweep(sw, out, workers=1, runner=_stub(calls4), progress=False)
+    run_sweep(sw, out, workers=1, runner=_stub(calls4), progress=False, plots=False)
     assert len(calls4) == 1
 
 
@@ -204,6 +204,7 @@ def test_base_from_file_and_relative_hardware(tmp_path: Path) -> None:
     assert [r["hardware"] for r in res.rows] == ["fast-h100", "h100-sxm", "fast-h100"]
 
 
+@pytest.mark.slow  # starting a local Ray cluster takes ~14 s
 def test_ray_local(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'momentsim[ray]')")
     sw = write(tmp_path, "sw.yaml", {"base": TINY, "grid": {"workload.arrival.rate": [4.0, 8.0], "serving.tp": [1, 3]}})

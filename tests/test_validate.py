@@ -183,6 +183,7 @@ def test_tiny_validate_writes_its_report(tmp_path):
     assert "| family | case |" in md and data["summary"]["all"]["cases"] == len(js["cases"])
 
 
+@pytest.mark.cuda
 @needs_cuda
 def test_cuda_graph_decode_matches_eager():
     r = Reference(TINY, dtype="bf16", device="cuda")

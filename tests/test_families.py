@@ -252,3 +252,81 @@ def test_a_mutated_config_loads_and_costs_or_is_one_line(tmp_path, name, data):
         return
     assert m.num_params() >= 0 and m.kv_bytes_per_token() >= 0
     assert total_flops(step_ops(m, Batch.of(decode=[(2, 100)], prefill=[(1, 64)]), Dtypes.of(m))) > 0
+
+
+# -- what a user reads: each message whole, naming the file and the field ----------------------------------
+
+def test_config_messages_name_the_file_and_the_field_exactly(tmp_path):
+    from simulator.moment.model import FAMILIES, _spec
+
+    def err(data: dict) -> str:
+        path = write(tmp_path, data)
+        with pytest.raises(InputError) as e:
+            load_model(path)
+        return str(e.value).removeprefix(path + ": ")
+
+    with pytest.raises(InputError) as e:  # load_mapping refuses a list first; _spec on its own too
+        _spec([1, 2], "x", "f.json")
+    assert str(e.value) == "f.json: must be a mapping of Hugging Face config fields"
+    assert err({"model_type": "gemma3", "text_config": 3}) == (
+        "text_config: must be a mapping of the text model's config fields")
+    assert err({"model_type": "gemma3", "text_config": {}, "num_hidden_layers": 3}) == (
+        "num_hidden_layers: not modelled beside a text_config and may change the cost")
+    assert err(preset("llama-3-8b") | {"ssm_state_size": 16}) == (
+        "ssm_state_size: not modelled for model_type llama and may change the cost; allowed: the fields "
+        "listed for it in simulator/moment/model.py")
+    generic = {k: v for k, v in preset("llama-3-8b").items() if k not in ("model_type", "architectures")}
+    assert err(generic | {"ssm_state_size": 16}).startswith(
+        "ssm_state_size: not modelled for model_type (none: Llama-like) and may change the cost")
+    known = ", ".join(sorted(k for k in FAMILIES if k))
+    assert err(preset("llama-3-8b") | {"model_type": "rwkv"}) == (
+        f"model_type: 'rwkv' is not a model family momentsim models; known model_type: {known}")
+    assert err(preset("gpt-oss-20b") | {"experts_per_token": 2}) == (
+        "experts_per_token: 2 disagrees with num_experts_per_tok (4)")
+
+
+def test_family_from_architectures_wrappers_and_top_level_fields(tmp_path):
+    cfg = {k: v for k, v in preset("mistral-7b").items() if k != "model_type"}
+    m = load_model(write(tmp_path, cfg | {"architectures": ["MistralForCausalLM"]}))
+    assert m.model_type == "mistral" and m.num_params() == load_model("mistral-7b").num_params()
+    # a wrapper's text_config without a model_type is the wrapper's text model; the wrapper's
+    # tie_word_embeddings and quantization_config apply to it; "_" keys are comments
+    text = {k: v for k, v in preset("gemma-3-1b").items() if k not in ("model_type", "architectures")}
+    m = load_model(write(tmp_path, {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+                                    "tie_word_embeddings": False, "_comment": 1,
+                                    "quantization_config": {"quant_method": "fp8"},
+                                    "text_config": text | {"_name_or_path": "x"}}))
+    g = load_model("gemma-3-1b")
+    assert m.model_type == "gemma3_text" and m.architectures == ["Gemma3ForConditionalGeneration"]
+    assert m.num_params() == g.num_params() + g.vocab_size * g.hidden_size  # untied: a head of its own
+    assert m.native_formats == ("fp8", "fp8")
+    # a preset is named by its name, a config.json by its folder
+    assert load_model("llama-3-8b").name == "llama-3-8b"
+    path = write(tmp_path, preset("llama-3-8b"))
+    assert load_model(path).name == Path(path).parent.name
+
+
+@pytest.mark.parametrize("quant, moe, formats", [
+    ({"quant_method": "mxfp4"}, False, ("mxfp4", "mxfp4")),   # a dense model: every linear layer
+    ({"quant_method": "mxfp4"}, True, ("bf16", "mxfp4")),     # gpt-oss: experts only
+    ({"quant_method": "FP8", "weight_block_size": [128, 128]}, False, ("fp8-block", "fp8-block")),
+    ({"quant_method": "modelopt", "quant_algo": "fp8"}, False, ("fp8", "fp8")),
+    ({"quant_method": "awq", "bits": 4}, False, ("int4-awq", "int4-awq")),
+])
+def test_quantization_formats(quant, moe, formats):
+    from simulator.moment.model import Quantization
+    assert Quantization.model_validate(quant).formats(moe) == formats
+
+
+@pytest.mark.parametrize("quant, message", [
+    ({"quant_method": "gptq", "bits": 3}, "bits 3 is not modelled for gptq; allowed: 4, 8"),
+    ({"quant_method": "awq", "bits": 8}, "bits 8 is not modelled for awq; allowed: 4"),
+    ({"quant_method": "modelopt"}, "quant_algo None is not modelled; allowed: NVFP4, FP8"),
+    ({"quant_method": "bnb"}, "quant_method 'bnb' is not modelled; allowed: awq, fp8, gptq, modelopt, mxfp4 "
+                              "(or set the weight dtype of the run)"),
+])
+def test_unmodelled_quantization_messages(quant, message):
+    from simulator.moment.model import Quantization
+    with pytest.raises(ValueError) as e:
+        Quantization.model_validate(quant)
+    assert message in str(e.value)

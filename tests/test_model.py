@@ -249,3 +249,81 @@ def test_unknown_and_malformed_models(tmp_path):
     with pytest.raises(InputError, match="multiple"):
         load_model(str(bad))
 
+
+
+def test_mla_moe_and_biased_moe_counts_by_hand():
+    """Exact counts of three more layouts (their publishers' 15.7B / 2.4B, 20.91B / 3.61B and
+    14.3B / 2.7B round these):
+    DeepSeek-V2-Lite, MLA without a q bottleneck: per layer q 2048 x 16 x (128 + 64), the latent
+    and rope key 2048 x (512 + 64), its norm 512, kv up-projection 512 x 16 x (128 + 128),
+    o 16 x 128 x 2048, 2 norms; layer 1 dense (3 x 2048 x 10944), 26 MoE layers of 64 routed
+    experts (6 per token) and 2 shared ones of 3 x 2048 x 1408 and a router 2048 x 64.
+    gpt-oss-20b, biases everywhere: q 2880 x 4096, k, v 2880 x 512, o 4096 x 2880 each with its
+    bias, 64 attention sinks, 2 norms; 32 experts (4 per token) of gate/up 2880 x 5760 and down
+    2880 x 2880 with biases, a router 2880 x 32 with bias.
+    Qwen1.5-MoE-A2.7B: q, k, v 2048^2 with biases, o 2048^2, 2 norms; 60 experts (4 per token)
+    of 3 x 2048 x 1408, a shared expert 3 x 2048 x 5632 with its sigmoid gate (2048), a router
+    2048 x 60."""
+    h = 2048
+    attn = h * 16 * 192 + h * 576 + 512 + 512 * 16 * 256 + 16 * 128 * h + 2 * h
+    moe = lambda k: k * 3 * h * 1408 + 2 * 3 * h * 1408 + h * 64  # noqa: E731
+    outer = 2 * 102400 * h + h + 27 * attn + 3 * h * 10944
+    ds = load_model("deepseek-v2-lite")
+    assert ds.num_params() == outer + 26 * moe(64)
+    assert ds.num_params(active=True) == outer + 26 * moe(6)
+    h = 2880
+    attn = h * 4096 + 4096 + 2 * (h * 512 + 512) + 4096 * h + h + 64 + 2 * h
+    expert = 2880 * 5760 + 5760 + 2880 * 2880 + 2880
+    oss = load_model("gpt-oss-20b")
+    outer = 2 * 201088 * h + h
+    assert oss.num_params() == outer + 24 * (attn + 32 * expert + h * 32 + 32)
+    assert oss.num_params(active=True) == outer + 24 * (attn + 4 * expert + h * 32 + 32)
+    h = 2048
+    attn = 3 * (h * h + h) + h * h + 2 * h
+    shared = 3 * h * 5632 + h + h * 60
+    qw = load_model("qwen1.5-moe-a2.7b")
+    assert qw.num_params() == 2 * 151936 * h + h + 24 * (attn + 60 * 3 * h * 1408 + shared)
+    assert qw.num_params(active=True) == 2 * 151936 * h + h + 24 * (attn + 4 * 3 * h * 1408 + shared)
+
+
+def test_biases_of_a_dense_mlp_and_attention_by_hand(tmp_path):
+    """A Llama config with attention_bias and mlp_bias: q, k, v and o carry biases (q_dim, 2 x
+    kv_dim, hidden), gate and up one of the intermediate size each, down one of the hidden size."""
+    h, i, L, V = 256, 512, 3, 1000
+    cfg = {"model_type": "llama", "hidden_size": h, "num_hidden_layers": L, "num_attention_heads": 8,
+           "num_key_value_heads": 2, "intermediate_size": i, "vocab_size": V, "tie_word_embeddings": False}
+    plain = 2 * h * h + 2 * h * 64 + 3 * h * i + 2 * h
+
+    def count(**over) -> int:
+        p = tmp_path / f"config-{len(over)}-{'-'.join(over)}.json"  # load_model caches by path
+        p.write_text(json.dumps(cfg | over))
+        return load_model(str(p)).num_params()
+
+    assert count() == 2 * V * h + L * plain + h
+    biases = (h + 2 * 64 + h) + (2 * i + h)
+    assert count(attention_bias=True, mlp_bias=True) == 2 * V * h + L * (plain + biases) + h
+    assert count(mlp_bias=True) == 2 * V * h + L * (plain + 2 * i + h) + h
+    assert count(tie_word_embeddings=True) == V * h + L * plain + h
+    # a config of no known family with a plain GELU: an ungated MLP, up and down with their biases
+    g = tmp_path / "generic.json"
+    g.write_text(json.dumps({k: v for k, v in cfg.items() if k != "model_type"} | {"hidden_act": "gelu",
+                                                                                 "mlp_bias": True}))
+    ungated = 2 * h * h + 2 * h * 64 + 2 * h * i + (i + h) + 2 * h
+    assert load_model(str(g)).num_params() == 2 * V * h + L * ungated + h
+
+
+def test_weight_bytes_by_hand():
+    m = load_model("llama-3-8b")
+    n = m.num_params()
+    assert m.weight_bytes("fp32") == 4 * n and m.weight_bytes() == 2 * n and m.weight_bytes("bf16", tp=2) == n
+    # int8 weights: the linear layers at 1 byte, embeddings, head and norms stay at 2
+    linear = 32 * (4096 * 6144 + 4096 * 4096 + 3 * 4096 * 14336)
+    assert m.weight_bytes("int8") == linear + 2 * (n - linear)
+    assert m.weight_bytes("int8", pp=4) == (linear + 2 * (n - linear)) / 4
+    # DeepSeek-V2-Lite with ep = 2 (and tp = 2): the latent and rope-key projections (2048 x 576
+    # per layer) and the shared experts (2 x 3 x 2048 x 1408 per MoE layer) are whole on each device
+    ds = load_model("deepseek-v2-lite")
+    rep = 27 * 2048 * 576 + 26 * 2 * 3 * 2048 * 1408
+    assert ds.weight_bytes("bf16", tp=2, ep=2) == pytest.approx((2 * ds.num_params() - 2 * rep) / 2 + 2 * rep)
+    assert ds.weight_bytes("bf16", tp=2) == pytest.approx((2 * ds.num_params() - 2 * 27 * 2048 * 576) / 2
+                                                          + 2 * 27 * 2048 * 576)

@@ -116,6 +116,7 @@ def test_a_step_is_never_faster_than_its_flops_at_peak_or_its_streamed_bytes(nam
 
 def test_kv_blocks_that_fit_exactly_are_allocated_and_one_more_is_not():
     kv = KVCache(10, 16)
+    kv.check()  # empty: every block free
     assert not kv.alloc(11) and kv.free == 10
     assert kv.alloc(10) and kv.free == 0 and kv.used == 10
     assert not kv.alloc(1)
@@ -134,6 +135,10 @@ def test_an_exact_fit_may_evict_every_cached_prefix_and_no_more():
     assert not kv.resident(7) and kv.resident(8) and kv.free == 0 and kv.evictable == 2
     assert kv.alloc(2) and not kv.resident(8) and kv.available == 0
     kv.check()
+    kv = KVCache(4, 16)
+    assert kv.acquire_prefix(1, 4) == 0 and kv.acquire_prefix(1, 4) == 1  # MISS, then HIT: held once
+    kv.check()  # every used block is the prefix's
+    assert kv.used == 4 and kv.available == 0
 
 
 MODEL = "llama-3.2-1b"

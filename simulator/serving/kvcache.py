@@ -14,19 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from hwmodels.spec import Hardware
-from simulator.moment.memory import footprint
-from simulator.moment.model import ModelSpec
-from simulator.moment.ops import Dtypes
-
 HIT, MISS, FAIL = 1, 0, -1
-
-
-def capacity_blocks(model: ModelSpec, hw: Hardware, tp: int, pp: int, dt: Dtypes, block_size: int,
-                    utilization: float = 0.9, reserve_gb: float = 1.0) -> int:
-    """Blocks per replica: footprint's KV tokens (per device, already tp/pp-sharded: every
-    device of a replica holds its shard of the same tokens) // block_size."""
-    return footprint(model, hw, tp, pp, dt, utilization, reserve_gb).kv_capacity_tokens // block_size
 
 
 class KVCache:
@@ -110,4 +98,4 @@ class KVCache:
         assert held <= self.capacity - self.free
 
 
-__all__ = ["KVCache", "capacity_blocks", "HIT", "MISS", "FAIL"]
+__all__ = ["KVCache", "HIT", "MISS", "FAIL"]

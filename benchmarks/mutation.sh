@@ -66,6 +66,13 @@ EOF
     cd "$dir"
     unset PYTHONPATH  # the mutated copy (mutants/) must be what the tests import
     mutmut run --max-children "$jobs" > mutmut-run.log 2>&1 || true
+    # survivors once more, one at a time: a loaded machine can make a mutant's test run look clean
+    # (or time out) by chance; a mutant kept as a survivor survived twice
+    survivors=$(mutmut results 2>/dev/null | awk '$2 == "survived" {sub(":$", "", $1); print $1}')
+    if [ -n "$survivors" ]; then
+      # shellcheck disable=SC2086
+      mutmut run --max-children 1 $survivors >> mutmut-run.log 2>&1 || true
+    fi
     mutmut export-cicd-stats > /dev/null 2>&1 || true
     python3 - "$name" "$src" <<'PY'
 import json, sys

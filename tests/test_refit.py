@@ -80,6 +80,17 @@ def test_a_saved_validation_is_predicted_again_without_a_device(tmp_path, capsys
     got = json.loads((tmp_path / "validation.json").read_text())
     assert [c["measured_ms"] for c in got["cases"]] == [c["measured_ms"] for c in saved["cases"]]
     assert all(c["predicted_ms"] > 0 for c in got["cases"]) and "prefill" in capsys.readouterr().out
+    # the README's table of this CPU is what these measurements give (a golden guard of the
+    # documented errors; the measurements themselves are independent of the model)
+    import re
+    section = open("README.md", encoding="utf-8").read().split("### This 2-core CPU")[1].split("###")[0]
+    names = {"attention layer": "attn_layer", "FFN layer": "ffn_layer", "decode step (eager)": "decode_step",
+             "prefill": "prefill", "static-batch generation": "generation"}
+    rows = re.findall(r"^\| ([^|]+?) \| (\d+) \| \**([\d.]+) %\** \|", section, re.M)
+    assert {names[n] for n, _, _ in rows} == set(names.values())
+    for name, cases, median in rows:
+        s = got["summary"][names[name]]
+        assert (s["cases"], f"{100 * s['median_abs_err']:.1f}") == (int(cases), median), name
     bad = _write(tmp_path, "bad.json", {"meta": {}})
     assert main(["validate", "--repredict", str(bad), "--hardware", "cpu", "--out", str(tmp_path)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1

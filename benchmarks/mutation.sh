@@ -21,16 +21,16 @@ jobs="${JOBS:-2}"
 
 # module name -> "source file|test files" (the tests that check its numbers)
 declare -A MODULES=(
-  [roofline]="hwmodels/roofline.py|tests/test_roofline.py tests/test_cost.py tests/test_physical_limits.py tests/test_fit.py"
-  [model]="simulator/moment/model.py|tests/test_model.py tests/test_families.py tests/test_ops_families.py tests/test_ops.py tests/test_physical_limits.py"
+  [roofline]="hwmodels/roofline.py|tests/test_roofline.py tests/test_cost.py"
+  [model]="simulator/moment/model.py|tests/test_model.py tests/test_families.py"
   [ops]="simulator/moment/ops.py|tests/test_ops.py tests/test_ops_families.py tests/test_kernels.py tests/test_physical_limits.py tests/test_cost.py"
-  [cost]="simulator/moment/cost.py|tests/test_cost.py tests/test_physical_limits.py tests/test_kernels.py tests/test_engine.py"
-  [kvcache]="simulator/serving/kvcache.py|tests/test_kvcache.py tests/test_engine.py tests/test_reference.py tests/test_physical_limits.py"
-  [engine]="simulator/serving/engine.py|tests/test_engine.py tests/test_reference.py tests/test_schedulers.py tests/test_overload.py"
-  [schedulers]="simulator/serving/schedulers/*|tests/test_reference.py tests/test_engine.py tests/test_schedulers.py"
+  [cost]="simulator/moment/cost.py|tests/test_cost.py tests/test_kernels.py tests/test_physical_limits.py"
+  [kvcache]="simulator/serving/kvcache.py|tests/test_physical_limits.py tests/test_reference.py"
   [decodeset]="simulator/serving/decodeset.py|tests/test_reference.py tests/test_engine.py tests/test_schedulers.py"
-  [result]="simulator/serving/result.py|tests/test_engine.py tests/test_metrics.py tests/test_reference.py"
-  [metrics]="simulator/reports/metrics.py|tests/test_metrics.py tests/test_queueing.py tests/test_overload.py"
+  [schedulers]="simulator/serving/schedulers/*|tests/test_reference.py tests/test_schedulers.py tests/test_engine.py"
+  [engine]="simulator/serving/engine.py|tests/test_engine.py tests/test_reference.py"
+  [result]="simulator/serving/result.py|tests/test_engine.py tests/test_metrics.py"
+  [metrics]="simulator/reports/metrics.py|tests/test_metrics.py tests/test_overload.py tests/test_queueing.py"
 )
 ORDER=(roofline model ops cost kvcache decodeset schedulers engine result metrics)
 

@@ -111,3 +111,48 @@ def test_more_tp_never_adds_per_device_flops(name, tp, batch, ctx):
         return
     b = Batch.of(decode=[(batch, ctx)])
     assert total_flops(step_ops(m, b, tp=2 * tp)) <= total_flops(step_ops(m, b, tp=tp))
+
+
+# -- windows, formats, parallelism: by hand -------------------------------------------------------------
+
+@pytest.mark.parametrize("kind, size, seqs, tokens, ctx, want", [
+    # sliding window 4: a 3-token chunk after 2 cached sees min(i, 4) keys at positions 3, 4, 5
+    ("sliding", 4, 1, 3, 2, 3 + 4 + 4),
+    ("sliding", 4, 1, 2, 1, 2 + 3),           # inside the window: the causal pairs
+    ("sliding", 4, 2, 6, 4, 2 * (3 + 4 + 4)),  # two chunks alike (3 new after 2 cached each)
+    ("sliding", 4, 0, 3, 0, 1 + 2 + 3),        # no sequence count: one chunk
+    # chunked attention, chunks of 4: positions 3..7 see 3, 4, then 1, 2, 3 keys of their own chunk
+    ("chunked", 4, 1, 5, 2, 3 + 4 + 1 + 2 + 3),
+])
+def test_windowed_pairs_by_hand(kind, size, seqs, tokens, ctx, want):
+    from simulator.moment.ops import windowed_pairs
+    assert windowed_pairs(kind, size, seqs, tokens, 1e12, ctx) == want  # unbounded by the causal pairs
+    assert windowed_pairs(kind, size, seqs, tokens, want - 1, ctx) == want - 1  # never above them
+    assert windowed_pairs("full", size, seqs, tokens, 7.0, ctx) == 7.0
+    assert windowed_pairs(kind, None, seqs, tokens, 7.0, ctx) == 7.0
+    assert windowed_pairs(kind, size, seqs, 0, 7.0, ctx) == 7.0
+
+
+def test_dtypes_of_a_run():
+    plain, fp8 = load_model("llama-3-8b"), load_model("deepseek-v3")
+    assert Dtypes.of(plain) == Dtypes("bf16", "bf16", "bf16")
+    assert Dtypes.of(plain, "int4", "fp16", "fp8") == Dtypes("int4", "fp16", "fp8")
+    assert Dtypes.of(plain, "int4", "fp16") == Dtypes("int4", "fp16", "fp16")  # the KV cache as activations
+    assert Dtypes.of(plain, act="fp16", plain="bf16") == Dtypes("bf16", "fp16", "fp16")
+    assert Dtypes.of(plain, act="fp16", kv="fp8") == Dtypes("fp16", "fp16", "fp8")
+    assert Dtypes.of(fp8, act="fp16") == Dtypes("fp8-block", "fp16", "fp16", "")  # experts as the rest: no override
+    assert Dtypes.of(fp8, kv="fp8") == Dtypes("fp8-block", "bf16", "fp8", "")
+
+
+def test_pipeline_stages_and_expert_parallel_checks_reach_the_ops():
+    m = load_model("qwen3-30b-a3b")
+    b = Batch.of(decode=[(4, 100)])
+    one, two = step_ops(m, b), step_ops(m, b, pp=2)
+    # a moment is one batch through every stage: every layer once, plus one send between stages
+    assert total_flops(two) == pytest.approx(total_flops(one))
+    assert [o.layers for o in attn(two, "attn_decode")] == [o.layers for o in attn(one, "attn_decode")]
+    assert [o.name for o in two if o.kind == "send"] and not [o for o in one if o.kind == "send"]
+    with pytest.raises(ValueError, match="ep=2 must be 1 or equal tp=1"):
+        step_ops(m, b, ep=2)
+    with pytest.raises(ValueError, match="pp=5 must divide num_hidden_layers=48"):
+        step_ops(m, b, pp=5)

@@ -421,12 +421,6 @@ def step_ops(model: ModelSpec, b: Batch, dt: Dtypes = Dtypes(), tp: int = 1, pp:
     return dense_ops(model, b.tokens, b.logit_rows, dt, tp, pp, ep, moe_imbalance) + attention_ops(model, b, dt, tp, pp)
 
 
-def eager_kernels(model: ModelSpec, tp: int = 1, pp: int = 1, ep: int = 1) -> int:
-    """Kernels eager PyTorch launches in one step (host dispatch count)."""
-    ops = dense_ops(model, 1, 1, Dtypes(), tp, pp, ep) + attention_ops(model, Batch(1, 1, 0, 0, 0, 0), Dtypes(), tp, pp)
-    return sum(o.kernels * o.layers for o in ops) + EAGER_KERNELS["sample"] + EAGER_KERNELS["step_inputs"]
-
-
 def total_flops(ops: list[Op]) -> float:
     return float(sum(np.sum(o.flops) for o in ops))
 
@@ -437,5 +431,5 @@ def pairs_of_chunk(new: int, cached: int) -> float:
 
 
 __all__ = ["Batch", "Op", "Dtypes", "CATEGORIES", "EAGER_KERNELS", "step_ops", "dense_ops", "moe_ops", "mla_ops",
-           "attention_ops", "attention_shapes", "AttnShape", "windowed_pairs", "windowed_keys", "gemm_op", "stream_op", "check_tp", "eager_kernels",
+           "attention_ops", "attention_shapes", "AttnShape", "windowed_pairs", "windowed_keys", "gemm_op", "stream_op", "check_tp",
            "total_flops", "pairs_of_chunk"]

@@ -1,7 +1,9 @@
 """calibration.fit: recovers known parameters from synthetic measurements; profiles round-trip.
 
-The synthetic measurements are op_time itself at chosen parameters, so the fit must find those
-parameters again (to 2 %): this checks the optimiser, the bounds and the grouping, not the data.
+Most synthetic measurements are op_time itself at chosen parameters, so the fit must find those
+parameters again (to 2 %): this checks the optimiser, the bounds and the grouping, not the cost
+model, whose formulas tests/test_roofline.py checks by hand (the CPU GEMV case below writes its
+measurements by hand too).
 """
 
 from __future__ import annotations
@@ -161,10 +163,15 @@ def test_fit_recovers_a_cpu_gemv_efficiency():
     true = cpu.model_copy(update={"efficiency": cpu.efficiency.model_copy(
         update={"gemm_memory": 0.3, "gemv_memory": 0.65, "gemm_compute": 0.9, "softmax_p": 1.0})})
     recs = []
+    # the "measurements" by hand, not from op_time: with softmax_p 1 and no waves on this preset
+    # a GEMM takes FLOPs / (peak x 0.9) + bytes / (bandwidth x (0.65 one row, else 0.3)) + the floor
+    assert cpu.efficiency.gemm_wave == 0.0
+    peak, bw, floor = cpu.device.peak_flops("fp32"), cpu.device.bandwidth, cpu.efficiency.floor_us * 1e-6
     for m in (1, 1, 1, 2, 4, 16, 64, 256, 1024, 4096):
         for n, k in ((2048, 2048), (8192, 2048), (2048, 8192)):
             fl, by = 2.0 * m * n * k, 4.0 * (n * k + m * (n + k))
-            t = float(op_time("gemm", "ffn_up", fl, by, 1, "fp32", true, m=m, n=n))
+            t = fl / (peak * 0.9) + by / (bw * (0.65 if m == 1 else 0.3)) + floor
+            assert float(op_time("gemm", "ffn_up", fl, by, 1, "fp32", true, m=m, n=n)) == pytest.approx(t, rel=1e-12)
             recs.append(record("gemm", t * 1e3, category="ffn_up", flops=fl, bytes=by, m=m, n=n, dtype="fp32"))
     hw, _ = fit_profile(recs, cpu, fix={"floor_us", "softmax_p", "gemm_wave"})
     assert hw.efficiency.gemv_memory == pytest.approx(0.65, rel=0.02)

@@ -3,7 +3,8 @@ records, then predict the whole steps measured on the same machine (calibration.
 
 The bounds are issue 10's: decode steps, prefills and static generations of plain-PyTorch
 Llamas within 10 % median error each; attention held out by model within 10 % median and 30 %
-worst. The refit must reproduce the committed profile the h200-sxm preset uses.
+worst. The refit must reproduce the committed profile the h200-sxm preset uses (a slow test:
+`python -m pytest -m slow`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from calibration import h200
 
 @pytest.fixture(scope="module")
 def ev():
-    return h200.evaluate()
+    """The committed profile's predictions (1 s); the refit that must reproduce it takes 10 s more
+    and is marked slow."""
+    return h200.evaluate(h200.PROFILE)
 
 
-def test_refit_reproduces_the_committed_profile(ev):
-    assert ev["reproduces_committed"], "calibration/profiles/h200-sxm.json is stale: refit it (calibration.h200)"
+@pytest.mark.slow
+def test_refit_reproduces_the_committed_profile():
+    assert h200.evaluate()["reproduces_committed"], \
+        "calibration/profiles/h200-sxm.json is stale: refit it (calibration.h200)"
 
 
 @pytest.mark.parametrize("family", h200.FAMILIES)

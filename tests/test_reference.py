@@ -23,6 +23,12 @@ in simulator/serving/schedulers states it, with the paged KV cache's rules:
 Each step is costed with the same StepModel.step_agg (whose numbers other tests check), so
 every moment (length, kind, tokens, batch, KV blocks in use, running requests) and every
 request (first token, finish, preemptions, status) must be equal to the last bit.
+
+Two of the engine's rules that the reference follows differ from vLLM V1, which preempts the
+last request of its running list (the order of admission, not of the last start of decoding)
+and caches a prefix block only once its tokens are computed: here a request that starts while
+another is still computing the same prefix in chunks reads it as cached, and until that
+prefill ends the KV in use counts only the prefix blocks already computed.
 """
 
 from __future__ import annotations

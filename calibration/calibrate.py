@@ -156,9 +156,10 @@ def calibrate(device: str, out: str | Path, size: str = "full", base: str | None
         host_upd["graph_launch_us"] = hw.host.dispatch_us
         prov["host.graph_launch_us"] = "no graphs on a CPU: equal to host.dispatch_us"
     hw = hw.model_copy(update={"host": hw.host.model_copy(update=host_upd)})
-    dev_upd = {"kernel_launch_us": round(hw.efficiency.floor_us, 3)}
+    eff = hw.efficiency  # every kernel lasts at least kernel_launch_us: the shortest fitted floor
+    dev_upd = {"kernel_launch_us": min(eff.floor_us, eff.elementwise_floor_us or eff.floor_us)}
     hw = hw.model_copy(update={"device": hw.device.model_copy(update=dev_upd), "profile": out.name})
-    prov["device.kernel_launch_us"] = "equal to the fitted efficiency.floor_us"
+    prov["device.kernel_launch_us"] = "equal to the shortest fitted floor (efficiency.elementwise_floor_us or floor_us)"
 
     for p, v in report["params"].items():
         key = f"host.{p}" if p in HOST_KINDS.values() else f"efficiency.{p}"

@@ -285,6 +285,9 @@ def fit_profile(records: Iterable[Record], hw: Hardware, fix: set[str] | Iterabl
     recs = [r for r in records if r.get("fit", True) is not False
             and math.isfinite(float(r.get("ms", float("nan")))) and float(r["ms"]) > 0]
     fix = set(fix)
+    # the floors are what is measured here: the base part's kernel_launch_us (a bound under every
+    # kernel, Hardware.floor_us) must not hold them up; calibrate sets it from the fitted floors
+    hw = hw.model_copy(update={"device": hw.device.model_copy(update={"kernel_launch_us": 0.0})})
     by_kind: dict[str, list[Record]] = {}
     for r in recs:
         by_kind.setdefault(r["op"], []).append(r)

@@ -39,7 +39,7 @@ def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, 
             m=0.0, n: float = 0.0, seqs=0.0, group: int = 1):
     """Seconds for an op on one device of `hw`. `group` is the number of devices in a collective."""
     dev, eff = hw.device, hw.efficiency
-    floor = eff.floor_us * 1e-6 * launches
+    floor = hw.floor_us() * 1e-6 * launches
     if kind == "gemm":
         peak = dev.peak_flops(dtype) * eff.gemm_compute
         if eff.gemm_wave > 0:
@@ -83,8 +83,7 @@ def stream_time(category: str, bytes_, launches: int, hw: Hardware, m=0.0):
     if row:
         m = np.asarray(m, dtype=float)
         t = np.maximum(t, np.where(m > 0, b / np.maximum(m, 1.0) / (row * 1e9), 0.0))
-    floor = eff.floor_us if eff.elementwise_floor_us is None else eff.elementwise_floor_us
-    return t + floor * 1e-6 * launches
+    return t + hw.floor_us(elementwise=True) * 1e-6 * launches
 
 
 def _latency(link: Link, eff: Efficiency) -> float:

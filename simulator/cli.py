@@ -28,6 +28,28 @@ def parse_shape(text: str, flag: str) -> tuple[int, int]:
     return b, n
 
 
+def _degree(text: str) -> int:
+    """--tp / --pp: a whole number of devices, 1..1024 (the scenario schema's bound)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 1024, got {text!r}") from None
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 1024, got {value}")
+    return value
+
+
+def _share(text: str) -> float:
+    """--utilization: a share of the device's memory, in (0, 1] (more than all of it does not exist)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (a share of the device's memory), got {text}")
+    return value
+
+
 def _resolve(args: argparse.Namespace):
     model = load_model(args.model)
     hw = load_hardware(args.hardware)
@@ -36,7 +58,8 @@ def _resolve(args: argparse.Namespace):
     try:
         check_parallelism(model, hw, args.tp, args.pp)
     except ValueError as e:
-        raise InputError("--tp", str(args.tp), str(e)) from None
+        pp = str(e).startswith("pp=")
+        raise InputError("--pp" if pp else "--tp", str(args.pp if pp else args.tp), str(e)) from None
     return model, hw, dt
 
 
@@ -90,8 +113,8 @@ def cmd_memory(args: argparse.Namespace) -> int:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="preset name or path to config.json / YAML")
     p.add_argument("--hardware", required=True, help="preset, hardware YAML or calibration profile JSON")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
-    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree")
+    p.add_argument("--tp", type=_degree, default=1, help="tensor-parallel degree")
+    p.add_argument("--pp", type=_degree, default=1, help="pipeline-parallel degree")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp8"],
                    help="activations (fp8: fp8 weights with bf16 activations)")
     p.add_argument("--weight-dtype", choices=["fp32", "bf16", "fp16", "fp8", "int8", "int4"])
@@ -131,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("memory", help="a model's memory footprint on a device")
     _add_model_args(p)
-    p.add_argument("--utilization", type=float, default=0.9)
+    p.add_argument("--utilization", type=_share, default=0.9, help="share of memory for weights and KV, (0, 1]")
     p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("curves", help="step time and its make-up vs batch, context and prompt length")

@@ -40,10 +40,18 @@ def op_seconds(op: Op, hw: Hardware, dt: Dtypes, group: int = 1):
 
 def check_parallelism(model: ModelSpec, hw: Hardware, tp: int, pp: int) -> None:
     """tp and pp must shard the model's heads and layers and fit the part's devices (ValueError)."""
+    if tp < 1 or pp < 1:
+        raise ValueError(f"tp and pp must be >= 1, got tp={tp}, pp={pp}")
     check_tp(model, tp, pp)
     if tp * pp > hw.total_devices:
         raise ValueError(f"tp x pp = {tp * pp} exceeds the {hw.total_devices} devices of {hw.name} "
                          f"(devices_per_node x nodes)")
+    if tp * pp > 1 and hw.link is None:
+        raise ValueError(f"tp x pp = {tp * pp} needs a link between devices, and {hw.name} has none "
+                         "(hardware field link: {bw_gbps: ..., latency_us: ...})")
+    if tp > hw.devices_per_node and hw.network is None:
+        raise ValueError(f"tp = {tp} spans nodes of {hw.devices_per_node} devices, and {hw.name} has no "
+                         "network between them (hardware field network: {bw_gbps: ..., latency_us: ...})")
 
 
 @dataclass(frozen=True)
@@ -98,7 +106,7 @@ class StepModel:
         peak, bw = dev.peak_flops(dt.act), dev.bandwidth
         self.win = m.sliding_window
         self.p = float(eff.softmax_p)
-        self.floor = eff.floor_us * 1e-6 * L
+        self.floor = self.hw.floor_us() * 1e-6 * L
         self.d_c = 4.0 * heads * hd * L / (peak * eff.attn_decode_compute)   # per context token
         self.d_m = 2 * kvh * hd * kvb * L / (bw * eff.attn_decode_memory)   # per context token
         self.d_q = 2 * heads * hd * a * L / (bw * eff.attn_decode_memory)   # per sequence

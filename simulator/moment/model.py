@@ -19,24 +19,28 @@ PRESET_DIR = Path(__file__).parent / "models"
 class ModelSpec(BaseModel):
     """Hugging Face field names, so a config.json validates as it is (unknown fields are ignored)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True, allow_inf_nan=False)
 
     name: str = "custom"
-    hidden_size: int = Field(gt=0)
-    num_hidden_layers: int = Field(gt=0)
-    num_attention_heads: int = Field(gt=0)
-    num_key_value_heads: int | None = Field(default=None, gt=0)
-    intermediate_size: int = Field(gt=0)
-    vocab_size: int = Field(gt=0)
-    head_dim: int | None = Field(default=None, gt=0)
-    num_local_experts: int = Field(default=1, ge=1)
-    num_experts_per_tok: int = Field(default=1, ge=1)
+    hidden_size: int = Field(gt=0, le=1_000_000)
+    num_hidden_layers: int = Field(gt=0, le=100_000)
+    num_attention_heads: int = Field(gt=0, le=100_000)
+    num_key_value_heads: int | None = Field(default=None, gt=0, le=100_000)
+    intermediate_size: int = Field(gt=0, le=10_000_000)
+    vocab_size: int = Field(gt=0, le=100_000_000)
+    head_dim: int | None = Field(default=None, gt=0, le=100_000)
+    num_local_experts: int = Field(default=1, ge=1, le=100_000)
+    num_experts_per_tok: int = Field(default=1, ge=1, le=100_000)
     tie_word_embeddings: bool = False
     hidden_act: str = "silu"
     attention_bias: bool = False
     mlp_bias: bool = False
-    sliding_window: int | None = Field(default=None, gt=0)
-    max_position_embeddings: int = Field(default=4096, gt=0)
+    sliding_window: int | None = Field(default=None, gt=0, le=1_000_000_000)
+    max_position_embeddings: int | None = Field(
+        default=None, gt=0, le=1_000_000_000,
+        description="longest sequence (prompt + output) the model serves; longer requests are rejected "
+        "as a server rejects them; None: not enforced",
+    )
     architectures: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -48,6 +52,11 @@ class ModelSpec(BaseModel):
             )
         if self.num_experts_per_tok > self.num_local_experts:
             raise ValueError("num_experts_per_tok must be <= num_local_experts")
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                f"({self.num_attention_heads}), or give head_dim"
+            )
         return self
 
     # -- derived shape -------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from simulator.reports.metrics import KIND_NAMES, num, per_request, summarize
+from simulator.reports.outdir import out_dir, write_error
 from simulator.reports.progress import Progress
 from simulator.serving.engine import SimResult, check_scenario, simulate
 from simulator.serving.scenario import Scenario, load_scenario
@@ -51,6 +52,13 @@ def write_csv(path: Path, columns: Sequence[tuple[str, np.ndarray, str]], limit:
 
 def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str, Any]:
     """metrics.json, requests.csv, moments.csv, timeseries.csv, the plots and trace.json."""
+    try:
+        return _write_outputs(r, summary, out)
+    except OSError as e:
+        raise write_error(e, out) from None
+
+
+def _write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str, Any]:
     from simulator.reports.plots import write_plots  # matplotlib loads only when plots are wanted
     from simulator.reports.trace import write_trace
 
@@ -174,8 +182,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     sc = load_scenario(args.scenario)
     check_scenario(sc, where)
     show = not getattr(args, "no_progress", False) and sys.stderr.isatty()
-    out = Path(args.out) if getattr(args, "out", None) else None
-    summary = run_scenario(sc, out=out, progress=show)
+    with out_dir(Path(args.out) if getattr(args, "out", None) else None) as out:
+        summary = run_scenario(sc, out=out, progress=show)
     if args.json:
         print(json.dumps(summary))
     else:

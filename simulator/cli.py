@@ -216,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("momentsim: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:  # the budget check (simulator.serving.budget) is a lower bound: say it in one line
+        print("momentsim: out of memory; run fewer requests (workload.num_requests) or give it more memory",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

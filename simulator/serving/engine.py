@@ -50,6 +50,7 @@ from simulator.moment.cost import DEVICE_CATEGORIES, StepModel, check_parallelis
 from simulator.moment.memory import check_fits, footprint
 from simulator.moment.model import ModelSpec, load_model
 from simulator.moment.ops import Batch, Dtypes, attention_ops, dense_ops
+from simulator.serving.budget import check_memory
 from simulator.serving.kvcache import FAIL, KVCache
 from simulator.serving.scenario import Scenario
 from simulator.serving.workload import Requests, make_requests
@@ -690,6 +691,7 @@ def check_scenario(sc: Scenario, where: str = "scenario") -> tuple[ModelSpec, Ha
         raise InputError(where, "workload.arrival.path", f"trace file not found: {arr.path}")
     check_fits(model, hw, s.tp, s.pp, dt, s.gpu_memory_utilization, s.activation_reserve_gb,
                min_tokens=s.block_size * s.pp, where=f"{where}: model/hardware")
+    check_memory(sc, where)
     return model, hw, dt
 
 

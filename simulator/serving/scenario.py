@@ -26,6 +26,9 @@ class Fixed(Strict):
     dist: Literal["fixed"]
     value: int = Field(gt=0, le=MAX_TOKENS)
 
+    def expected(self) -> float | None:
+        return float(self.value)
+
 
 class Uniform(Strict):
     dist: Literal["uniform"]
@@ -38,6 +41,9 @@ class Uniform(Strict):
             raise ValueError("high must be >= low")
         return self
 
+    def expected(self) -> float | None:
+        return (self.low + self.high) / 2
+
 
 class Lognormal(Strict):
     dist: Literal["lognormal"]
@@ -45,9 +51,16 @@ class Lognormal(Strict):
     sigma: float = Field(ge=0, le=5, description="sigma of the log of the length")
     max: int | None = Field(default=None, gt=0, le=MAX_TOKENS, description="clip lengths above this")
 
+    def expected(self) -> float | None:
+        """The mean, or the clip when it is lower (an upper bound on the clipped mean)."""
+        return float(min(self.mean, self.max)) if self.max else float(self.mean)
+
 
 class FromTrace(Strict):
     dist: Literal["trace"]
+
+    def expected(self) -> float | None:
+        return None  # known only once the trace is read
 
 
 Length = Annotated[Fixed | Uniform | Lognormal | FromTrace, Field(discriminator="dist")]

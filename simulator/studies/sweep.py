@@ -56,6 +56,7 @@ Runner = Callable[[Scenario], dict]
 MAX_POINTS = 20_000     # points of one sweep: counted before any is built (a grid can be 10^9)
 RAY_CONNECT_S = 10.0    # how long --ray ADDRESS may take to answer
 MAX_RECORD_BYTES = 16 << 20  # one line of points.jsonl
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # holds hwmodels/ and simulator/ (see code_version)
 # swept or fixed inputs that get a short column name in results.csv
 SHORT = {
     "model": "model", "hardware": "hardware", "serving.tp": "tp", "serving.pp": "pp",
@@ -230,11 +231,10 @@ def expand(sw: Sweep, base_seed: int = 0) -> Iterator[dict[str, Any]]:
 
 
 # -- loading ---------------------------------------------------------------------------------------
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """The version of momentsim and a hash of its simulating code (hwmodels, simulator): a
-    resumed sweep must not reuse results of other code, released or not."""
-    root = Path(__file__).resolve().parents[2]
+@lru_cache(maxsize=4)
+def code_version(root: Path = SOURCE_ROOT) -> str:
+    """The version of momentsim and a hash of its simulating code (hwmodels, simulator under
+    `root`): a resumed sweep must not reuse results of other code, released or not."""
     h = hashlib.sha256(_version().encode())
     for pkg in ("hwmodels", "simulator"):
         for f in sorted((root / pkg).rglob("*.py")):

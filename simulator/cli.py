@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -113,13 +114,18 @@ def cmd_memory(args: argparse.Namespace) -> int:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="preset name or path to config.json / YAML")
     p.add_argument("--hardware", required=True, help="preset, hardware YAML or calibration profile JSON")
-    p.add_argument("--tp", type=_degree, default=1, help="tensor-parallel degree")
-    p.add_argument("--pp", type=_degree, default=1, help="pipeline-parallel degree")
+    p.add_argument("--tp", type=_degree, default=1, help="tensor-parallel degree, 1..1024 (default 1)")
+    p.add_argument("--pp", type=_degree, default=1, help="pipeline-parallel degree, 1..1024 (default 1)")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp8"],
-                   help="activations (fp8: fp8 weights with bf16 activations)")
-    p.add_argument("--weight-dtype", choices=["fp32", "bf16", "fp16", "fp8", "int8", "int4"])
-    p.add_argument("--kv-dtype", choices=["fp32", "bf16", "fp16", "fp8", "int8"])
+                   help="activations (fp8: fp8 weights with bf16 activations; default bf16)")
+    p.add_argument("--weight-dtype", choices=["fp32", "bf16", "fp16", "fp8", "int8", "int4"],
+                   help="weights, when not the --dtype (e.g. int4 for 4-bit weights)")
+    p.add_argument("--kv-dtype", choices=["fp32", "bf16", "fp16", "fp8", "int8"],
+                   help="KV cache, when not the --dtype")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+MODE_HELP = "graph: CUDA graphs (one launch per step); eager: the host dispatches every kernel (default graph)"
 
 
 def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
@@ -144,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("step", help="the cost of one moment (prefill/decode step)")
     _add_model_args(p)
-    p.add_argument("--mode", default="graph", choices=["graph", "eager"])
+    p.add_argument("--mode", default="graph", choices=["graph", "eager"], help=MODE_HELP)
     p.add_argument("--async-scheduling", action="store_true",
                    help="the host prepares the next step while the device runs this one")
     p.add_argument("--decode", action="append", default=[], metavar="BxCTX", help="B sequences with CTX cached")
@@ -154,12 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("memory", help="a model's memory footprint on a device")
     _add_model_args(p)
-    p.add_argument("--utilization", type=_share, default=0.9, help="share of memory for weights and KV, (0, 1]")
+    p.add_argument("--utilization", type=_share, default=0.9,
+                   help="share of device memory for weights and KV cache, in (0, 1] (default 0.9)")
     p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("curves", help="step time and its make-up vs batch, context and prompt length")
     _add_model_args(p)
-    p.add_argument("--mode", default="graph", choices=["graph", "eager"])
+    p.add_argument("--mode", default="graph", choices=["graph", "eager"], help=MODE_HELP)
     p.add_argument("--batch", default="1,2,4,8,16,32,64,128,256", help="decode batch sizes, comma-separated")
     p.add_argument("--context", default="128,256,512,1024,2048,4096,8192,16384,32768",
                    help="decode contexts (tokens cached), comma-separated")
@@ -169,38 +176,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_lazy("simulator.studies.curves", "cmd_curves"))
 
     p = sub.add_parser("run", help="simulate a serving scenario")
-    p.add_argument("scenario")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--out", help="folder for metrics JSON/CSV, plots and the trace")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("scenario", help="scenario YAML (fields: simulator/serving/scenario.py)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a scenario field as if written in the file, e.g. --set serving.max_batch_size=128 "
+                        "(dotted path; VALUE is YAML; repeatable)")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--out", help="folder for report.html, metrics JSON/CSV, plots and the trace")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_lazy("simulator.reports.run", "cmd_run"))
 
     p = sub.add_parser("sweep", help="run a grid of scenarios")
-    p.add_argument("sweep")
-    p.add_argument("--out", help="results folder (default: next to the sweep file)")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("sweep", help="sweep YAML: a base scenario, a grid and/or points (simulator/studies/sweep_schema.py)")
+    p.add_argument("--out", help="results folder (default: out/<sweep name> next to the sweep file)")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: one per CPU)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the points on Ray: a local cluster, or the one at ADDRESS")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.set_defaults(func=_lazy("simulator.studies.sweep", "cmd_sweep"))
 
     p = sub.add_parser("plan", help="cheapest configuration that meets an SLO")
-    p.add_argument("plan")
-    p.add_argument("--out")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_lazy("simulator.studies.plan", "cmd_plan"))
+    p.add_argument("plan", help="plan YAML: model, workload, SLO, candidate parts, search (simulator/studies/plan_schema.py)")
+    p.add_argument("--rate", type=float, default=None, help="target rate in requests/s, instead of the file's")
+    p.add_argument("--slo", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an SLO field, e.g. --slo p99_ttft_ms=500 --slo headroom=0.2 (repeatable)")
+    p.add_argument("--out", help="results folder (default: out/<plan name> next to the plan file)")
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.set_defaults(func=_lazy("simulator.studies.plan_report", "cmd_plan"))
 
     p = sub.add_parser("calibrate", help="measure this machine with PyTorch, write a profile")
-    p.add_argument("--device", choices=["cpu", "cuda"], required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--device", choices=["cpu", "cuda"], required=True, help="what to measure")
+    p.add_argument("--out", required=True, help="profile JSON to write (usable as --hardware)")
+    p.add_argument("--quick", action="store_true", help="fewer shapes and repeats: under 5 minutes on 2 CPU cores")
     p.add_argument("--base", help="hardware preset the profile starts from")
     p.set_defaults(func=_lazy("calibration.calibrate", "cmd_calibrate"))
 
     p = sub.add_parser("validate", help="measure whole layers and steps, compare with predictions")
-    p.add_argument("--device", choices=["cpu", "cuda"], required=True)
+    p.add_argument("--device", choices=["cpu", "cuda"], required=True, help="what to measure")
     p.add_argument("--hardware", required=True, help="profile JSON or preset to predict with")
-    p.add_argument("--out", required=True)
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", required=True, help="folder for the report (markdown, JSON, plots)")
+    p.add_argument("--quick", action="store_true", help="fewer cases and repeats")
     p.add_argument("--models", default=None, help="comma-separated preset models")
     p.set_defaults(func=_lazy("calibration.validate", "cmd_validate"))
     return ap
@@ -209,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+        return rc
     except InputError as e:
         print(f"momentsim: {e}", file=sys.stderr)
         return 2
@@ -220,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         print("momentsim: out of memory; run fewer requests (workload.num_requests) or give it more memory",
               file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader left (`| head`): not an error of ours. Point stdout at /dev/null so the
+        # interpreter's last flush does not raise again, and exit as a process killed by SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

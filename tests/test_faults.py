@@ -288,7 +288,7 @@ def test_full_disk_is_one_line_and_leaves_no_empty_folder(tmp_path: Path, capsys
     def full(path: Path, *a: Any, **k: Any) -> int:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(run_mod, "write_csv", full)
+    monkeypatch.setattr(run_mod, "write_columns", full)
     out = tmp_path / "a" / "b"
     err = one_line_exit_2(capsys, "run", str(write(tmp_path / "s.yaml", TINY)), "--out", str(out))
     assert "no space left" in err

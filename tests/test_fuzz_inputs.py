@@ -255,7 +255,7 @@ def test_sweep_yaml(tmp_path: Path, data: bytes) -> None:
 @FUZZ
 @given(data=contents(PLAN))
 def test_plan_yaml(tmp_path: Path, data: bytes) -> None:
-    from simulator.studies.plan import load_plan
+    from simulator.studies.plan_schema import load_plan
 
     expect_ok_or_one_line(load_plan, write(tmp_path, ".yaml", data))
 
@@ -413,8 +413,8 @@ FUZZ_PLAN = {**PLAN, "candidates": [{"hardware": "h100-sxm", "price_per_hour": 4
 
 def _schema_cases(tmp: Path) -> tuple[list[dict[str, Any]], set[str]]:
     """Every (numeric field, hostile value) case as files under tmp, and the fields covered."""
-    from simulator.studies.plan import Plan
-    from simulator.studies.sweep import Sweep
+    from simulator.studies.plan_schema import Plan
+    from simulator.studies.sweep_schema import Sweep
 
     (tmp / "trace.csv").write_text("arrival_s,prompt_len,output_len\n0,8,2\n0.1,9,3\n0.2,10,1\n")
     cases, covered = [], set()
@@ -461,7 +461,7 @@ CHILD = r"""
 import contextlib, io, json, sys, time
 from hwmodels.errors import InputError
 from simulator.cli import main
-from simulator.studies.plan import load_plan
+from simulator.studies.plan_schema import load_plan
 from simulator.studies.sweep import load_sweep
 
 out = []
@@ -485,8 +485,8 @@ json.dump(out, open(sys.argv[2], "w"))
 
 def test_every_numeric_field_is_covered() -> None:
     """The bases reach every numeric field of every schema (else the matrix below misses one)."""
-    from simulator.studies.plan import Plan
-    from simulator.studies.sweep import Sweep
+    from simulator.studies.plan_schema import Plan
+    from simulator.studies.sweep_schema import Sweep
 
     want = set().union(*(numeric_fields(m) for m in (Scenario, Hardware, ModelSpec, Sweep, Plan)))
     got = set()
@@ -500,8 +500,8 @@ def test_every_numeric_field_is_covered() -> None:
 
 def test_every_numeric_field_has_physical_bounds() -> None:
     """Finite (allow_inf_nan off), numbers only (strict), and a lower and an upper bound on each."""
-    from simulator.studies.plan import Plan
-    from simulator.studies.sweep import Sweep
+    from simulator.studies.plan_schema import Plan
+    from simulator.studies.sweep_schema import Sweep
 
     missing = []
     for root in (Scenario, Hardware, ModelSpec, Sweep, Plan):

@@ -19,7 +19,9 @@ from simulator.moment.model import load_model
 from simulator.moment.ops import Batch, Dtypes
 from simulator.reports.run import run_scenario
 from simulator.serving.scenario import Scenario
-from simulator.studies.plan import Candidate, Plan, decode_bound, max_sustainable_rate, run_plan
+from simulator.studies.plan import decode_bound, evaluate, max_sustainable_rate, run_plan
+from simulator.studies.plan_report import alternatives, alternatives_head, format_table
+from simulator.studies.plan_schema import Candidate, Plan
 
 HERE = Path(".")
 
@@ -83,7 +85,12 @@ def test_fewest_replicas_by_bisection_above_the_analytic_bound() -> None:
     per_replica = 16 / sm.step_s(Batch(decode_seqs=16, decode_ctx=16 * 128))
     assert bound == math.ceil(400 * 64 / per_replica) and 1 < bound < 23
     assert all(sc.serving.replicas >= bound for sc in calls)  # nothing below the bound is tried
-    assert len(calls) <= 2 * math.ceil(math.log2(64)) + 1  # gallop + bisect, not a linear scan
+    seeds: dict[int, list[int]] = {}
+    for sc in calls:
+        seeds.setdefault(sc.serving.replicas, []).append(sc.seed)
+    assert len(seeds) <= 2 * math.ceil(math.log2(64)) + 1  # gallop + bisect, not a linear scan
+    # a pass is checked under every seed, a miss stops at the first
+    assert all(s == ([0, 1, 2] if r >= 23 else [0]) for r, s in seeds.items())
     assert c.cost_per_hour == 4.0 * 23
 
 
@@ -140,7 +147,7 @@ def test_plan_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatc
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(bad) in err and "candidates[0].hardware" in err and "h100-sxm" in err
     calls: list[Scenario] = []
-    monkeypatch.setattr("simulator.studies.plan._default_runner", meets(calls))
+    monkeypatch.setattr("simulator.studies.plan.default_runner", meets(calls))
     good = tmp_path / "plan.yaml"
     good.write_text(yaml.safe_dump(data), encoding="utf-8")
     assert main(["plan", str(good), "--out", str(tmp_path / "o"), "--json"]) == 0
@@ -150,3 +157,83 @@ def test_plan_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatc
         assert (tmp_path / "o" / f).stat().st_size > 0
     assert main(["plan", str(good), "--out", str(tmp_path / "o")]) == 0
     assert "cheapest: h100-sxm" in capsys.readouterr().out
+
+
+# -- trust: seeds, headroom, the binding constraint -------------------------------------------------
+def by_seed(calls: list[Scenario], ttft: dict[int, float], need: int = 1, overloaded_below: int = 0):
+    """A stand-in simulator whose p99 TTFT depends on the seed (and explodes below `need` replicas)."""
+    def run(sc: Scenario) -> dict[str, Any]:
+        calls.append(sc)
+        r = sc.serving.replicas
+        return {"output_tokens_per_s": 640.0, "ttft_ms": {"p99": ttft[sc.seed] if r >= need else 5000.0},
+                "tpot_ms": {"p99": 10.0}, "goodput": {"fraction": 0.99}, "requests": {"rejected": 0},
+                "overloaded": r < overloaded_below}
+    return run
+
+
+def test_headroom_keeps_the_answer_that_far_below_each_limit() -> None:
+    # p99 TTFT 95 ms under a 100 ms bound passes with no headroom and fails with 10 % (limit 90 ms)
+    slo = {"p99_ttft_ms": 100, "p99_tpot_ms": 20}
+    for headroom, ok in ((0.0, True), (0.1, False), (0.04, True)):
+        plan = plan_of(slo={**slo, "headroom": headroom}, rate_steps=0,
+                       search={"tp": [1], "max_replicas": 1, "max_batch_size": [16]})
+        res = run_plan(plan, HERE, runner=by_seed([], {0: 95.0, 1: 95.0, 2: 95.0}), workers=1)
+        assert (res.best is not None) is ok, headroom
+    # the default is 10 %
+    assert plan_of().slo.headroom == 0.1
+
+
+def test_evaluate_shares_of_each_limit_by_hand() -> None:
+    slo = Plan.model_validate({**plan_of().model_dump(), "slo": {
+        "p99_ttft_ms": 200, "p99_tpot_ms": 20, "goodput": 0.9, "headroom": 0.1}}).slo
+    m = {"ttft_ms": {"p99": 150.0}, "tpot_ms": {"p99": 19.0}, "goodput": {"fraction": 0.95}, "requests": {}}
+    ok, ratios = evaluate(m, slo)
+    # 150/200, 19/20, misses 5 % of the 10 % allowed
+    assert ratios == pytest.approx({"TTFT": 0.75, "TPOT": 0.95, "goodput": 0.5}) and not ok  # TPOT > 0.9
+    ok, ratios = evaluate({**m, "tpot_ms": {"p99": 13.0}}, slo)
+    assert ok and max(ratios, key=ratios.get) == "TTFT"  # 0.75 > 0.65 > 0.5
+    ok, ratios = evaluate({**m, "tpot_ms": {"p99": 13.0}, "overloaded": True}, slo)
+    assert not ok and ratios["throughput"] == math.inf  # whatever the percentiles say
+
+
+def test_every_answer_holds_under_at_least_three_seeds() -> None:
+    # seed 2 misses at one replica: the plan must not take one replica, whatever seeds 0 and 1 say
+    calls: list[Scenario] = []
+    plan = plan_of(rate_steps=0, search={"tp": [1], "max_replicas": 4, "max_batch_size": [16]})
+    res = run_plan(plan, HERE, runner=by_seed(calls, {0: 50.0, 1: 60.0, 2: 190.0}, need=1), workers=1)
+    assert res.best is None or res.best.best.replicas != 1
+    seeds_at = {}
+    for sc in calls:
+        seeds_at.setdefault(sc.serving.replicas, []).append(sc.seed)
+    assert seeds_at[1] == [0, 1, 2]  # the miss was found on the third seed
+    # with seed 2 fine too, one replica is the answer, checked under seeds 0, 1, 2, and the spread
+    # of its p99 TTFT is the seeds' range
+    res = run_plan(plan, HERE, runner=by_seed([], {0: 50.0, 1: 60.0, 2: 70.0}), workers=1)
+    s = res.best.summary()
+    assert s["replicas"] == 1 and s["seeds"] == [0, 1, 2]
+    assert s["spread"]["p99_ttft_ms"] == {"min": 50.0, "mean": 60.0, "max": 70.0}
+    assert s["p99_ttft_ms"] == 70.0 and s["goodput"] == 0.99  # the answer reports the worst seeds
+    assert s["output_tokens_per_s"] == 640.0 and s["cost_per_m_output_tokens"] == pytest.approx(4 / 3600 / 640 * 1e6)
+    assert s["limit_used"] == pytest.approx({"TTFT": 70 / 200, "TPOT": 10 / 20}) and s["nearest_limit"] == "TPOT"
+    with pytest.raises(ValueError):
+        plan_of(seeds=2)
+
+
+def test_the_plan_says_what_binds_and_how_far_each_alternative_is() -> None:
+    calls: list[Scenario] = []
+    plan = plan_of(rate_steps=0, search={"tp": [1], "max_replicas": 8, "max_batch_size": [16, 32]})
+    # 3 replicas needed; below that the queue grows (overloaded), so the runs "miss" on throughput
+    res = run_plan(plan, HERE, runner=by_seed(calls, {0: 100.0, 1: 120.0, 2: 140.0}, need=3,
+                                              overloaded_below=3), workers=1)
+    s = res.best.summary()
+    assert s["replicas"] == 3 and s["nearest_limit"] == "TTFT"
+    assert s["limit_used"]["TTFT"] == pytest.approx(0.7)  # 140 / 200
+    assert s["one_replica_fewer"]["replicas"] == 2 and s["one_replica_fewer"]["fails_on"] in ("TTFT", "throughput")
+    text = format_table(res)
+    assert "binding: TTFT at 10 req/s uses 70% of its limit" in text
+    alts = alternatives(res)
+    assert alts[0][-1] == "the answer" and alts[0][0].endswith("x3")
+    head = alternatives_head(res)
+    rows = [dict(zip(head, a, strict=True)) for a in alts]
+    assert any(r["verdict"].startswith("misses: one replica fewer") and r["configuration"].endswith("x2")
+               and r["TTFT used"] == "2500%" and "throughput" in r["also"] for r in rows)

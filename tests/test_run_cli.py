@@ -26,9 +26,9 @@ TINY = {
     "seed": 3,
 }
 CONTRACT = {"requests", "makespan_s", "output_tokens_per_s", "requests_per_s", "ttft_ms", "tpot_ms", "e2e_ms",
-            "moment_ms", "breakdown_share"}
+            "moment_ms", "breakdown_share", "overloaded"}
 EXTRAS = {"moments_by_kind", "breakdown_share_by_kind", "mfu", "mbu", "gpu_busy_frac", "host_busy_frac", "kv",
-          "preemptions", "goodput", "queue"}
+          "preemptions", "goodput", "queue", "overload", "warnings", "latency_of"}
 
 
 def scenario(tmp_path: Path, name: str = "s.yaml", **over: Any) -> Path:

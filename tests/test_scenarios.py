@@ -13,7 +13,7 @@ import yaml
 from hwmodels.load import load_hardware
 from simulator.reports.run import check_scenario, run_scenario
 from simulator.serving.scenario import load_scenario
-from simulator.studies.plan import load_plan
+from simulator.studies.plan_schema import load_plan
 from simulator.studies.sweep import load_sweep
 
 DIR = Path(__file__).resolve().parent.parent / "scenarios"

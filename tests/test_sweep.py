@@ -13,17 +13,13 @@ import yaml
 
 from hwmodels.errors import InputError
 from simulator.cli import main
-from simulator.serving.scenario import Scenario
+from simulator.serving.scenario import Scenario, check_path, set_path
 from simulator.studies.pareto import pareto_front
-from simulator.studies.sweep import (
+from simulator.studies.sweep import load_sweep, read_done, run_sweep
+from simulator.studies.sweep_schema import (
     Range,
     Sweep,
-    check_path,
     expand,
-    load_sweep,
-    read_done,
-    run_sweep,
-    set_path,
 )
 
 # a scenario that simulates in a fraction of a second: a 1B model, few short requests
@@ -95,7 +91,7 @@ def test_set_path_and_check_path() -> None:
 
 def test_bad_path_and_bad_value_exit_2_before_running(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("simulator.studies.sweep._default_runner", lambda sc: pytest.fail("nothing may run"))
+    monkeypatch.setattr("simulator.studies.sweep.default_runner", lambda sc: pytest.fail("nothing may run"))
     bad = write(tmp_path, "bad.yaml", {"base": TINY, "grid": {"serving.schedular": ["continuous"]}})
     assert main(["sweep", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
@@ -113,6 +109,22 @@ def test_bad_path_and_bad_value_exit_2_before_running(tmp_path: Path, capsys: py
 
 
 # -- running ---------------------------------------------------------------------------------------
+def test_overloaded_and_empty_points_say_so_in_the_status_column(tmp_path: Path) -> None:
+    # an L4 serving 1B at 300 req/s of 512-token prompts cannot keep up (the queue grows); prompts
+    # of 64 tokens with max_batched_tokens 32 are all rejected by the continuous scheduler
+    base = {**TINY, "hardware": "l4", "workload": {**TINY["workload"], "num_requests": 1000}}
+    sw = write(tmp_path, "sw.yaml", {"base": base, "points": [
+        {"workload.arrival.rate": 2.0}, {"workload.arrival.rate": 300.0},
+        {"workload.arrival.rate": 2.0, "serving.max_batched_tokens": 32}]})
+    res = run_sweep(sw, tmp_path / "out", workers=1, progress=False)
+    rows = read_csv(tmp_path / "out" / "results.csv")
+    assert [r["status"] for r in rows] == ["ok", "overloaded", "no completions"]
+    assert rows[1]["overloaded"] == "True" and "overloaded" in rows[1]["warnings"]
+    assert "max_batched_tokens" in rows[2]["warnings"] and rows[0]["warnings"] == ""
+    assert res.ok == 3 and res.errors == 0
+    assert (tmp_path / "out" / "latency_throughput.png").stat().st_size > 0
+
+
 def test_four_points_end_to_end_with_cost(tmp_path: Path) -> None:
     sw = write(tmp_path, "sw.yaml", {"base": TINY, "grid": {"serving.max_batch_size": [8, 16],
                                                              "workload.arrival.rate": [4.0, 8.0]}})

@@ -13,6 +13,11 @@ stages busy for dur / pp, so gpu_busy_frac is sum(dur) / pp per replica, at most
 from the moments, mean from the time series), preemptions, goodput (requests/s meeting every
 per-request SLO bound; whether the p99 SLOs hold), queue (from the time series, whose points
 are interval averages), output_tokens and config.
+
+Overload (`overloaded`, `overload`, see `overload`): a finite run always ends, so a server that
+cannot keep up still reports percentiles; they then measure how long the run was, not the
+server. The flag says so, `warnings` says it in words (and what rejected requests), and
+`latency_of` says the latency percentiles cover completed requests only.
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from simulator.serving.engine import R_KV, R_QUEUE, R_TOKENS
+
 if TYPE_CHECKING:  # the engine is only needed for the type; summaries work on any such result
     from simulator.serving.engine import SimResult
 
 KIND_NAMES = ("prefill", "decode", "mixed")  # SimResult.moments["kind"]: 0, 1, 2
+OVERLOAD_GROWTH = 0.05  # the queue grows by more than this share of the arrivals in the window...
+OVERLOAD_SIGMAS = 2.0   # ...and by more than this many sqrt(arrivals): what chance alone gives at rho = 1
 STATUS_COMPLETED, STATUS_REJECTED = 0, 1
 SIG = 9  # significant digits kept in the JSON: more than any model input is known to
 
@@ -157,6 +166,84 @@ def _queue(ts: dict[str, np.ndarray]) -> dict[str, float | None]:
             "mean_outstanding": om, "max_outstanding": ox}
 
 
+def overload(r: SimResult) -> dict[str, Any]:
+    """Whether arrivals outran the server: the trend of the waiting queue over the second half of
+    the arrival window [mid, last arrival], mid halfway from the first arrival.
+
+    growth = the least-squares slope of the waiting queue (the time series' queue_len: arrived,
+    not finished, not running) over that window times its length, plus the requests turned away
+    there because the queue was full (they count as queue that was not allowed to grow). With
+    arrival rate l and service rate m > 0 the queue grows by (1 - m / l) of the A arrivals in
+    the window when l > m (1 - 1/rho: 23 % at rho 1.3) and by nothing when l < m. The run is
+    flagged when growth > max(OVERLOAD_GROWTH x A, OVERLOAD_SIGMAS x sqrt(A)): the first term
+    ignores a slow drift (rho below about 1.05), the second what a queue exactly at capacity
+    wanders by chance (a random walk of A Poisson steps, std about sqrt(A)). So a run of about
+    1,000 Poisson requests at rho 1.3 is flagged and one at rho 0.5 is not; near rho = 1, or with
+    fewer than about 200 arrivals at rho 1.3, the run is too short to tell and is not flagged.
+    Requests rejected before routing (too long for any replica) say nothing about load and are
+    left out; a burst (every arrival at one instant) has no rate to outrun: never flagged."""
+    q, ts = r.requests, r.timeseries
+    arrival = np.asarray(q["arrival_s"], dtype=float)
+    status = np.asarray(q["status"])
+    replica = np.asarray(q.get("replica", np.zeros(arrival.size)))
+    offered = ~((status == STATUS_REJECTED) & (replica < 0))
+    out: dict[str, Any] = {"overloaded": False, "queue_growth": 0.0, "threshold": None, "arrivals": 0,
+                           "window_s": None, "arrival_rate": None, "completion_rate": None}
+    if arrival.size < 2 or not arrival[-1] > arrival[0]:
+        return out
+    first, last = float(arrival.min()), float(arrival.max())
+    mid = (first + last) / 2
+    span = last - mid
+    in_window = (arrival > mid) & (arrival <= last)
+    n_arr = int((in_window & offered).sum())
+    t = np.asarray(ts.get("t_s", ()), dtype=float)
+    queue = np.asarray(ts.get("queue_len", ()), dtype=float)
+    slope = 0.0
+    if t.size >= 2 and queue.size == t.size:
+        width = float(t[1] - t[0])
+        sel = (t >= mid) & (t + width <= last + 1e-12 * last)
+        if sel.sum() >= 3:
+            centre = t[sel] + width / 2
+            x = centre - centre.mean()
+            slope = float((x * (queue[sel] - queue[sel].mean())).sum() / (x * x).sum())
+    dropped = int((in_window & offered & (status == STATUS_REJECTED)).sum())  # queue full
+    growth = slope * span + dropped
+    threshold = max(OVERLOAD_GROWTH * n_arr, OVERLOAD_SIGMAS * math.sqrt(n_arr))
+    finish = np.asarray(q["finish_s"], dtype=float)
+    done = (status == STATUS_COMPLETED) & (finish > mid) & (finish <= last)
+    out.update(overloaded=bool(n_arr > 0 and growth > threshold), queue_growth=growth, threshold=threshold,
+               arrivals=n_arr, window_s=[mid, last], arrival_rate=n_arr / span,
+               completion_rate=float(done.sum()) / span)
+    return out
+
+
+REJECT_ADVICE = {  # the engine's reasons, and what a user can change
+    R_TOKENS: "the continuous scheduler cannot split a prompt: raise serving.max_batched_tokens "
+              "or use scheduler: chunked",
+    R_KV: "prompt + output exceed one replica's KV cache: more tp, a smaller kv_dtype or shorter requests",
+    R_QUEUE: "serving.max_queue requests were already waiting",
+}
+
+
+def warnings(s: dict[str, Any]) -> list[str]:
+    """What makes a summary not a normal result, in words, most serious first: nothing completed,
+    overload, rejected requests (by reason, with what to change)."""
+    req, ov = s["requests"], s["overload"]
+    why = {k: f"{v:,} {k}" + (f" ({REJECT_ADVICE[k]})" if k in REJECT_ADVICE else "")
+           for k, v in req["reject_reasons"].items()}
+    if req["completed"] == 0:
+        return [f"no request completed: all {req['arrived']:,} were rejected: " + "; ".join(why.values())]
+    out = []
+    if s["overloaded"]:
+        out.append(f"overloaded: arrivals ({num(ov['arrival_rate'])} req/s) outran completions "
+                   f"({num(ov['completion_rate'])} req/s) in the second half of the arrivals and the queue grew by "
+                   f"{ov['queue_growth']:,.0f} of {ov['arrivals']:,} arrivals; latency grows with the run's "
+                   "length, the percentiles are not a steady state")
+    out += [f"{req['reject_reasons'][k]:,} of {req['arrived']:,} requests rejected: {k}"
+            + (f" ({REJECT_ADVICE[k]})" if k in REJECT_ADVICE else "") for k in why]
+    return out
+
+
 def summarize(r: SimResult) -> dict[str, Any]:
     """The contract's keys (DESIGN.md, `momentsim run --json`) first, then the extras."""
     q, m = r.requests, r.moments
@@ -199,7 +286,11 @@ def summarize(r: SimResult) -> dict[str, Any]:
         "e2e_ms": latency_stats(lat["e2e_ms"]),
         "moment_ms": moment_stats(dur),
         "breakdown_share": shares(all_cats),
+        "overloaded": False,  # set below (a contract key since turn 2)
         # -- beyond the contract ----------------------------------------------------------------
+        "latency_of": {"requests": "completed", "count": completed},
+        "overload": {},
+        "warnings": [],
         "moments_by_kind": {
             "prefill": moment_stats(dur[~is_decode], clock),
             "decode": moment_stats(dur[is_decode], clock),
@@ -223,6 +314,10 @@ def summarize(r: SimResult) -> dict[str, Any]:
         "output_tokens": out_tokens,
         "config": _config(r, devices),
     }
+    ov = overload(r)
+    out["overloaded"] = ov.pop("overloaded")
+    out["overload"] = ov
+    out["warnings"] = warnings(out)
     return clean(out)
 
 

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from simulator.reports.metrics import num, per_request  # noqa: E402
+from simulator.reports.metrics import num, overload, per_request  # noqa: E402
 
 if TYPE_CHECKING:
     from simulator.serving.engine import SimResult
@@ -35,6 +35,20 @@ def _title(r: SimResult) -> str:
     return (f"{sc.model} on {sc.hardware} (tp={s.tp}, pp={s.pp}, {s.replicas} replica"
             f"{'s' if s.replicas > 1 else ''}, {s.scheduler} batching)")
 
+
+
+def _overload_note(r: SimResult) -> str:
+    """A red line for the figures of a run whose queue grew without bound (metrics.overload)."""
+    ov = overload(r)
+    if not ov["overloaded"]:
+        return ""
+    return (f"OVERLOADED: {num(ov['arrival_rate'])} req/s arrived, {num(ov['completion_rate'])} req/s completed; "
+            "the queue grows, latency depends on the run's length")
+
+
+def _flag(fig: Any, note: str) -> None:
+    if note:
+        fig.text(0.5, 0.001, note, ha="center", va="bottom", color="#d62728", fontsize=10, fontweight="bold")
 
 
 def _device(r: SimResult) -> str:
@@ -108,8 +122,10 @@ def latency_cdf(r: SimResult, path: Path) -> Path:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
-    fig.suptitle(f"Request latency CDFs\n{_title(r)}", fontsize=11)
-    fig.tight_layout()
+    fig.suptitle(f"Request latency CDFs (completed requests only)\n{_title(r)}", fontsize=11)
+    note = _overload_note(r)
+    fig.tight_layout(rect=(0, 0.04, 1, 1) if note else None)
+    _flag(fig, note)
     return save(fig, path)
 
 
@@ -185,7 +201,9 @@ def timeline(r: SimResult, path: Path) -> Path:
     ax.legend(loc="best", fontsize=8)
     ax.set_xlim(0, (makespan if makespan > 0 else 1.0) * scale)
     fig.suptitle(_title(r), fontsize=10, y=0.995)
-    fig.tight_layout()
+    note = _overload_note(r)
+    fig.tight_layout(rect=(0, 0.03, 1, 1) if note else None)
+    _flag(fig, note)
     return save(fig, path)
 
 

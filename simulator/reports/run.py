@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,38 +18,16 @@ import numpy as np
 from simulator.reports.metrics import KIND_NAMES, num, per_request, summarize
 from simulator.reports.outdir import out_dir, write_error
 from simulator.reports.progress import Progress
+from simulator.reports.tables import write_columns
 from simulator.serving.engine import SimResult, check_scenario, simulate
 from simulator.serving.scenario import Scenario, load_scenario
 
 MAX_CSV_ROWS = 1_000_000
-CHUNK = 65_536
-NAN_CELL = re.compile(r"(?<![^,\n])nan(?![^,\n])")  # a whole cell that is NaN
 
 
 # -- outputs -------------------------------------------------------------------------------------
-def write_csv(path: Path, columns: Sequence[tuple[str, np.ndarray, str]], limit: int | None = None) -> int:
-    """Write columns (name, values, %-format) as CSV; NaN cells are left empty. Formats chunks of
-    rows with one %-operation each (numpy's savetxt formats row by row). Returns rows written."""
-    n = min(len(c[1]) for c in columns) if columns else 0
-    if limit is not None:
-        n = min(n, limit)
-    row_fmt = ",".join(c[2] for c in columns) + "\n"
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        f.write(",".join(c[0] for c in columns) + "\n")
-        for i in range(0, n, CHUNK):
-            j = min(n, i + CHUNK)
-            block = np.empty((j - i, len(columns)), dtype=object)
-            for k, (_, values, _) in enumerate(columns):
-                block[:, k] = np.asarray(values)[i:j].tolist()
-            text = (row_fmt * (j - i)) % tuple(block.ravel().tolist())
-            if "nan" in text:
-                text = NAN_CELL.sub("", text)
-            f.write(text)
-    return n
-
-
 def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str, Any]:
-    """metrics.json, requests.csv, moments.csv, timeseries.csv, the plots and trace.json."""
+    """report.html, metrics.json, requests.csv, moments.csv, timeseries.csv, the plots and trace.json."""
     try:
         return _write_outputs(r, summary, out)
     except OSError as e:
@@ -59,6 +35,7 @@ def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str,
 
 
 def _write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str, Any]:
+    from simulator.reports.html import run_report
     from simulator.reports.plots import write_plots  # matplotlib loads only when plots are wanted
     from simulator.reports.trace import write_trace
 
@@ -67,7 +44,7 @@ def _write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str
     q = r.requests
     lat = per_request(r)
     n_req = len(q["arrival_s"])
-    write_csv(out / "requests.csv", [
+    write_columns(out / "requests.csv", [
         ("id", np.arange(n_req), "%d"),
         ("arrival_s", q["arrival_s"], "%.6f"),
         ("prompt_len", q["prompt_len"], "%d"),
@@ -84,7 +61,7 @@ def _write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str
     ])
     m = r.moments
     n_mom = len(m["start_s"])
-    rows = write_csv(out / "moments.csv", [
+    rows = write_columns(out / "moments.csv", [
         ("start_s", m["start_s"], "%.6f"),
         ("dur_ms", np.asarray(m["dur_s"], dtype=float) * 1e3, "%.4f"),
         ("replica", m["replica"], "%d"),
@@ -99,12 +76,13 @@ def _write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str
                      "metrics.json covers all of them")
     ts = r.timeseries
     keys = ["t_s"] + [k for k in ts if k != "t_s"]
-    write_csv(out / "timeseries.csv", [(k, ts[k], "%.6g") for k in keys if k in ts])
+    write_columns(out / "timeseries.csv", [(k, ts[k], "%.6g") for k in keys if k in ts])
     plots = write_plots(r, out)
     tr = write_trace(r, out / "trace.json")
     if tr.get("truncated"):
         notes.append(tr["note"])
-    files = ["metrics.json", "requests.csv", "moments.csv", "timeseries.csv", *(p.name for p in plots),
+    run_report(summary, plots, out / "report.html")
+    files = ["report.html", "metrics.json", "requests.csv", "moments.csv", "timeseries.csv", *(p.name for p in plots),
              "trace.json"]
     outputs = {"dir": str(out), "files": files, "moments_csv_rows": rows, "notes": notes}
     full = {**summary, "outputs": outputs}
@@ -143,16 +121,22 @@ def format_summary(s: dict[str, Any]) -> str:
     c, req = s.get("config", {}), s["requests"]
     head = (f"{c.get('model', '?')} on {c.get('hardware', '?')} (tp={c.get('tp', '?')}, pp={c.get('pp', '?')}, "
             f"replicas={c.get('replicas', '?')}, {c.get('scheduler', '?')})")
+    flags = (["OVERLOADED"] if s.get("overloaded") else []) + (["REQUESTS REJECTED"] if req["rejected"] else [])
+    if flags:
+        head += ": " + ", ".join(flags)
     rej = ""
     if req["rejected"]:
         rej = " (" + ", ".join(f"{k}: {v}" for k, v in req["reject_reasons"].items()) + ")"
     mk = s["moments_by_kind"]
     lines = [
         head,
+        *(f"{'warning':<16}{w}" for w in s.get("warnings", ())),
         f"{'requests':<16}{req['completed']} completed of {req['arrived']} arrived, {req['rejected']} rejected{rej}",
         f"{'makespan':<16}{_fmt(s['makespan_s'], '.4g')} s",
         f"{'throughput':<16}{_fmt(s['output_tokens_per_s'], ',.1f')} output tokens/s, "
         f"{_fmt(s['requests_per_s'])} requests/s",
+        f"{'latency of':<16}the {req['completed']:,} completed requests only"
+        + (" (the queue grew: these percentiles grow with the run's length)" if s.get("overloaded") else ""),
         _lat_line("TTFT ms", s["ttft_ms"]),
         _lat_line("TPOT ms", s["tpot_ms"]),
         _lat_line("E2E ms", s["e2e_ms"]),
@@ -179,14 +163,17 @@ def format_summary(s: dict[str, Any]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     where = str(args.scenario)
-    sc = load_scenario(args.scenario)
+    sc = load_scenario(args.scenario, getattr(args, "set", None) or ())
     check_scenario(sc, where)
     show = not getattr(args, "no_progress", False) and sys.stderr.isatty()
     with out_dir(Path(args.out) if getattr(args, "out", None) else None) as out:
         summary = run_scenario(sc, out=out, progress=show)
     if args.json:
         print(json.dumps(summary))
-    else:
+    if not summary["requests"]["completed"]:  # nothing to report: say why, on one line
+        print(f"momentsim: {where}: {summary['warnings'][0]}", file=sys.stderr)
+        return 1
+    if not args.json:
         print(format_summary(summary))
         if out is not None:
             print(f"{'outputs':<16}{out}/ ({', '.join(summary['outputs']['files'])})")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hwmodels.errors import from_validation, load_mapping
+from hwmodels.errors import InputError, from_validation, load_mapping
 
 MAX_TOKENS = 10_000_000  # tokens of one request: the longest context of any released model (Llama 4 Scout)
 MAX_REQUESTS = 100_000_000
@@ -170,6 +173,80 @@ def scenario_from_dict(data: dict[str, Any], where: str, base_dir: Path | None =
         raise from_validation(e, where) from None
 
 
-def load_scenario(path: str | Path) -> Scenario:
+def load_scenario(path: str | Path, sets: Sequence[str] = ()) -> Scenario:
+    """Read and validate a scenario file, with `--set` overrides (see apply_sets) applied first."""
     p = Path(path)
-    return scenario_from_dict(load_mapping(p), str(p), p.parent)
+    data = apply_sets(load_mapping(p), sets, str(p))
+    try:
+        return scenario_from_dict(data, str(p), p.parent)
+    except InputError as e:
+        given = [s.partition("=")[0].strip() for s in sets]
+        if any(e.field == g or e.field.startswith(g + ".") or g.startswith(e.field + ".") for g in given):
+            raise InputError(e.where, e.field, f"{e.message} (given by --set)") from None
+        raise
+
+
+# -- dotted paths: the fields a sweep varies and `momentsim run --set` overrides -----------------
+def _submodels(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field may hold (through Optional, unions and Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _submodels(get_args(annotation)[0])
+    if origin is Union or origin is UnionType:
+        return [m for a in get_args(annotation) for m in _submodels(a)]
+    return []
+
+
+def check_path(path: str, where: str, field_name: str) -> None:
+    """Raise a one-line InputError unless `path` names a field of the scenario schema."""
+    parts = path.split(".")
+    models: list[type[BaseModel]] = [Scenario]
+    for i, part in enumerate(parts):
+        here = ".".join(parts[:i]) or "the scenario"
+        if not models:
+            raise InputError(where, field_name, f"{here} is a value and has no field {part!r}")
+        fields: dict[str, Any] = {}
+        for m in models:
+            fields.update(m.model_fields)
+        if part not in fields:
+            raise InputError(where, field_name, f"unknown field {part!r} in {here}; allowed: {', '.join(fields)}")
+        models = _submodels(fields[part].annotation)
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted path in nested dicts, creating the mappings on the way."""
+    parts = path.split(".")
+    cur = data
+    for part in parts[:-1]:
+        nxt = cur.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[part] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+PATH_FIELDS = ("model", "hardware", "workload.arrival.path")  # values that name files
+
+
+def apply_sets(data: dict[str, Any], sets: Sequence[str], where: str) -> dict[str, Any]:
+    """`--set FIELD=VALUE` overrides on a raw scenario mapping, as if written in the file: FIELD
+    is a dotted path that must name a field of the schema, VALUE is read as YAML (20 is an
+    integer, 2.5 a float, true a bool, [1, 2] a list, {dist: fixed, value: 64} a mapping). A
+    file named on the command line is relative to the working directory, not to the scenario."""
+    for text in sets:
+        path, sep, raw = text.partition("=")
+        path = path.strip()
+        if not sep or not path:
+            raise InputError(where, f"--set {text}", "expected FIELD=VALUE, e.g. serving.max_batch_size=128")
+        check_path(path, where, f"--set {path}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise InputError(where, f"--set {path}", f"{raw!r} is not a YAML value") from None
+        if path in PATH_FIELDS and isinstance(value, str):
+            value = local_path(value, Path.cwd()) if path != "workload.arrival.path" else str(Path(value).absolute())
+        set_path(data, path, value)
+    return data

@@ -12,7 +12,6 @@ numbers, so it cannot be mistaken for one.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import textwrap
 from pathlib import Path
@@ -25,6 +24,7 @@ from simulator.moment.cost import StepModel, step_model
 from simulator.moment.memory import check_fits
 from simulator.moment.model import ModelSpec
 from simulator.moment.ops import CATEGORIES, Batch, Dtypes
+from simulator.reports.tables import write_rows
 
 MAX_VALUE = 1 << 20  # a larger prompt or batch would only build huge cost tables, never a real step
 
@@ -114,12 +114,9 @@ def write_csv(res: dict[str, Any], path: Path) -> None:
     """One row per point (decode grid once, then prefills): the spreadsheet view of the JSON."""
     cols = ["curve", "batch", "context", "prompt", "kv_tokens", "fits", "step_ms", "device_ms", "host_ms",
             "per_token_ms", "tokens_per_s", "cycles", *(f"share_{c}" for c in CATEGORIES)]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, cols, extrasaction="ignore")
-        w.writeheader()
-        for curve, pts in (("decode", res["decode_vs_batch"]), ("prefill", res["prefill_vs_prompt"])):
-            for p in pts:
-                w.writerow({"curve": curve, **p, **{f"share_{k}": v for k, v in p.get("share", {}).items()}})
+    write_rows([{"curve": curve, **p, **{f"share_{k}": v for k, v in p.get("share", {}).items()}}
+                for curve, pts in (("decode", res["decode_vs_batch"]), ("prefill", res["prefill_vs_prompt"]))
+                for p in pts], path, cols)
 
 
 def plot(res: dict[str, Any], path: Path) -> None:

@@ -24,20 +24,16 @@ Simulations are the expensive part, so the search avoids them wherever theory de
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from hwmodels.errors import InputError, from_validation, load_mapping
+from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
 from hwmodels.spec import Hardware
 from simulator.moment.cost import check_parallelism, step_model
@@ -46,111 +42,76 @@ from simulator.moment.model import ModelSpec, load_model
 from simulator.moment.ops import Batch, Dtypes
 from simulator.reports.progress import Progress
 from simulator.serving.scenario import (
-    MAX_SEED,
-    MAX_SLO_MS,
-    FromTrace,
     Scenario,
     Serving,
-    Slo,
-    Workload,
     local_path,
 )
-from simulator.studies.sweep import cost_per_m_tokens, write_csv
-
-Runner = Callable[[Scenario], dict]
-
-
-# -- the PLAN.yaml schema ------------------------------------------------------------------------
-class Strict(BaseModel):
-    """No unknown fields; numbers are numbers (not booleans or strings) and finite."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-
-Degree = Annotated[int, Field(ge=1, le=1024)]
-
-
-class Candidate(Strict):
-    hardware: str = Field(description="preset name, hardware YAML or profile JSON")
-    price_per_hour: float | None = Field(default=None, ge=0, le=10_000,
-                                         description="USD per device-hour; default: the hardware's")
-
-
-class Search(Strict):
-    tp: list[Degree] = Field(default=[1], min_length=1, max_length=64)
-    pp: list[Degree] = Field(default=[1], min_length=1, max_length=64)
-    replicas: list[Annotated[int, Field(ge=1, le=100_000)]] | None = Field(
-        default=None, min_length=1, max_length=1000, description="replica counts to allow")
-    max_replicas: int = Field(default=16, ge=1, le=100_000, description="when replicas is not listed: 1..max")
-    max_batch_size: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default=[64], min_length=1, max_length=64)
-    scheduler: list[Literal["static", "continuous", "chunked"]] = Field(default=["continuous"], min_length=1)
-
-
-class PlanSlo(Strict):
-    p99_ttft_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
-    p99_tpot_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
-    goodput: float | None = Field(default=None, gt=0, le=1, description="share of requests within ttft_ms/tpot_ms")
-    ttft_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS,
-                                  description="per-request TTFT bound of goodput (default p99_ttft_ms)")
-    tpot_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS,
-                                  description="per-request TPOT bound of goodput (default p99_tpot_ms)")
-
-    @model_validator(mode="after")
-    def _some(self) -> PlanSlo:
-        if self.p99_ttft_ms is None and self.p99_tpot_ms is None and self.goodput is None:
-            raise ValueError("give at least one of p99_ttft_ms, p99_tpot_ms, goodput")
-        if self.goodput is not None and (self.ttft_ms or self.p99_ttft_ms) is None and \
-                (self.tpot_ms or self.p99_tpot_ms) is None:
-            raise ValueError("goodput needs a per-request bound: ttft_ms/tpot_ms or the p99 bounds")
-        return self
-
-    def scenario_slo(self) -> Slo:
-        return Slo(ttft_ms=self.ttft_ms or self.p99_ttft_ms, tpot_ms=self.tpot_ms or self.p99_tpot_ms,
-                   p99_ttft_ms=self.p99_ttft_ms, p99_tpot_ms=self.p99_tpot_ms)
-
-
-class Plan(Strict):
-    name: str = "plan"
-    description: str = ""
-    model: str
-    workload: Workload
-    slo: PlanSlo
-    candidates: list[Candidate] = Field(min_length=1, max_length=100)
-    search: Search = Search()
-    serving: dict[str, Any] = Field(default_factory=dict, description="fixed serving fields")
-    seed: int = Field(default=0, ge=0, le=MAX_SEED)
-    rate_steps: int = Field(default=5, ge=0, le=20, description="bisection steps for the highest sustainable rate")
-
-    @model_validator(mode="after")
-    def _rate(self) -> Plan:
-        if self.workload.arrival.process not in ("poisson", "gamma"):
-            raise ValueError("workload.arrival.process must be poisson or gamma with a rate (the target rate)")
-        clash = {"tp", "pp", "replicas", "max_batch_size", "scheduler"} & set(self.serving)
-        if clash:
-            raise ValueError(f"serving.{sorted(clash)[0]} is searched: set it under search")
-        return self
-
-    @property
-    def rate(self) -> float:
-        return float(self.workload.arrival.rate or 0.0)
-
+from simulator.studies.plan_schema import Candidate, Plan, PlanSlo
+from simulator.studies.runner import Runner, default_runner
+from simulator.studies.sweep_report import cost_per_m_tokens
 
 # -- results -------------------------------------------------------------------------------------
+SPREAD = {"p99_ttft_ms": ("ttft_ms", "p99"), "p99_tpot_ms": ("tpot_ms", "p99"), "goodput": ("goodput", "fraction"),
+          "output_tokens_per_s": ("output_tokens_per_s", None)}
+
+
 @dataclass
 class Check:
-    """One simulation: did it meet the SLO, and by how much each bound was used (value / bound)."""
+    """One (configuration, replicas, rate), simulated under one seed or more. It meets the SLO
+    when every seed run does (with the headroom); `ratios` are the share of each limit used by
+    the worst seed (value / bound; goodput: misses / misses allowed), `metrics` that seed's run."""
 
     replicas: int
     rate: float
-    ok: bool
-    ratios: dict[str, float]
-    metrics: dict[str, Any]
     config: str = ""
+    ok: bool = True
+    ratios: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    by_seed: list[dict[str, Any]] = field(default_factory=list)  # each seed's metrics, in seed order
+    seed_ok: list[bool] = field(default_factory=list)
+    seed_ratios: list[dict[str, float]] = field(default_factory=list)
+    worst_seed: int | None = None  # the seed whose run `metrics` is
+
+    def add(self, seed: int, metrics: dict[str, Any], ok: bool, ratios: dict[str, float]) -> None:
+        """One more seed's run: the check fails if it fails; the worst seed sets the ratios."""
+        if not self.seeds or max(ratios.values(), default=0.0) > max(self.ratios.values(), default=0.0):
+            self.metrics, self.worst_seed = metrics, seed
+        self.seeds.append(seed)
+        self.by_seed.append(metrics)
+        self.seed_ok.append(ok)
+        self.seed_ratios.append(ratios)
+        self.ok = self.ok and ok
+        self.ratios = {k: max(v, self.ratios.get(k, -math.inf)) for k, v in ratios.items()}
 
     @property
     def worst(self) -> str | None:
         """The constraint nearest to (or furthest past) its bound."""
         return max(self.ratios, key=lambda k: self.ratios[k]) if self.ratios else None
+
+    def spread(self) -> dict[str, dict[str, float | None]]:
+        """min, mean and max over the seeds run of p99 TTFT, p99 TPOT, goodput and throughput."""
+        out: dict[str, dict[str, float | None]] = {}
+        for name, (a, b) in SPREAD.items():
+            v = [x for x in (_get(m, a, b) for m in self.by_seed) if isinstance(x, (int, float))]
+            out[name] = ({"min": min(v), "mean": sum(v) / len(v), "max": max(v)} if v
+                         else {"min": None, "mean": None, "max": None})
+        return out
+
+
+class ConfigStatus(str, Enum):
+    """What became of one configuration of a candidate part."""
+
+    PENDING = "pending"
+    OK = "ok"                            # meets the SLO; `replicas` is the fewest that do
+    INFEASIBLE = "infeasible"            # simulated, and no replica count allowed meets the SLO
+    PRUNED_MEMORY = "pruned: memory"     # the weights and one request's KV do not fit
+    PRUNED_TP = "pruned: tp"             # tp/pp do not divide the model
+    PRUNED_TPOT = "pruned: TPOT bound"   # one sequence's decode step is already over the TPOT limit
+    PRUNED_COST = "pruned: cost bound"   # cannot be cheaper than the best already found
+
+
+PRUNED_NOT_TRIED = (ConfigStatus.PRUNED_MEMORY, ConfigStatus.PRUNED_TP)
 
 
 @dataclass
@@ -159,14 +120,15 @@ class Config:
     pp: int
     max_batch_size: int
     scheduler: str
-    status: str = "pending"       # ok | infeasible | pruned: memory | pruned: tp | pruned: TPOT bound | pruned: cost bound
+    status: ConfigStatus = ConfigStatus.PENDING
     reason: str = ""
     replicas: int | None = None   # fewest that meet the SLO
     min_replicas: int = 1         # the analytic lower bound
     decode_tok_s: float | None = None  # analytic per-replica upper bound
     kv_tokens: int | None = None
     lb_cost_per_hour: float | None = None
-    check: Check | None = None
+    check: Check | None = None    # the answer (ok), else the last simulated point
+    fewer: Check | None = None    # ok: the same with one replica fewer, when it was simulated
 
     @property
     def label(self) -> str:
@@ -189,24 +151,46 @@ class CandidateResult:
     runs: list[Check] = field(default_factory=list)
     wall_s: float = 0.0
 
+    @property
+    def simulations(self) -> int:
+        return sum(len(ck.seeds) for ck in self.runs)
+
     def summary(self) -> dict[str, Any]:
-        b, m = self.best, (self.best.check.metrics if self.best and self.best.check else {})
+        """The answer for this part: p99s and goodput are the worst over its seeds (`spread`: their
+        min, mean and max), throughput and cost the seeds' mean; `limit_used` is the share of each
+        limit it uses at the target rate, `nearest_limit` the largest of those, and `binding` the
+        constraint that breaks first above `max_rate`."""
+        b = self.best
+        ck = b.check if b else None
+        spread = ck.spread() if ck else {}
+        worst = {k: (v["min"] if k == "goodput" else v["max"]) for k, v in spread.items()}
+        fewer = b.fewer if b else None
         return {
             "hardware": self.name, "hardware_arg": self.hardware, "price_per_hour": self.price_per_hour,
             "feasible": b is not None, "tp": b.tp if b else None, "pp": b.pp if b else None,
             "replicas": b.replicas if b else None, "max_batch_size": b.max_batch_size if b else None,
             "scheduler": b.scheduler if b else None, "devices": self.devices, "cost_per_hour": self.cost_per_hour,
             "cost_per_m_output_tokens": self.cost_per_m_output_tokens,
-            "output_tokens_per_s": m.get("output_tokens_per_s"), "p99_ttft_ms": _get(m, "ttft_ms", "p99"),
-            "p99_tpot_ms": _get(m, "tpot_ms", "p99"), "goodput": _get(m, "goodput", "fraction"),
-            "max_rate": self.max_rate, "binding": self.binding, "simulations": len(self.runs),
+            "output_tokens_per_s": (spread.get("output_tokens_per_s") or {}).get("mean"),
+            "p99_ttft_ms": worst.get("p99_ttft_ms"), "p99_tpot_ms": worst.get("p99_tpot_ms"),
+            "goodput": worst.get("goodput"), "seeds": ck.seeds if ck else [], "spread": spread,
+            "limit_used": dict(ck.ratios) if ck else {}, "nearest_limit": ck.worst if ck else None,
+            "one_replica_fewer": ({"replicas": fewer.replicas, "fails_on": fewer.worst,
+                                   "limit_used": dict(fewer.ratios)} if fewer else None),
+            "max_rate": self.max_rate, "binding": self.binding, "simulations": self.simulations,
             "wall_s": round(self.wall_s, 2),
         }
 
 
-def _get(m: dict[str, Any], a: str, b: str) -> Any:
+def _get(m: dict[str, Any], a: str, b: str | None) -> Any:
     v = m.get(a)
+    if b is None:
+        return v
     return v.get(b) if isinstance(v, dict) else None
+
+
+def _f(v: Any, spec: str) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
 # -- theory ----------------------------------------------------------------------------------------
@@ -234,14 +218,12 @@ def decode_bound(model: ModelSpec, hw: Hardware, tp: int, pp: int, mode: str, dt
 
 
 # -- simulations -----------------------------------------------------------------------------------
-def _default_runner(sc: Scenario) -> dict:
-    from simulator.reports.run import run_scenario
-
-    return run_scenario(sc)
-
-
 def evaluate(metrics: dict[str, Any], slo: PlanSlo) -> tuple[bool, dict[str, float]]:
-    """Whether a run meets the SLO, and each constraint's value / bound (> 1 is a miss)."""
+    """Whether one run meets the SLO with its headroom, and the share of each limit it uses:
+    p99 / bound for TTFT and TPOT, misses / misses allowed for goodput. It meets the SLO when
+    every share is at most 1 - headroom. A run whose queue grows without bound ("throughput")
+    or that rejects requests (when no goodput target allows for them) fails whatever its
+    percentiles say: they measure the run's length, not the server."""
     ratios: dict[str, float] = {}
     if slo.p99_ttft_ms is not None:
         v = _get(metrics, "ttft_ms", "p99")
@@ -251,18 +233,23 @@ def evaluate(metrics: dict[str, Any], slo: PlanSlo) -> tuple[bool, dict[str, flo
         ratios["TPOT"] = 0.0 if v is None else v / slo.p99_tpot_ms  # one-token replies have no TPOT
     if slo.goodput is not None:
         g = _get(metrics, "goodput", "fraction")
-        ratios["goodput"] = math.inf if not g else slo.goodput / g
+        allowed = 1.0 - slo.goodput
+        misses = 1.0 if g is None else 1.0 - g
+        ratios["goodput"] = misses / allowed if allowed > 0 else (0.0 if misses <= 0 else math.inf)
     req = metrics.get("requests") or {}
     if slo.goodput is None and req.get("rejected"):
         ratios["rejected"] = math.inf
-    return all(r <= 1.0 for r in ratios.values()), ratios
+    if metrics.get("overloaded"):
+        ratios["throughput"] = math.inf
+    limit = 1.0 - slo.headroom
+    return all(r <= limit for r in ratios.values()), ratios
 
 
 class _Search:
     """The search over one candidate part; simulations are cached by (config, replicas, rate)."""
 
     def __init__(self, plan: Plan, cand: Candidate, base_dir: Path, runner: Runner | None):
-        self.plan, self.cand, self.runner = plan, cand, runner or _default_runner
+        self.plan, self.cand, self.runner = plan, cand, runner or default_runner
         self.hw_arg = local_path(cand.hardware, base_dir)
         self.hw = load_hardware(self.hw_arg)
         self.model = load_model(plan.model)
@@ -279,30 +266,37 @@ class _Search:
         self.cache: dict[tuple, Check] = {}
         self.result = CandidateResult(cand.hardware, self.hw.name, self.price)
 
-    def scenario(self, c: Config, replicas: int, rate: float) -> Scenario:
+    def scenario(self, c: Config, replicas: int, rate: float, seed: int) -> Scenario:
         s = self.serving.model_copy(update={"tp": c.tp, "pp": c.pp, "replicas": replicas,
                                             "max_batch_size": c.max_batch_size, "scheduler": c.scheduler})
         arr = self.plan.workload.arrival.model_copy(update={"rate": rate})
         wl = self.plan.workload.model_copy(update={"arrival": arr})
         return Scenario(name=f"{self.plan.name}/{self.hw.name}/{c.label}/x{replicas}@{rate:.4g}",
                         model=self.plan.model, hardware=self.hw_arg, serving=s, workload=wl, slo=self.slo,
-                        seed=self.plan.seed)
+                        seed=seed)
 
     def check(self, c: Config, replicas: int, rate: float) -> Check:
+        """Simulate under the plan's seeds in turn, stopping at the first that fails: a pass
+        needs every seed, a failure one (so a miss costs one simulation, a pass `seeds`)."""
         key = (c.tp, c.pp, c.max_batch_size, c.scheduler, replicas, round(rate, 9))
-        if key not in self.cache:
-            m = self.runner(self.scenario(c, replicas, rate))
-            ok, ratios = evaluate(m, self.plan.slo)
-            ck = Check(replicas, rate, ok, ratios, m, c.label)
-            self.cache[key] = ck
+        ck = self.cache.get(key)
+        if ck is None:
+            ck = self.cache[key] = Check(replicas, rate, c.label)
             self.result.runs.append(ck)
-        return self.cache[key]
+        for seed in range(self.plan.seed + len(ck.seeds), self.plan.seed + self.plan.seeds):
+            if not ck.ok:
+                break
+            m = self.runner(self.scenario(c, replicas, rate, seed))
+            ck.add(seed, m, *evaluate(m, self.plan.slo))
+        return ck
 
     # -- pruning by theory --
     def configs(self) -> list[Config]:
         sr, s = self.plan.search, self.serving
         out: list[Config] = []
         need = int(self.prompt + self.output)  # one average request must fit in the KV cache
+        slo = self.plan.slo
+        tpot_limit = None if slo.p99_tpot_ms is None else slo.p99_tpot_ms * (1 - slo.headroom)
         for pp in sorted(set(sr.pp)):
             smaller_fail = False
             for tp in sorted(set(sr.tp), reverse=True):  # a smaller tp needs more memory per device
@@ -316,17 +310,17 @@ class _Search:
                     why = str(e)
                 if why:
                     for c in cs:
-                        c.status, c.reason = "pruned: tp", why
+                        c.status, c.reason = ConfigStatus.PRUNED_TP, why
                     continue
                 if smaller_fail:
                     for c in cs:
-                        c.status, c.reason = "pruned: memory", "a larger tp does not fit (monotone)"
+                        c.status, c.reason = ConfigStatus.PRUNED_MEMORY, "a larger tp does not fit (monotone)"
                     continue
                 fp = footprint(self.model, self.hw, tp, pp, self.dt, s.gpu_memory_utilization, s.activation_reserve_gb)
                 if fp.kv_capacity_tokens < need:
                     smaller_fail = True
                     for c in cs:
-                        c.status = "pruned: memory"
+                        c.status = ConfigStatus.PRUNED_MEMORY
                         c.reason = (f"{fp.weights_gb:.1f} GB weights leave KV for {fp.kv_capacity_tokens} tokens "
                                     f"of {fp.usable_gb:.1f} GB usable; one request needs {need}")
                     continue
@@ -335,9 +329,10 @@ class _Search:
                     tok_s, step1 = decode_bound(self.model, self.hw, tp, pp, s.mode, self.dt, c.max_batch_size,
                                                 fp.kv_capacity_tokens, self.prompt, s.async_scheduling)
                     c.decode_tok_s = tok_s
-                    if self.plan.slo.p99_tpot_ms is not None and step1 * 1e3 > self.plan.slo.p99_tpot_ms:
-                        c.status = "pruned: TPOT bound"
-                        c.reason = f"a one-sequence decode step takes {step1 * 1e3:.2f} ms > p99 TPOT bound"
+                    if tpot_limit is not None and step1 * 1e3 > tpot_limit:
+                        c.status = ConfigStatus.PRUNED_TPOT
+                        c.reason = (f"a one-sequence decode step takes {step1 * 1e3:.2f} ms > {tpot_limit:.3g} ms "
+                                    "(the p99 TPOT bound less the headroom)")
                         continue
                     c.min_replicas = max(1, math.ceil(self.plan.rate * self.output / tok_s - 1e-9))
                     c.lb_cost_per_hour = self.price * tp * pp * c.min_replicas
@@ -382,19 +377,27 @@ class _Search:
                 hi, passed = mid, ck
             else:
                 lo = mid
+        c.fewer = self.check(c, opts[lo], self.plan.rate) if lo >= 0 else None  # cached: it failed
         return passed, cut
 
     def describe(self, ck: Check) -> str:
-        """The misses of one run in words: 'p99 TPOT 61.2 ms > 60 ms'."""
+        """The misses of the worst seed in words: 'p99 TPOT 61.2 ms > 54 ms (60 ms less 10 % headroom)'."""
         s, m, out = self.plan.slo, ck.metrics, []
+        limit = 1 - s.headroom
+        room = f" less {s.headroom:.0%} headroom" if s.headroom else ""
+        seed = f" (seed {ck.worst_seed})" if len(ck.seeds) > 1 else ""
         for name, key, bound in (("TTFT", "ttft_ms", s.p99_ttft_ms), ("TPOT", "tpot_ms", s.p99_tpot_ms)):
-            if ck.ratios.get(name, 0) > 1:
-                out.append(f"p99 {name} {_f(_get(m, key, 'p99'), '.1f')} ms > {bound:g} ms")
-        if ck.ratios.get("goodput", 0) > 1:
-            out.append(f"goodput {_f(_get(m, 'goodput', 'fraction'), '.1%')} < {s.goodput:.0%}")
-        if ck.ratios.get("rejected", 0) > 1:
+            if bound is not None and ck.ratios.get(name, 0) > limit:
+                out.append(f"p99 {name} {_f(_get(m, key, 'p99'), '.1f')} ms > {bound * limit:.3g} ms "
+                           f"({bound:g} ms{room})")
+        if s.goodput is not None and ck.ratios.get("goodput", 0) > limit:
+            out.append(f"goodput {_f(_get(m, 'goodput', 'fraction'), '.1%')} < "
+                       f"{1 - (1 - s.goodput) * limit:.1%} ({s.goodput:.0%}{room})")
+        if ck.ratios.get("rejected", 0) > limit:
             out.append(f"{(m.get('requests') or {}).get('rejected')} requests rejected")
-        return "; ".join(out) or "meets the SLO"
+        if ck.ratios.get("throughput", 0) > limit:
+            out.append("overloaded: the queue grows")
+        return ("; ".join(out) or "meets the SLO") + seed
 
     def max_rate(self, c: Config, replicas: int, lo: float, hi: float, steps: int) -> tuple[float, str | None]:
         """Bisect (geometrically) for the highest rate meeting the SLO, given lo passes and hi is
@@ -417,13 +420,13 @@ class _Search:
         res = self.result
         configs = self.configs()
         res.configs = configs
-        live = sorted((c for c in configs if c.status == "pending"),
+        live = sorted((c for c in configs if c.status == ConfigStatus.PENDING),
                       key=lambda c: (c.lb_cost_per_hour, -(c.decode_tok_s or 0)))
         best: Config | None = None
         best_cost = math.inf
         for c in live:
             if c.lb_cost_per_hour is not None and c.lb_cost_per_hour >= best_cost:
-                c.status = "pruned: cost bound"
+                c.status = ConfigStatus.PRUNED_COST
                 c.reason = (f"at least {c.min_replicas} replica(s) = ${c.lb_cost_per_hour:.2f}/h, "
                             f"not below the ${best_cost:.2f}/h already found")
                 continue
@@ -431,14 +434,14 @@ class _Search:
             if ck is None:
                 last = c.check
                 if cut:
-                    c.status, c.reason = "pruned: cost bound", f"needs more replicas than ${best_cost:.2f}/h buys"
+                    c.status, c.reason = ConfigStatus.PRUNED_COST, f"needs more replicas than ${best_cost:.2f}/h buys"
                 elif last is None:
-                    c.status, c.reason = "infeasible", "no replica count allowed by search"
+                    c.status, c.reason = ConfigStatus.INFEASIBLE, "no replica count allowed by search"
                 else:
-                    c.status = "infeasible"
+                    c.status = ConfigStatus.INFEASIBLE
                     c.reason = f"at {last.replicas} replicas (the most allowed): {self.describe(last)}"
                 continue
-            c.status, c.replicas, c.check = "ok", ck.replicas, ck
+            c.status, c.replicas, c.check = ConfigStatus.OK, ck.replicas, ck
             cost = self.price * c.tp * c.pp * ck.replicas
             if cost < best_cost:
                 best, best_cost = c, cost
@@ -446,8 +449,8 @@ class _Search:
             res.best = best
             res.devices = best.tp * best.pp * (best.replicas or 1)
             res.cost_per_hour = best_cost
-            res.cost_per_m_output_tokens = cost_per_m_tokens(self.price, res.devices,
-                                                             best.check.metrics.get("output_tokens_per_s"))
+            res.cost_per_m_output_tokens = cost_per_m_tokens(
+                self.price, res.devices, best.check.spread()["output_tokens_per_s"]["mean"])
             cap = (best.decode_tok_s or 0) * (best.replicas or 1) / max(self.output, 1.0)
             hi = max(cap, self.plan.rate * 1.01)
             res.max_rate, res.binding = self.max_rate(best, best.replicas or 1, self.plan.rate, hi,
@@ -458,10 +461,10 @@ class _Search:
         return res
 
     def _why_none(self, configs: list[Config]) -> str:
-        if all(c.status.startswith("pruned: memory") or c.status == "pruned: tp" for c in configs):
+        if all(c.status in PRUNED_NOT_TRIED for c in configs):
             return "memory"
-        if all(c.status.startswith("pruned") for c in configs):
-            return "TPOT" if any(c.status == "pruned: TPOT bound" for c in configs) else "memory"
+        if all(c.status in (*PRUNED_NOT_TRIED, ConfigStatus.PRUNED_TPOT) for c in configs):
+            return "TPOT"
         tried = [c.check for c in configs if c.check is not None]
         if not tried:
             return "memory"
@@ -481,7 +484,7 @@ def max_sustainable_rate(plan: Plan, cand: Candidate, base_dir: Path, tp: int, p
     rate misses). Bisects between 0 and the analytic capacity bound."""
     s = _Search(plan, cand, base_dir, runner)
     c = next((k for k in s.configs() if (k.tp, k.pp, k.max_batch_size, k.scheduler) == (tp, pp, max_batch_size, scheduler)), None)
-    if c is None or c.status != "pending" or not c.decode_tok_s:
+    if c is None or c.status != ConfigStatus.PENDING or not c.decode_tok_s:
         return 0.0
     hi = c.decode_tok_s * replicas / max(s.output, 1.0)
     lo = hi / 256
@@ -504,35 +507,7 @@ class PlanResult:
 
     @property
     def simulations(self) -> int:
-        return sum(len(c.runs) for c in self.candidates)
-
-
-def load_plan(path: str | Path) -> Plan:
-    p = Path(path)
-    try:
-        plan = Plan.model_validate(load_mapping(p))
-    except ValidationError as e:
-        raise from_validation(e, str(p)) from None
-    try:
-        load_model(plan.model)
-    except InputError as e:
-        raise InputError(str(p), "model", e.message) from None
-    try:
-        Serving.model_validate(plan.serving)
-    except ValidationError as e:
-        err = from_validation(e, str(p))
-        raise InputError(str(p), f"serving.{err.field}", err.message) from None
-    for i, c in enumerate(plan.candidates):
-        try:
-            h = load_hardware(local_path(c.hardware, p.parent))
-        except InputError as e:
-            raise InputError(str(p), f"candidates[{i}].hardware", e.message) from None
-        if c.price_per_hour is None and h.price_per_hour is None:
-            raise InputError(str(p), f"candidates[{i}].price_per_hour", f"{h.name} has no price_per_hour; give one")
-    for spec, name in ((plan.workload.prompt_len, "prompt_len"), (plan.workload.output_len, "output_len")):
-        if isinstance(spec, FromTrace):
-            raise InputError(str(p), f"workload.{name}", "a plan needs drawn lengths (fixed, uniform, lognormal)")
-    return plan
+        return sum(c.simulations for c in self.candidates)
 
 
 def run_plan(plan: Plan, base_dir: Path, runner: Runner | None = None, workers: int | None = None) -> PlanResult:
@@ -548,150 +523,3 @@ def run_plan(plan: Plan, base_dir: Path, runner: Runner | None = None, workers: 
                 bar(k / len(futs), f"{k}/{len(futs)} parts searched")
             results = [f.result() for f in futs]
     return PlanResult(plan, results, round(time.perf_counter() - t0, 2))
-
-
-# -- outputs ---------------------------------------------------------------------------------------
-def _config_rows(res: PlanResult) -> list[dict[str, Any]]:
-    rows = []
-    for cr in res.candidates:
-        for c in cr.configs:
-            m = c.check.metrics if c.check else {}
-            rows.append({
-                "hardware": cr.name, "tp": c.tp, "pp": c.pp, "max_batch_size": c.max_batch_size,
-                "scheduler": c.scheduler, "status": c.status, "reason": c.reason, "replicas": c.replicas,
-                "min_replicas_bound": c.min_replicas, "decode_tok_s_bound": c.decode_tok_s,
-                "kv_tokens": c.kv_tokens, "lb_cost_per_hour": c.lb_cost_per_hour,
-                "cost_per_hour": cr.price_per_hour * c.tp * c.pp * c.replicas if c.replicas else None,
-                "p99_ttft_ms": _get(m, "ttft_ms", "p99"), "p99_tpot_ms": _get(m, "tpot_ms", "p99"),
-                "goodput": _get(m, "goodput", "fraction"), "output_tokens_per_s": m.get("output_tokens_per_s"),
-            })
-    return rows
-
-
-def _run_rows(res: PlanResult) -> list[dict[str, Any]]:
-    rows = []
-    for cr in res.candidates:
-        for r in cr.runs:
-            m = r.metrics
-            rows.append({"hardware": cr.name, "config": r.config, "replicas": r.replicas, "rate": r.rate,
-                         "ok": r.ok, **{f"ratio_{k}": v for k, v in r.ratios.items()},
-                         "p99_ttft_ms": _get(m, "ttft_ms", "p99"), "p99_tpot_ms": _get(m, "tpot_ms", "p99"),
-                         "goodput": _get(m, "goodput", "fraction"),
-                         "output_tokens_per_s": m.get("output_tokens_per_s")})
-    return rows
-
-
-def write_outputs(res: PlanResult, out: Path) -> dict[str, str]:
-    """plan.csv (one row per candidate), configs.csv, runs.csv and plan.png."""
-    out.mkdir(parents=True, exist_ok=True)
-    best = res.best
-    rows = [{**c.summary(), "cheapest": c is best} for c in res.candidates]
-    write_csv(rows, out / "plan.csv")
-    write_csv(_config_rows(res), out / "configs.csv")
-    runs = _run_rows(res)
-    if runs:
-        write_csv(runs, out / "runs.csv")
-    files = {"plan": str(out / "plan.csv"), "configs": str(out / "configs.csv")}
-    if runs:
-        files["runs"] = str(out / "runs.csv")
-    files["plot"] = plot_plan(res, out / "plan.png")
-    return files
-
-
-def plot_plan(res: PlanResult, path: Path) -> str:
-    """Each part's USD per million output tokens and highest sustainable rate, the cheapest in red."""
-    from simulator.reports.plots import plt, save  # matplotlib only when plotting (Agg)
-
-    cands = res.candidates
-    names = [c.name for c in cands]
-    best = res.best
-    colors = ["tab:red" if c is best else "tab:blue" for c in cands]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    costs = [c.cost_per_m_output_tokens or 0.0 for c in cands]
-    axes[0].bar(names, costs, color=colors)
-    for i, c in enumerate(cands):
-        label = (f"{c.best.label}\nx{c.best.replicas}" if c.best else f"none\n({c.binding})")
-        axes[0].annotate(label, (i, costs[i]), ha="center", va="bottom", fontsize=7)
-    axes[0].set_ylim(0, max(costs + [1e-9]) * 1.25)  # room for the labels
-    axes[0].set_ylabel("USD per million output tokens")
-    axes[0].set_title(f"{res.plan.name}: cheapest configuration per part at {res.plan.rate:g} req/s")
-    rates = [c.max_rate or 0.0 for c in cands]
-    axes[1].bar(names, rates, color=colors)
-    axes[1].set_ylim(0, max(rates + [res.plan.rate]) * 1.15)
-    axes[1].axhline(res.plan.rate, color="k", ls="--", lw=1, label="target rate")
-    for i, c in enumerate(cands):
-        if c.binding:
-            axes[1].annotate(c.binding, (i, rates[i]), ha="center", va="bottom", fontsize=7)
-    axes[1].set_ylabel("highest sustainable rate (req/s)")
-    axes[1].set_title("capacity of that configuration (binding constraint)")
-    axes[1].legend(fontsize=7)
-    for ax in axes:
-        ax.tick_params(axis="x", labelsize=8, rotation=20)
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    save(fig, path)
-    return str(path)
-
-
-def _f(v: Any, spec: str) -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
-
-
-def format_table(res: PlanResult) -> str:
-    p, s = res.plan, res.plan.slo
-    bounds = [f"p99 TTFT <= {s.p99_ttft_ms:g} ms" if s.p99_ttft_ms else "",
-              f"p99 TPOT <= {s.p99_tpot_ms:g} ms" if s.p99_tpot_ms else "",
-              f"goodput >= {s.goodput:.0%}" if s.goodput else ""]
-    lines = [f"plan {p.name}: {p.model} at {p.rate:g} req/s; SLO {', '.join(b for b in bounds if b)}"]
-    head = ["hardware", "configuration", "devices", "$/hour", "$/M tok", "p99 TTFT", "p99 TPOT", "goodput",
-            "max rate", "binding"]
-    body = []
-    order = sorted(res.candidates, key=lambda c: (c.cost_per_hour is None, c.cost_per_hour or 0.0))
-    for c in order:
-        d = c.summary()
-        cfg = f"{c.best.label} x{c.best.replicas}" if c.best else "none meets the SLO"
-        body.append([c.name + (" *" if c is res.best else ""), cfg, _f(d["devices"], "d"), _f(d["cost_per_hour"], ".2f"),
-                     _f(d["cost_per_m_output_tokens"], ".3f"), _f(d["p99_ttft_ms"], ".0f"), _f(d["p99_tpot_ms"], ".1f"),
-                     _f(d["goodput"], ".1%"), _f(d["max_rate"], ".1f"), d["binding"] or "-"])
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths, strict=True)) for b in body]
-    b = res.best
-    if b and b.best:
-        lines.append(f"cheapest: {b.name} {b.best.label} x {b.best.replicas} replicas = {b.devices} devices, "
-                     f"${b.cost_per_hour:.2f}/hour, ${_f(b.cost_per_m_output_tokens, '.3f')} per million output tokens")
-    else:
-        lines.append("no candidate meets the SLO at the target rate")
-    lines.append(f"{res.simulations} simulations in {res.wall_s:.1f} s")
-    return "\n".join(lines)
-
-
-def to_json(res: PlanResult, files: dict[str, str]) -> dict[str, Any]:
-    b = res.best
-    return {
-        "plan": res.plan.name, "model": res.plan.model, "target_rate": res.plan.rate,
-        "slo": res.plan.slo.model_dump(exclude_none=True),
-        "best": {**b.summary()} if b else None,
-        "candidates": [c.summary() for c in res.candidates],
-        "configs": _config_rows(res), "simulations": res.simulations, "wall_s": res.wall_s, "files": files,
-    }
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    path = Path(args.plan)
-    plan = load_plan(path)
-    res = run_plan(plan, path.parent)
-    out = Path(args.out) if args.out else path.parent / "out" / path.stem
-    files = write_outputs(res, out)
-    if args.json:
-        print(json.dumps(to_json(res, files), default=_jsonable))
-    else:
-        print(format_table(res))
-        print(f"outputs: {out}/ (plan.csv, configs.csv, runs.csv, plan.png)")
-    return 0 if res.best else 1
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    return asdict(o) if hasattr(o, "__dataclass_fields__") else str(o)

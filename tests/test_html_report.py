@@ -1,0 +1,193 @@
+"""report.html of run, sweep and plan, rendered by headless Chromium from disk (no server): the
+page must show the numbers of the JSON, embed its plots and fetch nothing.
+
+Chromium is installed by .ci/run (Debian's `chromium` package), which sets CI=1: there a missing
+browser fails the test. Elsewhere it is skipped with a line saying how to install it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from simulator.cli import main
+from simulator.serving.scenario import Scenario
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        exe = shutil.which(name)
+        if exe:
+            return exe
+    if os.environ.get("CI"):
+        pytest.fail("chromium is not installed; .ci/run installs it with apt-get install -y chromium")
+    pytest.skip("chromium is not installed here (apt-get install -y chromium); CI installs it and fails without it")
+
+
+class Page(HTMLParser):
+    """What the rendered DOM shows: the text of every cell tagged with a JSON key, the images'
+    sources, every URL the page would fetch, and all of its text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: dict[str, str] = {}
+        self.images: list[str] = []
+        self.urls: list[str] = []
+        self.text: list[str] = []
+        self._key: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "td" and a.get("data-key"):
+            self._key = a["data-key"]
+            self.cells[self._key] = ""
+        if tag == "img":
+            self.images.append(a.get("src") or "")
+        for name in ("src", "href"):
+            if a.get(name) and not (a[name] or "").startswith("data:"):
+                self.urls.append(a[name] or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td":
+            self._key = None
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self._key is not None:
+            self.cells[self._key] += data
+
+
+def render(path: Path, tmp: Path) -> Page:
+    """Open the file in headless Chromium and parse the DOM it built."""
+    r = subprocess.run([chromium(), *FLAGS, f"--user-data-dir={tmp / 'chromium'}", "--dump-dom", path.as_uri()],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and "</html>" in r.stdout, r.stderr[-2000:]
+    page = Page()
+    page.feed(r.stdout)
+    assert not page.urls, page.urls  # self-contained: nothing to fetch
+    for src in page.images:  # every plot is an embedded PNG
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    return page
+
+
+def shown(text: str) -> tuple[float, float]:
+    """The number a cell shows and half a unit of its last digit (what rounding may hide)."""
+    t = text.strip().replace(",", "")
+    scale = 0.01 if t.endswith("%") else 1.0
+    t = t.rstrip("%")
+    assert re.fullmatch(r"-?\d+(\.\d+)?", t), text
+    decimals = len(t.split(".")[1]) if "." in t else 0
+    return float(t) * scale, 0.5 * 10 ** -decimals * scale * (1 + 1e-9)
+
+
+def assert_shows(page: Page, expected: dict[str, Any]) -> None:
+    for key, value in expected.items():
+        assert key in page.cells, f"{key} not on the page"
+        if value is None:
+            assert page.cells[key].strip() == "n/a", (key, page.cells[key])
+            continue
+        number, tol = shown(page.cells[key])
+        assert abs(number - value) <= tol, (key, page.cells[key], value)
+
+
+def dig(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d[part]
+    return d
+
+
+# -- run -------------------------------------------------------------------------------------------
+RUN = {
+    "name": "html-run", "model": "llama-3.2-1b", "hardware": "l4",
+    "serving": {"scheduler": "continuous", "max_batch_size": 8, "max_batched_tokens": 400},
+    "workload": {"num_requests": 300, "arrival": {"process": "poisson", "rate": 8.0},
+                 "prompt_len": {"dist": "uniform", "low": 32, "high": 512},
+                 "output_len": {"dist": "uniform", "low": 2, "high": 64}},
+    "slo": {"ttft_ms": 100, "tpot_ms": 20}, "seed": 5,
+}
+RUN_KEYS = ["requests.arrived", "requests.completed", "requests.rejected", "makespan_s", "output_tokens_per_s",
+            "requests_per_s", "mfu", "mbu", "kv.peak_frac", "preemptions.total", "goodput.requests_per_s",
+            *(f"{m}.{s}" for m in ("ttft_ms", "tpot_ms", "e2e_ms") for s in ("mean", "p50", "p90", "p99")),
+            *(f"moments_by_kind.{k}.{s}" for k in ("prefill", "decode") for s in ("count", "mean", "p50", "p99"))]
+
+
+@pytest.mark.parametrize("rate", [8.0, 400.0])
+def test_run_report_shows_the_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], rate: float) -> None:
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({**RUN, "workload": {**RUN["workload"], "arrival": {"process": "poisson", "rate": rate}}}))
+    out = tmp_path / "out"
+    assert main(["run", str(p), "--json", "--out", str(out)]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["requests"]["rejected"] > 0  # prompts above max_batched_tokens: the page must say so
+    page = render(out / "report.html", tmp_path)
+    assert_shows(page, {k: dig(s, k) for k in RUN_KEYS})
+    assert_shows(page, {f"breakdown_share.{k}": v for k, v in s["breakdown_share"].items()})
+    text = " ".join(page.text)
+    assert f"completed requests only: {s['requests']['completed']:,} of {s['requests']['arrived']:,}" in text
+    assert "prompt > max_batched_tokens" in text
+    assert ("OVERLOADED" in text) is s["overloaded"] is (rate > 100)
+    assert len(page.images) == 4
+
+
+# -- sweep -----------------------------------------------------------------------------------------
+def test_sweep_report_shows_the_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = {**RUN, "hardware": "h100-sxm", "serving": {"scheduler": "continuous", "max_batch_size": 8},
+            "workload": {**RUN["workload"], "num_requests": 60}}
+    sw = tmp_path / "sw.yaml"
+    sw.write_text(yaml.safe_dump({"name": "html-sweep", "base": base,
+                                  "grid": {"workload.arrival.rate": [2.0, 8.0], "serving.max_batch_size": [4, 16]}}))
+    out = tmp_path / "out"
+    assert main(["sweep", str(sw), "--out", str(out), "--workers", "1", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["files"]["report"] == str(out / "report.html")
+    page = render(out / "report.html", tmp_path)
+    expected = {}
+    for i, r in enumerate(res["results"]):
+        for k in ("output_tokens_per_s", "ttft_ms.p99", "tpot_ms.p99", "cost_per_m_output_tokens"):
+            expected[f"{i}:{k}"] = r[k]
+        assert page.cells[f"{i}:status"] == r["status"]
+    assert_shows(page, expected)
+    assert len(page.images) == 2
+
+
+# -- plan --------------------------------------------------------------------------------------------
+def test_plan_report_shows_the_json(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    def runner(sc: Scenario) -> dict[str, Any]:  # a stand-in: the SLO holds from 2 replicas of an H100
+        ok = sc.serving.replicas >= (2 if sc.hardware == "h100-sxm" else 1)
+        return {"output_tokens_per_s": 600.0 + sc.seed, "ttft_ms": {"p99": 100.0 + 10 * sc.seed if ok else 900.0},
+                "tpot_ms": {"p99": 8.0 + sc.seed}, "goodput": {"fraction": 1.0}, "requests": {"rejected": 0}}
+
+    monkeypatch.setattr("simulator.studies.plan.default_runner", runner)
+    plan = {"name": "html-plan", "model": "llama-3.2-1b",
+            "workload": {"num_requests": 100, "arrival": {"process": "poisson", "rate": 10.0},
+                         "prompt_len": {"dist": "fixed", "value": 128}, "output_len": {"dist": "fixed", "value": 64}},
+            "slo": {"p99_ttft_ms": 200, "p99_tpot_ms": 20},
+            "candidates": [{"hardware": "h100-sxm"}, {"hardware": "l4", "price_per_hour": 0.9}],
+            "search": {"tp": [1], "max_replicas": 4, "max_batch_size": [16]}, "rate_steps": 2}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    assert main(["plan", str(path), "--out", str(tmp_path / "out"), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    page = render(tmp_path / "out" / "report.html", tmp_path)
+    expected = {}
+    for c in res["candidates"]:
+        for k in ("devices", "cost_per_hour", "cost_per_m_output_tokens", "p99_ttft_ms", "p99_tpot_ms", "max_rate"):
+            expected[f"{c['hardware']}.{k}"] = c[k]
+    assert_shows(page, expected)
+    text = " ".join(page.text)
+    assert "the answer" in text and "binding: TTFT" in text and len(page.images) == 1

@@ -13,7 +13,7 @@ import numpy as np
 
 from hwmodels.spec import Efficiency, Hardware, Link
 
-KINDS = ("gemm", "attn_prefill", "attn_decode", "stream", "allreduce", "send")
+KINDS = ("gemm", "attn_prefill", "attn_decode", "stream", "allreduce", "send", "alltoall")
 
 
 def soft_max(a, b, p: float):
@@ -36,8 +36,10 @@ def wave_factor(m, n, units: int, tile: int = 128):
 
 
 def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, hw: Hardware,
-            m=0.0, n: float = 0.0, seqs=0.0, group: int = 1):
-    """Seconds for an op on one device of `hw`. `group` is the number of devices in a collective."""
+            m=0.0, n: float = 0.0, seqs=0.0, group: int = 1, dequant=0.0):
+    """Seconds for an op on one device of `hw`. `group` is the number of devices in a collective;
+    `dequant`: vector ops that unpack quantised weights inside a GEMM (on the fp32 units, beside
+    the tensor cores' work)."""
     dev, eff = hw.device, hw.efficiency
     floor = hw.floor_us() * 1e-6 * launches
     if kind == "gemm":
@@ -47,8 +49,10 @@ def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, 
         mem = eff.gemm_memory
         if eff.gemv_memory is not None:
             mem = np.where(np.asarray(m) <= 1, eff.gemv_memory, eff.gemm_memory)
-        return soft_max(np.asarray(flops) / peak, np.asarray(bytes_) / (dev.bandwidth * mem),
-                        eff.softmax_p) + floor
+        t_c = np.asarray(flops) / peak
+        if np.any(np.asarray(dequant) > 0):
+            t_c = t_c + np.asarray(dequant) / (dev.peak_flops("fp32") * eff.gemm_compute)
+        return soft_max(t_c, np.asarray(bytes_) / (dev.bandwidth * mem), eff.softmax_p) + floor
     if kind == "attn_prefill":
         t_c = np.asarray(flops) / (dev.peak_flops(dtype) * eff.attn_prefill_compute)
         t_m = np.asarray(bytes_) / (dev.bandwidth * eff.gemm_memory)
@@ -64,6 +68,8 @@ def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, 
         return allreduce_time(bytes_, group, launches, hw.link if group <= hw.devices_per_node else hw.network, eff)
     if kind == "send":
         return send_time(bytes_, launches, hw.link, eff)
+    if kind == "alltoall":
+        return alltoall_time(bytes_, group, launches, hw.link if group <= hw.devices_per_node else hw.network, eff)
     raise ValueError(f"unknown op kind {kind!r}; known: {KINDS}")
 
 
@@ -107,4 +113,15 @@ def send_time(bytes_, launches: int, link: Link | None, eff: Efficiency):
     """Point-to-point sends between pipeline stages."""
     if link is None:
         raise ValueError("pipeline parallelism needs a link between devices")
+    return np.asarray(bytes_, dtype=float) / (link.bw_gbps * 1e9 * eff.comm_bw) + _latency(link, eff) * launches
+
+
+def alltoall_time(bytes_, n: int, launches: int, link: Link | None, eff: Efficiency):
+    """All-to-all (expert-parallel dispatch or combine) over n devices: `bytes_` is what the
+    busiest device receives from the others in all `launches` calls; every device talks to all
+    others at once over a switch, so one latency per call."""
+    if n <= 1:
+        return np.zeros_like(np.asarray(bytes_, dtype=float))
+    if link is None:
+        raise ValueError("expert parallelism over several devices needs a link")
     return np.asarray(bytes_, dtype=float) / (link.bw_gbps * 1e9 * eff.comm_bw) + _latency(link, eff) * launches

@@ -6,12 +6,41 @@ so a what-if part changes one physical number and the peaks follow.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4")
-DTYPE_BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
+DTYPES = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "fp4")
+
+
+@dataclass(frozen=True)
+class Format:
+    """How weights or KV are stored: bytes per element with their scales, the tensor-core dtype
+    that consumes them directly where a device has it, and the vector ops per weight that
+    dequantise them to the activation dtype where it does not (per weight per 128-row tile
+    of a GEMM: each tile of rows unpacks the weights again; estimates, not measured)."""
+
+    bytes: float
+    tensor: str | None = None   # None: 16/32-bit (runs in the activation dtype) or weight-only
+    dequant_ops: float = 0.0
+
+
+FORMATS: dict[str, Format] = {
+    "fp32": Format(4.0), "tf32": Format(4.0), "bf16": Format(2.0), "fp16": Format(2.0),
+    "fp8": Format(1.0, "fp8", 2.0),                     # e4m3, one scale per tensor or channel
+    "fp8-block": Format(1.0 + 4 / 128**2, "fp8", 2.0),  # + an fp32 scale per 128x128 block (DeepSeek-V3)
+    "int8": Format(1.0, None, 2.0),                     # weight-only: dequantised to the activation dtype
+    "int4": Format(0.5, None, 3.0),                     # packed nibbles (scales not counted)
+    "int4-awq": Format(0.5 + 2.5 / 128, None, 3.0),     # + fp16 scale and 4-bit zero per group of 128
+    "int4-gptq": Format(0.5 + 2.5 / 128, None, 3.0),    # the same storage as AWQ (g_idx is per row: negligible)
+    "nvfp4": Format(0.5 + 1 / 16, "fp4", 2.0),          # e2m1 + an e4m3 scale per 16 (+ one fp32 per tensor)
+    "mxfp4": Format(0.5 + 1 / 32, "fp4", 2.0),          # e2m1 + an e8m0 scale per 32 (OCP MX)
+}
+DTYPE_BYTES = {k: f.bytes for k, f in FORMATS.items()}
+WEIGHT_FORMATS = ("fp32", "bf16", "fp16", "fp8", "fp8-block", "int8", "int4", "int4-awq", "int4-gptq", "nvfp4",
+                  "mxfp4")
+KV_FORMATS = ("fp32", "bf16", "fp16", "fp8", "int8", "nvfp4", "mxfp4")
 
 
 # Element-wise categories (simulator.moment.ops' "stream" kernels) that efficiency dicts may name.
@@ -38,7 +67,7 @@ class Device(Strict):
     clock_ghz: float = Field(gt=0, le=10, description="clock at which the FLOP rates hold")
     compute_units: int = Field(gt=0, le=1_000_000, description="SMs, CUs, TensorCores or CPU cores")
     flops_per_cycle: dict[str, FlopsPerCycle] = Field(
-        description="dense FLOPs per cycle per compute unit, by dtype (fp32, bf16, fp16, fp8, int8)"
+        description="dense FLOPs per cycle per compute unit, by dtype (fp32, tf32, bf16, fp16, fp8, int8, int4, fp4)"
     )
     memory_gb: float = Field(gt=0, le=100_000, description="device memory in GB (1e9 bytes)")
     memory_bw_gbps: float = Field(gt=0, le=1e6, description="memory bandwidth in GB/s")
@@ -75,9 +104,20 @@ class Device(Strict):
         return self.memory_bw_gbps * 1e9
 
 
+def gemm_dtype(fmt: str, act: str, device: Device) -> tuple[str, bool]:
+    """The dtype a GEMM on weights stored as `fmt` runs in on `device`, and whether the weights
+    are dequantised on the way (fp8/fp4 where the part has no such tensor units, int4 always)."""
+    f = FORMATS[fmt]
+    if f.tensor is not None and device.flops_per_cycle.get(f.tensor, 0.0) > 0:
+        return f.tensor, False
+    return act, f.dequant_ops > 0
+
+
 def _fallback(dtype: str) -> tuple[str, ...]:
-    # fp8/int8/int4 weights dequantise to bf16 GEMMs where no narrow tensor units exist
+    # fp8/int8/int4 weights dequantise to bf16 GEMMs where no narrow tensor units exist; fp4
+    # without fp4 units runs as weight-only (bf16 activations), not on fp8 units
     return {
+        "fp4": ("fp4", "bf16", "fp16", "fp32"),
         "int4": ("int4", "int8", "fp8", "bf16", "fp16", "fp32"),
         "int8": ("int8", "fp8", "bf16", "fp16", "fp32"),
         "fp8": ("fp8", "bf16", "fp16", "fp32"),

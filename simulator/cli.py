@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
+from hwmodels.spec import KV_FORMATS, WEIGHT_FORMATS
 from simulator.moment.cost import check_parallelism, step_model
 from simulator.moment.memory import check_fits, footprint
 from simulator.moment.model import load_model
@@ -54,13 +55,20 @@ def _share(text: str) -> float:
 def _resolve(args: argparse.Namespace):
     model = load_model(args.model)
     hw = load_hardware(args.hardware)
-    dt = Dtypes(weight=args.weight_dtype or args.dtype, act=args.dtype if args.dtype != "fp8" else "bf16",
-                kv=args.kv_dtype or (args.dtype if args.dtype != "fp8" else "bf16"))
+    act = args.dtype if args.dtype != "fp8" else "bf16"
+    weight = args.weight_dtype or ("fp8" if args.dtype == "fp8" else None)
+    dt = Dtypes.of(model, weight, act, args.kv_dtype, plain=args.dtype)  # None: the checkpoint's own format
+    ep = getattr(args, "ep", 1)
+    if ep < 1:
+        raise InputError("--ep", str(ep), "must be >= 1")
+    imbalance = getattr(args, "moe_imbalance", 1.0)
+    if not 1.0 <= imbalance <= 64.0:  # also false for nan
+        raise InputError("--moe-imbalance", str(imbalance), "must be within 1 (balanced) and 64")
     try:
-        check_parallelism(model, hw, args.tp, args.pp)
+        check_parallelism(model, hw, args.tp, args.pp, ep)
     except ValueError as e:
-        pp = str(e).startswith("pp=")
-        raise InputError("--pp" if pp else "--tp", str(args.pp if pp else args.tp), str(e)) from None
+        flag = next((f for f in ("pp", "ep") if str(e).startswith(f"{f}=")), "tp")
+        raise InputError(f"--{flag}", str(getattr(args, flag)), str(e)) from None
     return model, hw, dt
 
 
@@ -73,13 +81,14 @@ def cmd_step(args: argparse.Namespace) -> int:
     longest = max([c + 1 for _, c in decode] + [n for _, n in prefill])
     tokens = sum(b for b, _ in decode) + sum(b * n for b, n in prefill)
     seqs_kv = sum(b * (c + 1) for b, c in decode) + sum(b * n for b, n in prefill)
-    fp = check_fits(model, hw, args.tp, args.pp, dt, min_tokens=seqs_kv, where="--model/--hardware")
-    sm = step_model(model, hw, args.tp, args.pp, args.mode, dt, args.async_scheduling)
+    fp = check_fits(model, hw, args.tp, args.pp, dt, min_tokens=seqs_kv, where="--model/--hardware", ep=args.ep)
+    sm = step_model(model, hw, args.tp, args.pp, args.mode, dt, args.async_scheduling, args.ep, args.moe_imbalance)
     cost = sm.cost(Batch.of(decode=decode, prefill=prefill))
     out = cost.as_dict()
     if args.verbose:
         out["config"] = {"model": model.name, "hardware": hw.name, "profile": hw.profile, "tp": args.tp,
-                         "pp": args.pp, "mode": args.mode, "dtypes": vars(dt), "tokens": tokens,
+                         "pp": args.pp, "ep": args.ep, "moe_imbalance": args.moe_imbalance, "mode": args.mode,
+                         "dtypes": vars(dt), "tokens": tokens,
                          "longest_context": longest, "kernels_per_step": sm.kernels,
                          "clock_cycles": round(cost.step_ms * 1e-3 * hw.device.clock_ghz * 1e9)}
         out["memory"] = fp.as_dict()
@@ -96,8 +105,9 @@ def cmd_step(args: argparse.Namespace) -> int:
 
 def cmd_memory(args: argparse.Namespace) -> int:
     model, hw, dt = _resolve(args)
-    fp = footprint(model, hw, args.tp, args.pp, dt, args.utilization)
-    out = {"model": model.name, "hardware": hw.name, "tp": args.tp, "pp": args.pp,
+    fp = footprint(model, hw, args.tp, args.pp, dt, args.utilization, ep=args.ep)
+    out = {"model": model.name, "hardware": hw.name, "tp": args.tp, "pp": args.pp, "ep": args.ep,
+           "weight_dtype": dt.weight, "expert_dtype": dt.experts, "kv_dtype": dt.kv,
            "params_b": round(model.num_params() / 1e9, 3),
            "active_params_b": round(model.num_params(active=True) / 1e9, 3), **fp.as_dict(),
            "fits": fp.kv_capacity_tokens > 0}
@@ -107,7 +117,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
         for k, v in out.items():
             print(f"{k:22s} {v}")
     if not fp.kv_capacity_tokens:
-        check_fits(model, hw, args.tp, args.pp, dt, args.utilization, where="--model/--hardware")
+        check_fits(model, hw, args.tp, args.pp, dt, args.utilization, where="--model/--hardware", ep=args.ep)
     return 0
 
 
@@ -118,11 +128,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pp", type=_degree, default=1, help="pipeline-parallel degree, 1..1024 (default 1)")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp8"],
                    help="activations (fp8: fp8 weights with bf16 activations; default bf16)")
-    p.add_argument("--weight-dtype", choices=["fp32", "bf16", "fp16", "fp8", "int8", "int4"],
-                   help="weights, when not the --dtype (e.g. int4 for 4-bit weights)")
-    p.add_argument("--kv-dtype", choices=["fp32", "bf16", "fp16", "fp8", "int8"],
-                   help="KV cache, when not the --dtype")
+    p.add_argument("--weight-dtype", choices=WEIGHT_FORMATS,
+                   help="every linear layer's weights (default: the checkpoint's quantization_config, else --dtype)")
+    p.add_argument("--kv-dtype", choices=KV_FORMATS, help="KV cache, when not the --dtype")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_expert_args(p: argparse.ArgumentParser, imbalance: bool = True) -> None:
+    p.add_argument("--ep", type=int, default=1,
+                   help="expert parallelism: 1, or equal to --tp (whole experts per device; default 1)")
+    if imbalance:
+        p.add_argument("--moe-imbalance", type=float, default=1.0,
+                       help="with --ep: the busiest device's routed tokens over the mean (default 1: balanced)")
 
 
 MODE_HELP = "graph: CUDA graphs (one launch per step); eager: the host dispatches every kernel (default graph)"
@@ -156,10 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode", action="append", default=[], metavar="BxCTX", help="B sequences with CTX cached")
     p.add_argument("--prefill", action="append", default=[], metavar="BxLEN", help="B prompts of LEN tokens")
     p.add_argument("-v", "--verbose", action="store_true", help="add config and memory to the JSON")
+    _add_expert_args(p)
     p.set_defaults(func=cmd_step)
 
     p = sub.add_parser("memory", help="a model's memory footprint on a device")
     _add_model_args(p)
+    _add_expert_args(p, imbalance=False)
     p.add_argument("--utilization", type=_share, default=0.9,
                    help="share of device memory for weights and KV cache, in (0, 1] (default 0.9)")
     p.set_defaults(func=cmd_memory)

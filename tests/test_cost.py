@@ -100,14 +100,16 @@ def test_more_tp_is_not_slower_per_device_for_big_models():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.sampled_from(["llama-3.2-1b", "mistral-7b", "qwen2-7b"]), st.integers(0, 300), st.integers(0, 10**6),
+@given(st.sampled_from(["llama-3.2-1b", "mistral-7b", "qwen2-7b", "gemma-2-9b", "gpt-oss-20b", "deepseek-v2-lite",
+                        "llama-4-scout", "qwen3-30b-a3b"]), st.integers(0, 300), st.integers(0, 10**6),
        st.integers(0, 4), st.integers(0, 9000), st.integers(0, 10**5))
 def test_closed_form_attention_equals_the_ops(name, ds, dc, ps, pt, pc):
     # the engine's O(1) attention term is roofline.op_time over ops.attention_ops, in closed form
     s = sm(name)
     pt = pt if ps else 0
     b = Batch(ds, dc if ds else 0, ps, pt, pt * (pt + 1) / 2 + pt * pc, pc if ps else 0)
-    assert s.attention_s(b.decode_seqs, b.decode_ctx, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx) == \
+    assert s.attention_s(b.decode_seqs, b.decode_ctx, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx,
+                         b.prefill_seqs) == \
         pytest.approx(s.attention_ops_s(b), rel=1e-9, abs=1e-15)
 
 

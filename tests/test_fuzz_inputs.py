@@ -29,7 +29,7 @@ from hwmodels.load import PRESET_DIR, load_hardware, read_profile
 from hwmodels.profile import SCHEMA
 from hwmodels.spec import Hardware
 from simulator.moment.model import PRESET_DIR as MODEL_DIR
-from simulator.moment.model import ModelSpec, load_model
+from simulator.moment.model import ModelSpec, _spec, load_model
 from simulator.serving.scenario import Scenario, load_scenario
 
 # FUZZ_EXAMPLES=2000 pytest tests/test_fuzz_inputs.py digs deeper than the default run
@@ -330,7 +330,8 @@ def numeric_fields(root: type[BaseModel]) -> set[str]:
 def _pick(models: list[type[BaseModel]], data: dict[str, Any]) -> type[BaseModel] | None:
     """The model of a union that `data` is (by its `dist`/`process` literal, else by its keys)."""
     for m in models:
-        ok = all(k in m.model_fields or any(f.alias == k for f in m.model_fields.values()) for k in data)
+        ok = m.model_config.get("extra") == "ignore" or all(
+            k in m.model_fields or any(f.alias == k for f in m.model_fields.values()) for k in data)
         disc = m.model_fields.get("dist")
         if disc is not None:
             ok = ok and data.get("dist") in get_args(disc.annotation)
@@ -339,11 +340,23 @@ def _pick(models: list[type[BaseModel]], data: dict[str, Any]) -> type[BaseModel
     return None
 
 
-def targets(model: type[BaseModel], data: dict[str, Any], path: tuple = ()) -> list[tuple[tuple, str, str]]:
-    """(path into data, leaf kind, Model.field) of every numeric field the base data reaches."""
+def _keys(name: str, f: Any) -> list[str]:
+    """The names a field may have in a file: its alias or name, then its validation aliases."""
+    va = getattr(f.validation_alias, "choices", None) or []
+    return [f.alias or name] + [k for k in va if isinstance(k, str)]
+
+
+def targets(model: type[BaseModel], data: dict[str, Any], path: tuple = (),
+            present_only: bool = False) -> list[tuple[tuple, str, str]]:
+    """(path into data, leaf kind, Model.field) of every numeric field the base data reaches;
+    present_only: only fields the data holds (a model config is read by its family, which
+    refuses fields it does not model)."""
     out = []
     for name, f in model.model_fields.items():
-        key = f.alias or name
+        keys = _keys(name, f)
+        key = next((k for k in keys if k in data), None if present_only else keys[0])
+        if key is None:
+            continue
         kind = _leaf_kind(f.annotation)
         if kind:
             out.append((path + (key,), kind, f"{model.__name__}.{name}"))
@@ -355,7 +368,7 @@ def targets(model: type[BaseModel], data: dict[str, Any], path: tuple = ()) -> l
         if sub and isinstance(sub_data, dict):
             m = _pick(sub, sub_data)
             if m is not None:
-                out += targets(m, sub_data, sub_path)
+                out += targets(m, sub_data, sub_path, present_only)
     return out
 
 
@@ -401,8 +414,22 @@ FUZZ_TRACE_SCENARIO = {**FUZZ_SCENARIO, "workload": {
 FUZZ_HARDWARE = {k: v for k, v in load_hardware("h100-sxm").model_dump(mode="json").items()
                  if k not in ("profile", "sources")}
 FUZZ_HARDWARE["efficiency"]["gemv_memory"] = 0.9
-FUZZ_MODEL = load_model("llama-3.2-1b").model_dump(mode="json")
-FUZZ_MODEL.update(head_dim=64, sliding_window=4096)
+
+
+def _config(name: str, **over: Any) -> dict[str, Any]:
+    """A preset's config as a user's file holds it (a wrapper's text model), with changes."""
+    d = json.loads((MODEL_DIR / f"{name}.json").read_text())
+    d = {k: v for k, v in d.get("text_config", d).items() if not k.startswith("_")}
+    return {**d, **over}
+
+
+# one config per family that holds its own fields; small enough to simulate on one H100
+FUZZ_MODELS = [
+    _config("llama-3.2-1b"), _config("qwen1.5-moe-a2.7b"), _config("gemma-3-1b"), _config("gpt-oss-20b"),
+    _config("deepseek-v2-lite", quantization_config={"quant_method": "fp8", "weight_block_size": [128, 128]}),
+    _config("llama-4-scout", num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0], moe_layers=[1, 3]),
+    _config("qwen2.5-7b-awq"),
+]
 FUZZ_SWEEP = {"base": {**FUZZ_SCENARIO, "seed": 0}, "grid": {"workload.arrival.rate": {"from": 1, "to": 4, "steps": 2}},
               "seeds": [0]}
 FUZZ_PLAN = {**PLAN, "candidates": [{"hardware": "h100-sxm", "price_per_hour": 4.0}],
@@ -426,11 +453,11 @@ def _schema_cases(tmp: Path) -> tuple[list[dict[str, Any]], set[str]]:
 
     plan: list[tuple[type[BaseModel], dict[str, Any], str, str]] = [
         (Scenario, FUZZ_SCENARIO, "scenario", ".yaml"), (Scenario, FUZZ_TRACE_SCENARIO, "scenario", ".yaml"),
-        (Hardware, FUZZ_HARDWARE, "hardware", ".yaml"), (ModelSpec, FUZZ_MODEL, "model", ".json"),
+        (Hardware, FUZZ_HARDWARE, "hardware", ".yaml"), *((ModelSpec, m, "model", ".json") for m in FUZZ_MODELS),
         (Sweep, FUZZ_SWEEP, "sweep", ".yaml"), (Plan, FUZZ_PLAN, "plan", ".yaml"),
     ]
     for model, base, kind, suffix in plan:
-        for path, leaf, name in targets(model, base):
+        for path, leaf, name in targets(model, base, present_only=model is ModelSpec):
             covered.add(name)
             as_json = suffix == ".json"
             text = _dump(inject(base, path, leaf, HOLE), as_json)
@@ -491,10 +518,13 @@ def test_every_numeric_field_is_covered() -> None:
     want = set().union(*(numeric_fields(m) for m in (Scenario, Hardware, ModelSpec, Sweep, Plan)))
     got = set()
     for model, base in ((Scenario, FUZZ_SCENARIO), (Scenario, FUZZ_TRACE_SCENARIO), (Hardware, FUZZ_HARDWARE),
-                        (ModelSpec, FUZZ_MODEL), (Sweep, FUZZ_SWEEP), (Plan, FUZZ_PLAN)):
-        model.model_validate(base if model is not Scenario or base is FUZZ_SCENARIO else {**base, "workload": {
-            **base["workload"], "arrival": {"process": "burst"}, "output_len": {"dist": "fixed", "value": 2}}})
-        got |= {name for _, _, name in targets(model, base)}
+                        *((ModelSpec, m) for m in FUZZ_MODELS), (Sweep, FUZZ_SWEEP), (Plan, FUZZ_PLAN)):
+        if model is ModelSpec:
+            _spec(base, "fuzz", "fuzz")  # as a config file is read: by its family
+        else:
+            model.model_validate(base if model is not Scenario or base is FUZZ_SCENARIO else {**base, "workload": {
+                **base["workload"], "arrival": {"process": "burst"}, "output_len": {"dist": "fixed", "value": 2}}})
+        got |= {name for _, _, name in targets(model, base, present_only=model is ModelSpec)}
     assert want <= got, sorted(want - got)
 
 

@@ -237,3 +237,27 @@ def test_the_plan_says_what_binds_and_how_far_each_alternative_is() -> None:
     rows = [dict(zip(head, a, strict=True)) for a in alts]
     assert any(r["verdict"].startswith("misses: one replica fewer") and r["configuration"].endswith("x2")
                and r["TTFT used"] == "2500%" and "throughput" in r["also"] for r in rows)
+
+
+def test_plans_size_models_in_their_own_weight_format() -> None:
+    # gpt-oss-120b's experts are MXFP4 in its checkpoint: 65 GB, so one 80 GB H100 holds it;
+    # forced to bf16 (234 GB) it needs tp 4
+    calls: list[Scenario] = []
+    plan = plan_of(model="gpt-oss-120b", search={"tp": [1, 4], "max_replicas": 1, "max_batch_size": [16]},
+                   slo={"p99_ttft_ms": 1000, "p99_tpot_ms": 60})
+    own = run_plan(plan, HERE, runner=meets(calls), workers=1).candidates[0]
+    assert {c.tp: c.status for c in own.configs}[1] != "pruned: memory"
+    bf16 = run_plan(plan.model_copy(update={"serving": {"weight_dtype": "bf16"}}), HERE, runner=meets([]),
+                    workers=1).candidates[0]
+    assert {c.tp: c.status for c in bf16.configs}[1] == "pruned: memory"
+    assert all(sc.serving.weight_dtype is None for sc in calls)  # the scenarios keep the checkpoint's format
+
+
+def test_plans_with_expert_parallelism_need_ep_equal_tp() -> None:
+    plan = plan_of(model="deepseek-v3", candidates=[{"hardware": "h200-sxm"}], serving={"ep": 8},
+                   search={"tp": [4, 8], "max_replicas": 1, "max_batch_size": [16]},
+                   slo={"p99_ttft_ms": 5000, "p99_tpot_ms": 200})
+    c = run_plan(plan, HERE, runner=meets([]), workers=1).candidates[0]
+    st = {k.tp: k for k in c.configs}
+    assert st[4].status == "pruned: tp" and "ep=8 must be 1 or equal tp=4" in st[4].reason
+    assert st[8].status == "ok"

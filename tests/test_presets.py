@@ -13,7 +13,7 @@ from hwmodels.load import PRESET_DIR, load_hardware, preset_names
 # The presets the contract promises (DESIGN.md) plus the TPU and the Sapphire Rapids CPU.
 EXPECTED = {
     "h100-sxm", "h100-pcie", "h200-sxm", "a100-sxm-80gb", "a100-pcie-40gb", "a40", "l4", "l40s",
-    "b200", "mi300x", "tpu-v5e", "cpu", "xeon-8480",
+    "b200", "mi300x", "tpu-v5e", "cpu", "xeon-8480", "gb200",
 }
 
 # Dense (not sparse) bf16 peaks in TFLOP/s, from calibration/data/datasheets.md
@@ -28,6 +28,7 @@ BF16_TFLOPS = {
     "l4": 121,
     "l40s": 362,
     "b200": 2250,
+    "gb200": 2500,
     "mi300x": 1307,
     "tpu-v5e": 197,
 }
@@ -35,8 +36,12 @@ BF16_TFLOPS = {
 # Dense fp8 peaks in TFLOP/s, datasheets.md; parts without fp8 units fall back to bf16.
 FP8_TFLOPS = {
     "h100-sxm": 1979, "h100-pcie": 1513, "h200-sxm": 1979, "l4": 242, "l40s": 733, "b200": 4500,
-    "mi300x": 2615, "a100-sxm-80gb": 312, "a40": 149.7,
+    "gb200": 5000, "mi300x": 2615, "a100-sxm-80gb": 312, "a40": 149.7,
 }
+
+# Dense fp4 (NVFP4/MXFP4) peaks in TFLOP/s: DGX B200 144 PFLOP/s sparse for 8 GPUs, GB200 NVL72
+# 1,440 PFLOP/s sparse for 72 (datasheets.md); Hopper has no fp4 units: fp4 weights run bf16 GEMMs.
+FP4_TFLOPS = {"b200": 9000, "gb200": 10000, "h100-sxm": 989, "h200-sxm": 989}
 
 # Memory bandwidth in GB/s, datasheets.md (B200: 7.7-8 TB/s there; the preset takes DGX B200's 8),
 # TPU v5e: Google Cloud docs; Xeon 8480+: 8 channels x DDR5-4800 x 8 bytes.
@@ -50,6 +55,7 @@ BANDWIDTH_GBPS = {
     "l4": 300,
     "l40s": 864,
     "b200": 8000,
+    "gb200": 8000,
     "mi300x": 5300,
     "tpu-v5e": 819,
     "xeon-8480": 8 * 4.8 * 8,
@@ -58,7 +64,7 @@ BANDWIDTH_GBPS = {
 # Memory capacity in GB (vendors' nominal figures), datasheets.md.
 MEMORY_GB = {
     "h100-sxm": 80, "h100-pcie": 80, "h200-sxm": 141, "a100-sxm-80gb": 80, "a100-pcie-40gb": 40,
-    "a40": 48, "l4": 24, "l40s": 48, "b200": 180, "mi300x": 192, "tpu-v5e": 16,
+    "a40": 48, "l4": 24, "l40s": 48, "b200": 180, "gb200": 186, "mi300x": 192, "tpu-v5e": 16,
 }
 
 
@@ -104,6 +110,12 @@ def test_bf16_peak_matches_datasheet(name):
 def test_fp8_peak_matches_datasheet(name):
     dev = load_hardware(name, use_profile=False).device
     assert dev.peak_flops("fp8") == pytest.approx(FP8_TFLOPS[name] * 1e12, rel=0.01)
+
+
+@pytest.mark.parametrize("name", sorted(FP4_TFLOPS))
+def test_fp4_peak_matches_datasheet(name):
+    dev = load_hardware(name, use_profile=False).device
+    assert dev.peak_flops("fp4") == pytest.approx(FP4_TFLOPS[name] * 1e12, rel=0.01)
 
 
 def test_peak_is_clock_times_units_times_fpc():

@@ -12,6 +12,7 @@ from simulator.cli import main
 from simulator.moment.memory import footprint
 from simulator.moment.model import load_model
 from simulator.moment.model import preset_names as model_presets
+from simulator.moment.ops import Dtypes
 
 KEYS = {"embed", "norm", "qkv_proj", "rope", "attention", "o_proj", "ffn_up", "ffn_act", "ffn_down",
         "residual_add", "lm_head", "comm", "host"}
@@ -29,7 +30,7 @@ def smallest_tp(model, hw):
             continue
         if model.kv_heads % tp and tp % model.kv_heads:
             continue
-        if footprint(model, hw, tp=tp).kv_capacity_tokens > 2 * 1025:
+        if footprint(model, hw, tp=tp, dt=Dtypes.of(model)).kv_capacity_tokens > 2 * 1025:  # its own format
             return tp
     return None
 

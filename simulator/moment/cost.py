@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hwmodels.roofline import op_time
-from hwmodels.spec import DTYPE_BYTES, Hardware
+from hwmodels.spec import Hardware, gemm_dtype
 from simulator.moment.model import ModelSpec
 from simulator.moment.ops import (
     CATEGORIES,
@@ -20,9 +20,12 @@ from simulator.moment.ops import (
     Dtypes,
     Op,
     attention_ops,
+    attention_shapes,
     check_tp,
     dense_ops,
     eager_kernels,
+    windowed_keys,
+    windowed_pairs,
 )
 
 DEVICE_CATEGORIES = tuple(c for c in CATEGORIES if c != "host")
@@ -31,18 +34,25 @@ _ATTN = DEVICE_CATEGORIES.index("attention")
 
 def op_seconds(op: Op, hw: Hardware, dt: Dtypes, group: int = 1):
     """An op's time on a device of `hw` (an array if the op holds arrays): attention runs in the
-    activation dtype, GEMMs in the compute dtype (fp8 weights run fp8 GEMMs)."""
+    activation dtype; a GEMM in its weights' tensor dtype where the part has those units (fp8
+    weights run fp8 GEMMs), else in the activation dtype after dequantising the weights."""
     if op.kind.startswith("attn"):
         return op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dt.act, hw, seqs=op.seqs)
+    if op.kind == "gemm":
+        dtype, dequantised = gemm_dtype(op.fmt or dt.weight, dt.act, hw.device)
+        c = np.maximum(op.copies, 1.0)  # a grouped GEMM (MoE): `copies` GEMMs of m / copies rows, their tiles
+        return op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dtype, hw, m=op.m / c, n=op.n * c,
+                       dequant=op.dequant if dequantised else 0.0)
     return op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dt.compute, hw, m=op.m, n=op.n,
                    group=group)
 
 
-def check_parallelism(model: ModelSpec, hw: Hardware, tp: int, pp: int) -> None:
-    """tp and pp must shard the model's heads and layers and fit the part's devices (ValueError)."""
+def check_parallelism(model: ModelSpec, hw: Hardware, tp: int, pp: int, ep: int = 1) -> None:
+    """tp, pp and ep must shard the model's heads, layers and experts and fit the part's devices
+    (ValueError)."""
     if tp < 1 or pp < 1:
         raise ValueError(f"tp and pp must be >= 1, got tp={tp}, pp={pp}")
-    check_tp(model, tp, pp)
+    check_tp(model, tp, pp, ep)
     if tp * pp > hw.total_devices:
         raise ValueError(f"tp x pp = {tp * pp} exceeds the {hw.total_devices} devices of {hw.name} "
                          f"(devices_per_node x nodes)")
@@ -71,17 +81,18 @@ class StepModel:
     """Step costs of one serving configuration. Build with `step_model(...)` to share the cache."""
 
     def __init__(self, model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, mode: str = "graph",
-                 dtypes: Dtypes = Dtypes(), async_scheduling: bool = False):
-        check_parallelism(model, hw, tp, pp)
+                 dtypes: Dtypes = Dtypes(), async_scheduling: bool = False, ep: int = 1, moe_imbalance: float = 1.0):
+        check_parallelism(model, hw, tp, pp, ep)
         if mode not in ("graph", "eager"):
             raise ValueError(f"mode {mode!r}; allowed: graph, eager")
         self.model, self.hw, self.tp, self.pp, self.mode, self.dtypes = model, hw, tp, pp, mode, dtypes
+        self.ep, self.moe_imbalance = ep, moe_imbalance
         # a server that prepares step n+1 on the host while the device runs step n (vLLM v1's
         # async scheduling) hides its per-step overhead behind the device's work
         self.async_scheduling = async_scheduling
         host = hw.host
         self.cpu = hw.device.kind == "cpu"
-        self.kernels = eager_kernels(model, tp, pp)
+        self.kernels = eager_kernels(model, tp, pp, ep)
         if mode == "eager" or self.cpu:
             self.issue_s = self.kernels * host.dispatch_us * 1e-6
         else:
@@ -95,25 +106,31 @@ class StepModel:
         self._grow(4096)
 
     def _attention_coefficients(self) -> None:
-        """Attention's FLOPs and bytes are linear in the batch aggregates (ops.attention_ops), so
-        its time is roofline.op_time in closed form: seconds per pair / per cached token here.
-        tests/test_cost.py checks this against op_time(attention_ops(...))."""
-        m, dev, eff, dt = self.model, self.hw.device, self.hw.efficiency, self.dtypes
-        L = m.num_hidden_layers
-        heads = m.num_attention_heads / self.tp
-        kvh = max(m.kv_heads / self.tp, 1.0)
-        hd, a, kvb = m.hd, DTYPE_BYTES[dt.act], DTYPE_BYTES[dt.kv]
+        """Attention's FLOPs and bytes are linear in the batch aggregates (ops.attention_shapes), so
+        its time is roofline.op_time in closed form: seconds per pair / per cached token here, one
+        set per window group of layers (full, sliding, chunked). tests/test_cost.py checks this
+        against op_time(attention_ops(...))."""
+        dev, eff, dt = self.hw.device, self.hw.efficiency, self.dtypes
         peak, bw = dev.peak_flops(dt.act), dev.bandwidth
-        self.win = m.sliding_window
         self.p = float(eff.softmax_p)
-        self.floor = self.hw.floor_us() * 1e-6 * L
-        self.d_c = 4.0 * heads * hd * L / (peak * eff.attn_decode_compute)   # per context token
-        self.d_m = 2 * kvh * hd * kvb * L / (bw * eff.attn_decode_memory)   # per context token
-        self.d_q = 2 * heads * hd * a * L / (bw * eff.attn_decode_memory)   # per sequence
-        self.d_seq = eff.attn_decode_seq_us * 1e-6 * L
-        self.p_c = 4.0 * heads * hd * L / (peak * eff.attn_prefill_compute)  # per pair
-        self.p_cm = 2 * kvh * hd * kvb * L / (bw * eff.gemm_memory)         # per cached token
-        self.p_tm = ((2 * heads + 2 * kvh) * hd * a + 2 * kvh * hd * kvb) * L / (bw * eff.gemm_memory)
+        groups = []
+        for s in attention_shapes(self.model, dt, self.tp):
+            L = s.layers
+            groups.append((
+                s.kind, s.size, windowed_keys(s.kind, s.size, 1, float("inf")),  # keys per decode query at most
+                s.pair_flops * L / (peak * eff.attn_prefill_compute),   # per pair
+                s.ctx_flops * L / (peak * eff.attn_prefill_compute),    # per cached token (MLA up-projection)
+                s.ctx_bytes * L / (bw * eff.gemm_memory),               # per cached token
+                s.new_bytes * L / (bw * eff.gemm_memory),               # per new token
+                s.key_flops * L / (peak * eff.attn_decode_compute),     # per context token
+                s.key_bytes * L / (bw * eff.attn_decode_memory),        # per context token
+                s.seq_bytes * L / (bw * eff.attn_decode_memory),        # per sequence
+                eff.attn_decode_seq_us * 1e-6 * L,
+                self.hw.floor_us() * 1e-6 * L,
+            ))
+        self._groups = tuple(groups)
+        # speed: most models have one group of full-attention layers: attention_s skips the loop
+        self._full = groups[0][3:] if len(groups) == 1 and groups[0][0] == "full" else None
 
     def _soft(self, x: float, y: float) -> float:
         p = self.p
@@ -122,19 +139,28 @@ class StepModel:
             return hi
         return hi * ((x / hi) ** p + (y / hi) ** p) ** (1.0 / p)
 
-    def attention_s(self, ds: int, dc: float, pt: int, pairs: float, pc: float) -> float:
+    def attention_s(self, ds: int, dc: float, pt: int, pairs: float, pc: float, ps: int = 1) -> float:
         """Seconds of attention for decode (ds seqs, dc cached tokens in all) and prefill (pt new
-        tokens, `pairs` causal query-key pairs, pc cached tokens before the chunks)."""
+        tokens in ps chunks, `pairs` causal query-key pairs, pc cached tokens before the chunks)."""
         t = 0.0
-        if pt:
-            if self.win and pairs > pt * self.win:
-                pairs = pt * self.win
-            t = self._soft(pairs * self.p_c, pc * self.p_cm + pt * self.p_tm) + self.floor
-        if ds:
-            ctx = dc + ds  # each attends to its cache plus itself
-            if self.win and ctx > ds * self.win:
-                ctx = ds * self.win
-            t += self._soft(ctx * self.d_c, ctx * self.d_m + ds * self.d_q) + self.floor + ds * self.d_seq
+        if self._full is not None:
+            p_c, p_cc, p_cm, p_tm, d_c, d_m, d_q, d_seq, floor = self._full
+            if pt:
+                t = self._soft(pairs * p_c + pc * p_cc, pc * p_cm + pt * p_tm) + floor
+            if ds:
+                ctx = dc + ds  # each attends to its cache plus itself
+                t += self._soft(ctx * d_c, ctx * d_m + ds * d_q) + floor + ds * d_seq
+            return t
+        soft = self._soft
+        for kind, size, cap, p_c, p_cc, p_cm, p_tm, d_c, d_m, d_q, d_seq, floor in self._groups:
+            if pt:
+                pr = pairs if kind == "full" else windowed_pairs(kind, size, ps, pt, pairs, pc)
+                t += soft(pr * p_c + pc * p_cc, pc * p_cm + pt * p_tm) + floor
+            if ds:
+                ctx = dc + ds  # each attends to its cache plus itself
+                if ctx > ds * cap:  # speed: windowed_keys inlined
+                    ctx = ds * cap
+                t += soft(ctx * d_c, ctx * d_m + ds * d_q) + floor + ds * d_seq
         return t
 
     def step_agg(self, ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int) -> float:
@@ -142,12 +168,12 @@ class StepModel:
         tok = ds + pt
         if tok >= self._size or lg >= self._size:
             self._grow(max(tok, lg))
-        return self._combine(self._dense_l[tok] + self._lm_l[lg] + self.attention_s(ds, dc, pt, pairs, pc))
+        return self._combine(self._dense_l[tok] + self._lm_l[lg] + self.attention_s(ds, dc, pt, pairs, pc, ps))
 
     # -- tables over token counts ---------------------------------------------------------------
     def _table(self, tokens: np.ndarray, logits: np.ndarray) -> np.ndarray:
         out = np.zeros((len(DEVICE_CATEGORIES), len(tokens)))
-        for op in dense_ops(self.model, tokens, logits, self.dtypes, self.tp, self.pp):
+        for op in dense_ops(self.model, tokens, logits, self.dtypes, self.tp, self.pp, self.ep, self.moe_imbalance):
             t = op_seconds(op, self.hw, self.dtypes, self.tp)
             out[DEVICE_CATEGORIES.index(op.category)] += np.broadcast_to(t, (len(tokens),))
         return out
@@ -168,7 +194,8 @@ class StepModel:
         self._size = len(self._dense_l)
 
     def _attn_b(self, b: Batch) -> float:
-        return self.attention_s(b.decode_seqs, b.decode_ctx, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx)
+        return self.attention_s(b.decode_seqs, b.decode_ctx, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx,
+                                b.prefill_seqs)
 
     def attention_ops_s(self, b: Batch) -> float:
         """The same attention time through ops.attention_ops and roofline.op_time (for checking)."""
@@ -213,12 +240,13 @@ _CACHE: dict[tuple, StepModel] = {}
 
 
 def step_model(model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, mode: str = "graph",
-               dtypes: Dtypes = Dtypes(), async_scheduling: bool = False) -> StepModel:
+               dtypes: Dtypes = Dtypes(), async_scheduling: bool = False, ep: int = 1,
+               moe_imbalance: float = 1.0) -> StepModel:
     """A shared StepModel per configuration (specs hold dicts, so key on their JSON)."""
-    key = (model.model_dump_json(), hw.model_dump_json(), tp, pp, mode, dtypes, async_scheduling)
+    key = (model.model_dump_json(), hw.model_dump_json(), tp, pp, mode, dtypes, async_scheduling, ep, moe_imbalance)
     sm = _CACHE.get(key)
     if sm is None:
         if len(_CACHE) > 256:
             _CACHE.clear()
-        sm = _CACHE[key] = StepModel(model, hw, tp, pp, mode, dtypes, async_scheduling)
+        sm = _CACHE[key] = StepModel(model, hw, tp, pp, mode, dtypes, async_scheduling, ep, moe_imbalance)
     return sm

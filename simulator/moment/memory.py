@@ -26,12 +26,12 @@ class Footprint:
 
 
 def footprint(model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, dt: Dtypes = Dtypes(),
-              utilization: float = 0.9, reserve_gb: float = 1.0) -> Footprint:
+              utilization: float = 0.9, reserve_gb: float = 1.0, ep: int = 1) -> Footprint:
     """Per device. The KV capacity is what is left of `utilization` x memory after weights and
     an activation reserve, as vLLM's gpu_memory_utilization does."""
     mem = hw.device.memory_bytes
     usable = mem * utilization
-    w = model.weight_bytes(dt.weight, tp, pp)
+    w = model.weight_bytes(dt.weight, tp, pp, ep, dt.experts)
     kv_tok = model.kv_bytes_per_token(dt.kv, tp, pp)
     free = usable - w - reserve_gb * GB
     cap = int(free // kv_tok) if free > 0 else 0
@@ -40,9 +40,9 @@ def footprint(model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, dt: Dtyp
 
 def check_fits(model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, dt: Dtypes = Dtypes(),
                utilization: float = 0.9, reserve_gb: float = 1.0, min_tokens: int = 1,
-               where: str = "model") -> Footprint:
+               where: str = "model", ep: int = 1) -> Footprint:
     """Raise a one-line InputError that says what is needed and what would fit."""
-    fp = footprint(model, hw, tp, pp, dt, utilization, reserve_gb)
+    fp = footprint(model, hw, tp, pp, dt, utilization, reserve_gb, ep)
     if fp.kv_capacity_tokens >= min_tokens:
         return fp
     need = fp.weights_gb + reserve_gb + min_tokens * fp.kv_bytes_per_token / GB
@@ -50,18 +50,20 @@ def check_fits(model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, dt: Dty
     for t in (2, 4, 8, 16, 32, 64):
         if t * tp * pp > hw.total_devices or model.num_attention_heads % (t * tp):
             continue
-        if footprint(model, hw, t * tp, pp, dt, utilization, reserve_gb).kv_capacity_tokens >= min_tokens:
+        wider = footprint(model, hw, t * tp, pp, dt, utilization, reserve_gb, t * tp if ep > 1 else 1)
+        if wider.kv_capacity_tokens >= min_tokens:
             hints.append(f"tp >= {t * tp}")
             break
-    for w in ("fp8", "int4"):
+    narrow = ("fp8", "nvfp4", "int4") if hw.device.flops_per_cycle.get("fp4", 0) > 0 else ("fp8", "int4")
+    for w in narrow:
         if w != dt.weight and footprint(model, hw, tp, pp, Dtypes(w, dt.act, dt.kv), utilization,
-                                        reserve_gb).kv_capacity_tokens >= min_tokens:
+                                        reserve_gb, ep).kv_capacity_tokens >= min_tokens:
             hints.append(f"{w} weights")
             break
     fix = f"; would fit with {' or '.join(hints)}" if hints else "; try a larger device"
     raise InputError(
         where, "",
         f"{model.name} needs {need:.1f} GB per device at tp={tp}, pp={pp} ({fp.weights_gb:.1f} GB weights in "
-        f"{dt.weight}) but {hw.name} offers {fp.usable_gb:.1f} GB ({utilization:.0%} of {fp.device_memory_gb:.0f} GB)"
+        f"{dt.weight if dt.experts == dt.weight else f'{dt.weight}, experts in {dt.experts}'}) but {hw.name} offers {fp.usable_gb:.1f} GB ({utilization:.0%} of {fp.device_memory_gb:.0f} GB)"
         f"{fix}",
     )

@@ -681,16 +681,16 @@ def check_scenario(sc: Scenario, where: str = "scenario") -> tuple[ModelSpec, Ha
         raise _nested(e, where, "hardware") from None
     s = sc.serving
     try:
-        check_parallelism(model, hw, s.tp, s.pp)
+        check_parallelism(model, hw, s.tp, s.pp, s.ep)
     except ValueError as e:
-        field = "serving.pp" if str(e).startswith("pp=") else "serving.tp"
+        field = next((f"serving.{f}" for f in ("pp", "ep") if str(e).startswith(f"{f}=")), "serving.tp")
         raise InputError(where, field, str(e)) from None
-    dt = Dtypes(weight=s.weight_dtype, act=s.act_dtype, kv=s.kv_dtype)
+    dt = Dtypes.of(model, s.weight_dtype, s.act_dtype, s.kv_dtype, plain="bf16")
     arr = sc.workload.arrival
     if arr.process == "trace" and arr.path and not Path(arr.path).is_file():
         raise InputError(where, "workload.arrival.path", f"trace file not found: {arr.path}")
     check_fits(model, hw, s.tp, s.pp, dt, s.gpu_memory_utilization, s.activation_reserve_gb,
-               min_tokens=s.block_size * s.pp, where=f"{where}: model/hardware")
+               min_tokens=s.block_size * s.pp, where=f"{where}: model/hardware", ep=s.ep)
     check_memory(sc, where)
     return model, hw, dt
 
@@ -702,9 +702,9 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     t_wall = time.perf_counter()
     sv = scenario.serving
     model, hw, dt = check_scenario(scenario)
-    fp = footprint(model, hw, sv.tp, sv.pp, dt, sv.gpu_memory_utilization, sv.activation_reserve_gb)
+    fp = footprint(model, hw, sv.tp, sv.pp, dt, sv.gpu_memory_utilization, sv.activation_reserve_gb, sv.ep)
     cap_blocks = fp.kv_capacity_tokens // sv.block_size
-    sm = step_model(model, hw, sv.tp, sv.pp, sv.mode, dt, sv.async_scheduling)
+    sm = step_model(model, hw, sv.tp, sv.pp, sv.mode, dt, sv.async_scheduling, sv.ep, sv.moe_imbalance)
     req = make_requests(scenario.workload, scenario.seed, where="scenario")
     sim = _Sim(scenario, req, sm, cap_blocks, progress)
     reps = [_Replica(sim, r, e) for e in range(sv.pp) for r in range(sv.replicas)]  # engine-major
@@ -818,8 +818,8 @@ def _work(sim: _Sim, model, dt: Dtypes) -> tuple[float, float]:
     M, LG, DS, DC, PS, PT, PP, PC = sim.sums
     if M == 0:
         return 0.0, 0.0
-    ops = dense_ops(model, DS + PT, LG, dt, sv.tp, sv.pp)
-    base = dense_ops(model, 0, 0, dt, sv.tp, sv.pp)
+    ops = dense_ops(model, DS + PT, LG, dt, sv.tp, sv.pp, sv.ep, sv.moe_imbalance)
+    base = dense_ops(model, 0, 0, dt, sv.tp, sv.pp, sv.ep, sv.moe_imbalance)
     att = attention_ops(model, Batch(int(DS), int(DC), int(PS), int(PT), float(PP), int(PC)), dt, sv.tp, sv.pp)
     flops = sum(float(np.sum(o.flops)) for o in ops + att)
     by = sum(float(np.sum(o.bytes)) for o in ops + att) + (M - 1) * sum(float(np.sum(o.bytes)) for o in base)

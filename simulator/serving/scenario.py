@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hwmodels.errors import InputError, from_validation, load_mapping
+from hwmodels.spec import KV_FORMATS, WEIGHT_FORMATS
 
 MAX_TOKENS = 10_000_000  # tokens of one request: the longest context of any released model (Llama 4 Scout)
 MAX_REQUESTS = 100_000_000
@@ -115,9 +116,16 @@ class Serving(Strict):
     activation_reserve_gb: float = Field(default=1.0, ge=0, le=100_000, description="kept free for activations")
     preemption: Literal["recompute", "swap"] = "recompute"
     prefix_caching: bool = False
-    weight_dtype: Literal["fp32", "bf16", "fp16", "fp8", "int8", "int4"] = "bf16"
+    weight_dtype: Literal[WEIGHT_FORMATS] | None = Field(  # type: ignore[valid-type]
+        default=None, description="every linear layer's weights; none: the checkpoint's own format (its "
+        "quantization_config: fp8-block for DeepSeek-V3, mxfp4 experts for gpt-oss), else bf16")
     act_dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
-    kv_dtype: Literal["fp32", "bf16", "fp16", "fp8", "int8"] = "bf16"
+    kv_dtype: Literal[KV_FORMATS] = "bf16"  # type: ignore[valid-type]
+    ep: int = Field(default=1, ge=1, le=1024, description="expert parallelism: 1 (experts split like the rest "
+                    "over tp) or equal to tp (each device holds E/tp whole experts; all-to-all dispatch/combine)")
+    moe_imbalance: float = Field(default=1.0, ge=1.0, le=64.0, description="with ep > 1: the busiest device's "
+                                 "routed tokens over the mean from skewed expert popularity (1: uniform; the "
+                                 "spread of random routing in small batches is added on top)")
     max_queue: int | None = Field(default=None, gt=0, le=MAX_REQUESTS, description="reject arrivals beyond this queue length")
     async_scheduling: bool = Field(
         default=False, description="the host prepares the next step while the device runs this one (vLLM v1)"

@@ -203,13 +203,14 @@ def mean_len(spec: Any) -> float:
 
 
 def decode_bound(model: ModelSpec, hw: Hardware, tp: int, pp: int, mode: str, dt: Dtypes, batch: int,
-                 kv_tokens: int, prompt: float, async_scheduling: bool = False) -> tuple[float, float]:
+                 kv_tokens: int, prompt: float, async_scheduling: bool = False, ep: int = 1,
+                 moe_imbalance: float = 1.0) -> tuple[float, float]:
     """(an upper bound on one replica's decode tokens/s, the decode step of one sequence in s).
 
     The batch is the cap or what the KV cache holds at the shortest context a decode sees (the
     prompt); contexts are set to the prompt, so steps are no longer than real ones; prefill is
     left out; a pipeline keeps up to pp batches in flight. Every choice errs high."""
-    sm = step_model(model, hw, tp, pp, mode, dt, async_scheduling)
+    sm = step_model(model, hw, tp, pp, mode, dt, async_scheduling, ep, moe_imbalance)
     ctx = max(1, int(prompt))
     b = max(1, min(batch, kv_tokens // ctx))
     step_b = sm.step_s(Batch(decode_seqs=b, decode_ctx=b * ctx))
@@ -259,7 +260,7 @@ class _Search:
         self.price = float(price)
         self.serving = Serving.model_validate(plan.serving)
         s = self.serving
-        self.dt = Dtypes(weight=s.weight_dtype, act=s.act_dtype, kv=s.kv_dtype)
+        self.dt = Dtypes.of(self.model, s.weight_dtype, s.act_dtype, s.kv_dtype, plain="bf16")
         self.prompt = mean_len(plan.workload.prompt_len)
         self.output = mean_len(plan.workload.output_len)
         self.slo = plan.slo.scenario_slo()
@@ -305,7 +306,7 @@ class _Search:
                 out += cs
                 why = ""
                 try:
-                    check_parallelism(self.model, self.hw, tp, pp)
+                    check_parallelism(self.model, self.hw, tp, pp, s.ep)
                 except ValueError as e:
                     why = str(e)
                 if why:
@@ -316,7 +317,8 @@ class _Search:
                     for c in cs:
                         c.status, c.reason = ConfigStatus.PRUNED_MEMORY, "a larger tp does not fit (monotone)"
                     continue
-                fp = footprint(self.model, self.hw, tp, pp, self.dt, s.gpu_memory_utilization, s.activation_reserve_gb)
+                fp = footprint(self.model, self.hw, tp, pp, self.dt, s.gpu_memory_utilization, s.activation_reserve_gb,
+                               s.ep)
                 if fp.kv_capacity_tokens < need:
                     smaller_fail = True
                     for c in cs:
@@ -327,7 +329,8 @@ class _Search:
                 for c in cs:
                     c.kv_tokens = fp.kv_capacity_tokens
                     tok_s, step1 = decode_bound(self.model, self.hw, tp, pp, s.mode, self.dt, c.max_batch_size,
-                                                fp.kv_capacity_tokens, self.prompt, s.async_scheduling)
+                                                fp.kv_capacity_tokens, self.prompt, s.async_scheduling, s.ep,
+                                                s.moe_imbalance)
                     c.decode_tok_s = tok_s
                     if tpot_limit is not None and step1 * 1e3 > tpot_limit:
                         c.status = ConfigStatus.PRUNED_TPOT

@@ -48,13 +48,23 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--load", type=float, default=0.9, help="arrival rate / saturated throughput")
     ap.add_argument("--rate", type=float, default=None, help="requests/s (skips the burst measurement)")
+    ap.add_argument("--outputs", metavar="DIR", default=None,
+                    help="also summarise and write every output (CSVs, plots, trace, report) to DIR, as run --out")
     a = ap.parse_args()
     rate = a.rate or a.load * saturated_rate()
     sc = scenario(a.requests, rate)
     t = time.perf_counter()
     r = simulate(sc)
     wall = time.perf_counter() - t
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    sim_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    if a.outputs:
+        from simulator.reports.metrics import summarize
+        from simulator.reports.run import write_outputs
+
+        t_out = time.perf_counter()
+        write_outputs(r, summarize(r), Path(a.outputs))
+        print(f"outputs       {time.perf_counter() - t_out:.2f} s to summarise and write {a.outputs}")
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     moments = r.moments["start_s"].size
     done = int((r.requests["status"] == 0).sum())
     busy = float(r.moments["dur_s"].sum() / r.makespan_s)
@@ -64,7 +74,7 @@ def main() -> int:
     print(f"moments       {moments}  ({moments / wall:,.0f} moments/s)")
     print(f"requests/s    {a.requests / wall:,.0f} simulated requests per wall second")
     print(f"wall          {wall:.2f} s")
-    print(f"peak RSS      {rss_mb:.0f} MB")
+    print(f"peak RSS      {rss_mb:.0f} MB" + (f" ({sim_rss_mb:.0f} MB after simulating)" if a.outputs else ""))
     return 0
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from hwmodels.errors import InputError
 from simulator.serving.scenario import Scenario
 
-# Measured with benchmarks/bench_engine.py (see its docstring and README "Speed"): peak RSS of
-# simulate + summarize + write_outputs, less the interpreter's, per request and per moment.
-BYTES_PER_REQUEST = 400
-BYTES_PER_MOMENT = 100
+# Measured with benchmarks/bench_memory.py: peak RSS of simulate + summarize + write_outputs
+# (as run --out), less the interpreter's and the libraries', per request and per moment.
+BYTES_PER_REQUEST = 211
+BYTES_PER_MOMENT = 161
 BYTES_PER_ENGINE = 64 * 1024  # one replica's (or virtual engine's) scheduler state, its block residues
 
 

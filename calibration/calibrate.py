@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hwmodels.errors import InputError
+from hwmodels.errors import InputError, read_text
 from hwmodels.load import load_hardware
 from hwmodels.profile import SCHEMA, Profile
 from hwmodels.spec import Hardware
 from simulator.moment.model import ModelSpec
-from simulator.moment.ops import EAGER_KERNELS
 
 DEFAULT_BASE = {"cpu": "cpu", "cuda": "h100-sxm"}
 # wave quantisation over 2-60 CPU cores is not how a CPU GEMM loses speed
@@ -92,6 +92,10 @@ def base_hardware(device: str, base: str | None, fp: dict[str, Any], facts: dict
     data = hw.model_dump()
     data["device"] = dev
     data["name"] = name
+    cpu = fp.get("cpu") or {}
+    if cpu.get("model_name"):  # the host is part of what was measured
+        data["host"] = {**data["host"], "name": f"{cpu['model_name']} ({cpu.get('cores_usable', '?')} cores)"}
+        prov["host.name"] = "/proc/cpuinfo of the machine measured"
     data["description"] = f"{dev['name']}: calibrated with PyTorch {fp['torch']} on {date}, from preset {base!r}"
     return Hardware.model_validate(data), prov
 
@@ -101,6 +105,8 @@ def _constrained(param: str, fitted: list[dict[str, Any]]) -> int:
     grouping of parameters by op kind."""
     from calibration.fit import COMM_KINDS, DEVICE_KINDS, GROUPS, HOST_KINDS
 
+    if param == "elementwise_memory.index_copy":  # the cache writes of the attention records
+        return sum(1 for r in fitted if r["op"] in ("attn_prefill", "attn_decode"))
     if param.startswith("elementwise_"):  # elementwise_memory.norm, elementwise_floor_us, ...
         cat = param.split(".", 1)[1] if "." in param else None
         return sum(1 for r in fitted if r["op"] == "stream" and cat in (None, r["category"]))
@@ -108,11 +114,105 @@ def _constrained(param: str, fitted: list[dict[str, Any]]) -> int:
         return sum(1 for r in fitted if r["op"] == "gemm" and 0 < float(r.get("m") or 0) <= 1)
     if param == "floor_us":
         kinds: tuple[str, ...] = DEVICE_KINDS
+    elif param in ("dispatch_us", "op_dispatch_us", "view_us"):
+        kinds = ("dispatch",)
+    elif param in ("graph_floor_us", "sequence_us", "timer_us"):
+        kinds = {"graph_floor_us": ("graph_floor",), "sequence_us": ("sequence",), "timer_us": DEVICE_KINDS}[param]
+    elif param == "attn_softmax_cycles":
+        kinds = ("attn_prefill",)
     else:
         kinds = tuple(k for g, names in GROUPS.items() if param in names
                       for k in (COMM_KINDS if g == "comm" else (g,)))
         kinds += tuple(k for k, f in HOST_KINDS.items() if f == param)
     return sum(1 for r in fitted if r["op"] in kinds)
+
+
+# the per-step calls of the reference decoder that StepModel prices itself (kernels "pytorch")
+STEP_CALLS = ("step_inputs", "sample")
+
+
+def step_overhead_us(steps: list[dict[str, Any]], host: Any) -> float:
+    """The per-step overhead: the scaffolding records (ids to the device, positions and RoPE
+    rows, argmax, read-back) less what the cost model charges for their calls itself."""
+    from simulator.moment import kernels as kn
+
+    calls = sum(host.call_us(c.op) for part in STEP_CALLS for c in kn.calls("pytorch", part))
+    return round(max(float(np.median([r["ms"] * 1e3 for r in steps])) - calls, 0.0), 2)
+
+
+def build_profile(records: list[dict[str, Any]], fp: dict[str, Any], facts: dict[str, Any], device: str,
+                  base: str | None, out: Path, plan_size: str, act_dtype: str | None = None) -> dict[str, Any]:
+    """Fit `records` measured on the machine `fp` describes and write the profile (measure or
+    refit: the same code). Returns the profile as a dict."""
+    from calibration.fit import HOST_PARAMS, fit_profile, predict, rel_errors, summary
+
+    date = fp["date"][:10]
+    hw0, prov = base_hardware(device, base, fp, facts, out.stem)
+    fitted_recs = [r for r in records if r.get("fit", True) is not False and r["op"] != "step"]
+    if device == "cpu" and act_dtype:  # CPU presets rate bf16 like fp32 (or not at all); one gemm_compute can't hold both
+        fitted_recs = [r for r in fitted_recs if r["dtype"] == act_dtype or r["op"] not in ("gemm", "stream")]
+    fix = CPU_FIXED if device == "cpu" else ()
+    hw, report = fit_profile(fitted_recs, hw0, fix=fix)
+
+    # host costs the fit leaves alone
+    host_upd: dict[str, float] = {}
+    steps = [r for r in records if r["op"] == "step"]
+    if steps:
+        host_upd["step_overhead_us"] = step_overhead_us(steps, hw.host)
+        prov["host.step_overhead_us"] = (f"microbench {device} {date}: median of {len(steps)} per-step scaffolding "
+                                         f"runs (ids, positions, RoPE rows, argmax, read-back) less the "
+                                         f"calls the cost model charges for them")
+    if device == "cpu":
+        host_upd["graph_launch_us"] = hw.host.dispatch_us
+        prov["host.graph_launch_us"] = "no graphs on a CPU: equal to host.dispatch_us"
+    if hw.host.sequence_us is None:
+        prov["host.sequence_us"] = ("not measured (no sequence record): 1.2 x view_us, the ratio measured on a "
+                                    "2-core EPYC with the reference decoder (hwmodels.spec.SEQUENCE_PER_VIEW)")
+    hw = hw.model_copy(update={"host": hw.host.model_copy(update=host_upd)})
+    eff = hw.efficiency  # every eager kernel lasts at least kernel_launch_us: the shortest fitted floor
+    dev_upd = {"kernel_launch_us": min(eff.floor_us, eff.elementwise_floor_us or eff.floor_us)}
+    hw = hw.model_copy(update={"device": hw.device.model_copy(update=dev_upd), "profile": out.name})
+    prov["device.kernel_launch_us"] = "equal to the shortest fitted floor (efficiency.elementwise_floor_us or floor_us)"
+
+    from calibration.records import prepare
+
+    counted = prepare(fitted_recs)
+    for p, v in report["params"].items():
+        key = f"host.{p}" if p in HOST_PARAMS else f"efficiency.{p}"
+        n = _constrained(p, counted)
+        prov[key] = f"fit to {n} microbenchmark cases on {hw.device.name} {date} (value {v})"
+    if device == "cpu":
+        prov["efficiency.gemm_wave"] = "held at the base preset's value: no tile waves on a CPU"
+
+    # the fit's view of every record, also the ones it did not use
+    from calibration.fit import net_of_host
+
+    records = net_of_host(prepare(records), hw.host)
+    pred = predict(records, hw, report.get("timer_us", 0.0))
+    meas = np.array([r["ms"] for r in records], dtype=float)
+    err = rel_errors(pred, meas)
+    for r, p in zip(records, pred, strict=True):
+        r["pred_ms"] = round(float(p), 6) if np.isfinite(p) else None
+    ok = np.array([r.get("fit", True) is not False and r["op"] != "step" for r in records], dtype=bool)
+    for r, used_it in zip(records, ok, strict=True):
+        r["fitted"] = bool(used_it)
+    fit = {k: v for k, v in report.items() if k != "records"}
+    fit.update({"fitted_records": int(ok.sum()), "records": len(records),
+                "unfitted": summary(err[~ok]) if (~ok).any() else None, "facts": facts, "plan": plan_size,
+                "fixed": list(fix),
+                "note": ("errors are fractions (0.05 = 5 %); a CUDA record's prediction includes the fit's timer_us "
+                         "(the fixed cost of a CUDA-event measurement, not part of the hardware); on a CPU a device "
+                         "record's ms is its wall time less the host's tight-loop cost of its calls (wall_ms keeps "
+                         "the raw time)")})
+    sources = dict(hw.sources)
+    sources.update({k: v for k, v in prov.items() if k.startswith(("device.", "host.", "efficiency."))})
+    hw = hw.model_copy(update={"sources": sources})
+    prof = Profile.model_validate({"schema": SCHEMA, "hardware": hw.model_dump(), "fingerprint": fp,
+                                   "provenance": prov, "fit": _jsonable(fit), "measurements": _jsonable(records)})
+    data = prof.model_dump(by_alias=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    return data
 
 
 def calibrate(device: str, out: str | Path, size: str = "full", base: str | None = None,
@@ -121,7 +221,6 @@ def calibrate(device: str, out: str | Path, size: str = "full", base: str | None
     """Measure, fit, write the profile; returns the profile as a dict (what was written)."""
     check_device(device)
     from calibration import microbench as mb
-    from calibration.fit import HOST_KINDS, fit_profile, predict, rel_errors, summary
 
     say = log or (lambda s: print(s, file=sys.stderr))
     out = Path(out)
@@ -132,66 +231,68 @@ def calibrate(device: str, out: str | Path, size: str = "full", base: str | None
     records, facts = mb.run_plan(plan, progress_stream, tty, log=say)
     fp["cpu"]["torch_threads"] = facts["threads"]
     fp["load_average_end"] = mb.loadavg()
-    date = fp["date"][:10]
-    hw0, prov = base_hardware(device, base, fp, facts, out.stem)
+    fp["base"] = base or DEFAULT_BASE[device]
+    return build_profile(records, fp, facts, device, base, out, plan.size, plan.act_dtype)
 
-    fitted_recs = mb.fit_records(records)
-    if device == "cpu":  # CPU presets rate bf16 like fp32 (or not at all); one gemm_compute can't hold both
-        fitted_recs = [r for r in fitted_recs if r["dtype"] == plan.act_dtype]
-    fix = CPU_FIXED if device == "cpu" else ()
-    hw, report = fit_profile(fitted_recs, hw0, fix=fix)
 
-    # host costs the fit leaves alone
-    host_upd: dict[str, float] = {}
-    steps = [r for r in records if r["op"] == "step"]
-    if steps:
-        # the cost model charges the sampling and step-input kernels' dispatches per step already
-        per_step = EAGER_KERNELS["sample"] + EAGER_KERNELS["step_inputs"]
-        over = float(np.median([r["ms"] * 1e3 for r in steps])) - per_step * hw.host.dispatch_us
-        host_upd["step_overhead_us"] = round(max(over, 0.0), 2)
-        prov["host.step_overhead_us"] = (f"microbench {device} {date}: median of {len(steps)} per-step scaffolding "
-                                         f"runs (ids, positions, RoPE rows, argmax, read-back) less "
-                                         f"{per_step} kernel dispatches")
-    if device == "cpu":
-        host_upd["graph_launch_us"] = hw.host.dispatch_us
-        prov["host.graph_launch_us"] = "no graphs on a CPU: equal to host.dispatch_us"
-    hw = hw.model_copy(update={"host": hw.host.model_copy(update=host_upd)})
-    eff = hw.efficiency  # every kernel lasts at least kernel_launch_us: the shortest fitted floor
-    dev_upd = {"kernel_launch_us": min(eff.floor_us, eff.elementwise_floor_us or eff.floor_us)}
-    hw = hw.model_copy(update={"device": hw.device.model_copy(update=dev_upd), "profile": out.name})
-    prov["device.kernel_launch_us"] = "equal to the shortest fitted floor (efficiency.elementwise_floor_us or floor_us)"
+# -- refitting saved measurements -------------------------------------------------------------------
 
-    for p, v in report["params"].items():
-        key = f"host.{p}" if p in HOST_KINDS.values() else f"efficiency.{p}"
-        n = _constrained(p, fitted_recs)
-        prov[key] = f"fit to {n} microbenchmark cases on {hw.device.name} {date} (value {v})"
-    if device == "cpu":
-        prov["efficiency.gemm_wave"] = "held at the base preset's value: no tile waves on a CPU"
+_BASE_IN_DESCRIPTION = re.compile(r"from preset '([^']+)'")
 
-    # the fit's view of every record, also the ones it did not use
-    pred = predict(records, hw)
-    meas = np.array([r["ms"] for r in records], dtype=float)
-    err = rel_errors(pred, meas)
-    for r, p in zip(records, pred, strict=True):
-        r["pred_ms"] = round(float(p), 6) if np.isfinite(p) else None
-    used = {id(r) for r in fitted_recs}
-    ok = np.array([id(r) in used for r in records], dtype=bool)
-    for r, used_it in zip(records, ok, strict=True):
-        r["fitted"] = bool(used_it)
-    fit = {**report, "fitted_records": len(fitted_recs), "records": len(records),
-           "unfitted": summary(err[~ok]) if (~ok).any() else None,
-           "facts": facts, "plan": plan.size, "fixed": list(fix),
-           "note": ("errors are fractions (0.05 = 5 %); on a CPU each device record's ms is its wall time less "
-                    "the measured eager dispatch of its kernels (wall_ms, dispatch_ms keep both)")}
-    sources = dict(hw.sources)
-    sources.update({k: v for k, v in prov.items() if k.startswith(("device.", "host.", "efficiency."))})
-    hw = hw.model_copy(update={"sources": sources})
-    prof = Profile.model_validate({"schema": SCHEMA, "hardware": hw.model_dump(), "fingerprint": fp,
-                                   "provenance": prov, "fit": _jsonable(fit), "measurements": _jsonable(records)})
-    data = prof.model_dump(by_alias=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    return data
+
+def read_raw(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], str | None]:
+    """Saved measurements: a profile JSON (its `measurements`), or a raw-records JSON (a list of
+    records, or {"fingerprint": ..., "measurements": [...]}). Returns (records, fingerprint,
+    facts, base preset if the file names one). Anything else is one InputError line."""
+    p = Path(path)
+    text = read_text(p)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        what = "truncated" if e.pos >= len(text.rstrip()) - 1 else f"not valid JSON near line {e.lineno}"
+        raise InputError(str(p), "", f"{what}: expected a momentsim profile or a JSON list of raw records") from None
+    if isinstance(data, list):
+        data = {"measurements": data}
+    if not isinstance(data, dict) or not isinstance(data.get("measurements"), list):
+        raise InputError(str(p), "measurements", "expected a momentsim profile or a JSON list of raw records "
+                         "(records with op and ms)")
+    if "schema" in data and data["schema"] != SCHEMA:
+        raise InputError(str(p), "schema", f"unknown profile schema {data['schema']!r}; allowed: {SCHEMA!r}")
+    recs = data["measurements"]
+    for i, r in enumerate(recs):
+        if not isinstance(r, dict) or "op" not in r or "ms" not in r:
+            raise InputError(str(p), f"measurements[{i}]", "a raw record needs op and ms (calibration.fit.record)")
+    if not any(r["op"] in ("gemm", "stream", "attn_prefill", "attn_decode") for r in recs):
+        raise InputError(str(p), "measurements", "no device records (gemm, stream, attention) to fit: these are "
+                         "not momentsim calibrate measurements")
+    fp = data.get("fingerprint") or {}
+    if not isinstance(fp, dict) or fp.get("device") not in DEFAULT_BASE:
+        raise InputError(str(p), "fingerprint.device", "the measurements must say their device: cpu or cuda "
+                         "(the fingerprint a calibrate run writes)")
+    facts = (data.get("fit") or {}).get("facts") or {}
+    m = _BASE_IN_DESCRIPTION.search(str((data.get("hardware") or {}).get("description", "")))
+    return recs, fp, facts, fp.get("base") or (m.group(1) if m else None)
+
+
+def refit(raw: str | Path, out: str | Path, base: str | None = None, device: str | None = None) -> dict[str, Any]:
+    """Fit saved measurements again (no GPU, no torch needed) and write a profile."""
+    recs, fp, facts, named = read_raw(raw)
+    kind = fp["device"]
+    if device is not None and device != kind:
+        raise InputError(str(raw), "fingerprint.device", f"measured on a {kind} device; --device {device} "
+                         f"refits {device} measurements only")
+    base = base or named
+    if base is not None:
+        want = "cpu" if kind == "cpu" else "gpu"
+        got = load_hardware(base, use_profile=False).device.kind
+        if got != want:
+            raise InputError("--base", base, f"a {got} preset; these measurements are of a {kind} device")
+    fp = {**fp, "base": base or DEFAULT_BASE[kind], "refit": str(raw)}
+    facts = dict(facts)
+    if "threads" not in facts:
+        facts["threads"] = (fp.get("cpu") or {}).get("torch_threads", 1)
+    return build_profile(recs, fp, facts, kind, base, Path(out), str(facts.get("plan", "refit")),
+                         "fp32" if kind == "cpu" else None)
 
 
 def _jsonable(x: Any) -> Any:
@@ -270,17 +371,24 @@ def plot_fit(data: dict[str, Any], path: str | Path) -> Path:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    """`momentsim calibrate --device cpu|cuda --out PROFILE.json [--quick] [--base PRESET]`."""
-    check_device(args.device)
-    size = getattr(args, "size", None) or ("quick" if args.quick else "full")
-    if args.base:
-        load_hardware(args.base, use_profile=False)  # an unknown preset is an InputError here
+    """`momentsim calibrate --device cpu|cuda --out PROFILE.json [--quick] [--base PRESET]`, or
+    `momentsim calibrate --refit RAW.json --out PROFILE.json [--base PRESET]` (no GPU needed)."""
     out = Path(args.out)
     if out.suffix != ".json":
         raise InputError("--out", str(out), "a profile is a .json file")
-    data = calibrate(args.device, out, size, args.base)
+    if args.base:
+        load_hardware(args.base, use_profile=False)  # an unknown preset is an InputError here
+    if getattr(args, "refit", None):
+        data = refit(args.refit, out, args.base, args.device)
+    else:
+        if not args.device:
+            raise InputError("--device", "", "give --device cpu|cuda to measure, or --refit RAW.json to refit")
+        check_device(args.device)
+        size = getattr(args, "size", None) or ("quick" if args.quick else "full")
+        data = calibrate(args.device, out, size, args.base)
     print(summary_text(data, out))
     return 0
 
 
-__all__ = ["cmd_calibrate", "calibrate", "base_hardware", "check_device", "summary_text"]
+__all__ = ["cmd_calibrate", "calibrate", "refit", "read_raw", "build_profile", "base_hardware", "check_device",
+           "summary_text", "step_overhead_us"]

@@ -37,16 +37,21 @@ import torch
 import torch.nn.functional as F
 
 from calibration.fit import DEVICE_KINDS, Record, record
-from calibration.reference import TORCH_DTYPES, apply_rope, attention, rms_norm, split_qkv, swiglu
+from calibration.records import MINI, TINY
+from calibration.reference import (
+    TORCH_DTYPES,
+    Reference,
+    apply_rope,
+    attention,
+    rms_norm,
+    split_qkv,
+    swiglu,
+)
+from simulator.moment import kernels as kn
 from simulator.moment.model import ModelSpec, load_model
 from simulator.moment.ops import EAGER_KERNELS, Batch, Dtypes, Op, attention_ops, dense_ops
 
 CUDA_FLUSH_BYTES = 256 * 2**20
-TINY = ModelSpec(name="tiny-llama", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, head_dim=16, intermediate_size=128, vocab_size=256)
-# a scaled-down Llama for CPU runs: llama-3.2-1b's layout at half the width
-MINI = ModelSpec(name="mini-llama", hidden_size=1024, num_hidden_layers=4, num_attention_heads=16,
-                 num_key_value_heads=4, head_dim=64, intermediate_size=4096, vocab_size=32000)
 
 
 def cores() -> int:
@@ -55,6 +60,22 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+class one_thread:  # noqa: N801  (a context manager, named like contextlib's)
+    """On a CPU, torch runs with one thread inside the block (host costs without thread hand-offs)."""
+
+    def __init__(self, device: str):
+        self.cpu = device == "cpu"
+        self.n = torch.get_num_threads()
+
+    def __enter__(self) -> None:
+        if self.cpu:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cpu:
+            torch.set_num_threads(self.n)
 
 
 def setup_threads() -> int:
@@ -393,7 +414,8 @@ def attention_cases(models: Sequence[ModelSpec], prefill: Sequence[tuple[int, in
                     o.kind, "attention", dtype, f"{o.kind} {dtype} h={heads}/{kvh}x{hd} b={b} {'len' if mode == 'prefill' else 'ctx'}={n}",
                     _attn_builder(mode, b, n, heads, kvh, hd, dtype, device), fl, by, 1, 0.0, 0.0, float(o.seqs),
                     kernels=EAGER_KERNELS["attention"], est_s=speed.est(fl, by, dtype, 4), mem=mem,
-                    extra={"model": spec.name, "batch": b, "len": n}))
+                    extra={"model": spec.name, "batch": b, "len": n, "heads": heads, "kv_heads": kvh,
+                           "head_dim": hd}))
     return cases
 
 
@@ -436,7 +458,7 @@ def stream_cases(models: Sequence[ModelSpec], tokens: Sequence[int], dtype: str,
                 cases.append(Case("stream", o.category, dtype, f"{o.category} {dtype} {spec.name} t={t}",
                                   _stream_builder(name, spec, t, dtype, device), fl, by, 1, float(t),
                                   kernels=o.kernels, est_s=speed.est(0.0, 3 * by, dtype, o.kernels), mem=3 * by,
-                                  extra={"model": spec.name, "tokens": t}))
+                                  extra={"model": spec.name, "tokens": t, "elems": float(o.elems)}))
     return cases
 
 
@@ -493,9 +515,9 @@ def copy_cases(sizes: Sequence[int], device: str, speed: Speed) -> list[Case]:
 
 # -- host costs -------------------------------------------------------------------------------------
 
-def dispatch_ops(device: str) -> dict[str, Callable[[], object]]:
+def dispatch_ops(device: str, dtype: str = "fp32") -> dict[str, Callable[[], object]]:
     """Tiny instances of the ops the decoder dispatches: what eager PyTorch costs per op when the
-    work is nothing."""
+    work is nothing (SDPA in the decoder's dtype and grouped-query form: its backend's host path)."""
     x = torch.ones(1, 1, 8, device=device)
     w = torch.ones(8, 8, device=device)
     cache = torch.zeros(1, 1, 4, 8, device=device)
@@ -503,47 +525,84 @@ def dispatch_ops(device: str) -> dict[str, Callable[[], object]]:
     pos = torch.zeros(1, dtype=torch.long, device=device)
     ids = torch.zeros(1, 1, dtype=torch.long, device=device)
     q = torch.ones(1, 1, 1, 8, device=device)
+    tdt = TORCH_DTYPES[dtype]
+    q2 = torch.ones(1, 2, 1, 8, device=device, dtype=tdt)
+    kv = torch.zeros(1, 1, 4, 8, device=device, dtype=tdt)
+    other = torch.bfloat16 if dtype == "fp32" else torch.float32
     return {
         "add": lambda: x + x, "mul": lambda: x * x, "pow": lambda: x.pow(2),
         "mean": lambda: x.mean(-1, keepdim=True), "rsqrt": lambda: torch.rsqrt(x), "neg": lambda: -x,
         "cat": lambda: torch.cat((x, x), dim=-1), "silu": lambda: F.silu(x), "linear": lambda: F.linear(x, w),
         "index_copy_": lambda: cache.index_copy_(2, pos, src), "embedding": lambda: F.embedding(ids, w),
-        "sdpa": lambda: F.scaled_dot_product_attention(q, cache, cache), "argmax": lambda: x.argmax(-1),
-        "reshape_copy": lambda: q.transpose(1, 2).reshape(1, 1, 8),
+        "sdpa": lambda: F.scaled_dot_product_attention(q2, kv, kv, enable_gqa=True), "argmax": lambda: x.argmax(-1),
+        "to": lambda: x.to(other), "index_select": lambda: w.index_select(0, pos),
+        "arange": lambda: torch.arange(0, 1, device=device), "view": lambda: q.transpose(1, 2),
     }
 
 
-def dispatch_records(device: str, loops: int, reps: int) -> list[Record]:
+def dispatch_records(device: str, loops: int, reps: int, dtype: str = "fp32") -> list[Record]:
     """One record per op: `loops` back-to-back calls, wall clock, synchronised once at the end."""
     recs = []
     sync = device == "cuda"
-    for name, fn in dispatch_ops(device).items():
+    for name, fn in dispatch_ops(device, dtype).items():
         def loop(f: Callable[[], object] = fn) -> None:
             for _ in range(loops):
                 f()
         ms = median(time_wall(loop, reps, warmup=1, sync=sync)) * 1e3
-        recs.append(record("dispatch", ms, category="host", launches=loops, dtype="fp32",
+        recs.append(record("dispatch", ms, category="host", launches=loops, dtype="fp32", name=name,
                                 source=f"eager dispatch: {loops} x {name} on tiny tensors, wall clock"))
     return recs
+
+
+LAYER_OPS = ("input_norm", "qkv_proj", "rope", "attention", "o_proj", "attn_residual", "post_attn_norm", "ffn_up",
+             "ffn_act", "ffn_down", "ffn_residual")
+
+
+def layer_calls(dtype: str) -> dict[str, int]:
+    """The framework calls of one layer of the reference decoder (simulator.moment.kernels "pytorch")."""
+    a = torch.tensor([], dtype=TORCH_DTYPES[dtype]).element_size()
+    out: dict[str, int] = {}
+    for name in LAYER_OPS:
+        for c in kn.calls("pytorch", name):
+            out[c.host_op(a)] = out.get(c.host_op(a), 0) + 1
+    return out
+
+
+def sequence_records(device: str, dtype: str, loops: int, reps: int) -> list[Record]:
+    """The host's cost of a real layer's calls: one decode layer of the reference decoder at tiny
+    shapes (nothing to compute, so the host's calls are the time), `loops` layers back to back
+    per sample, the median of `reps` samples. What it costs beyond the tight-loop dispatch of
+    its calls is Host.sequence_us. Samples as short as the dispatch loops' see a loaded machine
+    the same way."""
+    ref = Reference(TINY, n_layers=1, dtype=dtype, device=device)
+    ref.alloc_cache(1, 64, fill=True)
+    lay = ref.layers[0]
+    x = torch.zeros(1, 1, TINY.hidden_size, device=device, dtype=ref.dtype)
+    pos, cos, sin = ref.rope_at(40, 1)
+
+    def layers() -> None:
+        for _ in range(loops):
+            ref.ffn_block(ref.attn_block(x, lay, pos, cos, sin, 41), lay)
+    ms = median(time_wall(layers, reps, warmup=1, sync=device == "cuda")) * 1e3 / loops
+    return [record("sequence", ms, category="host", launches=1, dtype=dtype, calls=layer_calls(dtype),
+                   source=f"host sequence: {loops} decode layers of the reference decoder at tiny shapes ({dtype}), "
+                          "wall clock per layer")]
 
 
 def graph_records(loops: int, reps: int) -> list[Record]:
     """CUDA graph replay: a graph of one tiny kernel replayed `loops` times (host cost per replay)
     and a graph of 100 tiny kernels timed with events (device time of the shortest kernel)."""
+    from calibration.graphs import Captured
+
     x = torch.ones(8, device="cuda")
     recs: list[Record] = []
     for kernels in (1, 100):
-        g = torch.cuda.CUDAGraph()
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            x.add_(1)
-        torch.cuda.current_stream().wait_stream(s)
-        with torch.cuda.graph(g):
-            for _ in range(kernels):
+        def adds(n: int = kernels) -> None:
+            for _ in range(n):
                 x.add_(1)
+        g = Captured(adds, (x,), "cuda", warmup=1)
         if kernels == 1:
-            def loop(graph: torch.cuda.CUDAGraph = g) -> None:
+            def loop(graph: Captured = g) -> None:
                 for _ in range(loops):
                     graph.replay()
             ms = median(time_wall(loop, reps, warmup=1, sync=True)) * 1e3
@@ -551,9 +610,8 @@ def graph_records(loops: int, reps: int) -> list[Record]:
                                     source=f"CUDA graph replay: {loops} replays of a 1-kernel graph, wall clock"))
         else:
             ms = median(time_cuda(g.replay, reps, warmup=2)) * 1e3 / kernels
-            recs.append(record("stream", ms, category="residual_add", launches=1, dtype="fp32", bytes=96.0,
-                                    flops=8.0, m=8.0,
-                                    source="kernel floor: a CUDA graph of 100 tiny in-place adds, events / 100"))
+            recs.append(record("graph_floor", ms, category="host", launches=1, dtype="fp32",
+                               source="kernel floor: a CUDA graph of 100 tiny in-place adds, events / 100"))
     return recs
 
 
@@ -673,7 +731,11 @@ def case_record(c: Case, ms: float, device: str, samples: int, wall_ms: float | 
         r["dispatch_ms"] = dispatch_ms
     if not c.fit:
         r["fit"] = False
-    r.update({k: v for k, v in c.extra.items() if k in ("k", "model", "tp", "batch", "len", "tokens", "what")})
+    r.update({k: v for k, v in c.extra.items() if k in ("k", "model", "tp", "batch", "len", "tokens", "what", "heads",
+                                                            "kv_heads", "head_dim", "elems")})
+    if c.op in ("stream", "attn_prefill", "attn_decode") and c.fit:
+        r["impl"] = "pytorch"  # the reference decoder's primitives: plain PyTorch's kernels
+    r["timer"] = device == "cuda" and c.op in DEVICE_KINDS  # CUDA events: a fixed overhead per sample
     return r
 
 
@@ -914,8 +976,10 @@ def run_plan(plan: Plan, progress_stream: Any = None, tty: bool | None = None,
 
     # host costs first: on a CPU every device record is net of them
     loops, hreps = plan.dispatch_loops, (5 if plan.size == "tiny" else 11)
-    records = dispatch_records(device, loops, hreps)
-    dispatch_us = median([r["ms"] * 1e3 / r["launches"] for r in records])
+    with one_thread(device):  # the host's own cost; a CPU's thread-pool hand-offs show in its kernels
+        records = dispatch_records(device, loops, hreps, plan.act_dtype)
+        records += sequence_records(device, plan.act_dtype, max(loops // 50, 2), max(hreps, 21))
+    dispatch_us = median([r["ms"] * 1e3 / r["launches"] for r in records if r.get("name") not in (None, "view")])
     facts["dispatch_us"] = round(dispatch_us, 3)
     if device == "cuda":
         records += graph_records(loops, hreps)

@@ -220,27 +220,19 @@ class Reference:
         return [list(r) for r in zip(*out, strict=True)]
 
     def capture(self, batch: int, start: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A decode step at context `start` captured as one CUDA graph; returns a function that
-        copies the host's token ids in, replays the graph and reads the next tokens back."""
-        if self.device.type != "cuda":
-            raise RuntimeError("CUDA graphs need a CUDA device")
+        """A decode step at context `start` captured as one CUDA graph (emulated off CUDA, see
+        calibration.graphs); returns a function that copies the host's token ids in, replays
+        the graph and reads the next tokens back."""
+        from calibration.graphs import Captured
+
         ids = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):  # warm-up outside the capture (allocator, cuBLAS workspaces)
-                self.step(ids, start)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = self.step(ids, start)
+        cap = Captured(lambda: self.step(ids, start), (ids,), self.device, warmup=3)
 
         def replay(tokens: torch.Tensor) -> torch.Tensor:
             ids.copy_(tokens.view(batch, 1), non_blocking=True)
-            graph.replay()
-            return out.cpu()
+            return cap.replay().cpu()
 
-        replay.graph = graph  # type: ignore[attr-defined]  # keep the graph alive
+        replay.captured = cap  # type: ignore[attr-defined]  # the graph and all it reads stay alive
         return replay
 
 

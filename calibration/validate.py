@@ -3,11 +3,13 @@
 The reference decoder (calibration.reference) runs with random weights and real shapes; each
 case is timed and predicted by the simulator's own cost model with the hardware under test:
 
+Every prediction prices plain PyTorch's kernels (simulator.moment.kernels "pytorch"), as the
+reference decoder runs them.
+
 - attn_layer / ffn_layer: one layer's attention (norm, QKV, RoPE, attention with the cache,
   O projection, residual) or FFN (norm, gate+up, SiLU * up, down, residual), predicted as the sum
-  of `simulator.moment.ops`' ops of that layer priced by `hwmodels.roofline.op_time` exactly as
-  `simulator.moment.cost` prices them; on a CPU (eager) plus the host dispatch of their kernels;
-  on CUDA measured as device time of the layer replayed as a CUDA graph.
+  of its kernels priced exactly as `simulator.moment.cost` prices them; on a CPU plus the host's
+  calls; on CUDA measured as device time of the layer replayed as a CUDA graph (graph floors).
 - decode_step (eager), decode_step_graph (CUDA graph), prefill: `StepModel.cost(Batch).step_ms`
   of a ModelSpec with the same number of layers as the decoder that ran (nothing is scaled).
 - generation: a static batch's prefill and its decode steps, predicted by the serving engine
@@ -33,8 +35,9 @@ import yaml
 
 from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
-from hwmodels.spec import Hardware
+from hwmodels.spec import DTYPE_BYTES, Hardware
 from simulator.moment.cost import op_seconds, step_model
+from simulator.moment.kernels import calls, compose
 from simulator.moment.model import ModelSpec, load_model
 from simulator.moment.ops import Batch, Dtypes, Op, attention_ops, dense_ops
 from simulator.serving.engine import simulate
@@ -95,9 +98,7 @@ class VCase:
 
 # -- predictions ----------------------------------------------------------------------------------
 
-def _priced(ops: Sequence[Op], hw: Hardware, dt: Dtypes) -> float:
-    """Seconds of `ops` on the device, each op priced the way simulator.moment.cost prices it."""
-    return sum(float(np.sum(op_seconds(op, hw, dt))) for op in ops)
+KERNELS = "pytorch"  # the reference decoder is plain PyTorch (simulator.moment.kernels)
 
 
 def layer_ops(spec: ModelSpec, which: str, tokens: int, batch: Batch | None, dt: Dtypes) -> list[Op]:
@@ -111,16 +112,26 @@ def layer_ops(spec: ModelSpec, which: str, tokens: int, batch: Batch | None, dt:
 
 
 def predict_layer(spec: ModelSpec, hw: Hardware, which: str, tokens: int, batch: Batch | None, dt: Dtypes,
-                  host: bool) -> float:
-    """ms of one layer: device time, plus (eager on a CPU) the dispatch of every kernel."""
-    ops = layer_ops(spec, which, tokens, batch, dt)
-    dev = _priced(ops, hw, dt)
-    disp = sum(o.kernels * o.layers for o in ops) * hw.host.dispatch_us * 1e-6 if host else 0.0
-    return (dev + disp) * 1e3
+                  mode: str) -> float:
+    """ms of one layer as the reference decoder runs it: its kernels' device time (inside a CUDA
+    graph for mode "graph", as validate replays a GPU layer), plus on a CPU the host's calls."""
+    one = spec.model_copy(update={"num_hidden_layers": 1})
+    sm = step_model(one, hw, mode=mode, dtypes=dt, kernels=KERNELS)
+    ops = [o for o in layer_ops(spec, which, tokens, batch, dt) if not o.kind.startswith("attn_")]
+    dev = sum(float(np.sum(op_seconds(o, hw, dt, graph=sm.graph))) for o in compose(ops, KERNELS, DTYPE_BYTES[dt.act]))
+    if which == "attn" and batch is not None:
+        dev += sm.attention_s(batch.decode_seqs, batch.decode_ctx, batch.prefill_tokens, batch.prefill_pairs,
+                              batch.prefill_ctx, batch.prefill_seqs)
+    host = 0.0
+    if sm.cpu or mode == "eager":
+        a = DTYPE_BYTES[dt.act]
+        names = [o.name for o in ops] + (["attention"] if which == "attn" and batch is not None else [])
+        host = sum(hw.host.call_us(c.host_op(a)) for n in names for c in calls(KERNELS, n)) * 1e-6
+    return (dev + host if sm.cpu else max(dev, host)) * 1e3
 
 
 def predict_step(spec: ModelSpec, hw: Hardware, batch: Batch, mode: str, dt: Dtypes) -> float:
-    return step_model(spec, hw, mode=mode, dtypes=dt).cost(batch).step_ms
+    return step_model(spec, hw, mode=mode, dtypes=dt, kernels=KERNELS).cost(batch).step_ms
 
 
 def generation_scenario(spec: ModelSpec, hw: Hardware, b: int, n: int, new: int, mode: str, dt: Dtypes,
@@ -133,7 +144,8 @@ def generation_scenario(spec: ModelSpec, hw: Hardware, b: int, n: int, new: int,
     return Scenario.model_validate({
         "model": str(folder / "config.json"), "hardware": str(folder / "hardware.yaml"),
         "serving": {"scheduler": "static", "max_batch_size": b, "max_batched_tokens": max(b * n, 1), "mode": mode,
-                    "weight_dtype": dt.weight, "act_dtype": dt.act, "kv_dtype": dt.kv, "activation_reserve_gb": 0.0},
+                    "kernels": KERNELS, "weight_dtype": dt.weight, "act_dtype": dt.act, "kv_dtype": dt.kv,
+                    "activation_reserve_gb": 0.0},
         "workload": {"num_requests": b, "arrival": {"process": "burst"},
                      "prompt_len": {"dist": "fixed", "value": n}, "output_len": {"dist": "fixed", "value": new}}})
 
@@ -217,27 +229,6 @@ def _time_rounds(items: Sequence[Timed], reps: int, flush: Callable[[], None] | 
         it.case.samples = len(s)
 
 
-def _graph(fn: Callable[[], object]) -> Callable[[], None]:
-    """`fn` captured as a CUDA graph; returns its replay."""
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-
-    def replay() -> None:
-        g.replay()
-
-    replay.graph = g  # type: ignore[attr-defined]
-    return replay
-
-
 @dataclass
 class Planned:
     """A case before it runs: the cache it needs and how to make its timed function."""
@@ -250,14 +241,17 @@ class Planned:
 
 
 def run_model(spec: ModelSpec, layers: int, device: str, hw: Hardware, shapes: Shapes, reps: int,
-              say: Callable[[str], None], progress: Any = None) -> list[VCase]:
+              say: Callable[[str], None], progress: Any = None, graphs: bool | None = None) -> list[VCase]:
     """Build the decoder once, measure every case of `shapes`, predict each.
 
     Where one KV cache for every shape fits in memory (CPU runs), all cases share it and their
     repeats are interleaved; otherwise (big models on a GPU) each case gets a cache of its own
-    size, and a case whose cache cannot fit is left out with a note."""
+    size, and a case whose cache cannot fit is left out with a note. `graphs` (default: on CUDA)
+    runs the CUDA-graph cases; off CUDA the graphs are emulated (calibration.graphs), which
+    checks their index arithmetic, not their speed."""
     import torch
 
+    from calibration.graphs import Captured
     from calibration.microbench import Flusher, mem_available_bytes
     from calibration.reference import Reference
 
@@ -270,8 +264,9 @@ def run_model(spec: ModelSpec, layers: int, device: str, hw: Hardware, shapes: S
     gen = torch.Generator(device=device).manual_seed(0)
     cpu_gen = torch.Generator().manual_seed(0)
     tdt = ref.dtype
-    host_layers = device == "cpu"
+    layer_mode = "graph" if device == "cuda" else "eager"  # a GPU layer is timed as a graph replay
     cuda = device == "cuda"
+    graphs = cuda if graphs is None else graphs
     name = spec.name
     plan: list[Planned] = []
 
@@ -282,12 +277,13 @@ def run_model(spec: ModelSpec, layers: int, device: str, hw: Hardware, shapes: S
         return torch.randint(0, spec.vocab_size, (b, n), generator=cpu_gen).tolist()
 
     def layer(case: VCase, need: tuple[int, int], fn_of: Callable[[], Callable[[], object]]) -> None:
-        make = (lambda: _graph(fn_of())) if cuda else fn_of
+        # the bound replay holds the Captured, which holds fn_of()'s closure (x, positions, RoPE rows)
+        make = (lambda: Captured(fn_of(), device=device).replay) if graphs else fn_of
         plan.append(Planned(case, need, make, "device" if cuda else "wall", case.predicted_ms * 1e-3))
 
     for b, c in shapes.attn_decode:
         case = VCase("attn_layer", name, 1, f"{name} attn decode b={b} ctx={c}", {"batch": b, "ctx": c})
-        case.predicted_ms = predict_layer(spec, hw, "attn", b, Batch.of(decode=[(b, c)]), dt, host_layers)
+        case.predicted_ms = predict_layer(spec, hw, "attn", b, Batch.of(decode=[(b, c)]), dt, layer_mode)
 
         def fn_of(b: int = b, c: int = c) -> Callable[[], object]:
             x = x_of(b, 1)
@@ -296,7 +292,7 @@ def run_model(spec: ModelSpec, layers: int, device: str, hw: Hardware, shapes: S
         layer(case, (b, c + 1), fn_of)
     for b, n in shapes.attn_prefill:
         case = VCase("attn_layer", name, 1, f"{name} attn prefill b={b} len={n}", {"batch": b, "len": n})
-        case.predicted_ms = predict_layer(spec, hw, "attn", b * n, Batch.of(prefill=[(b, n)]), dt, host_layers)
+        case.predicted_ms = predict_layer(spec, hw, "attn", b * n, Batch.of(prefill=[(b, n)]), dt, layer_mode)
 
         def fn_of(b: int = b, n: int = n) -> Callable[[], object]:
             x = x_of(b, n)
@@ -305,7 +301,7 @@ def run_model(spec: ModelSpec, layers: int, device: str, hw: Hardware, shapes: S
         layer(case, (b, n), fn_of)
     for t in shapes.ffn_tokens:
         case = VCase("ffn_layer", name, 1, f"{name} ffn tokens={t}", {"tokens": t})
-        case.predicted_ms = predict_layer(spec, hw, "ffn", t, None, dt, host_layers)
+        case.predicted_ms = predict_layer(spec, hw, "ffn", t, None, dt, layer_mode)
 
         def fn_of(t: int = t) -> Callable[[], object]:
             x = x_of(1, t)
@@ -318,7 +314,7 @@ def run_model(spec: ModelSpec, layers: int, device: str, hw: Hardware, shapes: S
         # a server gets token ids as Python ints, makes a tensor, reads the next ones back
         plan.append(Planned(case, (b, c + 1), lambda toks=toks, c=c: (
             lambda: ref.step(torch.tensor(toks, device=device), c).cpu().tolist()), "wall", case.predicted_ms * 1e-3))
-        if cuda:
+        if graphs:
             g = VCase("decode_step_graph", name, layers, f"{name} decode graph b={b} ctx={c}", {"batch": b, "ctx": c})
             g.predicted_ms = predict_step(spec_l, hw, Batch.of(decode=[(b, c)]), "graph", dt)
 
@@ -564,14 +560,73 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def predict_case(c: dict[str, Any], hw: Hardware, device: str) -> float:
+    """ms of a saved case (a validation.json entry), predicted as `validate` predicts it."""
+    from calibration.records import BUILT_IN
+
+    base = BUILT_IN.get(c["model"]) or load_model(c["model"])
+    dtype = "fp32" if device == "cpu" else "bf16"
+    dt = Dtypes(dtype, dtype, dtype)
+    spec = base.model_copy(update={"num_hidden_layers": c["layers"]})
+    s, fam = c["shape"], c["family"]
+    layer_mode = "graph" if device == "cuda" else "eager"
+    if fam in ("decode_step", "decode_step_graph"):
+        return predict_step(spec, hw, Batch.of(decode=[(s["batch"], s["ctx"])]),
+                            "graph" if fam == "decode_step_graph" else "eager", dt)
+    if fam == "prefill":
+        return predict_step(spec, hw, Batch.of(prefill=[(s["batch"], s["len"])]), "eager", dt)
+    if fam == "generation":
+        return predict_generation(spec, hw, s["batch"], s["prompt"], s["new"], "eager", dt)
+    if fam == "ffn_layer":
+        return predict_layer(base, hw, "ffn", s["tokens"], None, dt, layer_mode)
+    b = Batch.of(decode=[(s["batch"], s["ctx"])]) if "ctx" in s else Batch.of(prefill=[(s["batch"], s["len"])])
+    return predict_layer(base, hw, "attn", b.tokens, b, dt, layer_mode)
+
+
+def repredict(saved: str | Path, hardware: str, out: str | Path, command: str | None = None) -> dict[str, Any]:
+    """A saved validation.json's measurements predicted again with `hardware` (no device, no
+    torch): how another profile, or today's model, does on cases measured before."""
+    from hwmodels.errors import load_mapping
+
+    src = load_mapping(saved)
+    if not isinstance(src.get("cases"), list) or not isinstance(src.get("meta"), dict):
+        raise InputError(str(saved), "cases", "not a validation.json written by momentsim validate")
+    hw = load_hardware(hardware)
+    device = src["meta"].get("fingerprint", {}).get("device", "cpu")
+    cases = []
+    for c in src["cases"]:
+        v = VCase(c["family"], c["model"], c["layers"], c["label"], c["shape"], c["measured_ms"], samples=c.get("samples", 0),
+                  min_ms=c.get("min_ms") or float("nan"))
+        v.predicted_ms = predict_case(c, hw, device)
+        cases.append(v)
+    summ = family_summary(cases)
+    meta = {**src["meta"], "hardware": hardware, "hardware_name": hw.name, "profile": hw.profile,
+            "command": command or f"momentsim validate --repredict {saved} --hardware {hardware}",
+            "repredicted_from": str(saved)}
+    data = {"meta": meta, "summary": summ, "cases": [{**asdict(c), "err": round(c.err, 5)} for c in cases]}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "validation.json").write_text(json.dumps(_clean(data), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    (out / "validation.md").write_text(markdown(cases, summ, meta), encoding="utf-8")
+    return data
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    """`momentsim validate --device cpu|cuda --hardware HW --out DIR [--quick] [--models a,b]`."""
+    """`momentsim validate --device cpu|cuda --hardware HW --out DIR [--quick] [--models a,b]`, or
+    `momentsim validate --repredict SAVED.json --hardware HW --out DIR` (no device needed)."""
+    command = "momentsim " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("momentsim") else None
+    if getattr(args, "repredict", None):
+        data = repredict(args.repredict, args.hardware, args.out, command)
+        print(f"{args.repredict} predicted with {args.hardware} -> {Path(args.out) / 'validation.md'}")
+        print("\n".join(summary_lines(data)))
+        return 0
     from calibration.calibrate import check_device
 
+    if not args.device:
+        raise InputError("--device", "", "give --device cpu|cuda to measure, or --repredict SAVED.json")
     check_device(args.device)
     load_hardware(args.hardware)  # a bad --hardware is an InputError before anything runs
     size = getattr(args, "size", None) or ("quick" if args.quick else "full")
-    command = "momentsim " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("momentsim") else None
     data = validate(args.device, args.hardware, args.out, size, args.models, command=command)
     out = Path(args.out)
     print(f"validation of {args.hardware} on {args.device}: {sum(s['cases'] for k, s in data['summary'].items() if k != 'all')} "
@@ -580,5 +635,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["cmd_validate", "validate", "predict_layer", "predict_step", "predict_generation", "layer_ops",
+__all__ = ["cmd_validate", "validate", "repredict", "predict_case", "predict_layer", "predict_step", "predict_generation",
+           "layer_ops",
            "family_summary", "resolve_models", "shapes_for", "VCase", "Shapes"]

@@ -115,14 +115,19 @@ def _expanded(root: Any, limit: int) -> int:
     return size(root)
 
 
+def read_text(path: str | Path, limit: int = MAX_FILE_BYTES) -> str:
+    """A text file's contents (a regular file of at most `limit` bytes, UTF-8); any failure is an
+    InputError."""
+    try:
+        return read_regular(path, limit).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(str(path), "", "cannot read: not UTF-8 text") from None
+
+
 def load_mapping(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON file that must hold a mapping; any failure is an InputError."""
     p = Path(path)
-    raw = read_regular(p)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InputError(str(p), "", "cannot read: not UTF-8 text") from None
+    text = read_text(p)
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
     except (json.JSONDecodeError, yaml.YAMLError) as e:

@@ -14,12 +14,29 @@ from hwmodels.profile import SCHEMA, Profile
 from hwmodels.spec import Hardware
 
 PRESET_DIR = Path(__file__).parent / "presets"
+HOST_DIR = PRESET_DIR / "hosts"
 # calibration/ is a sibling package; we read its data files, never import it
 PROFILE_DIR = Path(__file__).parent.parent / "calibration" / "profiles"
 
 
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def host_names() -> list[str]:
+    return sorted(p.stem for p in HOST_DIR.glob("*.yaml"))
+
+
+def _named_host(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """`host: h200-xeon` swaps in a named host (hwmodels/presets/hosts); a mapping overrides fields."""
+    name = data.get("host")
+    if not isinstance(name, str):
+        return data
+    path = HOST_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise InputError(where, "host", f"unknown host preset {name!r}; known: {', '.join(host_names())} "
+                         "(or a mapping of host fields)")
+    return {**data, "host": load_mapping(path)}
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +113,7 @@ def _borrow_efficiency(data: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def hardware_from_dict(data: dict[str, Any], where: str) -> Hardware:
-    data = _borrow_efficiency(_with_base(dict(data), where, ()), where)
+    data = _named_host(_borrow_efficiency(_with_base(dict(data), where, ()), where), where)
     try:
         return Hardware.model_validate(data)
     except ValidationError as e:

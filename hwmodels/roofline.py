@@ -2,7 +2,8 @@
 
 Pure functions of numbers (scalars or numpy arrays), so the simulator can vectorise them over
 batch shapes and cache per-model tables. An op is described by its kind and totals: FLOPs and
-bytes summed over the `launches` kernels that carry it (one per layer, say).
+bytes summed over the `launches` kernels that carry it (its kernels per layer x layers).
+Attention kernels are priced from their shapes in hwmodels.attention.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 
 import numpy as np
 
-from hwmodels.spec import Efficiency, Hardware, Link
+from hwmodels.spec import PARALLEL_GRAIN, Efficiency, Hardware, Link
 
 KINDS = ("gemm", "attn_prefill", "attn_decode", "stream", "allreduce", "send", "alltoall")
 
@@ -35,13 +36,27 @@ def wave_factor(m, n, units: int, tile: int = 128):
     return m * n / (waves * units * tile * tile)
 
 
+def floor_us(eff: Efficiency, heavy: bool, graph: bool = False, launch_us: float = 0.0) -> float:
+    """Device time of the shortest kernel: a GEMM or attention kernel (`heavy`) or an element-wise
+    one. Inside a CUDA graph the kernels follow each other without the launch gap of eager mode,
+    so each floor shrinks by the element-wise floor's excess over the graph floor. Outside a
+    graph no kernel is shorter than the device's launch plus tail (`launch_us`,
+    Device.kernel_launch_us): a part with slower launches slows every short kernel."""
+    light = eff.floor_us if eff.elementwise_floor_us is None else eff.elementwise_floor_us
+    f = eff.floor_us if heavy else light
+    if graph and eff.graph_floor_us is not None:
+        return max(eff.graph_floor_us, f - max(light - eff.graph_floor_us, 0.0))
+    return f if graph else max(f, launch_us)
+
+
 def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, hw: Hardware,
-            m=0.0, n: float = 0.0, seqs=0.0, group: int = 1, dequant=0.0):
-    """Seconds for an op on one device of `hw`. `group` is the number of devices in a collective;
-    `dequant`: vector ops that unpack quantised weights inside a GEMM (on the fp32 units, beside
-    the tensor cores' work)."""
+            m=0.0, n: float = 0.0, seqs=0.0, group: int = 1, graph: bool = False, elems=0.0, dequant=0.0):
+    """Seconds for an op of `launches` kernels on one device of `hw` (`graph`: inside a CUDA
+    graph; `elems`: an element-wise kernel's elements). `group` is the number of devices in a
+    collective; `dequant`: vector ops that unpack quantised weights inside a GEMM (on the fp32
+    units, beside the tensor cores' work). Attention kernels are priced by hwmodels.attention,
+    from their shapes."""
     dev, eff = hw.device, hw.efficiency
-    floor = hw.floor_us() * 1e-6 * launches
     if kind == "gemm":
         peak = dev.peak_flops(dtype) * eff.gemm_compute
         if eff.gemm_wave > 0:
@@ -52,32 +67,27 @@ def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, 
         t_c = np.asarray(flops) / peak
         if np.any(np.asarray(dequant) > 0):
             t_c = t_c + np.asarray(dequant) / (dev.peak_flops("fp32") * eff.gemm_compute)
-        return soft_max(t_c, np.asarray(bytes_) / (dev.bandwidth * mem), eff.softmax_p) + floor
-    if kind == "attn_prefill":
-        t_c = np.asarray(flops) / (dev.peak_flops(dtype) * eff.attn_prefill_compute)
-        t_m = np.asarray(bytes_) / (dev.bandwidth * eff.gemm_memory)
-        return soft_max(t_c, t_m, eff.softmax_p) + floor
-    if kind == "attn_decode":
-        t_m = np.asarray(bytes_) / (dev.bandwidth * eff.attn_decode_memory)
-        t_c = np.asarray(flops) / (dev.peak_flops(dtype) * eff.attn_decode_compute)
-        per_seq = eff.attn_decode_seq_us * 1e-6 * np.asarray(seqs) * launches
-        return soft_max(t_c, t_m, eff.softmax_p) + floor + per_seq
+        return soft_max(t_c, np.asarray(bytes_) / (dev.bandwidth * mem), eff.softmax_p) \
+            + floor_us(eff, True, graph, dev.kernel_launch_us) * 1e-6 * launches
     if kind == "stream":
-        return stream_time(category, bytes_, launches, hw, m)
+        return stream_time(category, bytes_, launches, hw, m, graph, elems)
     if kind == "allreduce":
         return allreduce_time(bytes_, group, launches, hw.link if group <= hw.devices_per_node else hw.network, eff)
     if kind == "send":
         return send_time(bytes_, launches, hw.link, eff)
     if kind == "alltoall":
         return alltoall_time(bytes_, group, launches, hw.link if group <= hw.devices_per_node else hw.network, eff)
+    if kind in ("attn_prefill", "attn_decode"):
+        raise ValueError(f"{kind} is priced by hwmodels.attention from its shapes, not by op_time")
     raise ValueError(f"unknown op kind {kind!r}; known: {KINDS}")
 
 
-def stream_time(category: str, bytes_, launches: int, hw: Hardware, m=0.0):
-    """An element-wise kernel: its bytes at the category's share of bandwidth (faster while the
+def stream_time(category: str, bytes_, launches: int, hw: Hardware, m=0.0, graph: bool = False, elems=0.0):
+    """Element-wise kernels: their bytes at the category's share of bandwidth (faster while the
     working set fits in L2), or, for kernels that give each of the m tokens one thread block, at
     least one row's serial time (what bounds a small batch: one block cannot use the whole
-    memory system), plus a floor."""
+    memory system), plus a floor per kernel; on a CPU, kernels over `elems` >= PARALLEL_GRAIN
+    elements also hand off to the thread pool and back (`parallel_us`)."""
     dev, eff = hw.device, hw.efficiency
     b = np.asarray(bytes_, dtype=float)
     t = b / (dev.bandwidth * eff.elementwise_memory.get(category, eff.gemm_memory))
@@ -89,7 +99,9 @@ def stream_time(category: str, bytes_, launches: int, hw: Hardware, m=0.0):
     if row:
         m = np.asarray(m, dtype=float)
         t = np.maximum(t, np.where(m > 0, b / np.maximum(m, 1.0) / (row * 1e9), 0.0))
-    return t + hw.floor_us(elementwise=True) * 1e-6 * launches
+    if eff.parallel_us:
+        t = t + np.where(np.asarray(elems, dtype=float) >= PARALLEL_GRAIN, eff.parallel_us * 1e-6 * launches, 0.0)
+    return t + floor_us(eff, False, graph, dev.kernel_launch_us) * 1e-6 * launches
 
 
 def _latency(link: Link, eff: Efficiency) -> float:

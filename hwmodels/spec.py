@@ -43,14 +43,17 @@ WEIGHT_FORMATS = ("fp32", "bf16", "fp16", "fp8", "fp8-block", "int8", "int4", "i
 KV_FORMATS = ("fp32", "bf16", "fp16", "fp8", "int8", "nvfp4", "mxfp4")
 
 
-# Element-wise categories (simulator.moment.ops' "stream" kernels) that efficiency dicts may name.
-ELEMENTWISE = ("embed", "norm", "qkv_proj", "rope", "ffn_act", "residual_add")
+# Categories that element-wise efficiency dicts may name: a step's (simulator.moment.ops) and
+# the KV-cache writes' (simulator.moment.kernels.KV_WRITE); a misspelt one is an error, not ignored.
+ELEMENTWISE = ("embed", "norm", "qkv_proj", "rope", "attention", "o_proj", "ffn_up", "ffn_act", "ffn_down",
+               "residual_add", "lm_head", "comm", "index_copy", "kv_write")
 MAX_US = 1e6  # one second: no per-kernel or per-step cost on any real part comes near
 
 Fraction = Annotated[float, Field(gt=0, le=1)]
 Rate = Annotated[float, Field(gt=0, le=1e6)]
 Gain = Annotated[float, Field(ge=0, le=1000)]
 FlopsPerCycle = Annotated[float, Field(ge=0, le=1e7)]
+Micros = Annotated[float, Field(ge=0, le=MAX_US)]
 
 
 class Strict(BaseModel):
@@ -74,8 +77,8 @@ class Device(Strict):
     cache_mb: float = Field(default=0.0, ge=0, le=1e6, description="last-level cache in MB")
     kernel_launch_us: float = Field(
         default=0.0, ge=0, le=MAX_US,
-        description="shortest kernel: launch plus tail on the device; every kernel lasts at least this "
-        "(the fitted floors of efficiency apply above it; 0: no bound beyond them)",
+        description="shortest kernel outside a CUDA graph: launch plus tail on the device; every eager kernel "
+        "lasts at least this (the fitted floors of efficiency apply above it; 0: no bound beyond them)",
     )
 
     @model_validator(mode="after")
@@ -127,15 +130,60 @@ def _fallback(dtype: str) -> tuple[str, ...]:
     }.get(dtype, (dtype, "fp32"))
 
 
+# a call in the reference decoder's layer costs the host this many views beyond its tight loop:
+# measured with calibration.microbench.sequence_records on a 2-core EPYC (fp32, one thread:
+# framework only), median of 8 runs 1.12-1.25 (README, "The host")
+SEQUENCE_PER_VIEW = 1.2
+# PyTorch's at::internal::GRAIN_SIZE: an element-wise kernel over fewer elements runs on one thread
+PARALLEL_GRAIN = 32768
+
+
 class Host(Strict):
-    """The host CPU's side of a step: what PyTorch and the server cost per kernel and per step."""
+    """The host CPU's side of a step: what PyTorch and the server cost per call, kernel and step.
+
+    Eager mode issues every framework call from the host: a call that launches a kernel costs
+    its tight-loop dispatch (`op_dispatch_us` for that op, else `dispatch_us`); a call that
+    launches nothing (a view, a slice, a no-op `.to()`) costs `view_us`. Both are measured as
+    loops of one tiny op, which keep the code paths hot; a real model's varied sequence of calls
+    with real layouts (4-D broadcasts, strided views) costs `sequence_us` more per call
+    (simulator/moment/kernels.py counts the calls of each implementation).
+    """
 
     name: str = "x86 host"
-    dispatch_us: float = Field(default=20.0, ge=0, le=MAX_US, description="eager: host time to issue one kernel")
-    graph_launch_us: float = Field(default=60.0, ge=0, le=MAX_US, description="graph mode: one CUDA graph replay")
-    step_overhead_us: float = Field(
-        default=300.0, ge=0, le=MAX_US, description="per step: scheduling, input preparation, sampling, sync"
+    dispatch_us: float = Field(default=20.0, ge=0, le=1e6,
+                               description="eager: host time to issue one kernel-launching op (tight loop)")
+    op_dispatch_us: dict[str, Micros] = Field(
+        default_factory=dict,
+        description="per framework op (add, mul, pow, mean, rsqrt, neg, cat, silu, linear, index_copy_, "
+        "embedding, sdpa, argmax, to, ...): its tight-loop dispatch; absent ops cost dispatch_us",
     )
+    view_us: float = Field(default=1.4, ge=0, le=1e6,
+                           description="a call that launches no kernel (view, slice, no-op .to()), tight loop")
+    sequence_us: float | None = Field(
+        default=None, ge=0, le=1e6,
+        description="extra host time per call in a model's varied sequence over its tight-loop cost (cold "
+        "code paths, real layouts); None: 1.2 x view_us, the ratio measured on a CPU (see README)",
+    )
+    graph_launch_us: float = Field(default=60.0, ge=0, le=100_000, description="graph mode: one CUDA graph replay")
+    step_overhead_us: float = Field(
+        default=300.0, ge=0, le=1_000_000, description="per step: scheduling, input preparation, sampling, sync"
+    )
+
+    @model_validator(mode="after")
+    def _op_costs(self) -> Host:
+        bad = [k for k, v in self.op_dispatch_us.items() if not 0 <= v <= 1e6]
+        if bad:
+            raise ValueError(f"op_dispatch_us[{bad[0]!r}] must be between 0 and 1e6 us")
+        return self
+
+    def call_us(self, op: str) -> float:
+        """Host time of one call of framework op `op` ("view" for calls without a kernel) in a model."""
+        tight = self.view_us if op == "view" else self.op_dispatch_us.get(op, self.dispatch_us)
+        return tight + self.sequence_extra_us
+
+    @property
+    def sequence_extra_us(self) -> float:
+        return SEQUENCE_PER_VIEW * self.view_us if self.sequence_us is None else self.sequence_us
 
 
 class Link(Strict):
@@ -161,12 +209,40 @@ class Efficiency(Strict):
     gemm_wave: float = Field(
         default=0.0, ge=0, le=1, description="weight of tile/wave quantisation over compute units (0 = off)"
     )
-    attn_prefill_compute: float = Field(default=0.50, gt=0, le=1, description="flash attention, prefill")
+    attn_prefill_compute: float = Field(
+        default=0.85, gt=0, le=1, description="flash attention: fraction of the matrix units' peak in its matmuls")
     attn_decode_memory: float = Field(default=0.70, gt=0, le=1, description="KV-cache read, decode")
     attn_decode_compute: float = Field(default=0.25, gt=0, le=1, description="decode attention's FLOP rate")
     attn_decode_seq_us: float = Field(default=0.0, ge=0, le=MAX_US, description="extra per sequence in a decode attention")
+    attn_decode_cta_us: float = Field(
+        default=0.0, ge=0, le=1000,
+        description="decode attention: fixed cost of one (sequence, KV head) work unit (load the queries, "
+        "write the output), spread over the compute units",
+    )
+    attn_decode_ramp_us: float = Field(
+        default=0.0, ge=0, le=1000,
+        description="decode attention: a memory stream reaches full bandwidth only after a start-up; it adds "
+        "ramp x (1 - exp(-t / ramp)) to a stream of t seconds (small streams run at half rate, large ones "
+        "pay the ramp once)",
+    )
+    attn_softmax_cycles: float = Field(
+        default=0.0625, ge=0, le=10,
+        description="flash attention: cycles per query-key pair per compute unit outside the matrix units "
+        "(exp on the special-function unit: 16 per SM per cycle on Ampere/Hopper gives 1/16)",
+    )
+    attn_tail: float = Field(
+        default=0.4, ge=0, le=1,
+        description="flash attention prefill: the makespan exceeds total work / units by this share of the "
+        "longest tile's work (the last, partly filled wave)",
+    )
+    graph_floor_us: float | None = Field(
+        default=None, ge=0, le=1000,
+        description="device time of the shortest kernel inside a CUDA graph (no launch gap between "
+        "kernels); None: as in eager mode",
+    )
     elementwise_memory: dict[str, Fraction] = Field(
-        default_factory=lambda: {"norm": 0.35, "rope": 0.45, "ffn_act": 0.6, "residual_add": 0.9, "embed": 0.2},
+        default_factory=lambda: {"norm": 0.35, "rope": 0.45, "ffn_act": 0.6, "residual_add": 0.9, "embed": 0.2,
+                                 "index_copy": 0.25},
         description="fraction of bandwidth per element-wise category",
     )
     elementwise_floor_us: float | None = Field(
@@ -181,6 +257,11 @@ class Efficiency(Strict):
         default_factory=dict,
         description="per category: how much faster an element-wise kernel streams when its working set "
         "fits in the last-level cache (time / (1 + gain * min(1, cache / bytes)^4)); absent: 0",
+    )
+    parallel_us: float = Field(
+        default=0.0, ge=0, le=100_000,
+        description="CPU: waking the thread pool for an element-wise kernel over at least PARALLEL_GRAIN "
+        "elements (PyTorch splits those over its threads) and joining it again, per kernel; 0 on GPUs",
     )
     softmax_p: float = Field(default=4.0, ge=1, le=64)
     floor_us: float = Field(
@@ -228,10 +309,3 @@ class Hardware(Strict):
     @property
     def total_devices(self) -> int:
         return self.devices_per_node * self.nodes
-
-    def floor_us(self, elementwise: bool = False) -> float:
-        """The shortest a kernel can take: its kind's fitted floor, never below the device's
-        kernel_launch_us (so a what-if part with slower launches slows every short kernel)."""
-        eff = self.efficiency
-        fitted = eff.elementwise_floor_us if elementwise and eff.elementwise_floor_us is not None else eff.floor_us
-        return max(fitted, self.device.kernel_launch_us)

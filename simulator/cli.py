@@ -82,20 +82,21 @@ def cmd_step(args: argparse.Namespace) -> int:
     tokens = sum(b for b, _ in decode) + sum(b * n for b, n in prefill)
     seqs_kv = sum(b * (c + 1) for b, c in decode) + sum(b * n for b, n in prefill)
     fp = check_fits(model, hw, args.tp, args.pp, dt, min_tokens=seqs_kv, where="--model/--hardware", ep=args.ep)
-    sm = step_model(model, hw, args.tp, args.pp, args.mode, dt, args.async_scheduling, args.ep, args.moe_imbalance)
+    sm = step_model(model, hw, args.tp, args.pp, args.mode, dt, args.async_scheduling, args.ep, args.moe_imbalance,
+                    args.kernels)
     cost = sm.cost(Batch.of(decode=decode, prefill=prefill))
     out = cost.as_dict()
     if args.verbose:
         out["config"] = {"model": model.name, "hardware": hw.name, "profile": hw.profile, "tp": args.tp,
                          "pp": args.pp, "ep": args.ep, "moe_imbalance": args.moe_imbalance, "mode": args.mode,
-                         "dtypes": vars(dt), "tokens": tokens,
+                         "kernels": args.kernels, "dtypes": vars(dt), "tokens": tokens,
                          "longest_context": longest, "kernels_per_step": sm.kernels,
                          "clock_cycles": round(cost.step_ms * 1e-3 * hw.device.clock_ghz * 1e9)}
         out["memory"] = fp.as_dict()
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{model.name} on {hw.name} (tp={args.tp}, {args.mode}): step {cost.step_ms:.3f} ms "
+        print(f"{model.name} on {hw.name} (tp={args.tp}, {args.mode}, {args.kernels} kernels): step {cost.step_ms:.3f} ms "
               f"(device {cost.device_ms:.3f} ms, host {cost.host_ms:.3f} ms)")
         for k, v in sorted(cost.breakdown_ms.items(), key=lambda kv: -kv[1]):
             if v > 0:
@@ -142,6 +143,8 @@ def _add_expert_args(p: argparse.ArgumentParser, imbalance: bool = True) -> None
                        help="with --ep: the busiest device's routed tokens over the mean (default 1: balanced)")
 
 
+KERNELS_HELP = ("the kernels each op launches: fused (default: a serving stack's, as vLLM, SGLang and TensorRT-LLM "
+                "run them) or pytorch (plain eager PyTorch, nothing fused)")
 MODE_HELP = "graph: CUDA graphs (one launch per step); eager: the host dispatches every kernel (default graph)"
 
 
@@ -168,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("step", help="the cost of one moment (prefill/decode step)")
     _add_model_args(p)
     p.add_argument("--mode", default="graph", choices=["graph", "eager"], help=MODE_HELP)
+    p.add_argument("--kernels", default="fused", choices=["fused", "pytorch"], help=KERNELS_HELP)
     p.add_argument("--async-scheduling", action="store_true",
                    help="the host prepares the next step while the device runs this one")
     p.add_argument("--decode", action="append", default=[], metavar="BxCTX", help="B sequences with CTX cached")
@@ -186,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("curves", help="step time and its make-up vs batch, context and prompt length")
     _add_model_args(p)
     p.add_argument("--mode", default="graph", choices=["graph", "eager"], help=MODE_HELP)
+    p.add_argument("--kernels", default="fused", choices=["fused", "pytorch"], help=KERNELS_HELP)
     p.add_argument("--batch", default="1,2,4,8,16,32,64,128,256", help="decode batch sizes, comma-separated")
     p.add_argument("--context", default="128,256,512,1024,2048,4096,8192,16384,32768",
                    help="decode contexts (tokens cached), comma-separated")
@@ -222,15 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     p.set_defaults(func=_lazy("simulator.studies.plan_report", "cmd_plan"))
 
-    p = sub.add_parser("calibrate", help="measure this machine with PyTorch, write a profile")
-    p.add_argument("--device", choices=["cpu", "cuda"], required=True, help="what to measure")
+    p = sub.add_parser("calibrate", help="measure this machine with PyTorch (or refit saved measurements), "
+                                         "write a profile")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="what to measure (with --refit: the kind it must be)")
     p.add_argument("--out", required=True, help="profile JSON to write (usable as --hardware)")
     p.add_argument("--quick", action="store_true", help="fewer shapes and repeats: under 5 minutes on 2 CPU cores")
     p.add_argument("--base", help="hardware preset the profile starts from")
+    p.add_argument("--refit", metavar="RAW.json",
+                   help="fit saved measurements again (a profile, or a JSON list of raw records); no GPU needed")
     p.set_defaults(func=_lazy("calibration.calibrate", "cmd_calibrate"))
 
     p = sub.add_parser("validate", help="measure whole layers and steps, compare with predictions")
-    p.add_argument("--device", choices=["cpu", "cuda"], required=True, help="what to measure")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="what to measure (not with --repredict)")
+    p.add_argument("--repredict", metavar="SAVED.json",
+                   help="predict a saved validation.json's measurements again with --hardware (no device)")
     p.add_argument("--hardware", required=True, help="profile JSON or preset to predict with")
     p.add_argument("--out", required=True, help="folder for the report (markdown, JSON, plots)")
     p.add_argument("--quick", action="store_true", help="fewer cases and repeats")

@@ -12,12 +12,14 @@ torch = pytest.importorskip("torch", reason="calibration needs PyTorch (pip inst
 
 from calibration import microbench as mb  # noqa: E402
 from calibration.calibrate import base_hardware, calibrate, cmd_calibrate  # noqa: E402
+from calibration.fit import HOST_PARAMS  # noqa: E402
 from hwmodels.load import load_hardware  # noqa: E402
 from simulator.cli import main  # noqa: E402
 from simulator.moment.ops import CATEGORIES  # noqa: E402
 
 FIELDS = ("op", "category", "flops", "bytes", "launches", "m", "n", "seqs", "group", "dtype", "ms", "source")
-KINDS = ("gemm", "attn_prefill", "attn_decode", "stream", "allreduce", "send", "dispatch", "graph_launch", "step")
+KINDS = ("gemm", "attn_prefill", "attn_decode", "stream", "allreduce", "send", "dispatch", "graph_launch", "graph_floor",
+         "sequence", "step")
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error; a CUDA GPU is present")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
 
@@ -40,7 +42,7 @@ def test_tiny_cpu_calibration_writes_a_profile_that_loads(tiny_profile):
     assert fp["device"] == "cpu" and fp["torch"] == torch.__version__ and fp["cpu"]["model_name"]
     # every fitted parameter says what it was fitted to
     for p in data["fit"]["params"]:
-        key = f"host.{p}" if p in ("dispatch_us", "graph_launch_us") else f"efficiency.{p}"
+        key = f"host.{p}" if p in HOST_PARAMS else f"efficiency.{p}"
         assert "microbenchmark cases" in data["provenance"][key]
     assert data["fit"]["fitted_records"] > 10
     assert math.isfinite(data["fit"]["median_abs_err"])

@@ -21,8 +21,8 @@ CONTEXTS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768]
 PROMPTS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384]
 
 
-def curves(mode="graph", model="llama-3-8b", hw="h100-sxm", prompts=PROMPTS):
-    return compute(load_model(model), load_hardware(hw), 1, 1, mode, Dtypes(), BATCHES, CONTEXTS, prompts)
+def curves(mode="graph", model="llama-3-8b", hw="h100-sxm", prompts=PROMPTS, kernels="fused"):
+    return compute(load_model(model), load_hardware(hw), 1, 1, mode, Dtypes(), BATCHES, CONTEXTS, prompts, kernels)
 
 
 def fitting(points):
@@ -67,7 +67,7 @@ def test_points_beyond_the_kv_capacity_are_marked_and_carry_no_numbers():
 
 
 def test_eager_host_share_vanishes_with_batch_and_attention_share_grows_with_context():
-    eager = curves("eager")
+    eager = curves("eager", kernels="pytorch")  # plain eager PyTorch: ~1,200 kernels a step
     for c in CONTEXTS:
         host = [p["share"]["host"] for p in fitting(eager["decode_vs_batch"]) if p["context"] == c]
         assert all(b <= a for a, b in pairwise(host))
@@ -90,7 +90,8 @@ def test_prefill_grows_super_linearly_as_attentions_flops_say(model, hw):
     f = _attention_flops(load_model(model), 16384) / _attention_flops(load_model(model), 8192)
     assert f == pytest.approx(16384 * 16385 / (8192 * 8193))  # causal pairs: n(n+1)/2, so ~4x per doubling
     att = p16["step_ms"] * p16["share"]["attention"] / (p8["step_ms"] * p8["share"]["attention"])
-    assert att == pytest.approx(f, rel=0.015)  # compute-bound: attention time follows its FLOPs
+    # compute-bound: attention time follows its FLOPs, less the cache writes (linear in tokens)
+    assert 2 < att < f and att == pytest.approx(f, rel=0.06)
     ratio = p16["step_ms"] / p8["step_ms"]
     s8 = p8["share"]["attention"]
     assert ratio > 2  # the rest is linear (x2), attention x4: the whole is super-linear ...

@@ -74,7 +74,7 @@ def check(r, exact_tokens: bool = True) -> None:
         assert np.all(s[1:] >= (s + d)[:-1] - 1e-9 * np.maximum(1.0, s[1:]))  # no overlap in a virtual engine
     assert r.makespan_s >= (m["start_s"] + m["dur_s"]).max(initial=0.0) - 1e-12
     assert n == done.sum() + (st_ == 1).sum()
-    assert r.timeseries["busy_frac"].max(initial=0.0) <= 1.0 + 1e-9
+    assert r.timeseries["busy_frac"].max(initial=0.0) <= 1.0 + 1e-7  # prefix-sum integrals: rounding ~1e-9
     busy = summarize(r)["gpu_busy_frac"]
     assert busy is None or busy <= 1.0 + 1e-9
     if exact_tokens:

@@ -311,20 +311,31 @@ def test_unknown_efficiency_from_is_an_error_even_on_a_calibrated_base(tmp_path:
 
 
 def test_kernel_launch_us_bounds_every_kernel(tmp_path: Path) -> None:
-    """A what-if part with 10 us launches: every kernel of a batch-1 decode lasts >= 10 us, so
-    the norm category (2 per layer + the final one, each one kernel) is >= (2L + 1) x 10 us."""
+    """A what-if part with 10 us launches: every eager kernel of a batch-1 decode lasts >= 10 us,
+    so the norm category (fused kernels: 2 per layer + the final one) is >= (2L + 1) x 10 us.
+    Inside a CUDA graph there is no launch gap: the graph floor stays."""
     model = load_model("llama-3.2-1b")
     slow = load_hardware(str(write(tmp_path / "hw.yaml", {"base": "h100-sxm", "name": "slow",
                                                          "device": {"kernel_launch_us": 10.0}})))
     fast = load_hardware("h100-sxm")
     b = Batch.of(decode=[(1, 128)])
-    norm_ms = step_model(model, slow).cost(b).breakdown_ms["norm"]
-    assert norm_ms >= (2 * model.num_hidden_layers + 1) * 10e-3 * (1 - 1e-9)
-    assert step_model(model, fast).cost(b).breakdown_ms["norm"] < (2 * model.num_hidden_layers + 1) * 10e-3
-    # below the fitted floors it changes nothing: the H100 profile's shortest kernel is 1.5633 us
+    norms = 2 * model.num_hidden_layers + 1
+    assert step_model(model, slow, mode="eager").cost(b).breakdown_ms["norm"] >= norms * 10e-3 * (1 - 1e-9)
+    assert step_model(model, fast, mode="eager").cost(b).breakdown_ms["norm"] < norms * 10e-3
+    assert step_model(model, slow).step_s(b) == step_model(model, fast).step_s(b)  # graph mode
+    # below the fitted floors it changes nothing: the H100 profile's shortest kernel is 1.5691 us
     lower = load_hardware(str(write(tmp_path / "hw2.yaml", {"base": "h100-sxm", "name": "l",
                                                            "device": {"kernel_launch_us": 1.0}})))
-    assert step_model(model, lower).step_s(b) == step_model(model, fast).step_s(b)
+    assert step_model(model, lower, mode="eager").step_s(b) == step_model(model, fast, mode="eager").step_s(b)
+
+
+def test_elementwise_categories_cover_the_ops() -> None:
+    """The categories an efficiency dict may name include every one the cost model looks up."""
+    from hwmodels.spec import ELEMENTWISE
+    from simulator.moment import kernels, ops
+
+    assert set(ops.CATEGORIES) - {"host"} <= set(ELEMENTWISE)
+    assert set(kernels.KV_WRITE.values()) <= set(ELEMENTWISE)
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -149,7 +149,7 @@ def test_committed_profile_reproduces_its_fit_report():
     assert s["cases"] == prof.fit["cases"]
     assert s["median_abs_err"] == pytest.approx(prof.fit["median_abs_err"], abs=1e-4)
     assert prof.fingerprint["source"] == "published measurements, not a momentsim calibrate run"
-    assert prof.provenance["efficiency.attn_prefill_compute"].startswith("default: not measured")
+    assert prof.provenance["efficiency.attn_prefill_compute"].startswith("from calibration/profiles/h200-sxm.json")
 
 
 def test_fit_recovers_a_cpu_gemv_efficiency():

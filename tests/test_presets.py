@@ -190,12 +190,13 @@ def test_cpu_core_override(tmp_path):
 
 
 def test_same_family_parts_borrow_fitted_efficiencies():
-    # H200 and H100 PCIe are Hopper like the calibrated H100 SXM: its fitted fractions of peak
-    # carry over, applied to each part's own peaks and bandwidth
+    # H100 PCIe is Hopper like the calibrated H100 SXM: its fitted fractions of peak carry over,
+    # applied to the part's own peaks and bandwidth; the H200 has a profile of its own
     h100 = load_hardware("h100-sxm")
-    for name in ("h200-sxm", "h100-pcie"):
-        hw = load_hardware(name)
-        assert hw.efficiency == h100.efficiency and "h100-sxm" in (hw.profile or "")
-        assert hw.device.memory_bw_gbps != h100.device.memory_bw_gbps
+    hw = load_hardware("h100-pcie")
+    assert hw.efficiency == h100.efficiency and "h100-sxm" in (hw.profile or "")
+    assert hw.device.memory_bw_gbps != h100.device.memory_bw_gbps
+    h200 = load_hardware("h200-sxm")
+    assert h200.profile == "calibration/profiles/h200-sxm.json" and h200.efficiency != h100.efficiency
     # a part from another family keeps its own (default) efficiencies
     assert load_hardware("a100-sxm-80gb").efficiency != h100.efficiency

@@ -20,9 +20,8 @@ from calibration.reference import (  # noqa: E402
 )
 from calibration.validate import layer_ops, predict_layer, validate  # noqa: E402
 from hwmodels.load import load_hardware  # noqa: E402
-from hwmodels.roofline import op_time  # noqa: E402
-from simulator.moment.cost import step_model  # noqa: E402
-from simulator.moment.ops import EAGER_KERNELS, Batch, Dtypes, dense_ops  # noqa: E402
+from simulator.moment.cost import op_seconds, step_model  # noqa: E402
+from simulator.moment.ops import EAGER_KERNELS, Batch, Dtypes  # noqa: E402
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch)")
 
@@ -108,21 +107,61 @@ def test_fp32_norm_skips_the_no_op_conversions():
 
 
 def test_layer_predictions_add_up_to_the_step():
-    """Per-layer device time x layers + embed, final norm and lm_head = the step's device time."""
-    hw = load_hardware("cpu", use_profile=False)
+    """Per-layer device time x layers + embed, final norm and logits = the step's device time
+    (plain PyTorch's kernels inside a CUDA graph, as validate replays a GPU layer)."""
+    hw = load_hardware("h100-sxm")
     spec = TINY.model_copy(update={"num_hidden_layers": 3})
-    dt = Dtypes("fp32", "fp32", "fp32")
+    dt = Dtypes("bf16", "bf16", "bf16")
     b = Batch.of(decode=[(4, 100)])
-    layer = predict_layer(spec, hw, "attn", 4, b, dt, host=False) + predict_layer(spec, hw, "ffn", 4, None, dt, False)
-    one = spec.model_copy(update={"num_hidden_layers": 1})
-    rest = 0.0
-    for op in dense_ops(one, 4, 4, dt):
-        if op.name in ("embed", "final_norm", "lm_head"):
-            rest += float(op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dt.compute, hw, m=op.m, n=op.n))
-    sm = step_model(spec, hw, mode="eager", dtypes=dt)
+    layer = predict_layer(spec, hw, "attn", 4, b, dt, "graph") + predict_layer(spec, hw, "ffn", 4, None, dt, "graph")
+    sm = step_model(spec, hw, mode="graph", dtypes=dt, kernels="pytorch")
+    rest = sum(float(op_seconds(o, hw, dt, graph=True)) for o in sm.ops(4, 4)
+               if o.name in ("embed", "final_norm", "lm_head", "lm_head_epilogue"))
     assert 3 * layer + rest * 1e3 == pytest.approx(sm.cost(b).device_ms, rel=1e-6)
     names = {o.name for o in layer_ops(spec, "attn", 4, b, dt)}
     assert names == {"input_norm", "qkv_proj", "rope", "o_proj", "attn_residual", "attn_decode"}
+
+
+PROFILER_VIEWS = {"slice", "transpose", "view", "split_with_sizes", "reshape", "chunk", "select", "split"}
+
+
+def _profiled_calls(fn) -> dict[str, int]:
+    """Top-level aten calls of fn by op, named as simulator.moment.kernels names them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    out: dict[str, int] = {}
+    for e in prof.events():
+        if e.cpu_parent is None and e.name.startswith("aten::"):
+            name = e.name.removeprefix("aten::")
+            if name == "to" and not e.cpu_children:
+                name = "view"  # a .to() to the dtype it has: a call, no kernel
+            name = {"scaled_dot_product_attention": "sdpa"}.get(name, "view" if name in PROFILER_VIEWS else name)
+            out[name] = out.get(name, 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_pytorch_kernels_are_the_reference_decoders_calls(dtype):
+    """simulator.moment.kernels "pytorch" lists exactly the framework calls (views included) and
+    kernels that the reference decoder's layer and step make, counted by torch.profiler."""
+    from calibration.microbench import layer_calls
+    from simulator.moment.kernels import host_calls
+
+    r = Reference(TINY, dtype=dtype)
+    r.alloc_cache(2, 32, fill=True)
+    lay = r.layers[0]
+    x = torch.randn(2, 1, TINY.hidden_size).to(r.dtype)
+    pos, cos, sin = r.rope_at(10, 1)
+    got = _profiled_calls(lambda: r.ffn_block(r.attn_block(x, lay, pos, cos, sin, 11), lay))
+    assert got == layer_calls(dtype)
+    assert sum(got.values()) == 55 and got["view"] == (18 if dtype == "bf16" else 22)  # fp32: 4 no-op .to()
+    tok = torch.zeros(2, 1, dtype=torch.long)
+    step = _profiled_calls(lambda: r.step(tok, 10).cpu())
+    want = host_calls(TINY, "pytorch", Dtypes(dtype, dtype, dtype))
+    want = {**want, "view": want["view"] + 1, "copy": 0}  # on a CPU the read-back .cpu() is a no-op
+    assert {k: v for k, v in step.items() if v} == {k: v for k, v in want.items() if v}
 
 
 def test_tiny_validate_writes_its_report(tmp_path):
@@ -156,7 +195,7 @@ def test_generation_prediction_is_the_engine_makespan_and_the_sum_of_its_steps()
     hw = load_hardware("cpu", use_profile=False)
     spec = TINY.model_copy(update={"num_hidden_layers": 2})
     dt = Dtypes("fp32", "fp32", "fp32")
-    sm = step_model(spec, hw, mode="eager", dtypes=dt)
+    sm = step_model(spec, hw, mode="eager", dtypes=dt, kernels="pytorch")
     b, n, new = 4, 32, 6
     by_hand = sm.cost(Batch.of(prefill=[(b, n)])).step_ms + sum(
         sm.cost(Batch.of(decode=[(b, n + i)])).step_ms for i in range(new - 1))

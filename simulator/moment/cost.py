@@ -1,50 +1,54 @@
-"""The length of one moment: the step's ops (simulator.moment.ops) timed on a device (hwmodels).
+"""The length of one moment: the step's ops (simulator.moment.ops) as an implementation runs
+them (simulator.moment.kernels) timed on a device (hwmodels), and the host issuing them.
 
-`StepModel` caches, per (model, hardware, tp, pp, mode, dtypes), a table of the token-count
-dependent part of a step (GEMMs, element-wise ops, collectives) over token counts, so that the
-engine costs a step in O(1): a table lookup plus the attention terms in closed form.
+`StepModel` caches, per (model, hardware, tp, pp, mode, dtypes, kernels), a table of the
+token-count dependent part of a step (GEMMs, element-wise ops, collectives) over token counts,
+so that the engine costs a step in O(1): a table lookup plus the attention terms in closed form.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from hwmodels.roofline import op_time
-from hwmodels.spec import Hardware, gemm_dtype
+from hwmodels import attention as attn
+from hwmodels.roofline import floor_us, op_time
+from hwmodels.spec import DTYPE_BYTES, Hardware, gemm_dtype
+from simulator.moment import kernels as kn
 from simulator.moment.model import ModelSpec
 from simulator.moment.ops import (
     CATEGORIES,
     Batch,
     Dtypes,
     Op,
-    attention_ops,
     attention_shapes,
     check_tp,
     dense_ops,
-    eager_kernels,
     windowed_keys,
     windowed_pairs,
 )
 
 DEVICE_CATEGORIES = tuple(c for c in CATEGORIES if c != "host")
 _ATTN = DEVICE_CATEGORIES.index("attention")
+TAIL_OPS = ("final_norm", "lm_head", "lm_head_epilogue")  # what the device still runs after the host's last call
 
 
-def op_seconds(op: Op, hw: Hardware, dt: Dtypes, group: int = 1):
-    """An op's time on a device of `hw` (an array if the op holds arrays): attention runs in the
-    activation dtype; a GEMM in its weights' tensor dtype where the part has those units (fp8
-    weights run fp8 GEMMs), else in the activation dtype after dequantising the weights."""
-    if op.kind.startswith("attn"):
-        return op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dt.act, hw, seqs=op.seqs)
+def op_seconds(op: Op, hw: Hardware, dt: Dtypes, group: int = 1, graph: bool = False):
+    """An op's time on a device of `hw` (an array if the op holds arrays), one floor per kernel
+    (`Op.kernels` per layer: compose the ops for an implementation first). A GEMM runs in its
+    weights' tensor dtype where the part has those units (fp8 weights run fp8 GEMMs), else in
+    the activation dtype after dequantising the weights; element-wise kernels in the activation
+    dtype. Attention is priced from its shapes (StepModel.attention_s, hwmodels.attention)."""
+    launches = op.layers * op.kernels
     if op.kind == "gemm":
         dtype, dequantised = gemm_dtype(op.fmt or dt.weight, dt.act, hw.device)
         c = np.maximum(op.copies, 1.0)  # a grouped GEMM (MoE): `copies` GEMMs of m / copies rows, their tiles
-        return op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dtype, hw, m=op.m / c, n=op.n * c,
-                       dequant=op.dequant if dequantised else 0.0)
-    return op_time(op.kind, op.category, op.flops, op.bytes, op.layers, dt.compute, hw, m=op.m, n=op.n,
-                   group=group)
+        return op_time(op.kind, op.category, op.flops, op.bytes, launches, dtype, hw, m=op.m / c, n=op.n * c,
+                       graph=graph, dequant=op.dequant if dequantised else 0.0)
+    return op_time(op.kind, op.category, op.flops, op.bytes, launches, dt.compute, hw, m=op.m, n=op.n,
+                   group=group, graph=graph, elems=op.elems)
 
 
 def check_parallelism(model: ModelSpec, hw: Hardware, tp: int, pp: int, ep: int = 1) -> None:
@@ -77,27 +81,62 @@ class StepCost:
                 "breakdown_ms": {k: r(v) for k, v in self.breakdown_ms.items()}}
 
 
+@dataclass(frozen=True)
+class _AttnGroup:
+    """The scalars attention_s needs for one window group of layers (precomputed per StepModel)."""
+
+    kind: str
+    size: float | None
+    cap: float                   # keys a decode query sees at most (window, half a chunk, inf)
+    heads: float
+    rows: float                  # prefill query tile
+    tau: float                   # s per pair and head on one compute unit
+    p_cc: float                  # per cached token: a latent's up-projection (MLA)
+    p_cm: float                  # per cached token: its K and V read
+    p_tm: float                  # per new token: q, k, v, output
+    d_c: float                   # per key: compute
+    d_m: float                   # per key: its K and V read
+    d_q: float                   # per sequence: query and output
+    d_seq: float                 # per sequence: fixed costs
+    kv_tok: float                # per new token: the cache-write kernels
+    floor: float                 # the group's kernel floors, all its layers
+    layers: int
+
+
 class StepModel:
-    """Step costs of one serving configuration. Build with `step_model(...)` to share the cache."""
+    """Step costs of one serving configuration. Build with `step_model(...)` to share the cache.
+
+    The host: in eager mode (and always on a CPU) it makes every framework call of the step
+    (kernels.host_calls, each `Host.call_us`); with CUDA graphs it launches one graph per
+    pipeline stage. A GPU runs while the host issues, so an eager step lasts the longer of the
+    device's work and the host's calls plus the work left after the last call (final norm,
+    logits); a CPU does both in turn. Then the per-step overhead (inputs, sampling, sync).
+    """
 
     def __init__(self, model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, mode: str = "graph",
-                 dtypes: Dtypes = Dtypes(), async_scheduling: bool = False, ep: int = 1, moe_imbalance: float = 1.0):
+                 dtypes: Dtypes = Dtypes(), async_scheduling: bool = False, ep: int = 1, moe_imbalance: float = 1.0,
+                 kernels: str = "fused"):
         check_parallelism(model, hw, tp, pp, ep)
         if mode not in ("graph", "eager"):
             raise ValueError(f"mode {mode!r}; allowed: graph, eager")
+        kn.check(kernels)
         self.model, self.hw, self.tp, self.pp, self.mode, self.dtypes = model, hw, tp, pp, mode, dtypes
         self.ep, self.moe_imbalance = ep, moe_imbalance
+        self.impl = kernels
         # a server that prepares step n+1 on the host while the device runs step n (vLLM v1's
         # async scheduling) hides its per-step overhead behind the device's work
         self.async_scheduling = async_scheduling
         host = hw.host
         self.cpu = hw.device.kind == "cpu"
-        self.kernels = eager_kernels(model, tp, pp, ep)
+        self.graph = mode == "graph" and not self.cpu
+        self.calls = kn.host_calls(model, kernels, dtypes, tp, pp, ep)
+        self.kernels = kn.kernel_count(self.calls)
         if mode == "eager" or self.cpu:
-            self.issue_s = self.kernels * host.dispatch_us * 1e-6
+            self.issue_s = kn.host_seconds(self.calls, host.call_us)
         else:
             self.issue_s = host.graph_launch_us * 1e-6 * pp
         self.overhead_s = host.step_overhead_us * 1e-6
+        self._tail_weight = 0.0 if self.graph else 1.0  # a graph's launch already holds its last kernels
         self._dense = np.zeros((len(DEVICE_CATEGORIES), 0))
         self._lm = np.zeros((len(DEVICE_CATEGORIES), 0))
         self._dense_tot = np.zeros(0)
@@ -105,32 +144,53 @@ class StepModel:
         self._attention_coefficients()
         self._grow(4096)
 
+    def ops(self, tokens, logits) -> list[Op]:
+        """The token-count dependent ops as this implementation runs them."""
+        ops = dense_ops(self.model, tokens, logits, self.dtypes, self.tp, self.pp, self.ep, self.moe_imbalance)
+        return kn.compose(ops, self.impl, DTYPE_BYTES[self.dtypes.act])
+
     def _attention_coefficients(self) -> None:
-        """Attention's FLOPs and bytes are linear in the batch aggregates (ops.attention_shapes), so
-        its time is roofline.op_time in closed form: seconds per pair / per cached token here, one
-        set per window group of layers (full, sliding, chunked). tests/test_cost.py checks this
-        against op_time(attention_ops(...))."""
-        dev, eff, dt = self.hw.device, self.hw.efficiency, self.dtypes
-        peak, bw = dev.peak_flops(dt.act), dev.bandwidth
+        """Attention (hwmodels.attention) from the batch aggregates in closed form: the scalars it
+        needs per window group of layers (ops.attention_shapes: full, sliding, chunked),
+        precomputed. tests/test_cost.py checks attention_s against the vectorised
+        hwmodels.attention functions (attention_ops_s)."""
+        m, hw, dt = self.model, self.hw, self.dtypes
+        dev, eff = hw.device, hw.efficiency
         self.p = float(eff.softmax_p)
+        self._negligible = 1e-12 ** (1.0 / self.p)  # below this ratio the smaller term moves a soft max by < 1e-12
+        self.units = dev.compute_units
+        self.tail = eff.attn_tail
+        self.ramp = eff.attn_decode_ramp_us * 1e-6
+        bw, peak = dev.bandwidth, dev.peak_flops(dt.act)
+        a = DTYPE_BYTES[dt.act]
+        cat, n_kv = kn.kv_write(self.impl)
+        ew = eff.elementwise_memory.get(cat, eff.gemm_memory)
+        heavy = sum(1 for c in kn.calls(self.impl, "attention") if c.launches(a) and c.op in kn.HEAVY)
+        launch = dev.kernel_launch_us
+        per_kernel = heavy * floor_us(eff, True, self.graph, launch) + n_kv * floor_us(eff, False, self.graph, launch)
+        kvh = 1.0 if m.is_mla else max(m.kv_heads / self.tp, 1.0)
+        heads = m.num_attention_heads / self.tp
         groups = []
-        for s in attention_shapes(self.model, dt, self.tp):
+        for s in attention_shapes(m, dt, self.tp):
             L = s.layers
-            groups.append((
-                s.kind, s.size, windowed_keys(s.kind, s.size, 1, float("inf")),  # keys per decode query at most
-                s.pair_flops * L / (peak * eff.attn_prefill_compute),   # per pair
-                s.ctx_flops * L / (peak * eff.attn_prefill_compute),    # per cached token (MLA up-projection)
-                s.ctx_bytes * L / (bw * eff.gemm_memory),               # per cached token
-                s.new_bytes * L / (bw * eff.gemm_memory),               # per new token
-                s.key_flops * L / (peak * eff.attn_decode_compute),     # per context token
-                s.key_bytes * L / (bw * eff.attn_decode_memory),        # per context token
-                s.seq_bytes * L / (bw * eff.attn_decode_memory),        # per sequence
-                eff.attn_decode_seq_us * 1e-6 * L,
-                self.hw.floor_us() * 1e-6 * L,
-            ))
+            head = s.pair_flops / heads
+            write = s.key_bytes * (1.0 + a / DTYPE_BYTES[dt.kv])  # read the new K and V, write them to the cache
+            groups.append(_AttnGroup(
+                s.kind, s.size, float(windowed_keys(s.kind, s.size, 1, float("inf"))), heads,
+                float(attn.tile_rows(head / 4.0)), float(attn.pair_seconds(hw, dt.act, head)),
+                s.ctx_flops * L / (peak * eff.attn_prefill_compute), s.ctx_bytes * L / (bw * eff.gemm_memory),
+                (s.new_bytes - s.key_bytes) * L / (bw * eff.gemm_memory),
+                s.key_flops * L / (peak * eff.attn_decode_compute), s.key_bytes * L / (bw * eff.attn_decode_memory),
+                s.seq_bytes * L / (bw * eff.attn_decode_memory),
+                (eff.attn_decode_seq_us + eff.attn_decode_cta_us * kvh / self.units) * 1e-6 * L,
+                write * L / (bw * ew), per_kernel * 1e-6 * L, L))
         self._groups = tuple(groups)
-        # speed: most models have one group of full-attention layers: attention_s skips the loop
-        self._full = groups[0][3:] if len(groups) == 1 and groups[0][0] == "full" else None
+        self._kvh = kvh
+        g = groups[0]
+        # speed: most models have one group of full-attention layers, whose decode terms attention_s
+        # reads from one tuple
+        self._full = (g.d_c, g.d_m, g.d_q, g.d_seq + g.kv_tok, g.floor, self.ramp * g.layers) \
+            if len(groups) == 1 and g.kind == "full" else None
 
     def _soft(self, x: float, y: float) -> float:
         p = self.p
@@ -140,27 +200,59 @@ class StepModel:
         return hi * ((x / hi) ** p + (y / hi) ** p) ** (1.0 / p)
 
     def attention_s(self, ds: int, dc: float, pt: int, pairs: float, pc: float, ps: int = 1) -> float:
-        """Seconds of attention for decode (ds seqs, dc cached tokens in all) and prefill (pt new
-        tokens in ps chunks, `pairs` causal query-key pairs, pc cached tokens before the chunks)."""
+        """Seconds of attention for decode (ds seqs, dc cached tokens in all) and prefill (ps
+        chunks of pt new tokens in all, `pairs` causal query-key pairs, pc cached tokens before
+        the chunks): the attention kernels, the cache writes, their floors. Prefill tiles are
+        quantised at the mean chunk length (hwmodels.attention)."""
+        if not pt and self._full is not None:  # speed: a decode-only moment of one full-attention group
+            if not ds:
+                return 0.0
+            d_c, d_m, d_q, d_seq, floor, ramp = self._full
+            keys = dc + ds  # each attends to its cache plus itself
+            t_m = keys * d_m + ds * d_q
+            if ramp > 0:
+                t_m -= ramp * math.expm1(-t_m / ramp)
+            t_c = keys * d_c
+            if t_c < self._negligible * t_m:  # speed: memory-bound (decode almost always is): soft max = t_m
+                return t_m + ds * d_seq + floor
+            return self._soft(t_c, t_m) + ds * d_seq + floor
         t = 0.0
-        if self._full is not None:
-            p_c, p_cc, p_cm, p_tm, d_c, d_m, d_q, d_seq, floor = self._full
-            if pt:
-                t = self._soft(pairs * p_c + pc * p_cc, pc * p_cm + pt * p_tm) + floor
-            if ds:
-                ctx = dc + ds  # each attends to its cache plus itself
-                t += self._soft(ctx * d_c, ctx * d_m + ds * d_q) + floor + ds * d_seq
-            return t
         soft = self._soft
-        for kind, size, cap, p_c, p_cc, p_cm, p_tm, d_c, d_m, d_q, d_seq, floor in self._groups:
+        for g in self._groups:
             if pt:
-                pr = pairs if kind == "full" else windowed_pairs(kind, size, ps, pt, pairs, pc)
-                t += soft(pr * p_c + pc * p_cc, pc * p_cm + pt * p_tm) + floor
+                n = ps if ps > 0 else 1
+                pr = pairs if g.kind == "full" else windowed_pairs(g.kind, g.size, n, pt, pairs, pc)
+                length, ctx = pt / n, pc / n
+                rows, reach = g.rows, g.size
+                if reach and ctx > reach:
+                    ctx = reach
+                tiles = math.ceil(length / rows)
+                padded = rows * tiles * ctx + rows * rows * tiles * (tiles + 1) / 2
+                longest = rows * (ctx + tiles * rows)
+                if reach:  # a query tile sees at most the window and its own tile
+                    span = reach + rows
+                    full = min(max(math.floor((span - ctx) / rows), 0.0), tiles)
+                    windowed = rows * (full * ctx + rows * full * (full + 1) / 2) + (tiles - full) * rows * span
+                    padded = min(padded, windowed)
+                    longest = min(longest, rows * span)
+                longest = min(longest, padded) * g.tau
+                exact = pr / n if pr > n else 1.0
+                pad = padded / exact if padded > exact else 1.0
+                work = g.heads * pr * pad * g.tau / self.units
+                c = ((work if work > longest else longest) + self.tail * longest) * g.layers + pc * g.p_cc
+                m = pc * g.p_cm + pt * g.p_tm
+                if m < self._negligible * c:  # speed: compute-bound (a prefill almost always is)
+                    t += c + pt * g.kv_tok + g.floor
+                else:
+                    t += soft(c, m) + pt * g.kv_tok + g.floor
             if ds:
-                ctx = dc + ds  # each attends to its cache plus itself
-                if ctx > ds * cap:  # speed: windowed_keys inlined
-                    ctx = ds * cap
-                t += soft(ctx * d_c, ctx * d_m + ds * d_q) + floor + ds * d_seq
+                keys = dc + ds  # each attends to its cache plus itself
+                if keys > ds * g.cap:  # speed: windowed_keys inlined
+                    keys = ds * g.cap
+                t_m = keys * g.d_m + ds * g.d_q
+                if self.ramp > 0:
+                    t_m += self.ramp * g.layers * -math.expm1(-t_m / (self.ramp * g.layers))
+                t += soft(keys * g.d_c, t_m) + ds * g.d_seq + ds * g.kv_tok + g.floor
         return t
 
     def step_agg(self, ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int) -> float:
@@ -168,13 +260,16 @@ class StepModel:
         tok = ds + pt
         if tok >= self._size or lg >= self._size:
             self._grow(max(tok, lg))
-        return self._combine(self._dense_l[tok] + self._lm_l[lg] + self.attention_s(ds, dc, pt, pairs, pc, ps))
+        dev = self._dense_l[tok] + self._lm_l[lg] + self.attention_s(ds, dc, pt, pairs, pc, ps)
+        return self._combine(dev, self._tail_l[lg])
 
     # -- tables over token counts ---------------------------------------------------------------
-    def _table(self, tokens: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    def _table(self, tokens: np.ndarray, logits: np.ndarray, only: tuple[str, ...] = ()) -> np.ndarray:
         out = np.zeros((len(DEVICE_CATEGORIES), len(tokens)))
-        for op in dense_ops(self.model, tokens, logits, self.dtypes, self.tp, self.pp, self.ep, self.moe_imbalance):
-            t = op_seconds(op, self.hw, self.dtypes, self.tp)
+        for op in self.ops(tokens, logits):
+            if only and op.name not in only:
+                continue
+            t = op_seconds(op, self.hw, self.dtypes, self.tp, self.graph)
             out[DEVICE_CATEGORIES.index(op.category)] += np.broadcast_to(t, (len(tokens),))
         return out
 
@@ -191,16 +286,37 @@ class StepModel:
         self._lm_tot = self._lm.sum(axis=0)
         self._dense_l = self._dense_tot.tolist()  # python floats: faster to index one at a time
         self._lm_l = self._lm_tot.tolist()
+        self._tail_l = self._table(zero, t, TAIL_OPS).sum(axis=0).tolist()
         self._size = len(self._dense_l)
+
+    def tail_s(self, logit_rows: int) -> float:
+        """Device time of what follows the host's last eager call: final norm and logits."""
+        if logit_rows >= self._size:
+            self._grow(logit_rows)
+        return self._tail_l[logit_rows]
 
     def _attn_b(self, b: Batch) -> float:
         return self.attention_s(b.decode_seqs, b.decode_ctx, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx,
                                 b.prefill_seqs)
 
     def attention_ops_s(self, b: Batch) -> float:
-        """The same attention time through ops.attention_ops and roofline.op_time (for checking)."""
-        return sum(float(op_seconds(op, self.hw, self.dtypes))
-                   for op in attention_ops(self.model, b, self.dtypes, self.tp, self.pp))
+        """The same attention time through the vectorised hwmodels.attention functions (for checking)."""
+        m, dt, hw = self.model, self.dtypes, self.hw
+        t = 0.0
+        for s, g in zip(attention_shapes(m, dt, self.tp), self._groups, strict=True):
+            L = s.layers
+            if b.prefill_tokens:
+                pr = windowed_pairs(s.kind, s.size, b.prefill_seqs, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx)
+                t += float(attn.prefill_s(hw, dt.act, b.prefill_seqs, b.prefill_tokens, pr, b.prefill_ctx,
+                                          m.num_attention_heads / self.tp, s.pair_flops, s.ctx_flops, s.ctx_bytes,
+                                          s.new_bytes - s.key_bytes, L, reach=s.size))
+                t += b.prefill_tokens * g.kv_tok + g.floor
+            if b.decode_seqs:
+                keys = windowed_keys(s.kind, s.size, b.decode_seqs, b.decode_ctx + b.decode_seqs)
+                t += float(attn.decode_s(hw, dt.act, b.decode_seqs, keys, s.key_flops, s.key_bytes, s.seq_bytes,
+                                         self._kvh, L))
+                t += b.decode_seqs * g.kv_tok + g.floor
+        return t
 
     # -- the two entry points --------------------------------------------------------------------
     def device_s(self, b: Batch) -> float:
@@ -211,14 +327,17 @@ class StepModel:
 
     def step_s(self, b: Batch) -> float:
         """Seconds of one moment: the device's work, the host issuing it, the per-step overhead."""
-        return self._combine(self.device_s(b))
+        dev = self.device_s(b)
+        return self._combine(dev, self._tail_l[b.logit_rows])
 
-    def _combine(self, dev: float) -> float:
+    def _combine(self, dev: float, tail: float = 0.0) -> float:
         if self.cpu:  # the CPU both issues and runs the kernels: nothing overlaps
             return dev + self.issue_s + self.overhead_s
+        issued = self.issue_s + tail * self._tail_weight
         if self.async_scheduling:
-            return max(dev, self.issue_s + self.overhead_s)
-        return max(dev, self.issue_s) + self.overhead_s
+            issued += self.overhead_s
+            return dev if dev > issued else issued
+        return (dev if dev > issued else issued) + self.overhead_s  # speed: no max() call
 
     def cost(self, b: Batch) -> StepCost:
         """The contract's breakdown: device categories over all layers, and the host's share."""
@@ -230,7 +349,7 @@ class StepModel:
         per = self._dense[:, b.tokens] + self._lm[:, b.logit_rows]
         per[_ATTN] += self._attn_b(b)
         dev = float(per.sum())
-        step = self._combine(dev)
+        step = self._combine(dev, self._tail_l[b.logit_rows])
         bd = {c: float(v) * 1e3 for c, v in zip(DEVICE_CATEGORIES, per, strict=True)}
         bd["host"] = (step - dev) * 1e3  # time the device waits on the host
         return StepCost(step * 1e3, dev * 1e3, (self.issue_s + self.overhead_s) * 1e3, bd)
@@ -241,12 +360,13 @@ _CACHE: dict[tuple, StepModel] = {}
 
 def step_model(model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, mode: str = "graph",
                dtypes: Dtypes = Dtypes(), async_scheduling: bool = False, ep: int = 1,
-               moe_imbalance: float = 1.0) -> StepModel:
+               moe_imbalance: float = 1.0, kernels: str = "fused") -> StepModel:
     """A shared StepModel per configuration (specs hold dicts, so key on their JSON)."""
-    key = (model.model_dump_json(), hw.model_dump_json(), tp, pp, mode, dtypes, async_scheduling, ep, moe_imbalance)
+    key = (model.model_dump_json(), hw.model_dump_json(), tp, pp, mode, dtypes, async_scheduling, ep, moe_imbalance,
+           kernels)
     sm = _CACHE.get(key)
     if sm is None:
         if len(_CACHE) > 256:
             _CACHE.clear()
-        sm = _CACHE[key] = StepModel(model, hw, tp, pp, mode, dtypes, async_scheduling, ep, moe_imbalance)
+        sm = _CACHE[key] = StepModel(model, hw, tp, pp, mode, dtypes, async_scheduling, ep, moe_imbalance, kernels)
     return sm

@@ -87,6 +87,8 @@ class Op:
     kernels: int = 1          # eager kernel launches per layer
     fmt: str = ""             # GEMM: the weights' storage format (hwmodels.spec.FORMATS)
     dequant: Num = 0.0        # GEMM: vector ops to unpack the weights where the part cannot use them as stored
+    elems: Num = 0.0          # elements per layer (element-wise: of the tensor; GEMM: of the output);
+                              # simulator/moment/kernels.py prices each implementation's kernels by them
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def gemm_op(name: str, cat: str, m: Num, n: float, k: float, layers: int, dt: Dt
     by = (DTYPE_BYTES[fmt] * n * k * c + DTYPE_BYTES[dt.act] * m * (n + k)) * layers
     per = FORMATS[fmt].dequant_ops
     dq = per * n * k * c * np.ceil(m / np.maximum(c, 1.0) / ROW_TILE) * layers if per else 0.0
-    return Op(name, cat, "gemm", fl, by, layers, m, n, k, copies, 0.0, kernels, fmt, dq)
+    return Op(name, cat, "gemm", fl, by, layers, m, n, k, copies, 0.0, kernels, fmt, dq, m * n)
 
 
 def stream_op(name: str, cat: str, elems: Num, reads: float, writes: float, layers: int, dt: Dtypes, rows: Num,
@@ -144,7 +146,7 @@ def stream_op(name: str, cat: str, elems: Num, reads: float, writes: float, laye
     """An element-wise kernel over `rows` tokens (one thread block each on a GPU)."""
     e = np.asarray(elems, dtype=float)
     return Op(name, cat, "stream", flops_per_elem * e * layers, (reads + writes) * DTYPE_BYTES[dt.act] * e * layers,
-              layers, m=rows, kernels=kernels)
+              layers, m=rows, kernels=kernels, elems=e)
 
 
 def act_flops(model: ModelSpec) -> float:

@@ -704,7 +704,7 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     model, hw, dt = check_scenario(scenario)
     fp = footprint(model, hw, sv.tp, sv.pp, dt, sv.gpu_memory_utilization, sv.activation_reserve_gb, sv.ep)
     cap_blocks = fp.kv_capacity_tokens // sv.block_size
-    sm = step_model(model, hw, sv.tp, sv.pp, sv.mode, dt, sv.async_scheduling, sv.ep, sv.moe_imbalance)
+    sm = step_model(model, hw, sv.tp, sv.pp, sv.mode, dt, sv.async_scheduling, sv.ep, sv.moe_imbalance, sv.kernels)
     req = make_requests(scenario.workload, scenario.seed, where="scenario")
     sim = _Sim(scenario, req, sm, cap_blocks, progress)
     reps = [_Replica(sim, r, e) for e in range(sv.pp) for r in range(sv.replicas)]  # engine-major

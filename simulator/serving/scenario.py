@@ -110,6 +110,11 @@ class Serving(Strict):
     pp: int = Field(default=1, ge=1, le=1024)
     replicas: int = Field(default=1, ge=1, le=100_000)
     mode: Literal["graph", "eager"] = "graph"
+    kernels: Literal["pytorch", "fused"] = Field(
+        default="fused",
+        description="the kernels each op launches: fused (a serving stack: fused add+norm, RoPE, paged attention, "
+        "SiLU*mul) or pytorch (plain eager PyTorch, nothing fused); simulator/moment/kernels.py",
+    )
     router: Literal["round_robin", "least_outstanding"] = "round_robin"
     block_size: int = Field(default=16, gt=0, le=1024, description="KV-cache block in tokens")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="share of memory for weights+KV")

@@ -62,13 +62,14 @@ def point(sm: StepModel, cap: int, batch: int, length: int, prefill: bool) -> di
 
 
 def compute(model: ModelSpec, hw: Hardware, tp: int, pp: int, mode: str, dt: Dtypes, batches: list[int],
-            contexts: list[int], prompts: list[int]) -> dict[str, Any]:
+            contexts: list[int], prompts: list[int], kernels: str = "fused") -> dict[str, Any]:
     """The three curves. A model that cannot hold even the smallest point is one InputError."""
     least = min(min(batches) * (min(contexts) + 1), min(prompts))
     cap = check_fits(model, hw, tp, pp, dt, min_tokens=least, where="--model/--hardware").kv_capacity_tokens
-    sm = step_model(model, hw, tp, pp, mode, dt)
+    sm = step_model(model, hw, tp, pp, mode, dt, kernels=kernels)
     grid = {(b, c): point(sm, cap, b, c, False) for c in contexts for b in batches}
-    cfg = {"model": model.name, "hardware": hw.name, "tp": tp, "pp": pp, "mode": mode, "dtypes": vars(dt),
+    cfg = {"model": model.name, "hardware": hw.name, "tp": tp, "pp": pp, "mode": mode, "kernels": kernels,
+           "dtypes": vars(dt),
            "clock_ghz": hw.device.clock_ghz, "kv_capacity_tokens": cap, "batches": batches, "contexts": contexts,
            "prompts": prompts, "middle_context": contexts[len(contexts) // 2]}
     return {"config": cfg,
@@ -210,7 +211,7 @@ def cmd_curves(args: argparse.Namespace) -> int:
     lists = [parse_list(getattr(args, f), f"--{f}") for f in ("batch", "context", "prompt")]
     model, hw, dt = _resolve(args)
     with out_dir(Path(args.out) if args.out else None) as out:  # a bad --out fails before the work
-        res = compute(model, hw, args.tp, args.pp, args.mode, dt, *lists)
+        res = compute(model, hw, args.tp, args.pp, args.mode, dt, *lists, kernels=getattr(args, "kernels", "fused"))
         if out is not None:
             try:
                 write_csv(res, out / "curves.csv")

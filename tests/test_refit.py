@@ -1,0 +1,85 @@
+"""`momentsim calibrate --refit`: saved measurements fit again without a GPU or torch, and a file
+that is truncated, of another schema or of another device kind is one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from calibration.h200 import RAW
+from hwmodels.load import load_hardware
+from simulator.cli import main
+
+
+@pytest.fixture(scope="module")
+def raw():
+    data = json.loads(RAW.read_text(encoding="utf-8"))
+    keep = {"dispatch", "graph_launch", "step"}
+    recs = [r for r in data["measurements"] if r["op"] in keep
+            or (r["op"] == "gemm" and r["dtype"] == "bf16" and r["category"] == "ffn_up")
+            or r["op"] in ("attn_decode",) and r.get("model") == "llama-3-8b"]
+    return {"fingerprint": data["fingerprint"], "measurements": recs}
+
+
+def _write(tmp_path, name, obj):
+    p = tmp_path / name
+    p.write_text(obj if isinstance(obj, str) else json.dumps(obj), encoding="utf-8")
+    return p
+
+
+def test_refit_of_raw_records_writes_a_profile_that_loads(tmp_path, raw, capsys):
+    src = _write(tmp_path, "raw.json", raw)
+    out = tmp_path / "mine.json"
+    assert main(["calibrate", "--refit", str(src), "--base", "h200-sxm", "--out", str(out)]) == 0
+    assert "fitted parameters" in capsys.readouterr().out
+    hw = load_hardware(str(out))
+    assert hw.device.compute_units == 132 and hw.host.op_dispatch_us["linear"] == pytest.approx(13.612, abs=1e-3)
+    prof = json.loads(out.read_text())
+    assert prof["fingerprint"]["refit"] == str(src) and prof["fingerprint"]["base"] == "h200-sxm"
+    # a plain list of records is raw records too, once it says its device through a profile
+    assert main(["calibrate", "--refit", str(out), "--out", str(tmp_path / "again.json")]) == 0
+
+
+@pytest.mark.parametrize("content, field", [
+    ('{"schema": "momentsim-profile/1", "measurements": [{"op": "gemm", "ms": 1', "truncated"),
+    ('{"schema": "momentsim-profile/0", "measurements": []}', "schema"),
+    ('{"hardware": {}}', "measurements"),
+    ('[{"op": "gemm"}]', "measurements[0]"),
+    ('[{"op": "dispatch", "ms": 1.0}]', "no device records"),
+    ('[{"op": "gemm", "ms": 1.0}]', "fingerprint.device"),
+])
+def test_bad_raw_files_are_one_line_and_exit_2(tmp_path, capsys, content, field):
+    src = _write(tmp_path, "bad.json", content)
+    assert main(["calibrate", "--refit", str(src), "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(src) in err and field in err
+
+
+def test_records_of_another_device_kind_are_refused(tmp_path, raw, capsys):
+    src = _write(tmp_path, "raw.json", raw)
+    assert main(["calibrate", "--refit", str(src), "--device", "cpu", "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cuda" in err
+    assert main(["calibrate", "--refit", str(src), "--base", "cpu", "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cpu preset" in err
+
+
+def test_measuring_needs_a_device(tmp_path, capsys):
+    assert main(["calibrate", "--out", str(tmp_path / "p.json")]) == 2
+    assert "--refit" in capsys.readouterr().err
+
+
+def test_a_saved_validation_is_predicted_again_without_a_device(tmp_path, capsys):
+    """validate --repredict: the committed CPU measurements, priced by today's model and profile,
+    case for case as validate prices them (the H200 path is tests/test_h200.py)."""
+    saved = json.loads(open("calibration/validation-cpu/validation.json", encoding="utf-8").read())
+    assert main(["validate", "--repredict", "calibration/validation-cpu/validation.json", "--hardware",
+                 "calibration/profiles/cpu-2core.json", "--out", str(tmp_path)]) == 0
+    got = json.loads((tmp_path / "validation.json").read_text())
+    assert [c["measured_ms"] for c in got["cases"]] == [c["measured_ms"] for c in saved["cases"]]
+    assert all(c["predicted_ms"] > 0 for c in got["cases"]) and "prefill" in capsys.readouterr().out
+    bad = _write(tmp_path, "bad.json", {"meta": {}})
+    assert main(["validate", "--repredict", str(bad), "--hardware", "cpu", "--out", str(tmp_path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -28,8 +28,11 @@ class InputError(ValueError):
     def __init__(self, where: str, field: str, message: str):
         where, field, message = (_one_line(x) for x in (where, field, message))
         self.where, self.field, self.message = where, field, message
-        loc = f"{where}: {field}" if field else where
-        super().__init__(f"{loc}: {message}")
+        super().__init__(where, field, message)  # args rebuild it (SimPy re-raises a process's error so; pickling)
+
+    def __str__(self) -> str:
+        loc = f"{self.where}: {self.field}" if self.field else self.where
+        return f"{loc}: {self.message}"
 
 
 def _one_line(text: str) -> str:

@@ -198,6 +198,18 @@ def test_infinite_time_scale_is_an_input_error(tmp_path: Path) -> None:
         load_scenario(p)
 
 
+@pytest.mark.parametrize("dt", [0.0, -1.0, float("nan"), float("inf")])
+def test_engine_refuses_a_moment_that_does_not_advance_time(monkeypatch: pytest.MonkeyPatch, dt: float) -> None:
+    """Whatever slips past the bounds, a moment that is not a finite step forward stops the run
+    with one line instead of spinning (or jumping to infinity)."""
+    from simulator.moment.cost import StepModel
+    from simulator.serving.engine import simulate
+
+    monkeypatch.setattr(StepModel, "step_agg", lambda self, *a: dt)
+    with pytest.raises(InputError, match="would not advance"):
+        simulate(load_scenario_from(TINY))
+
+
 # -- 5. memory ---------------------------------------------------------------------------------------
 def test_sweep_grid_is_counted_before_it_is_built(tmp_path: Path) -> None:
     grid = {"workload.arrival.rate": {"from": 1, "to": 100, "steps": 1000},
@@ -301,6 +313,25 @@ def test_trace_length_beyond_int64_is_an_error_not_one_token(tmp_path: Path) -> 
     with pytest.raises(InputError) as e:
         read_trace(str(p))
     assert e.value.field == "prompt_len (line 2)"
+
+
+def test_requests_longer_than_the_model_serves_are_rejected() -> None:
+    """Llama 3 8B serves 8192 tokens (max_position_embeddings): prompt + output beyond it is
+    rejected as vLLM rejects it (max_model_len), counted by reason; the rest complete."""
+    from simulator.serving.engine import R_CONTEXT, simulate
+    from simulator.serving.workload import make_requests
+
+    sc = load_scenario_from(with_(with_(with_(TINY, "model", "llama-3-8b"), "workload.num_requests", 40),
+                                  "workload.prompt_len", {"dist": "uniform", "low": 7500, "high": 8000}))
+    sc = sc.model_copy(update={"workload": sc.workload.model_copy(update={
+        "output_len": load_scenario_from(with_(TINY, "workload.output_len", {"dist": "uniform", "low": 100,
+                                                                            "high": 900})).workload.output_len})})
+    req = make_requests(sc.workload, sc.seed)
+    too_long = int(((req.prompt_len + req.output_len) > 8192).sum())
+    assert 0 < too_long < 40  # the draw has both kinds
+    r = simulate(sc)
+    assert r.reject_reasons == {R_CONTEXT: too_long}
+    assert int((r.requests["status"] == 0).sum()) == 40 - too_long
 
 
 def test_unknown_efficiency_from_is_an_error_even_on_a_calibrated_base(tmp_path: Path) -> None:

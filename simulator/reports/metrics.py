@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simulator.serving.engine import R_KV, R_QUEUE, R_TOKENS
+from simulator.serving.engine import R_CONTEXT, R_KV, R_QUEUE, R_TOKENS
 
 if TYPE_CHECKING:  # the engine is only needed for the type; summaries work on any such result
     from simulator.serving.engine import SimResult
@@ -222,6 +222,8 @@ REJECT_ADVICE = {  # the engine's reasons, and what a user can change
               "or use scheduler: chunked",
     R_KV: "prompt + output exceed one replica's KV cache: more tp, a smaller kv_dtype or shorter requests",
     R_QUEUE: "serving.max_queue requests were already waiting",
+    R_CONTEXT: "the model serves no longer sequences (its config's max_position_embeddings): shorter requests "
+               "or a model with a longer context",
 }
 
 

@@ -59,6 +59,7 @@ PCIE_BW = 25e9           # bytes/s host<->device for swap preemption (PCIe 4/5 x
 ADMIT_WATERMARK = 0.01   # vLLM: keep 1% of blocks free when admitting, unless nothing runs
 CATEGORY_SAMPLES = 2000  # exact breakdowns per stride before the stride doubles (see _Sim.account)
 TIMESERIES_POINTS = 1000
+INF = float("inf")
 
 PREFILL, DECODE, MIXED = 0, 1, 2  # moments["kind"]
 COMPLETED, REJECTED, UNFINISHED = 0, 1, 2  # requests["status"] (UNFINISHED never survives a run)
@@ -66,6 +67,7 @@ COMPLETED, REJECTED, UNFINISHED = 0, 1, 2  # requests["status"] (UNFINISHED neve
 R_KV = "exceeds kv capacity"                    # prompt + output can never fit a replica's KV cache
 R_TOKENS = "prompt > max_batched_tokens"        # continuous (vLLM v0) cannot chunk a prompt
 R_QUEUE = "queue full"                          # serving.max_queue requests already waiting
+R_CONTEXT = "exceeds max_position_embeddings"   # prompt + output longer than the model serves (vLLM: max_model_len)
 
 
 @dataclass
@@ -557,6 +559,9 @@ class _Replica:
                 running: int) -> float:
         sim = self.sim
         dt = sim.cost(ds, dc, ps, pt, pairs, pc, lg) + self.extra
+        if not 0.0 < dt < INF:  # simulated time must advance by a finite step (schema bounds keep it so)
+            raise InputError("hardware", "", f"a moment of {dt} s: simulated time would not advance; check the "
+                             "hardware's and model's numbers")
         self.extra = 0.0
         self.decoding = ds > 0
         sim.account(self.unit, self.env.now, dt, kind, ds, dc, ps, pt, pairs, pc, lg, running, self.kv.used)
@@ -622,6 +627,7 @@ def _workload(sim: _Sim, reps: list[_Replica]):
     arr = sim.req.arrival_s.tolist()
     P, OUT = sim.P, sim.O
     cap_tokens = sim.eng_blocks * sim.bs  # a request lives on one virtual engine
+    max_len = sim.sm.model.max_position_embeddings or 1 << 62
     pp = sim.pp
     group: dict[int, list[_Replica]] = {}
     for r in reps:
@@ -639,7 +645,9 @@ def _workload(sim: _Sim, reps: list[_Replica]):
         if t > env.now:
             yield env.timeout(t - env.now)
         while i < n and arr[i] <= t:
-            if P[i] + OUT[i] > cap_tokens:
+            if P[i] + OUT[i] > max_len:
+                sim.reject(i, R_CONTEXT)
+            elif P[i] + OUT[i] > cap_tokens:
                 sim.reject(i, R_KV)
             elif max_tokens is not None and P[i] > max_tokens:
                 sim.reject(i, R_TOKENS)

@@ -149,8 +149,8 @@ def format_summary(s: dict[str, Any]) -> str:
     pre, q = s["preemptions"], s["queue"]
     if pre["total"] or (q["max_len"] or 0) > 0:
         lines.append(f"{'queue':<16}mean {_fmt(q['mean_len'])} waiting, max {_fmt(q['max_len'])}; "
-                     + (f"{pre['total']:,} preemptions of {pre['requests']:,} requests" if pre["total"]
-                        else "no preemptions"))
+                     + (f"{pre['total']:,} preemptions of {pre['requests']:,} requests, "
+                        f"{pre['recomputed_tokens']:,} tokens computed again" if pre["total"] else "no preemptions"))
     g = s["goodput"]
     if g["slo"]:
         lines.append(f"{'goodput':<16}{_fmt(g['requests_per_s'])} requests/s within SLO "

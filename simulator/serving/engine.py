@@ -123,6 +123,8 @@ class SimResult:
     wall_s: float = 0.0
     stats: dict[str, float] = field(default_factory=dict)
     pp: int = 1
+    recomputed_tokens: int = 0
+    recomputed_flops: float = 0.0
 
 
 # -- the simulation ------------------------------------------------------------------------------
@@ -163,6 +165,8 @@ class _Sim:
         self.ap_kind, self.ap_tok, self.ap_batch = self.m_kind.append, self.m_tok.append, self.m_batch.append
         self.ap_kv, self.ap_run = self.m_kv.append, self.m_run.append
         self.sums = [0] * 4 + [0, 0, 0.0, 0]  # moments, logits, ds, dc, ps, pt, pairs, pc
+        # the same prefill sums for tokens recomputed after a preemption: chunks, tokens, pairs, ctx
+        self.recomputed = [0, 0, 0.0, 0]
         self.kind_s = [0.0, 0.0]
         self.kind_n = [0, 0]
         self.stride = [1, 1]
@@ -261,6 +265,8 @@ class _Replica:
         self.tok = 0
         self.partial: dict[int, list[int]] = {}  # chunked: idx -> [done, target, g_prev, pb, pid, tok]
         self.progress: dict[int, int] = {}      # preempted (recompute): tokens generated so far
+        self.computed: dict[int, int] = {}      # preempted, KV dropped: tokens it had (recomputed on return)
+        self.preempted = False                  # a preemption in the step being planned
         self.swapped: dict[int, tuple[int, int]] = {}  # preempted (swap): (tokens cached, generated)
         self.extra = 0.0
         self.pending: list = []
@@ -351,8 +357,10 @@ class _Replica:
                     self.extra += (own + pb) * self.swap_s_per_block  # copy out (prefix too, conservatively)
                 else:
                     self.progress[i] = g
+                    self.computed[i] = max(t, self.computed.get(i, 0))
                 self.waiting.appendleft(i)
                 self.sim.preempt[i] += 1
+                self.preempted = True
                 return True
             st = partial.get(i)
             if st is not None and st[5] == tok:
@@ -362,8 +370,10 @@ class _Replica:
                     self.kv.release_prefix(pid)
                 if g_prev:
                     self.progress[i] = g_prev
+                self.computed[i] = max(done, self.computed.get(i, 0))
                 self.waiting.appendleft(i)
                 self.sim.preempt[i] += 1
+                self.preempted = True
                 return True
         return False
 
@@ -441,9 +451,9 @@ class _Replica:
             ln = target - cached
             if ln > whole_limit or -(-target // bs) - pb > room:
                 return None
-        else:
-            ln = min(target - cached, chunk_room, (pb + room) * bs - cached)
-            if ln <= 0:
+        else:  # vLLM v1: the chunk the token budget allows, if its blocks are free; never a sliver
+            ln = min(target - cached, chunk_room)
+            if -(-(cached + ln) // bs) - pb > room:
                 return None
         if pid >= 0 and kv.acquire_prefix(pid, pb) == FAIL:  # cannot fail: room counted pb
             return None
@@ -481,6 +491,8 @@ class _Replica:
                     pairs += ln * cached + ln * (ln + 1) / 2
                     pc += cached
                     n_seq += 1
+                    if self.computed:
+                        self._recomputed(i, cached, ln)
                 if adm:
                     self.pending = adm
                     n = len(adm)
@@ -494,6 +506,7 @@ class _Replica:
     def _plan_chunked(self) -> float | None:
         """Sarathi-Serve: all running decodes (1 token each), then prefill chunks fill the budget."""
         kv, bs = self.kv, self.bs
+        self.preempted = False
         while True:
             w = self.waiting
             while w and w[0] in self.swapped and self.B + len(self.partial) < self.maxb:
@@ -511,15 +524,16 @@ class _Replica:
                 if rest <= 0:
                     break
                 done, target = st[0], st[1]
-                room = kv.available
-                ln = min(target - done, rest, (-(-done // bs) + room) * bs - done)
-                if ln <= 0:
+                ln = min(target - done, rest)  # vLLM v1: the chunk the budget allows, or none this step
+                if not kv.alloc(-(-(done + ln) // bs) - -(-done // bs)):
                     continue
-                kv.alloc(-(-(done + ln) // bs) - -(-done // bs))
                 chunks.append((i, ln, done))
                 rest -= ln
             n_seq = B + len(self.partial)
-            while rest > 0 and w and n_seq < self.maxb:
+            # vLLM v1: no new request joins a step that had to preempt one (it would take the
+            # blocks just freed, and be the next victim: thrashing), unless nothing else runs
+            blocked = self.preempted and (B or chunks)
+            while rest > 0 and w and n_seq < self.maxb and not blocked:
                 i = w[0]
                 if i in self.swapped:  # swapped requests rejoin first, at the next step
                     break
@@ -540,15 +554,32 @@ class _Replica:
                     self._preempt_one()
                     continue
                 return None
-            for _i, ln, c in chunks:
+            for i, ln, c in chunks:
                 pt += ln
                 pairs += ln * c + ln * (ln + 1) / 2
                 pc += c
+                if self.computed:
+                    self._recomputed(i, c, ln)
             self.pending = chunks
             completing = sum(1 for i, ln, c in chunks if c + ln == self.partial[i][1])
             kind = DECODE if not chunks else (PREFILL if not B else MIXED)
             running = self.B + len(self.partial)
             return self._moment(kind, B, self.D + B * self.s, len(chunks), pt, pairs, pc, B + completing, running)
+
+    def _recomputed(self, i: int, cached: int, ln: int) -> None:
+        """Count the part of a prefill chunk (ln tokens after `cached`) that request i had computed
+        before a preemption dropped its KV: work done twice (not useful for MFU)."""
+        hw = self.computed.get(i, 0)
+        r = min(cached + ln, hw) - cached
+        if r <= 0:
+            return
+        rc = self.sim.recomputed
+        rc[0] += 1
+        rc[1] += r
+        rc[2] += r * cached + r * (r + 1) / 2
+        rc[3] += cached
+        if cached + ln >= hw:
+            del self.computed[i]
 
     def _decode_moment(self) -> float:
         B = self.B
@@ -770,6 +801,7 @@ def _result(sim: _Sim, reps: list[_Replica], model, hw, dt: Dtypes, wall: float)
         names = list(DEVICE_CATEGORIES) + ["host"]
         cats[name] = {c: float(v) * scale for c, v in zip(names, est, strict=True)}
     flops, bytes_ = _work(sim, model, dt)
+    re_flops = _recompute_flops(sim, model, dt)
     sv = sc.serving
     ts = _timeseries(sim, m, makespan, sv.replicas)
     sm = sim.sm
@@ -779,7 +811,7 @@ def _result(sim: _Sim, reps: list[_Replica], model, hw, dt: Dtypes, wall: float)
         devices_per_replica=sv.tp * sv.pp, clock_ghz=hw.device.clock_ghz, peak_flops=hw.device.peak_flops(dt.compute),
         mem_bw=hw.device.bandwidth, total_flops=flops, total_bytes=bytes_,
         host_busy_s=sim.moments * (sm.issue_s + sm.overhead_s), scenario=sc, wall_s=wall,
-        stats={"moments": sim.moments}, pp=pp,
+        stats={"moments": sim.moments}, pp=pp, recomputed_tokens=int(sim.recomputed[1]), recomputed_flops=re_flops,
     )
 
 
@@ -832,6 +864,19 @@ def _work(sim: _Sim, model, dt: Dtypes) -> tuple[float, float]:
     flops = sum(float(np.sum(o.flops)) for o in ops + att)
     by = sum(float(np.sum(o.bytes)) for o in ops + att) + (M - 1) * sum(float(np.sum(o.bytes)) for o in base)
     return flops * sv.tp, by * sv.tp
+
+
+def _recompute_flops(sim: _Sim, model, dt: Dtypes) -> float:
+    """FLOPs of all devices spent computing again the KV that preemptions dropped: the dense and
+    attention ops of the recomputed tokens' sums (linear in them, as in _work); no logits (the
+    token a re-prefill ends with is new work)."""
+    n, tokens, pairs, ctx = sim.recomputed
+    if not tokens:
+        return 0.0
+    sv = sim.sc.serving
+    ops = dense_ops(model, tokens, 0, dt, sv.tp, sv.pp, sv.ep, sv.moe_imbalance)
+    att = attention_ops(model, Batch(0, 0, int(n), int(tokens), float(pairs), int(ctx)), dt, sv.tp, sv.pp)
+    return sum(float(np.sum(o.flops)) for o in ops + att) * sv.tp
 
 
 def _integral(t: np.ndarray, starts: np.ndarray, ends: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ import pytest
 
 from simulator.reports.metrics import clean, latency_stats, summarize
 from simulator.reports.progress import Progress
-from simulator.serving.engine import SimResult
+from simulator.serving.result import SimResult
 from simulator.serving.scenario import scenario_from_dict
 
 nan = math.nan

@@ -32,7 +32,7 @@ import numpy as np
 from simulator.serving.engine import R_CONTEXT, R_KV, R_QUEUE, R_TOKENS
 
 if TYPE_CHECKING:  # the engine is only needed for the type; summaries work on any such result
-    from simulator.serving.engine import SimResult
+    from simulator.serving.result import SimResult
 
 KIND_NAMES = ("prefill", "decode", "mixed")  # SimResult.moments["kind"]: 0, 1, 2
 OVERLOAD_GROWTH = 0.05  # the queue grows by more than this share of the arrivals in the window...

@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from simulator.reports.metrics import num, overload, per_request  # noqa: E402
 
 if TYPE_CHECKING:
-    from simulator.serving.engine import SimResult
+    from simulator.serving.result import SimResult
 
 DPI = 110
 COLORS = {"prefill": "#d95f02", "decode": "#1b9e77", "mixed": "#7570b3"}

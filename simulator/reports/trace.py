@@ -19,7 +19,7 @@ import numpy as np
 from simulator.reports.metrics import KIND_NAMES
 
 if TYPE_CHECKING:
-    from simulator.serving.engine import SimResult
+    from simulator.serving.result import SimResult
 
 MAX_EVENTS = 200_000
 

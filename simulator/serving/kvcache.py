@@ -1,8 +1,8 @@
 """Paged KV-cache accounting of one replica, in blocks of `block_size` tokens (vLLM's pages).
 
 Only counts are kept, never per-token state, so every operation is O(1) (eviction is O(1)
-amortised per evicted prefix). A request's private blocks are counted by the engine from its
-token count; this class holds the free count and the shared prefixes.
+amortised per evicted prefix). A request's private blocks are counted by its scheduler from its
+token count (`blocks(tokens)`); this class holds the free count and the shared prefixes.
 
 Prefix caching: the full blocks of a shared prefix are held once per replica, refcounted by
 the running requests that use them. A prefix nobody uses stays resident (a later request with
@@ -51,6 +51,10 @@ class KVCache:
     def available(self) -> int:
         """Blocks an allocation could get: free ones plus evictable cached prefixes."""
         return self.free + self.evictable
+
+    def blocks(self, tokens: int) -> int:
+        """Blocks that hold `tokens` tokens (a partly filled last block is a whole one)."""
+        return -(-tokens // self.block_size)
 
     def alloc(self, n: int) -> bool:
         """Take n blocks, evicting unused cached prefixes (LRU) if needed; False if impossible."""

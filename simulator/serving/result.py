@@ -1,0 +1,380 @@
+"""What a run records, and the SimResult built from it.
+
+`RequestLog` is the one place a request's life is written (routed, first token, preempted,
+finished, rejected): a front-end delay or a closed-loop client hooks in there. `MomentLog` takes
+one call per moment: compact columns, running sums of the batch aggregates (total FLOPs and
+bytes) and sampled category seconds. `build_result` turns both into arrays, exact time series
+and totals once the run is over.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulator.moment.cost import DEVICE_CATEGORIES, StepModel
+from simulator.moment.ops import Batch, Dtypes, attention_ops, dense_ops
+from simulator.serving.scenario import Scenario, Serving
+from simulator.serving.schedulers.base import DECODE, Moment
+from simulator.serving.workload import Requests
+
+CATEGORY_SAMPLES = 2000  # exact breakdowns per stride before the stride doubles (see MomentLog.add)
+TIMESERIES_POINTS = 1000
+
+COMPLETED, REJECTED, UNFINISHED = 0, 1, 2  # requests["status"] (UNFINISHED never survives a run)
+
+
+@dataclass
+class SimResult:
+    """Everything a run produced; metrics, CSVs, plots and traces are computed from it.
+
+    requests: per request index (the order of arrival): arrival_s, prompt_len, output_len,
+      first_token_s (nan if none), finish_s (nan if not completed), replica (-1 if rejected
+      before routing), engine (the virtual engine within the replica, 0 when pp = 1 or when
+      rejected before routing), status (0 completed, 1 rejected), preemptions.
+    moments: one entry per moment: start_s, dur_s, replica (the physical replica), engine (the
+      virtual engine within it that ran the moment: 0 .. pp-1, all 0 when pp = 1), kind
+      (0 prefill-only, 1 decode-only, 2 mixed), tokens, batch (sequences in the step),
+      kv_blocks_used (the replica's KV blocks in use at the moment's start, after its
+      allocations: the sum over its virtual engines), kv_blocks_engine (the same for the
+      moment's virtual engine alone, at most kv_capacity_blocks // pp; the same array as
+      kv_blocks_used when pp = 1), running (requests holding KV on the moment's virtual engine
+      during the moment).
+    pp > 1 (see the engine's docstring): a replica runs pp virtual engines concurrently, each
+      moment lasting the full pipeline latency step_s of its batch: the balanced-pipeline
+      approximation vLLM's design assumes, no stage imbalance or bubbles. Moments of one
+      replica's different virtual engines overlap in time; each moment keeps each of the pp
+      stages busy for dur_s / pp, so a replica's devices are busy sum(dur_s) / pp of the time.
+    category_s: {"prefill": moments with prefill, "decode": decode-only moments} -> category ->
+      seconds (the cost model's breakdown; sampled, see MomentLog.add).
+    timeseries: on a grid of TIMESERIES_POINTS equal intervals over [0, makespan]: t_s (interval
+      start) and the time average over each interval of queue_len, running, kv_used_frac,
+      busy_frac, outstanding (all replicas together), computed exactly from requests and moments
+      (busy_frac: the devices' busy fraction, sum(dur_s) / pp per replica, at most 1).
+    kv_capacity_blocks: the blocks of one replica (all its virtual engines together).
+    pp: virtual engines per replica (serving.pp).
+    total_flops, total_bytes: device work of all devices of all replicas, from running sums of
+      the batch aggregates (see _work).
+    recomputed_tokens, recomputed_flops: prefill tokens computed again because a recompute
+      preemption dropped their KV, and their FLOPs (part of total_flops; not useful work).
+    """
+
+    requests: dict[str, np.ndarray]
+    reject_reasons: dict[str, int]
+    moments: dict[str, np.ndarray]
+    category_s: dict[str, dict[str, float]]
+    timeseries: dict[str, np.ndarray]
+    makespan_s: float
+    kv_capacity_blocks: int
+    block_size: int
+    replicas: int
+    devices_per_replica: int
+    clock_ghz: float
+    peak_flops: float
+    mem_bw: float
+    total_flops: float
+    total_bytes: float
+    host_busy_s: float
+    scenario: Scenario
+    wall_s: float = 0.0
+    stats: dict[str, float] = field(default_factory=dict)
+    pp: int = 1
+    recomputed_tokens: int = 0
+    recomputed_flops: float = 0.0
+
+
+class RequestLog:
+    """Per request: the inputs schedulers read and what happened to it (arrays by request index)."""
+
+    def __init__(self, req: Requests):
+        n = len(req)
+        self.requests = req
+        # speed: lists, as a Python int from a list is faster to read one at a time than from numpy
+        self.prompt_len: list[int] = req.prompt_len.tolist()
+        self.output_len: list[int] = req.output_len.tolist()
+        self.prefix_id: list[int] = req.prefix_id.tolist()
+        self.prefix_len: list[int] = req.prefix_len.tolist()
+        self.first_token_s = np.full(n, np.nan)
+        self.finish_s = np.full(n, np.nan)
+        self.replica = np.full(n, -1, dtype=np.int64)
+        self.engine = np.zeros(n, dtype=np.int64)  # written only when pp > 1
+        self.status = np.full(n, UNFINISHED, dtype=np.int64)
+        self.preemptions = np.zeros(n, dtype=np.int64)
+        self.reasons: dict[str, int] = {}
+        self.done = 0  # completed or rejected
+        # prefill work done twice: chunks, tokens, causal pairs and cached tokens before them (the
+        # prefill sums of MomentLog, for the tokens whose KV a recompute preemption had dropped)
+        self.recomputed = [0, 0, 0.0, 0]
+
+    def __len__(self) -> int:
+        return len(self.prompt_len)
+
+    def first_token(self, i: int, now: float) -> None:
+        self.first_token_s[i] = now
+
+    def finish(self, i: int, now: float) -> None:
+        self.finish_s[i] = now
+        self.status[i] = COMPLETED
+        self.done += 1
+
+    def preempted(self, i: int) -> None:
+        self.preemptions[i] += 1
+
+    def recompute(self, cached: int, tokens: int) -> None:
+        """A prefill chunk computes `tokens` tokens again, after `cached` tokens with KV."""
+        rc = self.recomputed
+        rc[0] += 1
+        rc[1] += tokens
+        rc[2] += tokens * cached + tokens * (tokens + 1) / 2
+        rc[3] += cached
+
+    def reject(self, i: int, reason: str) -> None:
+        self.status[i] = REJECTED
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        self.done += 1
+
+
+class MomentLog:
+    """The moments of a pool's engines, in the order they start, as growable columns; `unit` is
+    the engine's id, replica * pp + engine (the replica when pp = 1)."""
+
+    def __init__(self, sm: StepModel, requests: RequestLog, progress: Callable[[float], None] | None):
+        self.sm = sm
+        self.requests = requests
+        self.start, self.dur = array("d"), array("d")
+        self.unit, self.kind, self.batch, self.running = array("i"), array("b"), array("i"), array("i")
+        self.tokens, self.kv_used = array("q"), array("q")
+        # speed: the columns' bound appends, looked up once instead of twice per moment
+        self.ap_start, self.ap_dur, self.ap_unit = self.start.append, self.dur.append, self.unit.append
+        self.ap_kind, self.ap_tokens, self.ap_batch = self.kind.append, self.tokens.append, self.batch.append
+        self.ap_kv_used, self.ap_running = self.kv_used.append, self.running.append
+        # running sums of batch aggregates (see _work): moments, logits, decode seqs and ctx,
+        # prefill seqs, tokens, pairs and ctx
+        self.sums = [0] * 4 + [0, 0, 0.0, 0]
+        self.kind_s = [0.0, 0.0]  # index: 0 moments with prefill, 1 decode-only
+        self.kind_n = [0, 0]
+        self.stride = [1, 1]
+        self.taken = [0, 0]
+        self.cat_est = [np.zeros(len(DEVICE_CATEGORIES) + 1), np.zeros(len(DEVICE_CATEGORIES) + 1)]
+        self.progress = progress
+        self.t_prog = time.perf_counter()
+
+    @property
+    def count(self) -> int:
+        """Moments logged."""
+        return self.sums[0]
+
+    def add(self, unit: int, start: float, dt: float, m: Moment, kv_used: int) -> None:
+        """One call per moment: log it, add to the sums, maybe sample its breakdown, report progress."""
+        ds, dc, ps, pt, pairs, pc, lg = m.batch
+        kind = m.kind
+        self.ap_start(start)
+        self.ap_dur(dt)
+        self.ap_unit(unit)
+        self.ap_kind(kind)
+        self.ap_tokens(ds + pt)
+        self.ap_batch(ds + ps)
+        self.ap_kv_used(kv_used)
+        self.ap_running(m.running)
+        s = self.sums
+        s[0] += 1
+        s[1] += lg
+        s[2] += ds
+        s[3] += dc
+        if ps:
+            s[4] += ps
+            s[5] += pt
+            s[6] += pairs
+            s[7] += pc
+        # speed: category seconds without a breakdown per moment: the exact breakdown (sm.cost) of every
+        # moment of a kind until CATEGORY_SAMPLES were taken, then of every 2nd, 4th, ... (the
+        # stride doubles each CATEGORY_SAMPLES samples), each weighted by its stride. The shares
+        # are then scaled to the kind's exact total seconds (see build_result).
+        k = 1 if kind == DECODE else 0
+        self.kind_s[k] += dt
+        i = self.kind_n[k]
+        self.kind_n[k] = i + 1
+        st = self.stride[k]
+        if i % st == 0:
+            c = self.sm.cost(m.as_batch())
+            v = [c.breakdown_ms[x] for x in DEVICE_CATEGORIES] + [c.breakdown_ms["host"]]
+            self.cat_est[k] += np.asarray(v) * (st * 1e-3)
+            self.taken[k] += 1
+            if self.taken[k] >= CATEGORY_SAMPLES:
+                self.taken[k] = 0
+                self.stride[k] = st * 2
+        if self.progress is not None and not s[0] & 1023:
+            now = time.perf_counter()
+            if now - self.t_prog >= 0.1:
+                self.t_prog = now
+                self.progress(self.requests.done / len(self.requests))
+
+
+# -- after the run ---------------------------------------------------------------------------------
+
+def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtypes, cap_blocks: int,
+                 wall: float) -> SimResult:
+    """Arrays, category seconds, work and time series of a finished run of one pool."""
+    req = log.requests
+    left = int(np.sum(log.status == UNFINISHED))
+    if left:
+        raise RuntimeError(f"{left} requests neither completed nor rejected (engine bug)")
+    sv = sc.serving
+    pp = sv.pp
+    unit = np.frombuffer(moments.unit, dtype=np.int32).astype(np.int64)
+    start = np.frombuffer(moments.start, dtype=np.float64)  # shares the array's memory
+    dur = np.frombuffer(moments.dur, dtype=np.float64)
+    kv_eng = np.frombuffer(moments.kv_used, dtype=np.int64)
+    if pp == 1:
+        replica, engine, kv_rep = unit, np.zeros(unit.size, dtype=np.int64), kv_eng
+    else:
+        replica, engine = unit // pp, unit % pp
+        kv_rep = _replica_kv(start, dur, replica, engine, kv_eng, pp)
+    m = {
+        "start_s": start,
+        "dur_s": dur,
+        "replica": replica,
+        "engine": engine,
+        "kind": np.frombuffer(moments.kind, dtype=np.int8).astype(np.int64),
+        "tokens": np.frombuffer(moments.tokens, dtype=np.int64),
+        "batch": np.frombuffer(moments.batch, dtype=np.int32).astype(np.int64),
+        "kv_blocks_used": kv_rep,
+        "kv_blocks_engine": kv_eng,
+        "running": np.frombuffer(moments.running, dtype=np.int32).astype(np.int64),
+    }
+    end = float(np.max(m["start_s"] + m["dur_s"])) if m["start_s"].size else 0.0
+    makespan = max(end, float(req.arrival_s[-1]) if len(req) else 0.0)
+    requests = {
+        "arrival_s": req.arrival_s, "prompt_len": req.prompt_len, "output_len": req.output_len,
+        "first_token_s": log.first_token_s, "finish_s": log.finish_s, "replica": log.replica,
+        "engine": log.engine, "status": log.status, "preemptions": log.preemptions,
+    }
+    cats = {}
+    for k, name in ((0, "prefill"), (1, "decode")):
+        est = moments.cat_est[k]
+        tot = float(est.sum())
+        scale = moments.kind_s[k] / tot if tot > 0 else 0.0
+        names = list(DEVICE_CATEGORIES) + ["host"]
+        cats[name] = {c: float(v) * scale for c, v in zip(names, est, strict=True)}
+    sm = moments.sm
+    flops, bytes_ = _work(moments.sums, sm.model, dt, sv)
+    re_flops = _recompute_flops(log.recomputed, sm.model, dt, sv)
+    ts = _timeseries(log, m, makespan, sv.replicas, pp, cap_blocks)
+    return SimResult(
+        requests=requests, reject_reasons=dict(log.reasons), moments=m, category_s=cats, timeseries=ts,
+        makespan_s=makespan, kv_capacity_blocks=cap_blocks, block_size=sv.block_size, replicas=sv.replicas,
+        devices_per_replica=sv.tp * sv.pp, clock_ghz=hw.device.clock_ghz, peak_flops=hw.device.peak_flops(dt.compute),
+        mem_bw=hw.device.bandwidth, total_flops=flops, total_bytes=bytes_,
+        host_busy_s=moments.count * (sm.issue_s + sm.overhead_s), scenario=sc, wall_s=wall,
+        stats={"moments": moments.count}, pp=pp, recomputed_tokens=int(log.recomputed[1]), recomputed_flops=re_flops,
+    )
+
+
+def _replica_kv(start: np.ndarray, dur: np.ndarray, replica: np.ndarray, engine: np.ndarray,
+                kv: np.ndarray, pp: int) -> np.ndarray:
+    """pp > 1: each moment's replica-wide KV blocks, the sum over the replica's virtual engines of
+    what each holds at the moment's start. A virtual engine holds, at time t, the KV of its moment
+    running at t (kv at that moment's start: blocks change only at moment boundaries) and none
+    when idle (an idle engine holds no request; like the time series, cached prefixes of an idle
+    engine are not counted). Moments are logged in time order, so a moment's index orders it;
+    one sorted search per virtual engine index, vectorised over all moments."""
+    M = start.size
+    total = np.zeros(M, dtype=np.int64)
+    if M == 0:
+        return total
+    idx = np.arange(M, dtype=np.int64)
+    upto = np.searchsorted(start, start, side="right")  # moments that started at or before each start
+    key_q = replica * (M + 1) + upto
+    end = start + dur
+    for e in range(pp):
+        sel = np.flatnonzero(engine == e)
+        if not sel.size:
+            continue
+        o = np.argsort(replica[sel], kind="stable")  # (replica, time) order
+        j = sel[o]
+        keys = replica[j] * (M + 1) + idx[j]
+        k = np.searchsorted(keys, key_q, side="left") - 1  # the engine's latest moment started by then
+        kc = np.maximum(k, 0)
+        hit = (k >= 0) & (replica[j[kc]] == replica) & (end[j[kc]] > start)
+        total += np.where(hit, kv[j[kc]], 0)
+    return total
+
+
+def _work(sums: list, model, dt: Dtypes, sv: Serving) -> tuple[float, float]:
+    """Total FLOPs and bytes of all devices from the running sums of batch aggregates.
+
+    The ops' FLOPs are linear in the aggregates (tokens, logit rows, prefill pairs, decode
+    contexts), so the ops of the summed aggregates give the sum exactly. Their bytes are linear
+    plus a per-moment constant (the weights streamed once per moment), added (moments - 1) more
+    times. Approximations: MoE experts touched and sliding windows are taken at the sums. The ops
+    are per device of a tp group over all layers; x tp gives all devices of the replicas.
+    """
+    M, LG, DS, DC, PS, PT, PP, PC = sums
+    if M == 0:
+        return 0.0, 0.0
+    ops = dense_ops(model, DS + PT, LG, dt, sv.tp, sv.pp, sv.ep, sv.moe_imbalance)
+    base = dense_ops(model, 0, 0, dt, sv.tp, sv.pp, sv.ep, sv.moe_imbalance)
+    att = attention_ops(model, Batch(int(DS), int(DC), int(PS), int(PT), float(PP), int(PC)), dt, sv.tp, sv.pp)
+    flops = sum(float(np.sum(o.flops)) for o in ops + att)
+    by = sum(float(np.sum(o.bytes)) for o in ops + att) + (M - 1) * sum(float(np.sum(o.bytes)) for o in base)
+    return flops * sv.tp, by * sv.tp
+
+
+def _recompute_flops(recomputed: list, model, dt: Dtypes, sv: Serving) -> float:
+    """FLOPs of all devices spent computing again the KV that preemptions dropped: the dense and
+    attention ops of the recomputed tokens' sums (linear in them, as in _work); no logits (the
+    token a re-prefill ends with is new work)."""
+    n, tokens, pairs, ctx = recomputed
+    if not tokens:
+        return 0.0
+    ops = dense_ops(model, tokens, 0, dt, sv.tp, sv.pp, sv.ep, sv.moe_imbalance)
+    att = attention_ops(model, Batch(0, 0, int(n), int(tokens), float(pairs), int(ctx)), dt, sv.tp, sv.pp)
+    return sum(float(np.sum(o.flops)) for o in ops + att) * sv.tp
+
+
+def _integral(t: np.ndarray, starts: np.ndarray, ends: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """For each time in t: integral from 0 of sum_j w_j [starts_j <= x < ends_j] dx (vectorised)."""
+    out = np.zeros(t.size)
+    for times, sign in ((starts, 1.0), (ends, -1.0)):
+        o = np.argsort(times, kind="stable")
+        ts, ws = times[o], w[o]
+        cw = np.concatenate(([0.0], np.cumsum(ws)))
+        cwt = np.concatenate(([0.0], np.cumsum(ws * ts)))
+        k = np.searchsorted(ts, t, side="right")
+        out += sign * (t * cw[k] - cwt[k])
+    return out
+
+
+def _timeseries(log: RequestLog, m: dict[str, np.ndarray], makespan: float, replicas: int, pp: int,
+                cap_blocks: int) -> dict[str, np.ndarray]:
+    """Interval averages on a fixed grid, exact: integrals of step functions via sorted prefix sums."""
+    n = TIMESERIES_POINTS
+    span = makespan if makespan > 0 else 1.0
+    edges = np.linspace(0.0, span, n + 1)
+    width = span / n
+    arr = log.requests.arrival_s
+    leave = np.where(log.status == COMPLETED, log.finish_s, arr)
+    ones = np.ones(arr.size)
+    out_i = _integral(edges, arr, leave, ones)
+    st, en = m["start_s"], m["start_s"] + m["dur_s"]
+    run_i = _integral(edges, st, en, m["running"].astype(float))
+    busy_i = _integral(edges, st, en, np.full(st.size, 1.0 / pp))  # each of pp stages: dur / pp
+    kv_i = _integral(edges, st, en, m["kv_blocks_engine"].astype(float))  # engines overlap: their sum
+    avg = lambda x: np.diff(x) / width
+    outstanding = avg(out_i)
+    running = avg(run_i)
+    return {
+        "t_s": edges[:-1].copy(),
+        "queue_len": np.maximum(outstanding - running, 0.0),
+        "running": running,
+        "kv_used_frac": avg(kv_i) / max(cap_blocks * replicas, 1),
+        "busy_frac": avg(busy_i) / replicas,
+        "outstanding": outstanding,
+    }
+
+
+__all__ = ["SimResult", "RequestLog", "MomentLog", "build_result", "COMPLETED", "REJECTED"]

@@ -1,0 +1,84 @@
+"""Chunked prefill as Sarathi-Serve (and vLLM v1) run it: every step carries all running decodes
+(one token each), then prefill chunks fill what is left of the token budget.
+
+Requests mid-prefill keep their place (`prefilling`, oldest first) and continue next step; a
+prompt of any length runs, a chunk at a time. Every running decode must fit the budget, so the
+batch is capped at max_batched_tokens sequences.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from simulator.serving.schedulers.base import DECODE, MIXED, PREFILL, Moment, Prefill, Scheduler
+
+if TYPE_CHECKING:
+    from simulator.serving.result import RequestLog
+    from simulator.serving.scenario import Serving
+
+
+class ChunkedScheduler(Scheduler):
+    def __init__(self, serving: Serving, requests: RequestLog, blocks: int, swap_s_per_block: float):
+        super().__init__(serving, requests, blocks, swap_s_per_block)
+        self.max_batch_size = min(self.max_batch_size, self.max_batched_tokens)
+
+    def schedule(self) -> Moment | None:
+        kv, d, pre, w = self.kv, self.decode, self.prefilling, self.waiting
+        maxb = self.max_batch_size
+        self.preempted = False
+        while True:
+            while w and w[0] in self.swapped and d.seqs + len(pre) < maxb:
+                if not self._swap_in(w[0], d.seqs + len(pre)):  # back into this step's decodes
+                    break
+            if d.seqs:
+                self._grow_decode()
+            B = d.seqs
+            rest = self.max_batched_tokens - B
+            chunks: list[tuple[Prefill, int]] = []
+            for st in pre.values():  # continue prefills, oldest first
+                if rest <= 0:
+                    break
+                done = st.done
+                ln = min(st.target - done, rest)  # vLLM v1: the chunk the budget allows, or none this step
+                if not kv.alloc(kv.blocks(done + ln) - kv.blocks(done)):
+                    continue
+                chunks.append((st, ln))
+                rest -= ln
+            n_seq = B + len(pre)
+            # vLLM v1: no new request joins a step that had to preempt one (it would take the
+            # blocks just freed and be the next victim: thrashing), unless nothing else runs
+            blocked = self.preempted and (B or chunks)
+            while rest > 0 and w and n_seq < maxb and not blocked:  # then start new ones
+                i = w[0]
+                if i in self.swapped:  # swapped requests rejoin first, at the next step
+                    break
+                got = self._admit(i, n_seq, rest)
+                if got is None:
+                    break
+                st, ln = got
+                self.admissions = st.token = self.admissions + 1
+                pre[i] = st
+                self.newest.append((st.token, i))
+                chunks.append(got)
+                rest -= ln
+                n_seq += 1
+            if not B and not chunks:
+                if pre:  # mid-prefill requests starved of blocks: restart the newest
+                    self._preempt_one()
+                    continue
+                return None
+            pt = 0
+            pairs = 0.0
+            pc = 0
+            completing = 0
+            for st, ln in chunks:
+                c = st.done
+                pt += ln
+                pairs += ln * c + ln * (ln + 1) / 2
+                pc += c
+                completing += c + ln == st.target
+                if self.computed:
+                    self._recomputed(st, ln)
+            kind = DECODE if not chunks else (PREFILL if not B else MIXED)
+            return Moment(kind, (B, d.base + B * d.step, len(chunks), pt, pairs, pc, B + completing),
+                          B + len(pre), chunks, self._take_swap_s())

@@ -1,0 +1,195 @@
+"""Each policy, router and the decode set on hand-built states: what one schedule() call plans
+(batch aggregates worked out by hand from the prompts, outputs and block size) and what
+on_step_done hands out, without the engine or a cost model."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simulator.moment.ops import Batch
+from simulator.serving.decodeset import DecodeSet
+from simulator.serving.kvcache import KVCache
+from simulator.serving.result import RequestLog
+from simulator.serving.routers import ROUTERS
+from simulator.serving.scenario import Serving
+from simulator.serving.schedulers import DECODE, MIXED, PREFILL, SCHEDULERS
+from simulator.serving.workload import Requests
+
+
+def make(kind: str, prompts: list[int], outputs: list[int], blocks: int, prefix: tuple[int, int] | None = None,
+         add: bool = True, **serving):
+    """A scheduler of `kind` with `blocks` KV blocks and the requests queued in order."""
+    n = len(prompts)
+    pid = np.full(n, -1 if prefix is None else prefix[0])
+    plen = np.full(n, 0 if prefix is None else prefix[1])
+    log = RequestLog(Requests(np.zeros(n), np.array(prompts), np.array(outputs), pid, plen))
+    s = SCHEDULERS[kind](Serving(scheduler=kind, **serving), log, blocks, 1e-3)
+    if add:
+        for i in range(n):
+            s.add(i)
+    return s, log
+
+
+def B(m) -> Batch:
+    """A moment's batch aggregates by name."""
+    return m.as_batch()
+
+
+def pairs(chunk: int, cached: int = 0) -> float:
+    """Causal query-key pairs of `chunk` new tokens after `cached` ones."""
+    return chunk * cached + chunk * (chunk + 1) / 2
+
+
+def test_kv_blocks_is_the_ceiling():
+    kv = KVCache(10, 16)
+    assert [kv.blocks(t) for t in (0, 1, 15, 16, 17, 32, 33)] == [0, 1, 1, 1, 2, 2, 3]
+
+
+def test_static_reserves_whole_requests_and_waits_for_the_batch():
+    # blocks of 4 tokens: prompt + output need 4, 6 and 8 blocks; 12 hold the first two only
+    s, log = make("static", [10, 20, 30], [3, 2, 1], blocks=12, block_size=4)
+    m = s.schedule()
+    assert (m.kind, B(m).prefill_seqs, B(m).prefill_tokens, B(m).prefill_pairs) == (PREFILL, 2, 30, pairs(10) + pairs(20))
+    assert (B(m).decode_seqs, B(m).logits, m.running, s.kv.used) == (0, 2, 2, 10)
+    s.on_step_done(m, 1.0)
+    assert log.first_token_s[:2].tolist() == [1.0, 1.0] and s.decode.seqs == 2
+    m = s.schedule()
+    assert (m.kind, B(m).decode_seqs, B(m).decode_ctx, B(m).logits) == (DECODE, 2, 10 + 20, 2)
+    s.on_step_done(m, 2.0)  # request 1 has its 2 tokens: its 6 blocks come back
+    assert log.finish_s[1] == 2.0 and s.kv.used == 4
+    m = s.schedule()  # request 2 would fit now (8 free), but the batch is not over
+    assert (m.kind, B(m).decode_seqs, B(m).decode_ctx) == (DECODE, 1, 11)
+    s.on_step_done(m, 3.0)
+    assert log.finish_s[0] == 3.0 and s.kv.used == 0
+    m = s.schedule()
+    assert (m.kind, B(m).prefill_tokens, B(m).prefill_pairs) == (PREFILL, 30, pairs(30))
+    s.on_step_done(m, 4.0)  # one output token: the first is the last
+    assert log.first_token_s[2] == log.finish_s[2] == 4.0
+    assert s.schedule() is None and s.drained and s.outstanding == 0
+
+
+def test_continuous_token_budget_and_prefills_first():
+    s, log = make("continuous", [100, 100, 100], [3, 3, 3], blocks=100, max_batched_tokens=250)
+    assert s.max_prompt_tokens == 250
+    m = s.schedule()  # the third prompt would exceed 250 tokens
+    assert (m.kind, B(m).prefill_seqs, B(m).prefill_tokens, B(m).logits, m.running) == (PREFILL, 2, 200, 2, 2)
+    s.on_step_done(m, 1.0)
+    m = s.schedule()  # vLLM v0: a waiting prompt runs before the next decode step
+    assert (m.kind, B(m).prefill_seqs, B(m).prefill_tokens, m.running) == (PREFILL, 1, 100, 3)
+    s.on_step_done(m, 2.0)
+    m = s.schedule()
+    assert (m.kind, B(m).decode_seqs, B(m).decode_ctx) == (DECODE, 3, 300)
+    s.on_step_done(m, 3.0)
+    m = s.schedule()
+    assert (m.kind, B(m).decode_seqs, B(m).decode_ctx) == (DECODE, 3, 303)
+    s.on_step_done(m, 4.0)
+    assert log.first_token_s.tolist() == [1.0, 1.0, 2.0] and log.finish_s.tolist() == [4.0, 4.0, 4.0]
+    assert s.schedule() is None and s.drained
+
+
+def test_continuous_preempts_the_newest_when_a_step_needs_blocks():
+    # 8-token prompts fill 2 blocks of 4 each; with 5 blocks the first decode step needs 2 new
+    # blocks and finds 1: the newest request is preempted (recompute) and its 2 blocks come back
+    s, log = make("continuous", [8, 8], [10, 10], blocks=5, block_size=4)
+    s.on_step_done(s.schedule(), 1.0)
+    assert s.kv.used == 4 and s.decode.new_blocks() == 2
+    m = s.schedule()
+    assert (m.kind, B(m).decode_seqs, B(m).decode_ctx) == (DECODE, 1, 8)
+    assert log.preemptions.tolist() == [0, 1] and list(s.waiting) == [1] and s.recompute == {1: 1}
+    assert s.kv.used == 3
+    s.on_step_done(m, 2.0)
+    # its re-prefill (8 prompt + 1 generated = 3 blocks) does not fit the 2 free: decode goes on
+    m = s.schedule()
+    assert (m.kind, B(m).decode_seqs, B(m).decode_ctx) == (DECODE, 1, 9)
+
+
+def test_continuous_swap_charges_the_transfer_to_the_next_moment():
+    s, log = make("continuous", [8, 8], [10, 10], blocks=5, block_size=4, preemption="swap")
+    s.on_step_done(s.schedule(), 1.0)
+    m = s.schedule()
+    assert s.swapped == {1: (8, 1)} and list(s.waiting) == [1]
+    assert m.extra_s == pytest.approx(2 * 1e-3) and s.swap_s == 0.0  # 2 blocks copied out, charged once
+
+
+def test_chunked_mixes_decodes_and_chunks_within_the_budget():
+    s, log = make("chunked", [10, 10, 100], [5, 5, 5], blocks=100, max_batched_tokens=64)
+    assert s.max_prompt_tokens is None
+    m = s.schedule()  # two whole prompts and a 44-token chunk of the third
+    assert (m.kind, B(m).prefill_seqs, B(m).prefill_tokens) == (PREFILL, 3, 64)
+    assert (B(m).prefill_pairs, B(m).logits, m.running) == (2 * pairs(10) + pairs(44), 2, 3)
+    s.on_step_done(m, 1.0)
+    assert log.first_token_s[:2].tolist() == [1.0, 1.0] and np.isnan(log.first_token_s[2])
+    m = s.schedule()  # 2 decodes + the remaining 56 tokens after 44 cached
+    assert (m.kind, B(m).decode_seqs, B(m).decode_ctx) == (MIXED, 2, 20)
+    assert (B(m).prefill_seqs, B(m).prefill_tokens, B(m).prefill_ctx, B(m).prefill_pairs) == (1, 56, 44, pairs(56, 44))
+    assert (B(m).logits, m.running, B(m).decode_seqs + B(m).prefill_tokens) == (3, 3, 58)
+    s.on_step_done(m, 2.0)
+    assert log.first_token_s[2] == 2.0 and not s.prefilling and s.decode.seqs == 3
+
+
+def test_chunked_caps_the_batch_at_the_token_budget():
+    s, _ = make("chunked", [1] * 10, [5] * 10, blocks=100, max_batched_tokens=4, max_batch_size=64)
+    assert s.max_batch_size == 4
+    assert B(s.schedule()).prefill_seqs == 4
+
+
+def test_prefix_caching_skips_a_resident_prefix_and_static_never_shares():
+    # a 32-token shared prefix = 2 blocks of 16; request 1 comes after request 0 finished
+    s, log = make("continuous", [40, 40], [1, 1], blocks=100, prefix=(7, 32), add=False, prefix_caching=True)
+    s.add(0)
+    m = s.schedule()
+    assert (B(m).prefill_tokens, B(m).prefill_ctx) == (40, 0)
+    s.on_step_done(m, 1.0)
+    assert s.kv.used == 2 and s.kv.evictable == 2  # the prefix stays, unused, evictable
+    s.add(1)
+    m = s.schedule()
+    assert (B(m).prefill_tokens, B(m).prefill_ctx, B(m).prefill_pairs) == (8, 32, pairs(8, 32))
+    static, _ = make("static", [40], [1], blocks=100, prefix=(7, 32), prefix_caching=True)
+    assert not static.prefix_caching and B(static.schedule()).prefill_tokens == 40
+
+
+def test_routers():
+    class Fake:
+        def __init__(self, outstanding):
+            self.outstanding = outstanding
+    rr = ROUTERS["round_robin"]([Fake(0)] * 3)
+    assert [rr.route(i) for i in range(5)] == [0, 1, 2, 0, 1]
+    scheds = [Fake(2), Fake(0), Fake(0)]
+    lo = ROUTERS["least_outstanding"](scheds)
+    assert lo.route(0) == 1  # the fewest, the first of a tie
+    scheds[1].outstanding = 5
+    assert lo.route(1) == 2
+    assert ROUTERS["least_outstanding"]([Fake(9)]).route(0) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(bs=st.integers(1, 8), ops=st.lists(st.tuples(st.sampled_from("eal"), st.integers(1, 40), st.integers(1, 9)),
+                                          max_size=60))
+def test_decode_set_matches_requests_advanced_one_by_one(bs, ops):
+    """The O(1) sums, new-block counts and finishers equal those of requests kept one by one."""
+    d = DecodeSet(bs)
+    plain: dict[int, list[int]] = {}  # request -> [cached, generated, remaining]
+    nxt = 0
+    for op, cached, remaining in ops:
+        if op == "e":
+            d.enter(nxt, cached, 1, remaining, token=nxt + 1, prefix_blocks=0, prefix_id=-1)
+            plain[nxt] = [cached, 1, remaining]
+            nxt += 1
+        elif op == "l" and plain:
+            i = sorted(plain)[cached % len(plain)]
+            c, g, _ = plain.pop(i)
+            assert d.leave(i)[:2] == (c, g)
+        else:
+            assert d.context == sum(v[0] for v in plain.values())
+            assert d.new_blocks() == sum(1 for v in plain.values() if v[0] % bs == 0)
+            for v in plain.values():
+                v[0] += 1
+                v[1] += 1
+                v[2] -= 1
+            done = [i for i, v in plain.items() if v[2] == 0]
+            assert sorted(d.advance()) == done
+            for i in done:
+                d.leave(i)
+                del plain[i]
+        assert d.seqs == len(plain)

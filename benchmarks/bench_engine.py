@@ -2,11 +2,12 @@
 
 Workload: Poisson arrivals at 90% of the replica's saturated throughput (measured first by a
 short burst run of the same workload, so the replica is busy but stable), lognormal prompts
-(mean 1000, sigma 0.5) and outputs (mean 250, sigma 0.5), continuous batching with
-max_batch_size 256, llama-3-8b on h100-sxm. Target: 1,000,000 requests in <= 60 s wall and
-<= 2 GB RSS on one core; 100,000 in a tenth of that.
+(mean 1000, sigma 0.5, at most 6144) and outputs (mean 250, sigma 0.5, at most 2048: within
+Llama 3's 8192 tokens), continuous batching with max_batch_size 256, llama-3-8b on h100-sxm.
+Target: 1,000,000 requests in <= 60 s wall and <= 1 GB RSS with every output written
+(--outputs) on one core; 100,000 in a tenth of that.
 
-    python3 benchmarks/bench_engine.py --requests 1000000
+    python3 benchmarks/bench_engine.py --requests 1000000 --outputs /tmp/bench-out
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def scenario(n: int, rate: float | None, seed: int = 0) -> Scenario:
         "model": "llama-3-8b", "hardware": "h100-sxm", "seed": seed,
         "serving": {"scheduler": "continuous", "max_batch_size": 256},
         "workload": {"num_requests": n, "arrival": arrival,
-                     "prompt_len": {"dist": "lognormal", "mean": 1000, "sigma": 0.5},
-                     "output_len": {"dist": "lognormal", "mean": 250, "sigma": 0.5}},
+                     "prompt_len": {"dist": "lognormal", "mean": 1000, "sigma": 0.5, "max": 6144},
+                     "output_len": {"dist": "lognormal", "mean": 250, "sigma": 0.5, "max": 2048}},
     })
 
 

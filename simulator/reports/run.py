@@ -18,7 +18,7 @@ import numpy as np
 from simulator.reports.metrics import KIND_NAMES, num, per_request, summarize
 from simulator.reports.outdir import out_dir, write_error
 from simulator.reports.progress import Progress
-from simulator.reports.tables import write_columns
+from simulator.reports.tables import Lazy, labels, write_columns
 from simulator.serving.engine import SimResult, check_scenario, simulate
 from simulator.serving.scenario import Scenario, load_scenario
 
@@ -45,7 +45,7 @@ def _write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str
     lat = per_request(r)
     n_req = len(q["arrival_s"])
     write_columns(out / "requests.csv", [
-        ("id", np.arange(n_req), "%d"),
+        ("id", Lazy(n_req, np.arange), "%d"),
         ("arrival_s", q["arrival_s"], "%.6f"),
         ("prompt_len", q["prompt_len"], "%d"),
         ("output_len", q["output_len"], "%d"),
@@ -55,18 +55,18 @@ def _write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str
         ("tpot_ms", lat["tpot_ms"], "%.4f"),
         ("e2e_ms", lat["e2e_ms"], "%.4f"),
         ("replica", q["replica"], "%d"),
-        ("engine", q.get("engine", np.zeros(n_req, dtype=int)), "%d"),
-        ("status", np.where(np.asarray(q["status"]) == 1, "rejected", "completed"), "%s"),
+        ("engine", q.get("engine", np.broadcast_to(0, n_req)), "%d"),
+        ("status", labels(("completed", "rejected"), np.asarray(q["status"])), "%s"),
         ("preemptions", q["preemptions"], "%d"),
     ])
     m = r.moments
     n_mom = len(m["start_s"])
     rows = write_columns(out / "moments.csv", [
         ("start_s", m["start_s"], "%.6f"),
-        ("dur_ms", np.asarray(m["dur_s"], dtype=float) * 1e3, "%.4f"),
+        ("dur_ms", Lazy(n_mom, lambda i, j: np.asarray(m["dur_s"][i:j], dtype=float) * 1e3), "%.4f"),
         ("replica", m["replica"], "%d"),
-        ("engine", m.get("engine", np.zeros(n_mom, dtype=int)), "%d"),
-        ("kind", np.asarray(KIND_NAMES)[np.asarray(m["kind"], dtype=int)], "%s"),
+        ("engine", m.get("engine", np.broadcast_to(0, n_mom)), "%d"),
+        ("kind", labels(KIND_NAMES, np.asarray(m["kind"])), "%s"),
         ("tokens", m["tokens"], "%d"),
         ("batch", m["batch"], "%d"),
         ("kv_blocks_used", m["kv_blocks_used"], "%d"),

@@ -18,8 +18,8 @@ from simulator.serving.scenario import Scenario
 
 # Measured with benchmarks/bench_memory.py: peak RSS of simulate + summarize + write_outputs
 # (as run --out), less the interpreter's and the libraries', per request and per moment.
-BYTES_PER_REQUEST = 211
-BYTES_PER_MOMENT = 161
+BYTES_PER_REQUEST = 117
+BYTES_PER_MOMENT = 83
 BYTES_PER_ENGINE = 64 * 1024  # one replica's (or virtual engine's) scheduler state, its block residues
 
 
@@ -82,4 +82,4 @@ def check_memory(sc: Scenario, where: str) -> None:
     raise InputError(where, "workload.num_requests",
                      f"{n:,} requests need at least {need / 1e9:.2f} GB of memory here ({BYTES_PER_REQUEST} bytes "
                      f"each and {least_moments(sc):,}+ moments), but {max(room, 0) / 1e9:.2f} GB is available; "
-                     f"about {fit:,} requests would fit")
+                     f"at most about {fit:,} requests could fit")

@@ -232,6 +232,26 @@ def test_run_that_cannot_fit_in_memory_is_refused_first(tmp_path: Path, capsys: 
     assert budget.needed_bytes(load_scenario(p)) >= 100_000_000 * budget.BYTES_PER_REQUEST
 
 
+def test_run_too_big_for_the_address_space_is_one_line(tmp_path: Path) -> None:
+    """The real process under a 1 GB address-space limit: 20M requests (2.3 GB at 117 bytes each)
+    are refused before anything is drawn or simulated."""
+    p = write(tmp_path / "s.yaml", with_(TINY, "workload.num_requests", 20_000_000))
+    r = cli("run", str(p), mem_bytes=1 << 30, timeout=60)
+    assert_one_line(r)
+    assert "workload.num_requests" in r.stderr and "GB" in r.stderr
+
+
+def test_out_of_memory_that_slipped_past_the_estimate_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import simulator.reports.run as run_mod
+
+    def boom(*a: Any, **k: Any) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(run_mod, "simulate", boom)
+    assert "out of memory" in one_line_exit_2(capsys, "run", str(write(tmp_path / "s.yaml", TINY)))
+
+
 # -- 6. tracebacks where one line is promised ------------------------------------------------------
 def test_tp2_on_hardware_without_link(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     hw = load_hardware("h100-sxm").model_dump(mode="json")

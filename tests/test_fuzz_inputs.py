@@ -311,20 +311,21 @@ def _submodels(ann: Any) -> list[type[BaseModel]]:
     return out
 
 
-def numeric_fields(root: type[BaseModel]) -> set[str]:
-    """Model.field of every numeric field reachable from `root`."""
-    seen: set[str] = set()
-    todo, done = [root], set()
+def models(root: type[BaseModel]) -> list[type[BaseModel]]:
+    """Every pydantic model reachable from `root` through its fields, once each."""
+    todo, done = [root], []
     while todo:
         m = todo.pop()
-        if m in done:
-            continue
-        done.add(m)
-        for name, f in m.model_fields.items():
-            if _leaf_kind(f.annotation):
-                seen.add(f"{m.__name__}.{name}")
-            todo += _submodels(f.annotation)
-    return seen
+        if m not in done:
+            done.append(m)
+            todo += [s for f in m.model_fields.values() for s in _submodels(f.annotation)]
+    return done
+
+
+def numeric_fields(root: type[BaseModel]) -> set[str]:
+    """Model.field of every numeric field reachable from `root`."""
+    return {f"{m.__name__}.{name}" for m in models(root) for name, f in m.model_fields.items()
+            if _leaf_kind(f.annotation)}
 
 
 def _pick(models: list[type[BaseModel]], data: dict[str, Any]) -> type[BaseModel] | None:
@@ -485,9 +486,11 @@ def _schema_cases(tmp: Path) -> tuple[list[dict[str, Any]], set[str]]:
 
 
 CHILD = r"""
-import contextlib, io, json, sys, time
+import contextlib, functools, io, json, sys, time
 from hwmodels.errors import InputError
+import simulator.cli
 from simulator.cli import main
+simulator.cli.build_parser = functools.lru_cache(maxsize=1)(simulator.cli.build_parser)  # one parser, reused
 from simulator.studies.plan_schema import load_plan
 from simulator.studies.sweep import load_sweep
 
@@ -534,26 +537,19 @@ def test_every_numeric_field_has_physical_bounds() -> None:
     from simulator.studies.sweep_schema import Sweep
 
     missing = []
-    for root in (Scenario, Hardware, ModelSpec, Sweep, Plan):
-        todo, done = [root], set()
-        while todo:
-            m = todo.pop()
-            if m in done:
+    for m in {m for root in (Scenario, Hardware, ModelSpec, Sweep, Plan) for m in models(root)}:
+        assert m.model_config.get("strict") and m.model_config.get("allow_inf_nan") is False, m.__name__
+        for name, f in m.model_fields.items():
+            if not _leaf_kind(f.annotation):
                 continue
-            done.add(m)
-            assert m.model_config.get("strict") and m.model_config.get("allow_inf_nan") is False, m.__name__
-            for name, f in m.model_fields.items():
-                todo += _submodels(f.annotation)
-                if not _leaf_kind(f.annotation):
-                    continue
-                metas = list(f.metadata)
-                for o in _options(f.annotation):  # dict values and list items carry their own
-                    for a in get_args(o):
-                        metas += [x for meta in getattr(a, "__metadata__", ()) for x in getattr(meta, "metadata", [meta])]
-                lo = any(hasattr(x, "ge") or hasattr(x, "gt") for x in metas)
-                hi = any(hasattr(x, "le") or hasattr(x, "lt") for x in metas)
-                if not (lo and hi):
-                    missing.append(f"{m.__name__}.{name}")
+            metas = list(f.metadata)
+            for o in _options(f.annotation):  # dict values and list items carry their own
+                for a in get_args(o):
+                    metas += [x for meta in getattr(a, "__metadata__", ()) for x in getattr(meta, "metadata", [meta])]
+            lo = any(hasattr(x, "ge") or hasattr(x, "gt") for x in metas)
+            hi = any(hasattr(x, "le") or hasattr(x, "lt") for x in metas)
+            if not (lo and hi):
+                missing.append(f"{m.__name__}.{name}")
     assert not missing, missing
 
 

@@ -36,12 +36,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import simpy
 
-from hwmodels.errors import InputError
+from hwmodels.errors import InputError, open_regular
 from hwmodels.load import load_hardware
 from hwmodels.spec import Hardware
 from simulator.moment.cost import StepModel, check_parallelism, step_model
@@ -205,8 +204,11 @@ def check_scenario(sc: Scenario, where: str = "scenario") -> tuple[ModelSpec, Ha
         raise InputError(where, field, str(e)) from None
     dt = Dtypes.of(model, s.weight_dtype, s.act_dtype, s.kv_dtype, plain="bf16")
     arr = sc.workload.arrival
-    if arr.process == "trace" and arr.path and not Path(arr.path).is_file():
-        raise InputError(where, "workload.arrival.path", f"trace file not found: {arr.path}")
+    if arr.process == "trace" and arr.path:
+        try:
+            open_regular(arr.path, "trace file").close()
+        except InputError as e:
+            raise InputError(where, "workload.arrival.path", f"{arr.path}: {e.message}") from None
     check_fits(model, hw, s.tp, s.pp, dt, s.gpu_memory_utilization, s.activation_reserve_gb,
                min_tokens=s.block_size * s.pp, where=f"{where}: model/hardware", ep=s.ep)
     check_memory(sc, where)

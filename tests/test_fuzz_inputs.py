@@ -459,6 +459,8 @@ def _schema_cases(tmp: Path) -> tuple[list[dict[str, Any]], set[str]]:
     ]
     for model, base, kind, suffix in plan:
         for path, leaf, name in targets(model, base, present_only=model is ModelSpec):
+            if name in covered:  # a field the bases share is fuzzed in the first that holds it
+                continue
             covered.add(name)
             as_json = suffix == ".json"
             text = _dump(inject(base, path, leaf, HOLE), as_json)

@@ -36,17 +36,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
+import numpy as np
 import simpy
 
-from hwmodels.errors import InputError
+from hwmodels.errors import InputError, open_regular
 from hwmodels.load import load_hardware
 from hwmodels.spec import Hardware
 from simulator.moment.cost import StepModel, check_parallelism, step_model
 from simulator.moment.memory import check_fits, footprint
 from simulator.moment.model import ModelSpec, load_model
 from simulator.moment.ops import Dtypes
+from simulator.serving.budget import check_memory
 from simulator.serving.result import (
     COMPLETED,
     REJECTED,
@@ -61,10 +62,13 @@ from simulator.serving.schedulers import DECODE, MIXED, PREFILL, SCHEDULERS, Sch
 from simulator.serving.workload import make_requests
 
 PCIE_BW = 25e9  # bytes/s host<->device for swap preemption (PCIe 4/5 x16, achieved)
+INF = float("inf")
+ARRIVAL_CHUNK = 65_536
 
 R_KV = "exceeds kv capacity"                    # prompt + output can never fit a replica's KV cache
 R_TOKENS = "prompt > max_batched_tokens"        # continuous (vLLM v0) cannot chunk a prompt
 R_QUEUE = "queue full"                          # serving.max_queue requests already waiting
+R_CONTEXT = "exceeds max_position_embeddings"   # prompt + output longer than the model serves (vLLM: max_model_len)
 
 
 class Replica:
@@ -100,6 +104,9 @@ class Replica:
                 yield self.wake
                 continue
             dt = cost(*m.batch) + m.extra_s
+            if not 0.0 < dt < INF:  # simulated time must advance by a finite step (schema bounds keep it so)
+                raise InputError("hardware", "", f"a moment of {dt} s: simulated time would not advance; check "
+                                 "the hardware's and model's numbers")
             add(unit, env.now, dt, m, kv.capacity - kv.free)  # KV used at its start (speed: kv.used inlined)
             yield timeout(dt)
             done(m, env.now)
@@ -122,6 +129,7 @@ class Pool:
                         for e in range(pp) for r in range(serving.replicas)]  # engine-major
         self.router = ROUTERS[serving.router]([r.scheduler for r in self.engines])
         self.cap_tokens = blocks * serving.block_size  # a request lives on one virtual engine
+        self.max_len = sm.model.max_position_embeddings or 1 << 62
         self.max_prompt_tokens = self.engines[0].scheduler.max_prompt_tokens
         self.siblings = {r.rid: [e for e in self.engines if e.rid == r.rid] for r in self.engines}
         for r in self.engines:
@@ -131,7 +139,9 @@ class Pool:
         """Reject request i if it can never run here or the queue is full; else route it."""
         rq = self.requests
         p = rq.prompt_len[i]
-        if p + rq.output_len[i] > self.cap_tokens:
+        if p + rq.output_len[i] > self.max_len:
+            rq.reject(i, R_CONTEXT)
+        elif p + rq.output_len[i] > self.cap_tokens:
             rq.reject(i, R_KV)
         elif self.max_prompt_tokens is not None and p > self.max_prompt_tokens:
             rq.reject(i, R_TOKENS)
@@ -152,15 +162,17 @@ class Pool:
                 raise RuntimeError(f"{r.name} ended holding KV blocks (engine bug)")
 
 
-def _arrivals(env: simpy.Environment, arrival_s: list[float], submit: Callable[[int], None]) -> Iterator[simpy.Event]:
-    """Hand each request to the pool at its arrival time (all of one instant at once)."""
-    n = len(arrival_s)
+def _arrivals(env: simpy.Environment, arrival_s: np.ndarray, submit: Callable[[int], None]) -> Iterator[simpy.Event]:
+    """Hand each request to the pool at its arrival time (all of one instant at once). The times
+    are read a chunk at a time: a list of 10M floats would hold 320 MB for the whole run."""
     i = 0
-    while i < n:
-        t = arrival_s[i]
-        if t > env.now:
-            yield env.timeout(t - env.now)
-        while i < n and arrival_s[i] <= t:
+    instant = -INF
+    for lo in range(0, arrival_s.size, ARRIVAL_CHUNK):
+        for t in arrival_s[lo:lo + ARRIVAL_CHUNK].tolist():  # speed: Python floats, a chunk at a time
+            if t > instant:  # a new instant: wait for it
+                instant = t
+                if t > env.now:
+                    yield env.timeout(t - env.now)
             submit(i)
             i += 1
 
@@ -192,10 +204,14 @@ def check_scenario(sc: Scenario, where: str = "scenario") -> tuple[ModelSpec, Ha
         raise InputError(where, field, str(e)) from None
     dt = Dtypes.of(model, s.weight_dtype, s.act_dtype, s.kv_dtype, plain="bf16")
     arr = sc.workload.arrival
-    if arr.process == "trace" and arr.path and not Path(arr.path).is_file():
-        raise InputError(where, "workload.arrival.path", f"trace file not found: {arr.path}")
+    if arr.process == "trace" and arr.path:
+        try:
+            open_regular(arr.path, "trace file").close()
+        except InputError as e:
+            raise InputError(where, "workload.arrival.path", f"{arr.path}: {e.message}") from None
     check_fits(model, hw, s.tp, s.pp, dt, s.gpu_memory_utilization, s.activation_reserve_gb,
                min_tokens=s.block_size * s.pp, where=f"{where}: model/hardware", ep=s.ep)
+    check_memory(sc, where)
     return model, hw, dt
 
 
@@ -212,7 +228,7 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     env = simpy.Environment()
     requests = RequestLog(req)
     pool = Pool(env, sv, sm, cap_blocks, requests, MomentLog(sm, requests, progress))
-    env.process(_arrivals(env, req.arrival_s.tolist(), pool.submit))
+    env.process(_arrivals(env, req.arrival_s, pool.submit))
     env.run()
     if progress is not None:
         progress(1.0)

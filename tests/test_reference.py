@@ -12,7 +12,11 @@ in simulator/serving/schedulers states it, with the paged KV cache's rules:
   prefix, which are held once per replica (refcounted; at refcount 0 they stay cached, and are
   evicted least recently released first when free blocks run out);
 - admission needs room for the request's blocks (its first chunk's, or its whole prefill's)
-  and keeps 1 % of the blocks free (vLLM's watermark) unless nothing runs;
+  and keeps 1 % of the blocks free (vLLM's watermark) unless nothing runs; a chunk is what the
+  token budget allows or nothing (never a sliver of the free blocks), and no request joins a
+  step that had to preempt one unless nothing else runs (vLLM v1's guards against thrashing);
+- requests longer than the model's max_position_embeddings are rejected on arrival;
+- prefill tokens a request had computed before a recompute preemption are counted again;
 - a decode step first allocates the blocks its tokens open; when they do not fit, the running
   request that most recently started its prefill or its decoding is preempted: by recompute
   (its KV is dropped, it later recomputes prompt + generated tokens) or by swap (its blocks go
@@ -72,6 +76,7 @@ class Req:
     stamp: int = 0          # when it last started a prefill or decoding (preemption order)
     swapped_blocks: int = 0
     preemptions: int = 0
+    had: int = 0            # tokens it had with KV when a preemption dropped them (0: none to redo)
     first: float = float("nan")
     finish: float = float("nan")
 
@@ -101,6 +106,7 @@ class Reference:
                                sv.kernels).step_agg
         fp = footprint(model, hw, sv.tp, 1, dt, sv.gpu_memory_utilization, sv.activation_reserve_gb, sv.ep)
         self.bs = sv.block_size
+        self.max_len = model.max_position_embeddings
         self.capacity = fp.kv_capacity_tokens // self.bs
         self.watermark = int(0.01 * self.capacity)
         self.swap_s_per_block = self.bs * model.kv_bytes_per_token(sv.kv_dtype, sv.tp, 1) / PCIE_BW
@@ -120,6 +126,8 @@ class Reference:
         self.released: list[int] = []             # prefixes nobody uses, least recently released first
         self.stamps = 0
         self.swap_s = 0.0
+        self.preempted = False  # in the step being planned
+        self.recomputed = 0     # prefill tokens computed again after a recompute preemption
         self.moments: list[tuple] = []
 
     # -- blocks --------------------------------------------------------------------------------------
@@ -188,9 +196,9 @@ class Reference:
             n = r.tokens - cached
             if n > whole_limit or self.blocks(r.tokens) - pb > room:
                 return 0
-        else:
-            n = min(r.tokens - cached, chunk_room, (pb + room) * self.bs - cached)
-            if n <= 0:
+        else:  # the chunk the token budget allows, if its blocks fit; never a sliver (vLLM v1)
+            n = min(r.tokens - cached, chunk_room)
+            if self.blocks(cached + n) - pb > room:
                 return 0
         if pid >= 0 and pid not in self.prefixes and pb > self.available():
             return 0  # the prefix's blocks do not fit (room may be negative while a chunk is not)
@@ -234,8 +242,10 @@ class Reference:
             self.swap_s += moved * self.swap_s_per_block
         else:  # everything it computed is recomputed later: prompt + generated tokens
             r.state = "waiting"
+            r.had = max(r.had, r.computed)
             r.computed = 0
         r.preemptions += 1
+        self.preempted = True
         self.waiting.insert(0, r)
         return True
 
@@ -298,6 +308,7 @@ class Reference:
     def plan_chunked(self) -> Step | None:
         """Sarathi-Serve / vLLM v1: every decode, then chunks of started prompts (oldest first),
         then new prompts, within the token budget and the batch size."""
+        self.preempted = False
         while True:
             while (self.waiting and self.waiting[0].state == "swapped"
                    and len(self.running()) < self.maxb and self.swap_in(self.waiting[0], len(self.running()))):
@@ -311,14 +322,15 @@ class Reference:
                 if rest <= 0:
                     break
                 pb = self.prefixes[r.prefix][0] if r.prefix >= 0 else 0
-                n = min(r.tokens - r.computed, rest, (self.blocks(r.computed) + self.available()) * self.bs - r.computed)
-                if n <= 0:
+                n = min(r.tokens - r.computed, rest)  # the chunk the budget allows, or none this step
+                if not self.take(self.blocks(r.computed + n) - self.blocks(r.computed)):
                     continue
-                assert self.take(self.blocks(r.computed + n) - self.blocks(r.computed))
                 r.own = self.blocks(r.computed + n) - pb
                 chunks.append((r, n))
                 rest -= n
-            while rest > 0 and self.waiting and len(self.running()) < self.maxb:
+            # no new request joins a step that had to preempt one, unless nothing else runs
+            blocked = self.preempted and (decodes or chunks)
+            while rest > 0 and self.waiting and len(self.running()) < self.maxb and not blocked:
                 r = self.waiting[0]
                 if r.state == "swapped":
                     break
@@ -342,7 +354,9 @@ class Reference:
     # -- the run -------------------------------------------------------------------------------------
     def arrive(self, r: Req) -> None:
         sv = self.sv
-        if r.prompt + r.output > self.capacity * self.bs:
+        if r.prompt + r.output > self.max_len:
+            r.state = "rejected"
+        elif r.prompt + r.output > self.capacity * self.bs:
             r.state = "rejected"
         elif sv.scheduler == "continuous" and r.prompt > sv.max_batched_tokens:
             r.state = "rejected"
@@ -392,6 +406,10 @@ class Reference:
                 r.computed += 1
                 self.finish_token(r, now)
             for r, n in step.chunks:
+                if r.had:  # tokens it had before a preemption dropped their KV: work done again
+                    self.recomputed += max(0, min(r.computed + n, r.had) - r.computed)
+                    if r.computed + n >= r.had:
+                        r.had = 0
                 r.computed += n
                 if r.computed == r.tokens:
                     self.finish_token(r, now)
@@ -414,6 +432,7 @@ def compare(sc: Scenario) -> tuple:
     np.testing.assert_array_equal(q["first_token_s"], [r.first for r in reqs])  # NaN: rejected
     np.testing.assert_array_equal(q["finish_s"], [r.finish for r in reqs])
     assert q["preemptions"].tolist() == [r.preemptions for r in reqs]
+    assert got.recomputed_tokens == ref.recomputed
     return got
 
 

@@ -297,3 +297,16 @@ def test_collective_errors_say_what_is_missing():
     for kind in ("attn_prefill", "attn_decode"):
         with pytest.raises(ValueError, match=f"^{kind} is priced by hwmodels.attention"):
             op_time(kind, "attention", 1.0, 1.0, 1, "bf16", hw())
+
+
+def test_the_devices_launch_time_bounds_every_eager_kernel_not_graph_replays():
+    e = Efficiency(floor_us=3.0, elementwise_floor_us=1.0, graph_floor_us=0.5)
+    assert floor_us(e, True, launch_us=4.0) == 4.0 and floor_us(e, False, launch_us=2.0) == 2.0
+    assert floor_us(e, True, launch_us=2.0) == 3.0 and floor_us(e, False, launch_us=0.5) == 1.0
+    assert floor_us(e, True, graph=True, launch_us=9.0) == 2.5  # a graph has no launch gaps
+    h = hw(elementwise_floor_us=1.0, graph_floor_us=0.5)
+    h = h.model_copy(update={"device": h.device.model_copy(update={"kernel_launch_us": 4.0})})
+    assert float(stream_time("norm", 0.0, 2, h)) == exactly(8e-6)
+    assert float(stream_time("norm", 0.0, 2, h, graph=True)) == exactly(1e-6)
+    assert float(op_time("gemm", "ffn_up", 0.0, 0.0, 2, "bf16", h)) == exactly(8e-6)
+    assert float(op_time("gemm", "ffn_up", 0.0, 0.0, 2, "bf16", h, graph=True)) == exactly(2 * 2.5e-6)

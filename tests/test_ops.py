@@ -121,6 +121,7 @@ def test_more_tp_never_adds_per_device_flops(name, tp, batch, ctx):
     ("sliding", 4, 1, 2, 1, 2 + 3),           # inside the window: the causal pairs
     ("sliding", 4, 2, 6, 4, 2 * (3 + 4 + 4)),  # two chunks alike (3 new after 2 cached each)
     ("sliding", 4, 0, 3, 0, 1 + 2 + 3),        # no sequence count: one chunk
+    ("sliding", 4, 1, 2, 6, 4 + 4),            # far past the window: 4 keys each
     # chunked attention, chunks of 4: positions 3..7 see 3, 4, then 1, 2, 3 keys of their own chunk
     ("chunked", 4, 1, 5, 2, 3 + 4 + 1 + 2 + 3),
 ])
@@ -152,6 +153,10 @@ def test_pipeline_stages_and_expert_parallel_checks_reach_the_ops():
     assert total_flops(two) == pytest.approx(total_flops(one))
     assert [o.layers for o in attn(two, "attn_decode")] == [o.layers for o in attn(one, "attn_decode")]
     assert [o.name for o in two if o.kind == "send"] and not [o for o in one if o.kind == "send"]
+    # expert parallelism: the busiest device's expert rows scale with the imbalance asked for
+    rows = [next(float(o.m) for o in step_ops(m, Batch.of(decode=[(64, 100)]), tp=2, ep=2, moe_imbalance=x)
+                 if o.name == "experts_up") for x in (1.0, 1.5)]
+    assert rows[1] == pytest.approx(1.5 * rows[0])
     with pytest.raises(ValueError, match="ep=2 must be 1 or equal tp=1"):
         step_ops(m, b, ep=2)
     with pytest.raises(ValueError, match="pp=5 must divide num_hidden_layers=48"):

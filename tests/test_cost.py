@@ -147,3 +147,54 @@ def test_async_scheduling_hides_the_per_step_overhead():
     assert e.step_s(b) == pytest.approx(e.issue_s + e.tail_s(8) + e.overhead_s)
     by_hand = sum(float(op_seconds(o, H100, e.dtypes)) for o in e.ops(0, 8) if o.name in TAIL_OPS)
     assert e.tail_s(8) == pytest.approx(by_hand)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["llama-3.2-1b", "mixtral-8x7b", "gemma-2-9b"]), st.sampled_from(["graph", "eager"]),
+       st.integers(0, 600), st.integers(0, 10**6), st.integers(0, 3), st.integers(0, 9000), st.integers(0, 10**5))
+def test_the_engines_step_agg_is_step_s(name, mode, ds, dc, ps, pt, pc):
+    """StepModel.step_agg (the engine's hot path: tables grown on demand) equals step_s, and a
+    step's breakdown is its ops priced one by one: the token-count table (dense[tokens] +
+    lm[logits]) is only a cache of op_seconds, attention is attention_s."""
+    s = sm(name, mode=mode)
+    pt = pt if ps else 0
+    ds = ds if ds + pt else 1
+    dc = dc if ds else 0
+    b = Batch(ds, dc, ps, pt, pt * (pt + 1) / 2 + pt * pc, pc if ps else 0, ds + ps)
+    assert s.step_agg(*(b.decode_seqs, b.decode_ctx, b.prefill_seqs, b.prefill_tokens, b.prefill_pairs,
+                        b.prefill_ctx, b.logit_rows)) == s.step_s(b)
+    c = s.cost(b)
+    by_op = dict.fromkeys(c.breakdown_ms, 0.0)
+    for o in s.ops(b.tokens, b.logit_rows):
+        by_op[o.category] += float(op_seconds(o, s.hw, s.dtypes, s.tp, s.graph)) * 1e3
+    by_op["attention"] += s.attention_s(ds, dc, pt, b.prefill_pairs, b.prefill_ctx, ps) * 1e3
+    for k, v in by_op.items():
+        if k != "host":
+            assert c.breakdown_ms[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+    assert c.host_ms == pytest.approx((s.issue_s + s.overhead_s) * 1e3, rel=1e-12)
+    assert c.breakdown_ms["host"] == pytest.approx(c.step_ms - c.device_ms, rel=1e-9, abs=1e-12)
+
+
+def test_a_step_without_tokens_is_refused_and_the_json_rounds_to_nanoseconds():
+    with pytest.raises(ValueError, match="^a step needs at least one token$"):
+        sm().cost(Batch())
+    c = sm().cost(Batch.of(decode=[(3, 100)]))
+    d = c.as_dict()
+    assert d == {"step_ms": round(c.step_ms, 6), "device_ms": round(c.device_ms, 6), "host_ms": round(c.host_ms, 6),
+                 "breakdown_ms": {k: round(v, 6) for k, v in c.breakdown_ms.items()}}
+    assert 0 < d["step_ms"] and d["step_ms"] != c.step_ms  # rounded: 1 ns in ms
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["llama-3-8b", "gemma-2-9b", "mistral-7b", "qwen3-30b-a3b"]), st.integers(0, 300),
+       st.integers(0, 10**6), st.integers(0, 4), st.integers(0, 9000), st.integers(0, 10**5))
+def test_closed_form_attention_at_tp_2(name, ds, dc, ps, pt, pc):
+    s = sm(name, tp=2)
+    pt = pt if ps else 0
+    b = Batch(ds, dc if ds else 0, ps, pt, pt * (pt + 1) / 2 + pt * pc, pc if ps else 0)
+    assert s.attention_s(b.decode_seqs, b.decode_ctx, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx,
+                         b.prefill_seqs) == pytest.approx(s.attention_ops_s(b), rel=1e-9, abs=1e-15)
+    if ds or pt:
+        one = sm(name)
+        assert s.attention_s(ds, b.decode_ctx, pt, b.prefill_pairs, b.prefill_ctx, ps) < one.attention_s(
+            ds, b.decode_ctx, pt, b.prefill_pairs, b.prefill_ctx, ps)  # half the heads per device

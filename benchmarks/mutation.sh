@@ -4,6 +4,7 @@
 #   benchmarks/mutation.sh                 # every module below, one after another
 #   benchmarks/mutation.sh roofline kvcache
 #   JOBS=1 benchmarks/mutation.sh cost     # mutants run in parallel: JOBS (default 2)
+#   benchmarks/mutation.sh --recheck cost  # the last run's survivors again, with today's tests
 #
 # Each module runs in its own scratch copy of this working tree (/tmp/momentsim-mutation/NAME,
 # or $MUTATION_DIR/NAME) with mutmut told to mutate that module only and to run only the test
@@ -34,6 +35,11 @@ declare -A MODULES=(
 )
 ORDER=(roofline model ops cost kvcache decodeset schedulers engine result metrics)
 
+recheck=0
+if [ "${1:-}" = "--recheck" ]; then  # survivors of the last run again, with today's tests
+  recheck=1
+  shift
+fi
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${ORDER[@]}")
 
@@ -46,6 +52,20 @@ for name in "${names[@]}"; do
   src="${spec%%|*}"
   tests="${spec#*|}"
   dir="$scratch/$name"
+  if [ "$recheck" = 1 ]; then
+    # the module's source must be as it was for that run; only the tests are copied again
+    (
+      cd "$dir"
+      unset PYTHONPATH
+      cp -r "$here/tests/." tests/ && cp -r "$here/tests/." mutants/tests/
+      survivors=$(mutmut results 2>/dev/null | awk '$2 == "survived" {sub(":$", "", $1); print $1}')
+      # shellcheck disable=SC2086
+      [ -z "$survivors" ] || mutmut run --max-children "$jobs" $survivors >> mutmut-run.log 2>&1 || true
+      mutmut export-cicd-stats > /dev/null 2>&1 || true
+      echo "$name (recheck): $(mutmut results 2>/dev/null | grep -c ': survived') survivors"
+    )
+    continue
+  fi
   rm -rf "$dir"
   mkdir -p "$dir"
   # the working tree as it is (tracked and new files, not ignored ones)

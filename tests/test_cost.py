@@ -172,6 +172,8 @@ def test_the_engines_step_agg_is_step_s(name, mode, ds, dc, ps, pt, pc):
         if k != "host":
             assert c.breakdown_ms[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
     assert c.host_ms == pytest.approx((s.issue_s + s.overhead_s) * 1e3, rel=1e-12)
+    assert (c.step_ms, c.device_ms) == (pytest.approx(s.step_s(b) * 1e3, rel=1e-12),
+                                        pytest.approx(s.device_s(b) * 1e3, rel=1e-12))
     assert c.breakdown_ms["host"] == pytest.approx(c.step_ms - c.device_ms, rel=1e-9, abs=1e-12)
 
 
@@ -198,3 +200,23 @@ def test_closed_form_attention_at_tp_2(name, ds, dc, ps, pt, pc):
         one = sm(name)
         assert s.attention_s(ds, b.decode_ctx, pt, b.prefill_pairs, b.prefill_ctx, ps) < one.attention_s(
             ds, b.decode_ctx, pt, b.prefill_pairs, b.prefill_ctx, ps)  # half the heads per device
+
+
+@pytest.mark.parametrize("entry", ["step_agg", "cost", "tail_s"])
+def test_a_fresh_step_model_grows_its_tables_for_any_step(entry):
+    """However many tokens or logit rows a step has, a new StepModel answers as one that was
+    already grown (the tables over token counts grow on demand, to any size)."""
+    from simulator.moment.cost import StepModel
+    m = load_model("llama-3.2-1b")
+    grown = StepModel(m, H100)
+    grown.step_s(Batch(1, 1, 1, 20000, 1.0, 0, 20000))  # tables past every size below
+    for n in [*range(4090, 4105), *range(8190, 8200), 16384, 16385]:
+        fresh = StepModel(m, H100)
+        if entry == "step_agg":
+            assert fresh.step_agg(n, n, 0, 0, 0.0, 0, n) == grown.step_agg(n, n, 0, 0, 0.0, 0, n)
+            fresh = StepModel(m, H100)
+            assert fresh.step_agg(0, 0, 1, n, n * (n + 1) / 2, 0, 1) == grown.step_agg(0, 0, 1, n, n * (n + 1) / 2, 0, 1)
+        elif entry == "cost":
+            assert fresh.cost(Batch(n, n)).step_ms == grown.cost(Batch(n, n)).step_ms
+        else:
+            assert fresh.tail_s(n) == grown.tail_s(n)

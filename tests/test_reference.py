@@ -463,11 +463,13 @@ def tiny_hw(path, kv_tokens: int) -> str:
 
 @pytest.mark.parametrize("sched", ["continuous", "chunked"])
 @pytest.mark.parametrize("preemption", ["recompute", "swap"])
-def test_engine_equals_the_reference_under_kv_pressure_with_prefixes(tmp_path, sched, preemption):
-    """Short KV: requests wait for blocks, are preempted (and swapped), and share two prefixes."""
+@pytest.mark.parametrize("maxb", [32, 4])
+def test_engine_equals_the_reference_under_kv_pressure_with_prefixes(tmp_path, sched, preemption, maxb):
+    """Short KV: requests wait for blocks, are preempted (and swapped), and share two prefixes;
+    with a batch of 4, preempted requests come back against a full batch."""
     sc = Scenario.model_validate({
-        "model": MODEL, "hardware": tiny_hw(tmp_path / "hw.yaml", 2000), "seed": 3,
-        "serving": {"scheduler": sched, "max_batch_size": 32, "max_batched_tokens": 512, "preemption": preemption,
+        "model": MODEL, "hardware": tiny_hw(tmp_path / "hw.yaml", 2000 if maxb > 4 else 1000), "seed": 3,
+        "serving": {"scheduler": sched, "max_batch_size": maxb, "max_batched_tokens": 512, "preemption": preemption,
                     "prefix_caching": True, "block_size": 16},
         "workload": {"num_requests": 80, "arrival": {"process": "poisson", "rate": 300.0},
                      "prompt_len": {"dist": "uniform", "low": 20, "high": 400},
@@ -476,6 +478,7 @@ def test_engine_equals_the_reference_under_kv_pressure_with_prefixes(tmp_path, s
     r = compare(sc)
     q = r.requests
     assert q["preemptions"].sum() > 0 and (r.moments["kv_blocks_used"] > 0.9 * r.kv_capacity_blocks).any()
+    assert r.moments["batch"].max() <= maxb and r.moments["running"].max() <= maxb
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,

@@ -193,3 +193,17 @@ def test_decode_set_matches_requests_advanced_one_by_one(bs, ops):
                 d.leave(i)
                 del plain[i]
         assert d.seqs == len(plain)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "chunked"])
+def test_a_swapped_request_that_fills_the_cache_comes_back_when_nothing_runs(kind):
+    """The 1 % watermark keeps room only while something runs: a request swapped out holding all
+    300 blocks (4,799 tokens in blocks of 16: its next token fits the last one) returns to an
+    empty engine, and its blocks' copy back in is charged to that moment (300 x 1 ms here)."""
+    s, log = make(kind, [4784], [20], blocks=300, add=False)
+    assert s.watermark == 3
+    s.swapped[0] = (4799, 15)  # tokens with KV, tokens generated
+    s.add(0)
+    m = s.schedule()
+    assert (m.kind, B(m).decode_seqs, B(m).decode_ctx, s.kv.used) == (DECODE, 1, 4799, 300)
+    assert m.extra_s == pytest.approx(0.3)

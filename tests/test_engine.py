@@ -457,3 +457,39 @@ def test_pipeline_routers_and_queue():
                       workload__num_requests=20, workload__arrival={"process": "burst"}))
     check(r)
     assert r.reject_reasons == {"queue full": 17}
+
+
+@pytest.mark.parametrize("pp,replicas", [(1, 1), (2, 2)])
+def test_timeseries_by_brute_force(pp, replicas):
+    """Each interval of the time series is the average over it of the step functions it
+    describes, integrated here one request and one moment at a time: outstanding requests
+    (arrival to finish, or to arrival when rejected), running requests and KV blocks of every
+    moment (the engines' sum), the devices' busy share (dur / pp of each moment, per replica)."""
+    sc = scen(serving__scheduler="chunked", serving__pp=pp, serving__replicas=replicas,
+              serving__max_batched_tokens=256, workload__num_requests=40,
+              workload__arrival={"process": "poisson", "rate": 200.0},
+              workload__prompt_len={"dist": "uniform", "low": 10, "high": 400},
+              workload__output_len={"dist": "uniform", "low": 1, "high": 30})
+    r = simulate(sc)
+    q, m, ts = r.requests, r.moments, r.timeseries
+    n = ts["t_s"].size
+    width = r.makespan_s / n
+    edges = np.arange(n + 1) * width
+
+    def average(starts, ends, weights):
+        lo = np.maximum(starts[None, :], edges[:-1, None])
+        hi = np.minimum(ends[None, :], edges[1:, None])
+        return (np.clip(hi - lo, 0.0, None) * weights[None, :]).sum(axis=1) / width
+
+    leave = np.where(q["status"] == 0, q["finish_s"], q["arrival_s"])
+    end = m["start_s"] + m["dur_s"]
+    outstanding = average(q["arrival_s"], leave, np.ones(leave.size))
+    running = average(m["start_s"], end, m["running"].astype(float))
+    np.testing.assert_allclose(ts["outstanding"], outstanding, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(ts["running"], running, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(ts["queue_len"], np.maximum(outstanding - running, 0.0), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(ts["busy_frac"], average(m["start_s"], end, np.full(end.size, 1.0 / pp)) / replicas,
+                               rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(ts["kv_used_frac"], average(m["start_s"], end, m["kv_blocks_engine"].astype(float))
+                               / (r.kv_capacity_blocks * replicas), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(ts["t_s"], edges[:-1], rtol=1e-12, atol=1e-15)

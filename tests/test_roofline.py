@@ -304,6 +304,8 @@ def test_the_devices_launch_time_bounds_every_eager_kernel_not_graph_replays():
     assert floor_us(e, True, launch_us=4.0) == 4.0 and floor_us(e, False, launch_us=2.0) == 2.0
     assert floor_us(e, True, launch_us=2.0) == 3.0 and floor_us(e, False, launch_us=0.5) == 1.0
     assert floor_us(e, True, graph=True, launch_us=9.0) == 2.5  # a graph has no launch gaps
+    assert floor_us(Efficiency(floor_us=3.0), True, graph=True, launch_us=9.0) == 3.0  # nor without a graph floor
+    assert floor_us(Efficiency(floor_us=0.5), True) == 0.5  # no launch time given: no bound
     h = hw(elementwise_floor_us=1.0, graph_floor_us=0.5)
     h = h.model_copy(update={"device": h.device.model_copy(update={"kernel_launch_us": 4.0})})
     assert float(stream_time("norm", 0.0, 2, h)) == exactly(8e-6)

@@ -300,6 +300,14 @@ def test_family_from_architectures_wrappers_and_top_level_fields(tmp_path):
     assert m.model_type == "gemma3_text" and m.architectures == ["Gemma3ForConditionalGeneration"]
     assert m.num_params() == g.num_params() + g.vocab_size * g.hidden_size  # untied: a head of its own
     assert m.native_formats == ("fp8", "fp8")
+    # without architectures the wrapper's own model_type says which text model it holds
+    m2 = load_model(write(tmp_path, {"model_type": "gemma3", "text_config": text}))
+    assert m2.model_type == "gemma3_text" and m2.num_params() == g.num_params()
+    # a field out of its bounds names the file
+    path = write(tmp_path, preset("llama-3-8b") | {"hidden_size": -1})
+    with pytest.raises(InputError) as e:
+        load_model(path)
+    assert str(e.value).startswith(f"{path}: hidden_size: ")
     # a preset is named by its name, a config.json by its folder
     assert load_model("llama-3-8b").name == "llama-3-8b"
     path = write(tmp_path, preset("llama-3-8b"))
@@ -329,4 +337,4 @@ def test_unmodelled_quantization_messages(quant, message):
     from simulator.moment.model import Quantization
     with pytest.raises(ValueError) as e:
         Quantization.model_validate(quant)
-    assert message in str(e.value)
+    assert f"{message} [type=value_error" in str(e.value)  # the whole message, nothing after it

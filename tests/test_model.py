@@ -191,6 +191,7 @@ def test_llama3_8b_count_by_hand():
     # 2 norms of 4096) + final norm 4096
     layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096
     assert load_model("llama-3-8b").num_params() == 2 * 128256 * 4096 + 32 * layer + 4096
+    assert load_model("llama-3-8b").layer_params() == layer  # what calibration sizes a layer by
 
 
 def test_kv_bytes_per_token_by_hand():
@@ -327,3 +328,22 @@ def test_weight_bytes_by_hand():
     assert ds.weight_bytes("bf16", tp=2, ep=2) == pytest.approx((2 * ds.num_params() - 2 * rep) / 2 + 2 * rep)
     assert ds.weight_bytes("bf16", tp=2) == pytest.approx((2 * ds.num_params() - 2 * 27 * 2048 * 576) / 2
                                                           + 2 * 27 * 2048 * 576)
+
+
+def test_quantised_weight_bytes_of_moe_and_ungated_models_by_hand(tmp_path):
+    """int8 weights: every linear layer at 1 byte (attention, shared and routed experts, dense
+    MLPs), norms, routers, biases and embeddings at 2 bytes."""
+    q = load_model("qwen3-30b-a3b")  # 48 layers: q 2048 x 4096, k, v 2048 x 512, o 4096 x 2048, 128 experts
+    linear = 48 * (2048 * 4096 + 2 * 2048 * 512 + 4096 * 2048 + 128 * 3 * 2048 * 768)
+    assert q.weight_bytes("int8") == linear + 2 * (q.num_params() - linear)
+    ds = load_model("deepseek-v2-lite")  # MLA projections, 1 dense layer, 2 shared + 64 routed experts
+    linear = 27 * (2048 * 16 * 192 + 2048 * 576 + 512 * 16 * 256 + 16 * 128 * 2048) + 3 * 2048 * 10944 \
+        + 26 * (2 + 64) * 3 * 2048 * 1408
+    assert ds.weight_bytes("int8") == linear + 2 * (ds.num_params() - linear)
+    cfg = {"hidden_size": 256, "num_hidden_layers": 3, "num_attention_heads": 8, "num_key_value_heads": 2,
+           "intermediate_size": 512, "vocab_size": 1000, "hidden_act": "gelu"}  # a plain (ungated) MLP
+    p = tmp_path / "gelu.json"
+    p.write_text(json.dumps(cfg))
+    g = load_model(str(p))
+    linear = 3 * (2 * 256 * 256 + 2 * 256 * 64 + 2 * 256 * 512)
+    assert g.weight_bytes("int8") == linear + 2 * (g.num_params() - linear)

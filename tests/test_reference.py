@@ -49,7 +49,7 @@ from hwmodels.load import load_hardware
 from simulator.moment.cost import step_model
 from simulator.moment.memory import footprint
 from simulator.moment.model import load_model
-from simulator.moment.ops import Dtypes
+from simulator.moment.ops import Batch, Dtypes, step_ops, total_flops
 from simulator.serving.engine import simulate
 from simulator.serving.scenario import Scenario
 from simulator.serving.workload import make_requests
@@ -129,6 +129,7 @@ class Reference:
         self.preempted = False  # in the step being planned
         self.recomputed = 0     # prefill tokens computed again after a recompute preemption
         self.moments: list[tuple] = []
+        self.sums = [0, 0, 0, 0, 0.0, 0, 0]  # the batch aggregates of all moments (ops.Batch's order)
 
     # -- blocks --------------------------------------------------------------------------------------
     def blocks(self, tokens: int) -> int:
@@ -396,9 +397,10 @@ class Reference:
             tokens = len(step.decodes) + sum(n for _, n in step.chunks)
             pairs = sum(n * r.computed + n * (n + 1) / 2 for r, n in step.chunks)
             ends = sum(1 for r, n in step.chunks if r.computed + n == r.tokens)
-            dt = self.cost(len(step.decodes), sum(r.computed for r in step.decodes), len(step.chunks),
-                           tokens - len(step.decodes), pairs, sum(r.computed for r, _ in step.chunks),
-                           len(step.decodes) + ends) + step.swap_s
+            batch = (len(step.decodes), sum(r.computed for r in step.decodes), len(step.chunks),
+                     tokens - len(step.decodes), pairs, sum(r.computed for r, _ in step.chunks), len(step.decodes) + ends)
+            self.sums = [a + b for a, b in zip(self.sums, batch, strict=True)]
+            dt = self.cost(*batch) + step.swap_s
             self.moments.append((now, dt, step.kind, tokens, len(step.decodes) + len(step.chunks),
                                  self.capacity - self.free(), step.running))
             now += dt
@@ -433,6 +435,11 @@ def compare(sc: Scenario) -> tuple:
     np.testing.assert_array_equal(q["finish_s"], [r.finish for r in reqs])
     assert q["preemptions"].tolist() == [r.preemptions for r in reqs]
     assert got.recomputed_tokens == ref.recomputed
+    # the work: a dense model's FLOPs are linear in the batch aggregates (tests/test_engine.py
+    # checks that moment by moment), so all moments' FLOPs are those of the summed aggregates
+    if ref.moments:
+        want = total_flops(step_ops(load_model(MODEL), Batch(*ref.sums)))
+        assert got.total_flops == pytest.approx(want, rel=1e-9)
     return got
 
 
@@ -484,19 +491,33 @@ def test_engine_equals_the_reference_under_kv_pressure_with_prefixes(tmp_path, s
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(sched=st.sampled_from(["static", "continuous", "chunked"]), maxb=st.integers(1, 32),
-       mbt=st.sampled_from([32, 64, 256]), bs=st.sampled_from([1, 4, 16]), kv=st.integers(300, 2500),
+       mbt=st.sampled_from([32, 64, 256]), bs=st.sampled_from([1, 4, 16, 32]), kv=st.integers(300, 2500),
        preemption=st.sampled_from(["recompute", "swap"]), caching=st.booleans(), n=st.integers(1, 30),
-       rate=st.floats(5.0, 2000.0), seed=st.integers(0, 3), prefix=st.booleans(), queue=st.sampled_from([None, 3]))
+       rate=st.floats(5.0, 2000.0), seed=st.integers(0, 3), prefix=st.sampled_from([0, 16, 40]),
+       queue=st.sampled_from([None, 3]))
 def test_engine_equals_the_reference_on_random_workloads(tmp_path_factory, sched, maxb, mbt, bs, kv, preemption,
                                                         caching, n, rate, seed, prefix, queue):
     wl = {"num_requests": n, "arrival": {"process": "poisson", "rate": rate},
           "prompt_len": {"dist": "uniform", "low": 1, "high": 300},
           "output_len": {"dist": "lognormal", "mean": 80, "sigma": 1.0, "max": 600}}
-    if prefix:
-        wl["prefix"] = {"groups": 2, "length": 40, "fraction": 0.7}
+    if prefix:  # 16: exactly one block of 16, none of larger blocks
+        wl["prefix"] = {"groups": 2, "length": prefix, "fraction": 0.7}
     sc = Scenario.model_validate({
         "model": MODEL, "hardware": tiny_hw(tmp_path_factory.mktemp("hw") / "hw.yaml", kv), "seed": seed,
         "workload": wl, "serving": {"scheduler": sched, "max_batch_size": maxb, "max_batched_tokens": mbt,
                                     "block_size": bs, "preemption": preemption, "prefix_caching": caching,
                                     "max_queue": queue}})
     compare(sc)
+
+
+def test_engine_equals_the_reference_on_a_long_chunked_run_under_pressure(tmp_path):
+    """Long enough (200 requests) that the scheduler prunes its list of preemption victims
+    (done once it holds more than 2 x running + 64 stale entries) many times."""
+    sc = Scenario.model_validate({
+        "model": MODEL, "hardware": tiny_hw(tmp_path / "hw.yaml", 1500), "seed": 5,
+        "serving": {"scheduler": "chunked", "max_batch_size": 16, "max_batched_tokens": 128, "block_size": 16},
+        "workload": {"num_requests": 200, "arrival": {"process": "poisson", "rate": 400.0},
+                     "prompt_len": {"dist": "uniform", "low": 20, "high": 500},
+                     "output_len": {"dist": "uniform", "low": 1, "high": 200}}})
+    r = compare(sc)
+    assert r.requests["preemptions"].sum() > 20

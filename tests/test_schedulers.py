@@ -207,3 +207,18 @@ def test_a_swapped_request_that_fills_the_cache_comes_back_when_nothing_runs(kin
     m = s.schedule()
     assert (m.kind, B(m).decode_seqs, B(m).decode_ctx, s.kv.used) == (DECODE, 1, 4799, 300)
     assert m.extra_s == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("kind", ["continuous", "chunked"])
+def test_a_prompt_that_fills_the_cache_is_admitted_when_nothing_runs(kind):
+    """No watermark when nothing runs: a 4,799-token prompt (300 blocks of 16, all of them)."""
+    s, _ = make(kind, [4799], [2], blocks=300, max_batched_tokens=8192)
+    m = s.schedule()
+    assert (m.kind, B(m).prefill_seqs, B(m).prefill_tokens, s.kv.used) == (PREFILL, 1, 4799, 300)
+
+
+def test_continuous_admits_prompts_that_fill_the_token_budget_exactly():
+    # budget 300: 100 + 200 tokens fill it, the third prompt (1 token) waits for the next step
+    s, _ = make("continuous", [100, 200, 1], [5, 5, 5], blocks=1000, max_batched_tokens=300, block_size=16)
+    m = s.schedule()
+    assert (B(m).prefill_seqs, B(m).prefill_tokens, list(s.waiting)) == (2, 300, [2])

@@ -29,9 +29,9 @@ declare -A MODULES=(
   [kvcache]="simulator/serving/kvcache.py|tests/test_physical_limits.py tests/test_reference.py"
   [decodeset]="simulator/serving/decodeset.py|tests/test_reference.py tests/test_engine.py tests/test_schedulers.py"
   [schedulers]="simulator/serving/schedulers/*|tests/test_reference.py tests/test_schedulers.py tests/test_engine.py"
-  [engine]="simulator/serving/engine.py|tests/test_engine.py tests/test_reference.py"
+  [engine]="simulator/serving/engine.py|tests/test_engine.py tests/test_reference.py tests/test_run_cli.py"
   [result]="simulator/serving/result.py|tests/test_engine.py tests/test_metrics.py"
-  [metrics]="simulator/reports/metrics.py|tests/test_metrics.py tests/test_overload.py tests/test_queueing.py"
+  [metrics]="simulator/reports/metrics.py|tests/test_metrics.py tests/test_overload.py"
 )
 ORDER=(roofline model ops cost kvcache decodeset schedulers engine result metrics)
 

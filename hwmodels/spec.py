@@ -47,6 +47,32 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Power(Strict):
+    """A device's electrical power (simulator/moment/power.py): `idle_w` with nothing running, plus
+    a share of `tdp_w - idle_w` that grows with how busy the tensor units and the memory are in a
+    moment, at most `tdp_w` (the board's power limit)."""
+
+    tdp_w: float = Field(gt=0, le=10_000, description="maximum board power in W (datasheet TDP or TBP)")
+    idle_w: float = Field(ge=0, le=10_000, description="W drawn with nothing running (clocks idle, memory refreshed)")
+    compute_share: float = Field(
+        default=1.0, ge=0, le=4,
+        description="share of tdp_w - idle_w drawn while the tensor units run at a large GEMM's rate "
+        "(efficiency.gemm_compute of peak); 1: a large GEMM runs at the power limit. An estimate until "
+        "calibrated",
+    )
+    memory_share: float = Field(
+        default=0.5, ge=0, le=4,
+        description="share of tdp_w - idle_w drawn while memory streams at a weight stream's rate "
+        "(efficiency.gemm_memory of bandwidth): DRAM and on-chip data movement. An estimate until calibrated",
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> Power:
+        if self.idle_w >= self.tdp_w:
+            raise ValueError(f"idle_w ({self.idle_w:g}) must be below tdp_w ({self.tdp_w:g})")
+        return self
+
+
 class Device(Strict):
     """One accelerator or CPU socket."""
 
@@ -63,6 +89,7 @@ class Device(Strict):
     kernel_launch_us: float = Field(
         default=2.5, ge=0, description="shortest kernel: launch plus tail on the device"
     )
+    power: Power | None = Field(default=None, description="electrical power; none: energy is not reported")
 
     @model_validator(mode="after")
     def _dtypes(self) -> Device:

@@ -12,7 +12,8 @@ mfu / mbu (over all devices of all replicas for the makespan), gpu_busy_frac / h
 stages busy for dur / pp, so gpu_busy_frac is sum(dur) / pp per replica, at most 1), kv (peak
 from the moments, mean from the time series), preemptions, goodput (requests/s meeting every
 per-request SLO bound; whether the p99 SLOs hold), queue (from the time series, whose points
-are interval averages), output_tokens and config.
+are interval averages), output_tokens, energy (energy_summary: J per output token, the run's
+energy, a replica's average and peak power; simulator/moment/power.py) and config.
 
 Overload (`overloaded`, `overload`, see `overload`): a finite run always ends, so a server that
 cannot keep up still reports percentiles; they then measure how long the run was, not the
@@ -287,6 +288,7 @@ def summarize(r: SimResult) -> dict[str, Any]:
         "moment_ms": moment_stats(dur),
         "breakdown_share": shares(all_cats),
         "overloaded": False,  # set below (a contract key since turn 2)
+        "energy_j_per_token": None,  # set below (a contract key since turn 2: energy is modelled)
         # -- beyond the contract ----------------------------------------------------------------
         "latency_of": {"requests": "completed", "count": completed},
         "overload": {},
@@ -314,11 +316,32 @@ def summarize(r: SimResult) -> dict[str, Any]:
         "output_tokens": out_tokens,
         "config": _config(r, devices),
     }
+    out["energy"] = energy_summary(getattr(r, "energy", None) or {}, out_tokens, makespan)
+    out["energy_j_per_token"] = out["energy"]["j_per_output_token"]
     ov = overload(r)
     out["overloaded"] = ov.pop("overloaded")
     out["overload"] = ov
     out["warnings"] = warnings(out)
     return clean(out)
+
+
+def energy_summary(e: dict[str, Any], out_tokens: float, makespan: float) -> dict[str, Any]:
+    """The devices' energy (SimResult.energy) for the JSON: totals, J per output token, and the
+    average and peak power of a replica (the mean of the replicas' averages, the highest peak);
+    all None when the hardware has no power figures (hwmodels.spec.Power)."""
+    if not e.get("known"):
+        return {"j_per_output_token": None, "total_j": None, "note": "no power figures for this hardware "
+                "(hardware.device.power: tdp_w, idle_w)"}
+    avg, peak = np.asarray(e["avg_power_w"], dtype=float), np.asarray(e["peak_power_w"], dtype=float)
+    return {
+        "j_per_output_token": e["total_j"] / out_tokens if out_tokens > 0 else None,
+        "total_j": e["total_j"], "idle_j": e["idle_j"], "dynamic_j": e["dynamic_j"],
+        "kwh": e["total_j"] / 3.6e6,
+        "avg_power_w": e["total_j"] / makespan if makespan > 0 else None,
+        "avg_power_w_per_replica": float(avg.mean()) if avg.size else None,
+        "peak_power_w_per_replica": float(peak.max()) if peak.size else None,
+        "idle_power_w_per_replica": e["idle_power_w"], "tdp_w_per_replica": e["tdp_w"],
+    }
 
 
 def _config(r: SimResult, devices: int) -> dict[str, Any]:

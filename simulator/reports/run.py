@@ -138,6 +138,12 @@ def format_summary(s: dict[str, Any]) -> str:
         f"{'utilisation':<16}MFU {_fmt(s['mfu'], '.1%')}  MBU {_fmt(s['mbu'], '.1%')}  "
         f"busy {_fmt(s['gpu_busy_frac'], '.1%')}  KV peak {_fmt(s['kv']['peak_frac'], '.1%')}",
     ]
+    en = s.get("energy") or {}
+    if en.get("total_j") is not None:
+        lines.append(f"{'energy':<16}{_fmt(en['j_per_output_token'], '.3g')} J per output token, "
+                     f"{_fmt(en['kwh'], '.3g')} kWh; a replica averages {_fmt(en['avg_power_w_per_replica'])} W, "
+                     f"peak {_fmt(en['peak_power_w_per_replica'])} W (idle {_fmt(en['idle_power_w_per_replica'])}, "
+                     f"TDP {_fmt(en['tdp_w_per_replica'])})")
     pre, q = s["preemptions"], s["queue"]
     if pre["total"] or (q["max_len"] or 0) > 0:
         lines.append(f"{'queue':<16}mean {_fmt(q['mean_len'])} waiting, max {_fmt(q['max_len'])}; "

@@ -47,6 +47,7 @@ from simulator.moment.cost import StepModel, check_parallelism, step_model
 from simulator.moment.memory import check_fits, footprint
 from simulator.moment.model import ModelSpec, load_model
 from simulator.moment.ops import Dtypes
+from simulator.moment.power import MomentPower
 from simulator.serving.result import (
     COMPLETED,
     REJECTED,
@@ -211,7 +212,8 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     req = make_requests(scenario.workload, scenario.seed, where="scenario")
     env = simpy.Environment()
     requests = RequestLog(req)
-    pool = Pool(env, sv, sm, cap_blocks, requests, MomentLog(sm, requests, progress))
+    power = MomentPower(sm, hw.device.power, sv.max_batch_size)
+    pool = Pool(env, sv, sm, cap_blocks, requests, MomentLog(sm, requests, progress, power))
     env.process(_arrivals(env, req.arrival_s.tolist(), pool.submit))
     env.run()
     if progress is not None:

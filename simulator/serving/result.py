@@ -18,6 +18,7 @@ import numpy as np
 
 from simulator.moment.cost import DEVICE_CATEGORIES, StepModel
 from simulator.moment.ops import Batch, Dtypes, attention_ops, dense_ops
+from simulator.moment.power import MomentPower, peak_power
 from simulator.serving.scenario import Scenario, Serving
 from simulator.serving.schedulers.base import DECODE, Moment
 from simulator.serving.workload import Requests
@@ -43,7 +44,7 @@ class SimResult:
       allocations: the sum over its virtual engines), kv_blocks_engine (the same for the
       moment's virtual engine alone, at most kv_capacity_blocks // pp; the same array as
       kv_blocks_used when pp = 1), running (requests holding KV on the moment's virtual engine
-      during the moment).
+      during the moment), energy_j (its dynamic energy over its replica's devices, see energy).
     pp > 1 (see the engine's docstring): a replica runs pp virtual engines concurrently, each
       moment lasting the full pipeline latency step_s of its batch: the balanced-pipeline
       approximation vLLM's design assumes, no stage imbalance or bubbles. Moments of one
@@ -59,6 +60,11 @@ class SimResult:
     pp: virtual engines per replica (serving.pp).
     total_flops, total_bytes: device work of all devices of all replicas, from running sums of
       the batch aggregates (see _work).
+    energy: the devices' energy (simulator/moment/power.py): known (False: the hardware has no
+      power figures and the numbers are 0), total_j, idle_j, dynamic_j; per replica (arrays by
+      replica) replica_j, avg_power_w (its energy over the makespan) and peak_power_w (idle plus
+      the highest dynamic power its moments draw at once); idle_power_w and tdp_w of one replica.
+      timeseries then also holds power_w (all replicas' devices, interval averages).
     """
 
     requests: dict[str, np.ndarray]
@@ -81,6 +87,7 @@ class SimResult:
     wall_s: float = 0.0
     stats: dict[str, float] = field(default_factory=dict)
     pp: int = 1
+    energy: dict = field(default_factory=dict)
 
 
 class RequestLog:
@@ -127,16 +134,22 @@ class MomentLog:
     """The moments of a pool's engines, in the order they start, as growable columns; `unit` is
     the engine's id, replica * pp + engine (the replica when pp = 1)."""
 
-    def __init__(self, sm: StepModel, requests: RequestLog, progress: Callable[[float], None] | None):
+    def __init__(self, sm: StepModel, requests: RequestLog, progress: Callable[[float], None] | None,
+                 power: MomentPower | None = None):
         self.sm = sm
         self.requests = requests
+        self.power = power or MomentPower(sm, None)
         self.start, self.dur = array("d"), array("d")
         self.unit, self.kind, self.batch, self.running = array("i"), array("b"), array("i"), array("i")
         self.tokens, self.kv_used = array("q"), array("q")
+        self.decode_ctx = array("q")  # each moment's decode context (the sum of its decode sequences' cached tokens)
+        self.demand = array("d")  # each moment with prefill: its energy demand (MomentPower.demand; decode-only
+        #                           moments' come from decode_ctx after the run, vectorised)
         # speed: the columns' bound appends, looked up once instead of twice per moment
         self.ap_start, self.ap_dur, self.ap_unit = self.start.append, self.dur.append, self.unit.append
         self.ap_kind, self.ap_tokens, self.ap_batch = self.kind.append, self.tokens.append, self.batch.append
         self.ap_kv_used, self.ap_running = self.kv_used.append, self.running.append
+        self.ap_ctx, self.ap_demand, self.demand_of = self.decode_ctx.append, self.demand.append, self.power.demand
         # running sums of batch aggregates (see _work): moments, logits, decode seqs and ctx,
         # prefill seqs, tokens, pairs and ctx
         self.sums = [0] * 4 + [0, 0, 0.0, 0]
@@ -165,6 +178,7 @@ class MomentLog:
         self.ap_batch(ds + ps)
         self.ap_kv_used(kv_used)
         self.ap_running(m.running)
+        self.ap_ctx(dc)
         s = self.sums
         s[0] += 1
         s[1] += lg
@@ -175,11 +189,15 @@ class MomentLog:
             s[5] += pt
             s[6] += pairs
             s[7] += pc
+        if kind == DECODE:
+            k = 1
+        else:
+            k = 0
+            self.ap_demand(self.demand_of(ds, dc, ps, pt, pairs, pc, lg))
         # speed: category seconds without a breakdown per moment: the exact breakdown (sm.cost) of every
         # moment of a kind until CATEGORY_SAMPLES were taken, then of every 2nd, 4th, ... (the
         # stride doubles each CATEGORY_SAMPLES samples), each weighted by its stride. The shares
         # are then scaled to the kind's exact total seconds (see build_result).
-        k = 1 if kind == DECODE else 0
         self.kind_s[k] += dt
         i = self.kind_n[k]
         self.kind_n[k] = i + 1
@@ -247,15 +265,47 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
         cats[name] = {c: float(v) * scale for c, v in zip(names, est, strict=True)}
     sm = moments.sm
     flops, bytes_ = _work(moments.sums, sm.model, dt, sv)
-    ts = _timeseries(log, m, makespan, sv.replicas, pp, cap_blocks)
+    energy, watts = _energy(moments.power, _demand(moments, m), m, makespan, sv.replicas, pp)
+    m["energy_j"] = watts * m["dur_s"]
+    ts = _timeseries(log, m, makespan, sv.replicas, pp, cap_blocks,
+                     watts if energy["known"] else None, energy["idle_power_w"] * sv.replicas)
     return SimResult(
         requests=requests, reject_reasons=dict(log.reasons), moments=m, category_s=cats, timeseries=ts,
         makespan_s=makespan, kv_capacity_blocks=cap_blocks, block_size=sv.block_size, replicas=sv.replicas,
         devices_per_replica=sv.tp * sv.pp, clock_ghz=hw.device.clock_ghz, peak_flops=hw.device.peak_flops(dt.compute),
         mem_bw=hw.device.bandwidth, total_flops=flops, total_bytes=bytes_,
         host_busy_s=moments.count * (sm.issue_s + sm.overhead_s), scenario=sc, wall_s=wall,
-        stats={"moments": moments.count}, pp=pp,
+        stats={"moments": moments.count}, pp=pp, energy=energy,
     )
+
+
+def _demand(moments: MomentLog, m: dict[str, np.ndarray]) -> np.ndarray:
+    """Each moment's energy demand: logged for moments with prefill, vectorised for decode-only ones
+    (their batch is their sequences, m["tokens"], and their context)."""
+    dec = m["kind"] == DECODE
+    demand = np.zeros(dec.size)
+    demand[~dec] = np.frombuffer(moments.demand, dtype=np.float64)
+    ctx = np.frombuffer(moments.decode_ctx, dtype=np.int64)
+    demand[dec] = moments.power.decode_demand(m["tokens"][dec], ctx[dec])
+    return demand
+
+
+def _energy(power: MomentPower, demand: np.ndarray, m: dict[str, np.ndarray], makespan: float,
+            replicas: int, pp: int) -> tuple[dict, np.ndarray]:
+    """The run's energy (see SimResult.energy) and each moment's dynamic power in W over its
+    replica's devices (its dynamic energy over its length)."""
+    start, dur, replica = m["start_s"], m["dur_s"], m["replica"]
+    e = power.energy(demand, dur)
+    watts = np.divide(e, dur, out=np.zeros_like(e), where=dur > 0)
+    idle = power.idle_w * makespan
+    replica_j = np.bincount(replica, weights=e, minlength=replicas)[:replicas] + idle
+    dynamic = float(e.sum())
+    return {
+        "known": power.known, "total_j": idle * replicas + dynamic, "idle_j": idle * replicas, "dynamic_j": dynamic,
+        "replica_j": replica_j, "avg_power_w": replica_j / makespan if makespan > 0 else np.zeros(replicas),
+        "peak_power_w": power.idle_w + peak_power(start, start + dur, watts, replica, replicas, overlap=pp > 1),
+        "idle_power_w": power.idle_w, "tdp_w": power.tdp_w,
+    }, watts
 
 
 def _replica_kv(start: np.ndarray, dur: np.ndarray, replica: np.ndarray, engine: np.ndarray,
@@ -309,21 +359,26 @@ def _work(sums: list, model, dt: Dtypes, sv: Serving) -> tuple[float, float]:
 
 
 def _integral(t: np.ndarray, starts: np.ndarray, ends: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """For each time in t: integral from 0 of sum_j w_j [starts_j <= x < ends_j] dx (vectorised)."""
-    out = np.zeros(t.size)
+    """For each time in t: integral from 0 of sum_j w_j [starts_j <= x < ends_j] dx (vectorised).
+    w may have a column per series (moments x series): one sort serves them all."""
+    out = np.zeros((t.size,) + w.shape[1:])
+    tt = t.reshape((-1,) + (1,) * (w.ndim - 1))
     for times, sign in ((starts, 1.0), (ends, -1.0)):
         o = np.argsort(times, kind="stable")
         ts, ws = times[o], w[o]
-        cw = np.concatenate(([0.0], np.cumsum(ws)))
-        cwt = np.concatenate(([0.0], np.cumsum(ws * ts)))
+        zero = np.zeros((1,) + w.shape[1:])
+        cw = np.concatenate((zero, np.cumsum(ws, axis=0)))
+        cwt = np.concatenate((zero, np.cumsum(ws * ts.reshape((-1,) + (1,) * (w.ndim - 1)), axis=0)))
         k = np.searchsorted(ts, t, side="right")
-        out += sign * (t * cw[k] - cwt[k])
+        out += sign * (tt * cw[k] - cwt[k])
     return out
 
 
 def _timeseries(log: RequestLog, m: dict[str, np.ndarray], makespan: float, replicas: int, pp: int,
-                cap_blocks: int) -> dict[str, np.ndarray]:
-    """Interval averages on a fixed grid, exact: integrals of step functions via sorted prefix sums."""
+                cap_blocks: int, watts: np.ndarray | None = None, idle_w: float = 0.0) -> dict[str, np.ndarray]:
+    """Interval averages on a fixed grid, exact: integrals of step functions via sorted prefix sums.
+    With `watts` (each moment's dynamic power) also power_w: all devices' average power, idle_w
+    (all replicas') included."""
     n = TIMESERIES_POINTS
     span = makespan if makespan > 0 else 1.0
     edges = np.linspace(0.0, span, n + 1)
@@ -333,20 +388,26 @@ def _timeseries(log: RequestLog, m: dict[str, np.ndarray], makespan: float, repl
     ones = np.ones(arr.size)
     out_i = _integral(edges, arr, leave, ones)
     st, en = m["start_s"], m["start_s"] + m["dur_s"]
-    run_i = _integral(edges, st, en, m["running"].astype(float))
-    busy_i = _integral(edges, st, en, np.full(st.size, 1.0 / pp))  # each of pp stages: dur / pp
-    kv_i = _integral(edges, st, en, m["kv_blocks_engine"].astype(float))  # engines overlap: their sum
+    # the moments' series share one sort: running, busy (each of pp stages: dur / pp), KV (engines
+    # overlap: their sum), dynamic power
+    cols = [m["running"].astype(float), np.full(st.size, 1.0 / pp), m["kv_blocks_engine"].astype(float)]
+    if watts is not None:
+        cols.append(watts)
+    mom_i = _integral(edges, st, en, np.stack(cols, axis=1))
     avg = lambda x: np.diff(x) / width
     outstanding = avg(out_i)
-    running = avg(run_i)
-    return {
+    running = avg(mom_i[:, 0])
+    out = {
         "t_s": edges[:-1].copy(),
         "queue_len": np.maximum(outstanding - running, 0.0),
         "running": running,
-        "kv_used_frac": avg(kv_i) / max(cap_blocks * replicas, 1),
-        "busy_frac": avg(busy_i) / replicas,
+        "kv_used_frac": avg(mom_i[:, 2]) / max(cap_blocks * replicas, 1),
+        "busy_frac": avg(mom_i[:, 1]) / replicas,
         "outstanding": outstanding,
     }
+    if watts is not None:
+        out["power_w"] = avg(mom_i[:, 3]) + idle_w
+    return out
 
 
 __all__ = ["SimResult", "RequestLog", "MomentLog", "build_result", "COMPLETED", "REJECTED"]

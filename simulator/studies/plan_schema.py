@@ -76,6 +76,9 @@ class Plan(Strict):
     seeds: int = Field(default=3, ge=3, le=100, description=(
         "an answer must meet the SLO under each of the seeds seed, seed+1, ..., seed+seeds-1"))
     rate_steps: int = Field(default=5, ge=0, le=20, description="bisection steps for the highest sustainable rate")
+    electricity_usd_per_kwh: float | None = Field(default=None, ge=0, le=10, description=(
+        "price of electricity: a configuration then costs its devices' hourly price plus the energy its "
+        "simulated runs draw (their average power, simulator/moment/power.py) at this price"))
 
     @model_validator(mode="after")
     def _rate(self) -> Plan:

@@ -1,0 +1,140 @@
+"""Electrical power and energy of moments: a device draws its idle power, plus a dynamic share that
+grows with how busy its tensor units and its memory are.
+
+Per device, over a moment of dt seconds (hwmodels.spec.Power holds the four numbers):
+
+    P = idle_w + (tdp_w - idle_w) x min(1, compute_share x t_c / dt + memory_share x t_m / dt)
+
+t_c is the moment's tensor FLOPs (GEMMs and attention) at a large GEMM's rate (peak of their dtype
+x efficiency.gemm_compute), t_m its bytes moved at a weight stream's rate (bandwidth x
+efficiency.gemm_memory): t_c / dt is how busy the tensor units are relative to the best a GEMM
+does, t_m / dt the same for memory, and each share says what the device draws at that best rate.
+The min is the board's power limit. Over a replica's busy devices (tp of them per stage; with pp
+stages each is busy dt / pp, so tp x dt device-seconds either way) a moment's dynamic energy is
+
+    E = min(dyn_w x dt, demand),   demand = dyn_w x (compute_share x t_c + memory_share x t_m)
+
+with dyn_w = (tdp_w - idle_w) x tp. The demand is linear in the batch aggregates (causal pairs,
+keys read, cached tokens) except the token-count dependent ops (GEMMs, element-wise, MoE experts
+touched), which come from tables over the token count like the step cost's, so it costs O(1) per
+moment. Idle power counts for every device over the whole run, busy or not. The host CPU's power is
+not modelled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hwmodels.spec import Power, gemm_dtype
+from simulator.moment.cost import StepModel
+from simulator.moment.ops import attention_shapes, windowed_keys, windowed_pairs
+
+NO_POWER = Power(tdp_w=1.0, idle_w=0.0, compute_share=0.0, memory_share=0.0)  # a part without figures
+
+
+class MomentPower:
+    """Dynamic energy demand of one replica's moments (J), from its StepModel and its devices' Power."""
+
+    def __init__(self, sm: StepModel, power: Power | None, max_batch: int = 256):
+        self.known = power is not None
+        p = power or NO_POWER
+        dev, eff, dt = sm.hw.device, sm.hw.efficiency, sm.dtypes
+        self.sm = sm
+        self.devices = sm.tp * sm.pp
+        self.idle_w = p.idle_w * self.devices if self.known else 0.0   # per replica
+        self.tdp_w = p.tdp_w * self.devices if self.known else 0.0
+        self.dyn_w = (p.tdp_w - p.idle_w) * sm.tp if self.known else 0.0  # busy devices at the power limit
+        self.j_per_peak_s = p.compute_share * self.dyn_w / eff.gemm_compute   # J per second of work at peak
+        self.j_per_byte = p.memory_share * self.dyn_w / (dev.bandwidth * eff.gemm_memory)
+        peak_act = dev.peak_flops(dt.act)
+        groups = []
+        for s in attention_shapes(sm.model, dt, sm.tp):
+            L = s.layers
+            c, m = self.j_per_peak_s * L / peak_act, self.j_per_byte * L
+            groups.append((s.kind, s.size, c * s.pair_flops, c * s.ctx_flops + m * s.ctx_bytes, m * s.new_bytes,
+                           c * s.key_flops + m * s.key_bytes, m * s.seq_bytes))
+        self._groups = tuple(groups)
+        self._size = 0
+        self._grow(max(max_batch, 256))
+
+    def _table(self, tokens: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """Demand of the token-count dependent ops as this implementation runs them."""
+        dev, dt = self.sm.hw.device, self.sm.dtypes
+        out = np.zeros(len(tokens))
+        for op in self.sm.ops(tokens, logits):
+            e = self.j_per_byte * np.asarray(op.bytes, dtype=float)
+            if op.kind == "gemm":
+                peak = dev.peak_flops(gemm_dtype(op.fmt or dt.weight, dt.act, dev)[0])
+                e = e + self.j_per_peak_s * np.asarray(op.flops, dtype=float) / peak
+            out += np.broadcast_to(e, out.shape)
+        return out
+
+    def _grow(self, n: int) -> None:
+        size = max(n + 1, 2 * self._size, 256)
+        t = np.arange(size, dtype=float)
+        zero = np.zeros(size)
+        tok = self._table(t, zero)
+        tok[0] = 0.0  # no tokens, no moment (as the step cost's table)
+        self._tok = tok.tolist()
+        self._lg = (self._table(zero, t) - self._table(zero, zero)).tolist()
+        self._size = size
+
+    def demand(self, ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int) -> float:
+        """J the moment's work asks for over the replica's devices (before the power limit), from
+        the batch aggregates of ops.Batch in their order (Moment.batch)."""
+        n = ds + pt
+        if n >= self._size or lg >= self._size:
+            self._grow(max(n, lg))
+        e = self._tok[n] + self._lg[lg]
+        for kind, size, k_pair, k_ctx, k_new, k_key, k_seq in self._groups:
+            if pt:
+                pr = pairs if kind == "full" else windowed_pairs(kind, size, ps, pt, pairs, pc)
+                e += k_pair * pr + k_ctx * pc + k_new * pt
+            if ds:
+                e += k_key * windowed_keys(kind, size, ds, dc + ds) + k_seq * ds
+        return e
+
+    def decode_demand(self, seqs: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+        """demand() of decode-only moments (seqs sequences with ctx cached tokens in all; logits =
+        seqs), vectorised over moments."""
+        seqs = np.asarray(seqs, dtype=np.int64)
+        ctx = np.asarray(ctx, dtype=float)
+        if seqs.size and int(seqs.max()) >= self._size:
+            self._grow(int(seqs.max()))
+        e = np.asarray(self._tok)[seqs] + np.asarray(self._lg)[seqs]
+        for kind, size, _p, _c, _n, k_key, k_seq in self._groups:
+            keys = ctx + seqs
+            if kind != "full" and size is not None:
+                keys = np.minimum(keys, seqs * (size if kind == "sliding" else size / 2))  # ops.windowed_keys
+            e = e + k_key * keys + k_seq * seqs
+        return e
+
+    def energy(self, demand: np.ndarray, dur: np.ndarray) -> np.ndarray:
+        """Each moment's dynamic energy (J): its demand, at most the power limit for its length."""
+        return np.minimum(demand, self.dyn_w * dur)
+
+
+def peak_power(start: np.ndarray, end: np.ndarray, watts: np.ndarray, group: np.ndarray, groups: int,
+               overlap: bool = True) -> np.ndarray:
+    """The highest total of `watts` drawn at once by the intervals [start, end) of each group (a
+    replica: with pp > 1 its virtual engines' moments overlap). A sweep over the interval ends,
+    vectorised: the running sum of +w at starts and -w at ends, in (group, time) order with ends
+    before starts at equal times. overlap=False: a group's intervals never overlap, so its peak is
+    its largest w."""
+    out = np.zeros(groups)
+    if not start.size:
+        return out
+    if not overlap:
+        np.maximum.at(out, group, watts)
+        return out
+    t = np.concatenate((start, end))
+    w = np.concatenate((watts, -watts))
+    g = np.concatenate((group, group))
+    is_start = np.concatenate((np.ones(start.size), np.zeros(end.size)))
+    o = np.lexsort((is_start, t, g))
+    level = np.cumsum(w[o])  # each group's starts and ends cancel, so the running sum restarts near 0
+    np.maximum.at(out, g[o], level)
+    return out
+
+
+__all__ = ["MomentPower", "peak_power", "NO_POWER"]

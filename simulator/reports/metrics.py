@@ -12,7 +12,8 @@ mfu / mbu (over all devices of all replicas for the makespan), gpu_busy_frac / h
 stages busy for dur / pp, so gpu_busy_frac is sum(dur) / pp per replica, at most 1), kv (peak
 from the moments, mean from the time series), preemptions, goodput (requests/s meeting every
 per-request SLO bound; whether the p99 SLOs hold), queue (from the time series, whose points
-are interval averages), output_tokens, energy (energy_summary: J per output token, the run's
+are interval averages), output_tokens, classes (per_class: each request class's latency and
+goodput, with request classes or priorities), energy (energy_summary: J per output token, the run's
 energy, a replica's average and peak power; simulator/moment/power.py) and config.
 
 Overload (`overloaded`, `overload`, see `overload`): a finite run always ends, so a server that
@@ -124,6 +125,48 @@ def per_request(r: SimResult) -> dict[str, np.ndarray]:
     return {"ttft_ms": ttft, "tpot_ms": tpot, "e2e_ms": e2e, "completed": done}
 
 
+def _within(lat: dict[str, np.ndarray], bounds: dict[str, float | None]) -> np.ndarray:
+    """Requests that completed within every bound that is set (ms)."""
+    ok = lat["completed"].copy()
+    for key, bound in bounds.items():
+        if bound is not None:
+            ok &= ~(lat[key] > bound)  # NaN (no TPOT) passes; a missing TTFT/E2E is already not completed
+    return ok
+
+
+def per_class(r: SimResult, lat: dict[str, np.ndarray], makespan: float) -> dict[str, Any] | None:
+    """Latency and goodput of each request class (workload.classes, or a trace's priority levels):
+    count, completed, priority, TTFT/TPOT/E2E percentiles, and the share within the class's own
+    SLO (its bounds, else the scenario's). None for a workload of one class."""
+    q = r.requests
+    if "class" not in q:
+        return None
+    sc = getattr(r, "scenario", None)
+    defined = (sc.workload.classes or []) if sc is not None else []
+    names = getattr(r, "class_names", None) or [c.name for c in defined]
+    slo = getattr(sc, "slo", None)
+    klass, priority = np.asarray(q["class"]), np.asarray(q["priority"])
+    out = {}
+    for k, name in enumerate(names):
+        sel = klass == k
+        own = defined[k].slo if k < len(defined) else None
+        bounds = {b: (getattr(own, b, None) if own is not None else None) or getattr(slo, b, None)
+                  for b in ("ttft_ms", "tpot_ms", "e2e_ms")}
+        ok = _within(lat, bounds) & sel
+        n = int(sel.sum())
+        sub = {key: v[sel] for key, v in lat.items()}
+        out[name] = {
+            "requests": n, "completed": int(sub["completed"].sum()),
+            "priority": int(priority[sel][0]) if n else None,
+            "ttft_ms": latency_stats(sub["ttft_ms"]), "tpot_ms": latency_stats(sub["tpot_ms"]),
+            "e2e_ms": latency_stats(sub["e2e_ms"]),
+            "goodput": {"fraction": int(ok.sum()) / n if n else None,
+                        "requests_per_s": int(ok.sum()) / makespan if makespan > 0 else None,
+                        "slo": {b: v for b, v in bounds.items() if v is not None}},
+        }
+    return out
+
+
 def _goodput(r: SimResult, lat: dict[str, np.ndarray], makespan: float) -> dict[str, Any]:
     """Requests per second that meet every per-request SLO bound, and whether the p99 SLOs hold.
 
@@ -131,11 +174,7 @@ def _goodput(r: SimResult, lat: dict[str, np.ndarray], makespan: float) -> dict[
     set; a request of one output token has no TPOT and so cannot miss a TPOT bound."""
     slo = getattr(getattr(r, "scenario", None), "slo", None)
     bounds = {k: getattr(slo, k, None) for k in ("ttft_ms", "tpot_ms", "e2e_ms")} if slo else {}
-    ok = lat["completed"].copy()
-    for key, bound in bounds.items():
-        if bound is not None:
-            v = lat[key]
-            ok &= ~(v > bound)  # NaN (no TPOT) passes; a missing TTFT/E2E is already not completed
+    ok = _within(lat, bounds)
     n = ok.size
     good = int(ok.sum())
     p99 = {}
@@ -316,6 +355,9 @@ def summarize(r: SimResult) -> dict[str, Any]:
         "output_tokens": out_tokens,
         "config": _config(r, devices),
     }
+    classes = per_class(r, lat, makespan)
+    if classes is not None:
+        out["classes"] = classes
     out["energy"] = energy_summary(getattr(r, "energy", None) or {}, out_tokens, makespan)
     out["energy_j_per_token"] = out["energy"]["j_per_output_token"]
     ov = overload(r)

@@ -50,6 +50,8 @@ def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str,
         ("engine", q.get("engine", np.zeros(n_req, dtype=int)), "%d"),
         ("status", np.where(np.asarray(q["status"]) == 1, "rejected", "completed"), "%s"),
         ("preemptions", q["preemptions"], "%d"),
+        *((("class", np.asarray(r.class_names)[q["class"]], "%s"), ("priority", q["priority"], "%d"))
+          if "class" in q else ()),
     ])
     m = r.moments
     n_mom = len(m["start_s"])
@@ -153,6 +155,11 @@ def format_summary(s: dict[str, Any]) -> str:
     if g["slo"]:
         lines.append(f"{'goodput':<16}{_fmt(g['requests_per_s'])} requests/s within SLO "
                      f"({_fmt(g['fraction'], '.1%')} of requests)")
+    for name, c in (s.get("classes") or {}).items():
+        g = c["goodput"]
+        lines.append(f"{'class':<16}{name}: {c['completed']:,} of {c['requests']:,} (priority {c['priority']}), "
+                     f"TTFT p99 {_fmt(c['ttft_ms']['p99'])} ms, TPOT p99 {_fmt(c['tpot_ms']['p99'])} ms"
+                     + (f", {_fmt(g['fraction'], '.1%')} within its SLO" if g["slo"] else ""))
     top = sorted(s["breakdown_share"].items(), key=lambda kv: -kv[1])[:4]
     if top:
         lines.append(f"{'time goes to':<16}" + ", ".join(f"{k} {v:.0%}" for k, v in top))

@@ -58,7 +58,7 @@ from simulator.serving.result import (
 )
 from simulator.serving.routers import ROUTERS
 from simulator.serving.scenario import Scenario, Serving
-from simulator.serving.schedulers import DECODE, MIXED, PREFILL, SCHEDULERS, Scheduler
+from simulator.serving.schedulers import DECODE, MIXED, PREFILL, Scheduler, scheduler_class
 from simulator.serving.workload import make_requests
 
 PCIE_BW = 25e9  # bytes/s host<->device for swap preemption (PCIe 4/5 x16, achieved)
@@ -118,7 +118,7 @@ class Pool:
         blocks = cap_blocks // pp                   # per virtual engine (vLLM: num_gpu_blocks // pp)
         kv_bytes = sm.model.kv_bytes_per_token(serving.kv_dtype, serving.tp, pp)
         swap_s_per_block = serving.block_size * kv_bytes / PCIE_BW
-        policy = SCHEDULERS[serving.scheduler]
+        policy = scheduler_class(serving)
         self.engines = [Replica(r, e, pp, policy(serving, requests, blocks, swap_s_per_block))
                         for e in range(pp) for r in range(serving.replicas)]  # engine-major
         self.router = ROUTERS[serving.router]([r.scheduler for r in self.engines])

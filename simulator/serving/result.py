@@ -36,7 +36,9 @@ class SimResult:
     requests: per request index (the order of arrival): arrival_s, prompt_len, output_len,
       first_token_s (nan if none), finish_s (nan if not completed), replica (-1 if rejected
       before routing), engine (the virtual engine within the replica, 0 when pp = 1 or when
-      rejected before routing), status (0 completed, 1 rejected), preemptions.
+      rejected before routing), status (0 completed, 1 rejected), preemptions; with request
+      classes or priorities also class (index into scenario.workload.classes, or the trace's
+      priority levels in order) and priority.
     moments: one entry per moment: start_s, dur_s, replica (the physical replica), engine (the
       virtual engine within it that ran the moment: 0 .. pp-1, all 0 when pp = 1), kind
       (0 prefill-only, 1 decode-only, 2 mixed), tokens, batch (sequences in the step),
@@ -65,6 +67,7 @@ class SimResult:
       replica) replica_j, avg_power_w (its energy over the makespan) and peak_power_w (idle plus
       the highest dynamic power its moments draw at once); idle_power_w and tdp_w of one replica.
       timeseries then also holds power_w (all replicas' devices, interval averages).
+    class_names: the request classes' names, by requests["class"] ("all" when there is one).
     """
 
     requests: dict[str, np.ndarray]
@@ -88,6 +91,7 @@ class SimResult:
     stats: dict[str, float] = field(default_factory=dict)
     pp: int = 1
     energy: dict = field(default_factory=dict)
+    class_names: tuple[str, ...] = ()
 
 
 class RequestLog:
@@ -101,6 +105,7 @@ class RequestLog:
         self.output_len: list[int] = req.output_len.tolist()
         self.prefix_id: list[int] = req.prefix_id.tolist()
         self.prefix_len: list[int] = req.prefix_len.tolist()
+        self.priority: list[int] = req.priority.tolist()
         self.first_token_s = np.full(n, np.nan)
         self.finish_s = np.full(n, np.nan)
         self.replica = np.full(n, -1, dtype=np.int64)
@@ -256,6 +261,8 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
         "first_token_s": log.first_token_s, "finish_s": log.finish_s, "replica": log.replica,
         "engine": log.engine, "status": log.status, "preemptions": log.preemptions,
     }
+    if len(req.class_names) > 1 or np.any(req.priority):  # a workload with classes or priorities
+        requests.update({"class": req.klass, "priority": req.priority})
     cats = {}
     for k, name in ((0, "prefill"), (1, "decode")):
         est = moments.cat_est[k]
@@ -275,7 +282,7 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
         devices_per_replica=sv.tp * sv.pp, clock_ghz=hw.device.clock_ghz, peak_flops=hw.device.peak_flops(dt.compute),
         mem_bw=hw.device.bandwidth, total_flops=flops, total_bytes=bytes_,
         host_busy_s=moments.count * (sm.issue_s + sm.overhead_s), scenario=sc, wall_s=wall,
-        stats={"moments": moments.count}, pp=pp, energy=energy,
+        stats={"moments": moments.count}, pp=pp, energy=energy, class_names=req.class_names,
     )
 
 

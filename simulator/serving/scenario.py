@@ -74,12 +74,46 @@ class Prefix(Strict):
     fraction: float = Field(default=1.0, ge=0, le=1, description="share of requests that carry one")
 
 
+class ClassSlo(Strict):
+    """Per-request bounds of one request class (its goodput); unset ones fall back to the scenario's slo."""
+
+    ttft_ms: float | None = Field(default=None, gt=0)
+    tpot_ms: float | None = Field(default=None, gt=0)
+    e2e_ms: float | None = Field(default=None, gt=0)
+
+
+class RequestClass(Strict):
+    """A kind of request (interactive chat, batch summarisation, ...): its share of the arrivals,
+    its priority, and optionally its own lengths and SLO."""
+
+    name: str = Field(min_length=1, max_length=64)
+    share: float = Field(gt=0, le=1, description="share of the requests in this class (the shares sum to 1)")
+    priority: int = Field(default=0, ge=0, le=1_000_000, description="0 is served first; larger numbers later "
+                          "(with serving.queue: priority)")
+    prompt_len: Length | None = Field(default=None, description="this class's prompt lengths; none: the workload's")
+    output_len: Length | None = Field(default=None, description="this class's output lengths; none: the workload's")
+    slo: ClassSlo | None = None
+
+
 class Workload(Strict):
     num_requests: int = Field(default=1000, gt=0, le=100_000_000)
     arrival: Arrival = Arrival(process="burst")
     prompt_len: Length = Fixed(dist="fixed", value=512)
     output_len: Length = Fixed(dist="fixed", value=128)
     prefix: Prefix | None = None
+    classes: list[RequestClass] | None = Field(default=None, min_length=1, max_length=64, description=(
+        "request classes, each request drawn into one by share; a trace may instead carry a priority column"))
+
+    @model_validator(mode="after")
+    def _shares(self) -> Workload:
+        if self.classes:
+            total = sum(c.share for c in self.classes)
+            if abs(total - 1.0) > 1e-6:
+                raise ValueError(f"classes: the shares sum to {total:g}; they must sum to 1")
+            names = [c.name for c in self.classes]
+            if len(set(names)) < len(names):
+                raise ValueError("classes: each class needs its own name")
+        return self
 
 
 class Serving(Strict):
@@ -112,9 +146,24 @@ class Serving(Strict):
                                  "routed tokens over the mean from skewed expert popularity (1: uniform; the "
                                  "spread of random routing in small batches is added on top)")
     max_queue: int | None = Field(default=None, gt=0, description="reject arrivals beyond this queue length")
+    queue: Literal["fcfs", "priority", "shortest_first"] = Field(
+        default="fcfs", description="the waiting queue's order: fcfs (arrival), priority (the request's class "
+        "priority, 0 first, then arrival) or shortest_first (prompt + output tokens, known in advance: an oracle)")
+    priority_preemption: bool = Field(
+        default=False, description="with queue: priority, a waiting request that lacks KV blocks or a batch seat "
+        "preempts running ones of a lower priority (a larger number), newest first; KV pressure preempts the "
+        "lowest priority first too")
     async_scheduling: bool = Field(
         default=False, description="the host prepares the next step while the device runs this one (vLLM v1)"
     )
+
+    @model_validator(mode="after")
+    def _together(self) -> Serving:
+        if self.priority_preemption and self.queue != "priority":
+            raise ValueError("priority_preemption needs queue: priority")
+        if self.priority_preemption and self.scheduler == "static":
+            raise ValueError("priority_preemption needs a scheduler that preempts: continuous or chunked")
+        return self
 
 
 class Slo(Strict):

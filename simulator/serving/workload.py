@@ -1,9 +1,11 @@
-"""Requests of a scenario's workload: arrival times, prompt and output lengths, shared prefixes.
+"""Requests of a scenario's workload: arrival times, prompt and output lengths, shared prefixes,
+request classes and priorities.
 
 Everything is drawn at once with numpy (vectorised, one `default_rng(seed)`), so a million
 requests cost milliseconds and the engine's hot loop only reads arrays. Draws happen in a
-fixed order (arrivals, prompt lengths, output lengths, prefixes) so that a seed gives the same
-requests whatever the engine does with them.
+fixed order (arrivals, prompt lengths, output lengths, classes and their own lengths, prefixes)
+so that a seed gives the same requests whatever the engine does with them; a workload without
+classes draws nothing for them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from simulator.serving.scenario import Fixed, FromTrace, Lognormal, Uniform, Wor
 ARRIVAL_COLS = ("arrival_s", "TIMESTAMP")
 PROMPT_COLS = ("prompt_len", "ContextTokens")
 OUTPUT_COLS = ("output_len", "GeneratedTokens")
+PRIORITY_COLS = ("priority",)
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,14 @@ class Requests:
     output_len: np.ndarray   # int64, tokens to generate (>= 1)
     prefix_id: np.ndarray    # int64, shared-prefix group or -1
     prefix_len: np.ndarray   # int64, tokens of the shared prefix (0 if none)
+    priority: np.ndarray | None = None   # int64, 0 first (serving.queue: priority); None: all 0
+    klass: np.ndarray | None = None      # int64, index into class_names; None: all 0
+    class_names: tuple[str, ...] = ("all",)
+
+    def __post_init__(self) -> None:
+        for name in ("priority", "klass"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros(self.arrival_s.size, dtype=np.int64))
 
     def __len__(self) -> int:
         return int(self.arrival_s.size)
@@ -46,6 +57,7 @@ class Trace:
     arrival_s: np.ndarray
     prompt_len: np.ndarray | None
     output_len: np.ndarray | None
+    priority: np.ndarray | None = None
 
 
 def _pick(header: list[str], names: tuple[str, ...]) -> str | None:
@@ -171,10 +183,10 @@ def read_trace(path: str, limit: int | None = None) -> Trace:
 
     t = _times(path, a_col, column(a_col), lines)
     lens = []
-    for cols in (PROMPT_COLS, OUTPUT_COLS):
+    for cols in (PROMPT_COLS, OUTPUT_COLS, PRIORITY_COLS):
         c = _pick(header, cols)
         lens.append(None if c is None else _numbers(path, c, column(c), lines, integer=True).astype(np.int64))
-    return Trace(t - t.min(), lens[0], lens[1])
+    return Trace(t - t.min(), lens[0], lens[1], lens[2])
 
 
 # -- sampling ------------------------------------------------------------------------------------
@@ -225,6 +237,25 @@ def make_requests(workload: Workload, seed: int, where: str = "workload") -> Req
         t = np.cumsum(rng.gamma(k, 1.0 / (arr.rate * k), size=n))
     prompt = _lengths(workload.prompt_len, n, rng, trace, "prompt_len", where, str(arr.path))
     output = _lengths(workload.output_len, n, rng, trace, "output_len", where, str(arr.path))
+    klass = priority = None
+    names: tuple[str, ...] = ("all",)
+    if workload.classes:
+        cls = workload.classes
+        klass = rng.choice(len(cls), size=n, p=np.asarray([c.share for c in cls]) / sum(c.share for c in cls))
+        for k, c in enumerate(cls):
+            for spec, which in ((c.prompt_len, "prompt_len"), (c.output_len, "output_len")):
+                if spec is not None:
+                    own = _lengths(spec, n, rng, trace, which, where, str(arr.path))
+                    if which == "prompt_len":
+                        prompt = np.where(klass == k, own, prompt)
+                    else:
+                        output = np.where(klass == k, own, output)
+        priority = np.asarray([c.priority for c in cls], dtype=np.int64)[klass]
+        names = tuple(c.name for c in cls)
+    elif trace is not None and trace.priority is not None:  # the trace's priority column: a class per level
+        priority = trace.priority[:n]
+        levels, klass = np.unique(priority, return_inverse=True)
+        names = tuple(f"priority {p}" for p in levels.tolist())
     prefix_id = np.full(n, -1, dtype=np.int64)
     prefix_len = np.zeros(n, dtype=np.int64)
     pf = workload.prefix
@@ -237,8 +268,11 @@ def make_requests(workload: Workload, seed: int, where: str = "workload") -> Req
     order = np.argsort(t, kind="stable")
     if np.any(order != np.arange(n)):
         t, prompt, output, prefix_id, prefix_len = (x[order] for x in (t, prompt, output, prefix_id, prefix_len))
+        klass, priority = (None if x is None else x[order] for x in (klass, priority))
     return Requests(np.ascontiguousarray(t, dtype=np.float64), prompt.astype(np.int64), output.astype(np.int64),
-                    prefix_id.astype(np.int64), prefix_len.astype(np.int64))
+                    prefix_id.astype(np.int64), prefix_len.astype(np.int64),
+                    None if priority is None else priority.astype(np.int64),
+                    None if klass is None else np.asarray(klass, dtype=np.int64), names)
 
 
 __all__ = ["Requests", "Trace", "make_requests", "read_trace"]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from simulator.moment.ops import Batch
 from simulator.serving.decodeset import DecodeSet
 from simulator.serving.kvcache import FAIL, KVCache
+from simulator.serving.queues import KeyedQueue, waiting_queue
 
 if TYPE_CHECKING:
     from simulator.serving.result import RequestLog
@@ -96,7 +97,7 @@ class Scheduler:
         self.swap = serving.preemption == "swap"
         self.prefix_caching = serving.prefix_caching and self.shares_prefixes
         self.swap_s_per_block = swap_s_per_block
-        self.waiting: deque[int] = deque()
+        self.waiting: deque[int] | KeyedQueue = waiting_queue(serving.queue, requests)
         self.outstanding = 0                      # routed here and not finished
         self.decode = DecodeSet(serving.block_size)
         self.prefilling: dict[int, Prefill] = {}  # admitted, prompt not yet computed (chunked)
@@ -231,10 +232,13 @@ class Scheduler:
         while not kv.alloc(d.due[d.step % self.block_size]):  # speed: d.new_blocks() inlined
             if not self._preempt_one():
                 raise RuntimeError("KV cache cannot hold the running requests")
-        if len(self.newest) > 2 * (d.seqs + len(self.prefilling)) + 64:  # drop stale entries
-            pre = self.prefilling
-            self.newest = [(t, i) for t, i in self.newest
-                           if d.holds(i, t) or (i in pre and pre[i].token == t)]
+        if len(self.newest) > 2 * (d.seqs + len(self.prefilling)) + 64:
+            self._drop_stale()
+
+    def _drop_stale(self) -> None:
+        """Forget preemption candidates that finished or were preempted since (their token moved on)."""
+        d, pre = self.decode, self.prefilling
+        self.newest = [(t, i) for t, i in self.newest if d.holds(i, t) or (i in pre and pre[i].token == t)]
 
     def _preempt_one(self) -> bool:
         """Preempt the most recently admitted running request (decoding or mid-prefill): free its

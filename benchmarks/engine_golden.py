@@ -120,7 +120,10 @@ def main() -> int:
     old = json.loads(a.check.read_text())
     bad = 0
     added: set[str] = set()
-    for name in sorted(set(old) | set(now)):
+    new_runs = sorted(set(now) - set(old))
+    if new_runs:  # a scenario file added since the record
+        print(f"new runs (not in the record): {', '.join(new_runs)}")
+    for name in sorted(set(old)):
         o, n = old.get(name, {}), now.get(name, {})
         diff = sorted(k for k in set(o) | set(n) if k in o and o.get(k) != n.get(k)) + (["(run missing)"] if not n else [])
         added |= set(n) - set(o)
@@ -129,7 +132,7 @@ def main() -> int:
             print(f"DIFFERS {name}: {', '.join(diff)}")
     if added:  # outputs a change adds (a new metric or column) are not differences
         print(f"added (not in the record): {', '.join(sorted(added))}")
-    print(f"{len(now) - bad} of {len(now)} runs bit-identical" + ("" if bad else " (all)"))
+    print(f"{len(old) - bad} of {len(old)} recorded runs bit-identical" + ("" if bad else " (all)"))
     return 1 if bad else 0
 
 

@@ -13,7 +13,8 @@ stages busy for dur / pp, so gpu_busy_frac is sum(dur) / pp per replica, at most
 from the moments, mean from the time series), preemptions, goodput (requests/s meeting every
 per-request SLO bound; whether the p99 SLOs hold), queue (from the time series, whose points
 are interval averages), output_tokens, classes (per_class: each request class's latency and
-goodput, with request classes or priorities), energy (energy_summary: J per output token, the run's
+goodput, with request classes or priorities), prefix_cache and kv_offload (cache_summary: hit
+rates, CPU-tier copies and transfer seconds), energy (energy_summary: J per output token, the run's
 energy, a replica's average and peak power; simulator/moment/power.py) and config.
 
 Overload (`overloaded`, `overload`, see `overload`): a finite run always ends, so a server that
@@ -355,6 +356,9 @@ def summarize(r: SimResult) -> dict[str, Any]:
         "output_tokens": out_tokens,
         "config": _config(r, devices),
     }
+    cache = cache_summary(r)
+    if cache:
+        out.update(cache)
     classes = per_class(r, lat, makespan)
     if classes is not None:
         out["classes"] = classes
@@ -365,6 +369,30 @@ def summarize(r: SimResult) -> dict[str, Any]:
     out["overload"] = ov
     out["warnings"] = warnings(out)
     return clean(out)
+
+
+def cache_summary(r: SimResult) -> dict[str, Any]:
+    """prefix_cache (with serving.prefix_caching): prefix acquisitions, hits and the hit rate;
+    kv_offload (with serving.kv_offload): the CPU tier's hits, copies and transfer seconds."""
+    sc, st = getattr(r, "scenario", None), getattr(r, "cache_stats", None) or {}
+    sv = getattr(sc, "serving", None)
+    out: dict[str, Any] = {}
+    if sv is None or not st:
+        return out
+    looked, hits = st.get("prefix_lookups", 0), st.get("prefix_hits", 0)
+    if sv.prefix_caching:
+        out["prefix_cache"] = {"lookups": looked, "hits": hits, "hit_rate": hits / looked if looked else None}
+    if sv.kv_offload is not None:
+        host = st.get("prefix_host_hits", 0)
+        out["kv_offload"] = {
+            "cpu_gb": sv.kv_offload.cpu_gb, "host_capacity_blocks": st.get("host_capacity_blocks", 0),
+            "prefix_hit_rate": hits / looked if looked else None,
+            "prefix_host_hits": host, "host_hit_rate": host / looked if looked else None,
+            "copied_in_blocks": st.get("copied_in_blocks", 0), "stored_blocks": st.get("stored_blocks", 0),
+            "swapped_out_blocks": st.get("swapped_out_blocks", 0), "swap_fallbacks": st.get("swap_fallbacks", 0),
+            "transfer_s": st.get("transfer_s", 0.0),
+        }
+    return out
 
 
 def energy_summary(e: dict[str, Any], out_tokens: float, makespan: float) -> dict[str, Any]:

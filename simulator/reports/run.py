@@ -155,6 +155,15 @@ def format_summary(s: dict[str, Any]) -> str:
     if g["slo"]:
         lines.append(f"{'goodput':<16}{_fmt(g['requests_per_s'])} requests/s within SLO "
                      f"({_fmt(g['fraction'], '.1%')} of requests)")
+    if s.get("prefix_cache"):
+        pc, ko = s["prefix_cache"], s.get("kv_offload")
+        lines.append(f"{'prefix cache':<16}{_fmt(pc['hit_rate'], '.1%')} of {pc['lookups']:,} prefix lookups hit"
+                     + (f" ({_fmt(ko['host_hit_rate'], '.1%')} from CPU memory)" if ko else ""))
+    if s.get("kv_offload"):
+        ko = s["kv_offload"]
+        lines.append(f"{'KV offload':<16}{ko['cpu_gb']:g} GB CPU tier: {ko['copied_in_blocks']:,} blocks copied in, "
+                     f"{ko['swapped_out_blocks']:,} swapped out ({ko['swap_fallbacks']:,} recomputed for want of room), "
+                     f"{_fmt(ko['transfer_s'], '.3g')} s of transfers")
     for name, c in (s.get("classes") or {}).items():
         g = c["goodput"]
         lines.append(f"{'class':<16}{name}: {c['completed']:,} of {c['requests']:,} (priority {c['priority']}), "

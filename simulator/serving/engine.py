@@ -48,6 +48,8 @@ from simulator.moment.memory import check_fits, footprint
 from simulator.moment.model import ModelSpec, load_model
 from simulator.moment.ops import Dtypes
 from simulator.moment.power import MomentPower
+from simulator.serving.kvcache import KVCache
+from simulator.serving.offload import HostKV, TieredKVCache
 from simulator.serving.result import (
     COMPLETED,
     REJECTED,
@@ -117,9 +119,21 @@ class Pool:
         pp = serving.pp
         blocks = cap_blocks // pp                   # per virtual engine (vLLM: num_gpu_blocks // pp)
         kv_bytes = sm.model.kv_bytes_per_token(serving.kv_dtype, serving.tp, pp)
-        swap_s_per_block = serving.block_size * kv_bytes / PCIE_BW
+        offload = serving.kv_offload
+        swap_s_per_block = serving.block_size * kv_bytes / (PCIE_BW if offload is None else offload.pcie_gbps * 1e9)
+        # a CPU tier per virtual engine: its share of the replica's host memory, in blocks of all
+        # the replica's devices' shards
+        host_blocks = 0 if offload is None else \
+            int(offload.cpu_gb * 1e9 / pp // (serving.block_size * kv_bytes * serving.tp * pp))
         policy = scheduler_class(serving)
-        self.engines = [Replica(r, e, pp, policy(serving, requests, blocks, swap_s_per_block))
+
+        def kv() -> KVCache | None:
+            if offload is None:
+                return None
+            return TieredKVCache(blocks, serving.block_size, HostKV(host_blocks), swap_s_per_block)
+
+        self.swap_s_per_block = swap_s_per_block
+        self.engines = [Replica(r, e, pp, policy(serving, requests, blocks, swap_s_per_block, kv=kv()))
                         for e in range(pp) for r in range(serving.replicas)]  # engine-major
         self.router = ROUTERS[serving.router]([r.scheduler for r in self.engines])
         self.cap_tokens = blocks * serving.block_size  # a request lives on one virtual engine
@@ -146,6 +160,23 @@ class Pool:
                 rq.reject(i, R_QUEUE)
             else:
                 r.arrive(i)
+
+    def kv_stats(self) -> dict[str, float]:
+        """Prefix-cache and CPU-tier counters summed over the engines (SimResult.cache_stats)."""
+        out = {"prefix_lookups": 0, "prefix_hits": 0}
+        for r in self.engines:
+            kv = r.scheduler.kv
+            out["prefix_lookups"] += kv.lookups
+            out["prefix_hits"] += kv.hits
+            if isinstance(kv, TieredKVCache):
+                h = kv.host
+                for k, v in (("host_capacity_blocks", h.capacity), ("prefix_host_hits", kv.host_hits),
+                             ("copied_in_blocks", kv.copied_in), ("swapped_out_blocks", h.swapped_out),
+                             ("swap_fallbacks", h.fallbacks), ("stored_blocks", h.stored)):
+                    out[k] = out.get(k, 0) + v
+        if "copied_in_blocks" in out:  # a swap is copied out and back in
+            out["transfer_s"] = (out["copied_in_blocks"] + 2 * out["swapped_out_blocks"]) * self.swap_s_per_block
+        return out
 
     def check_drained(self) -> None:
         for r in self.engines:  # every block came back: only cached prefixes may stay resident
@@ -219,7 +250,9 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     if progress is not None:
         progress(1.0)
     pool.check_drained()
-    return build_result(scenario, requests, pool.moments, hw, dt, cap_blocks, time.perf_counter() - t_wall)
+    r = build_result(scenario, requests, pool.moments, hw, dt, cap_blocks, time.perf_counter() - t_wall)
+    r.cache_stats = pool.kv_stats()
+    return r
 
 
 __all__ = ["SimResult", "simulate", "check_scenario", "Pool", "Replica", "PREFILL", "DECODE", "MIXED",

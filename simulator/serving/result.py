@@ -68,6 +68,11 @@ class SimResult:
       the highest dynamic power its moments draw at once); idle_power_w and tdp_w of one replica.
       timeseries then also holds power_w (all replicas' devices, interval averages).
     class_names: the request classes' names, by requests["class"] ("all" when there is one).
+    cache_stats: prefix_lookups and prefix_hits (requests that carried a shared prefix, and those
+      that found its KV computed); with serving.kv_offload also host_capacity_blocks (all
+      engines), prefix_host_hits (hits served from CPU memory), copied_in_blocks (for them),
+      swapped_out_blocks, swap_fallbacks (swap-outs without room: recomputed), stored_blocks
+      (evicted prefixes kept in CPU memory) and transfer_s (host<->device copy seconds charged).
     """
 
     requests: dict[str, np.ndarray]
@@ -92,6 +97,7 @@ class SimResult:
     pp: int = 1
     energy: dict = field(default_factory=dict)
     class_names: tuple[str, ...] = ()
+    cache_stats: dict[str, float] = field(default_factory=dict)
 
 
 class RequestLog:

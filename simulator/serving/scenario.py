@@ -116,6 +116,15 @@ class Workload(Strict):
         return self
 
 
+class KVOffload(Strict):
+    """A CPU-memory tier for KV blocks (simulator/serving/offload.py): swapped-out sequences and
+    prefixes the device cache evicts (as LMCache's CPU backend)."""
+
+    cpu_gb: float = Field(gt=0, le=100_000, description="host memory for KV blocks per replica, GB")
+    pcie_gbps: float = Field(default=25.0, gt=0, le=10_000, description=(
+        "host<->device copy bandwidth of each device, GB/s (PCIe 4/5 x16 reaches about 25); also sets swaps'"))
+
+
 class Serving(Strict):
     scheduler: Literal["static", "continuous", "chunked"] = "continuous"
     max_batch_size: int = Field(default=64, gt=0, le=65536)
@@ -146,6 +155,7 @@ class Serving(Strict):
                                  "routed tokens over the mean from skewed expert popularity (1: uniform; the "
                                  "spread of random routing in small batches is added on top)")
     max_queue: int | None = Field(default=None, gt=0, description="reject arrivals beyond this queue length")
+    kv_offload: KVOffload | None = Field(default=None, description="a CPU-memory tier under the KV cache")
     queue: Literal["fcfs", "priority", "shortest_first"] = Field(
         default="fcfs", description="the waiting queue's order: fcfs (arrival), priority (the request's class "
         "priority, 0 first, then arrival) or shortest_first (prompt + output tokens, known in advance: an oracle)")

@@ -5,7 +5,8 @@ A new policy is a subclass that writes `schedule()` (and, where it differs, a cl
 a hook such as `_release`), plus one line in SCHEDULERS; `serving.scheduler` names it.
 
 A serving feature that works with any policy is a mixin that overrides one or two of its hooks
-(priority.py: `schedule` runs a preemption pass first); `scheduler_class` puts the mixins a
+(priority.py: `schedule` runs a preemption pass first; offload.py: admissions and swaps
+use a CPU tier); `scheduler_class` puts the mixins a
 scenario asks for in front of its policy, so no policy's loop tests for a feature.
 """
 
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from simulator.serving.schedulers.base import DECODE, MIXED, PREFILL, Moment, Prefill, Scheduler
 from simulator.serving.schedulers.chunked import ChunkedScheduler
 from simulator.serving.schedulers.continuous import ContinuousScheduler
+from simulator.serving.schedulers.offload import KVOffloading
 from simulator.serving.schedulers.priority import PriorityPreemption
 from simulator.serving.schedulers.static import StaticScheduler
 
@@ -34,7 +36,8 @@ _COMPOSED: dict[tuple[type, ...], type[Scheduler]] = {}
 def scheduler_class(serving: Serving, *mixins: type) -> type[Scheduler]:
     """serving.scheduler's policy behind the given mixins and those its options ask for."""
     policy = SCHEDULERS[serving.scheduler]
-    bases = (*mixins, *((PriorityPreemption,) if serving.priority_preemption else ()), policy)
+    bases = (*mixins, *((PriorityPreemption,) if serving.priority_preemption else ()),
+             *((KVOffloading,) if serving.kv_offload is not None else ()), policy)
     if len(bases) == 1:
         return policy
     cls = _COMPOSED.get(bases)

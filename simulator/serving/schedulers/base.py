@@ -85,14 +85,15 @@ class Scheduler:
     preemptible = True      # running requests may be evicted when the KV cache runs out
     shares_prefixes = True  # prefix caching applies (a policy reserving whole requests cannot share)
 
-    def __init__(self, serving: Serving, requests: RequestLog, blocks: int, swap_s_per_block: float):
+    def __init__(self, serving: Serving, requests: RequestLog, blocks: int, swap_s_per_block: float,
+                 kv: KVCache | None = None):
         self.requests = requests
         self.prompt_len, self.output_len = requests.prompt_len, requests.output_len
         self.max_batch_size = serving.max_batch_size
         self.max_batched_tokens = serving.max_batched_tokens
         self.max_prompt_tokens: int | None = None  # longer prompts are rejected on arrival
         self.block_size = serving.block_size
-        self.kv = KVCache(blocks, serving.block_size)
+        self.kv = kv if kv is not None else KVCache(blocks, serving.block_size)
         self.watermark = int(ADMIT_WATERMARK * blocks)
         self.swap = serving.preemption == "swap"
         self.prefix_caching = serving.prefix_caching and self.shares_prefixes
@@ -252,7 +253,7 @@ class Scheduler:
                 kv.release(own)
                 if pid >= 0:
                     kv.release_prefix(pid)
-                if self.swap:
+                if self.swap and self._swap_out(own + pb):
                     self.swapped[i] = (cached, generated)
                     self.swap_s += (own + pb) * self.swap_s_per_block  # copy out (prefix too, conservatively)
                 else:
@@ -271,6 +272,11 @@ class Scheduler:
             self.requests.preempted(i)
             return True
         return False
+
+    def _swap_out(self, blocks: int) -> bool:
+        """Room in host memory for a preempted sequence's blocks (unbounded here; a CPU tier,
+        schedulers/offload.py, may refuse, and the request is recomputed instead)."""
+        return True
 
     def _take_swap_s(self) -> float:
         """Swap transfers since the last moment, charged to the one being planned."""

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 
 class ChunkedScheduler(Scheduler):
-    def __init__(self, serving: Serving, requests: RequestLog, blocks: int, swap_s_per_block: float):
-        super().__init__(serving, requests, blocks, swap_s_per_block)
+    def __init__(self, serving: Serving, requests: RequestLog, blocks: int, swap_s_per_block: float, **kw):
+        super().__init__(serving, requests, blocks, swap_s_per_block, **kw)
         self.max_batch_size = min(self.max_batch_size, self.max_batched_tokens)
 
     def schedule(self) -> Moment | None:

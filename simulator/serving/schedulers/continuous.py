@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 
 class ContinuousScheduler(Scheduler):
-    def __init__(self, serving: Serving, requests: RequestLog, blocks: int, swap_s_per_block: float):
-        super().__init__(serving, requests, blocks, swap_s_per_block)
+    def __init__(self, serving: Serving, requests: RequestLog, blocks: int, swap_s_per_block: float, **kw):
+        super().__init__(serving, requests, blocks, swap_s_per_block, **kw)
         self.max_prompt_tokens = self.max_batched_tokens
 
     def schedule(self) -> Moment | None:

@@ -101,7 +101,8 @@ def test_a_swap_out_without_room_in_cpu_memory_recomputes():
     while s.swapped:  # request 0 decodes to its end, then request 1 swaps back in
         s.on_step_done(m, t)
         m, t = s.schedule(), t + 1
-    assert s.kv.host.free == 2 and log.preemptions.tolist() == [0, 1]
+    # (it swaps back in and out while request 0's growth keeps the device full: 2 blocks each time)
+    assert s.kv.host.free == 2 and s.kv.host.swapped_out == 2 * log.preemptions[1]
 
 
 def rag(**serving: Any) -> Scenario:

@@ -246,6 +246,41 @@ class StepModel:
                 t += soft(keys * g.d_c, t_m) + ds * g.d_seq + ds * g.kv_tok + g.floor
         return t
 
+    def verify_attention_s(self, ds: int, dc: float, q: int) -> float:
+        """Decode attention of ds sequences (dc cached tokens in all) that each run q new tokens
+        through it in one pass (a speculative verify: q = k + 1): each sequence's KV is read once,
+        its q queries see their cache plus the new tokens before them (q dc + ds q (q + 1) / 2
+        query-key pairs), q query and output rows and q cache writes per sequence. q = 1 is
+        attention_s's decode."""
+        if not ds:
+            return 0.0
+        t = 0.0
+        soft = self._soft
+        for g in self._groups:
+            keys = dc + q * ds  # read: the cache plus the new tokens' K and V
+            pairs = q * dc + ds * q * (q + 1) / 2
+            if keys > ds * g.cap:
+                keys = ds * g.cap
+            if pairs > q * ds * g.cap:
+                pairs = q * ds * g.cap
+            t_m = keys * g.d_m + q * ds * g.d_q
+            if self.ramp > 0:
+                t_m += self.ramp * g.layers * -math.expm1(-t_m / (self.ramp * g.layers))
+            t += soft(pairs * g.d_c, t_m) + ds * g.d_seq + q * ds * g.kv_tok + g.floor
+        return t
+
+    def forward_s(self, ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int) -> float:
+        """step_agg without the per-step overhead (scheduling, inputs, sampling): one forward pass
+        of several in a moment, as a speculative draft's."""
+        tok = ds + pt
+        if tok >= self._size or lg >= self._size:
+            self._grow(max(tok, lg))
+        dev = self._dense_l[tok] + self._lm_l[lg] + self.attention_s(ds, dc, pt, pairs, pc, ps)
+        if self.cpu:
+            return dev + self.issue_s
+        issued = self.issue_s + self._tail_l[lg] * self._tail_weight
+        return dev if dev > issued else issued
+
     def step_agg(self, ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int) -> float:
         """step_s from the batch aggregates as plain numbers: the engine's hot path."""
         tok = ds + pt

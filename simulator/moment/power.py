@@ -27,7 +27,7 @@ import numpy as np
 
 from hwmodels.spec import Power, gemm_dtype
 from simulator.moment.cost import StepModel
-from simulator.moment.ops import attention_shapes, windowed_keys, windowed_pairs
+from simulator.moment.ops import attention_shapes, windowed_pairs
 
 NO_POWER = Power(tdp_w=1.0, idle_w=0.0, compute_share=0.0, memory_share=0.0)  # a part without figures
 
@@ -51,8 +51,9 @@ class MomentPower:
         for s in attention_shapes(sm.model, dt, sm.tp):
             L = s.layers
             c, m = self.j_per_peak_s * L / peak_act, self.j_per_byte * L
+            cap = float("inf") if s.kind == "full" or s.size is None else (s.size if s.kind == "sliding" else s.size / 2)
             groups.append((s.kind, s.size, c * s.pair_flops, c * s.ctx_flops + m * s.ctx_bytes, m * s.new_bytes,
-                           c * s.key_flops + m * s.key_bytes, m * s.seq_bytes))
+                           c * s.key_flops, m * s.key_bytes, m * s.seq_bytes, cap))
         self._groups = tuple(groups)
         self._size = 0
         self._grow(max(max_batch, 256))
@@ -79,34 +80,41 @@ class MomentPower:
         self._lg = (self._table(zero, t) - self._table(zero, zero)).tolist()
         self._size = size
 
-    def demand(self, ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int) -> float:
+    def demand(self, ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int, q: int = 1) -> float:
         """J the moment's work asks for over the replica's devices (before the power limit), from
-        the batch aggregates of ops.Batch in their order (Moment.batch)."""
-        n = ds + pt
-        if n >= self._size or lg >= self._size:
-            self._grow(max(n, lg))
-        e = self._tok[n] + self._lg[lg]
-        for kind, size, k_pair, k_ctx, k_new, k_key, k_seq in self._groups:
+        the batch aggregates of ops.Batch in their order (Moment.batch). q > 1: each decode
+        sequence verifies q tokens in the pass (speculative decoding): ds x q tokens and logit
+        rows, its KV read once for q queries (as StepModel.verify_attention_s)."""
+        n, rows = ds * q + pt, lg + ds * (q - 1)
+        if n >= self._size or rows >= self._size:
+            self._grow(max(n, rows))
+        e = self._tok[n] + self._lg[rows]
+        for kind, size, k_pair, k_ctx, k_new, c_key, m_key, k_seq, cap in self._groups:
             if pt:
                 pr = pairs if kind == "full" else windowed_pairs(kind, size, ps, pt, pairs, pc)
                 e += k_pair * pr + k_ctx * pc + k_new * pt
             if ds:
-                e += k_key * windowed_keys(kind, size, ds, dc + ds) + k_seq * ds
+                keys, prs = dc + q * ds, q * dc + ds * q * (q + 1) / 2
+                if keys > ds * cap:  # ops.windowed_keys
+                    keys = ds * cap
+                if prs > q * ds * cap:
+                    prs = q * ds * cap
+                e += c_key * prs + m_key * keys + k_seq * q * ds
         return e
 
-    def decode_demand(self, seqs: np.ndarray, ctx: np.ndarray) -> np.ndarray:
+    def decode_demand(self, seqs: np.ndarray, ctx: np.ndarray, q: int = 1) -> np.ndarray:
         """demand() of decode-only moments (seqs sequences with ctx cached tokens in all; logits =
         seqs), vectorised over moments."""
         seqs = np.asarray(seqs, dtype=np.int64)
         ctx = np.asarray(ctx, dtype=float)
-        if seqs.size and int(seqs.max()) >= self._size:
-            self._grow(int(seqs.max()))
-        e = np.asarray(self._tok)[seqs] + np.asarray(self._lg)[seqs]
-        for kind, size, _p, _c, _n, k_key, k_seq in self._groups:
-            keys = ctx + seqs
-            if kind != "full" and size is not None:
-                keys = np.minimum(keys, seqs * (size if kind == "sliding" else size / 2))  # ops.windowed_keys
-            e = e + k_key * keys + k_seq * seqs
+        if seqs.size and int(seqs.max()) * q >= self._size:
+            self._grow(int(seqs.max()) * q)
+        e = np.asarray(self._tok)[seqs * q] + np.asarray(self._lg)[seqs * q]
+        for _kind, _size, _p, _c, _n, c_key, m_key, k_seq, cap in self._groups:
+            keys, prs = ctx + q * seqs, q * ctx + seqs * q * (q + 1) / 2
+            if cap != float("inf"):  # ops.windowed_keys
+                keys, prs = np.minimum(keys, seqs * cap), np.minimum(prs, q * seqs * cap)
+            e = e + c_key * prs + m_key * keys + k_seq * q * seqs
         return e
 
     def energy(self, demand: np.ndarray, dur: np.ndarray) -> np.ndarray:

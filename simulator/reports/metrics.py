@@ -13,7 +13,8 @@ stages busy for dur / pp, so gpu_busy_frac is sum(dur) / pp per replica, at most
 from the moments, mean from the time series), preemptions, goodput (requests/s meeting every
 per-request SLO bound; whether the p99 SLOs hold), queue (from the time series, whose points
 are interval averages), output_tokens, classes (per_class: each request class's latency and
-goodput, with request classes or priorities), prefix_cache and kv_offload (cache_summary: hit
+goodput, with request classes or priorities), disaggregated (each pool and the KV transfers of
+a disaggregated run), prefix_cache and kv_offload (cache_summary: hit
 rates, CPU-tier copies and transfer seconds), energy (energy_summary: J per output token, the run's
 energy, a replica's average and peak power; simulator/moment/power.py) and config.
 
@@ -307,11 +308,20 @@ def summarize(r: SimResult) -> dict[str, Any]:
         for c, s in part.items():
             all_cats[c] = all_cats.get(c, 0.0) + float(s)
 
+    pools = getattr(r, "pools", None) or []
     devices = int(r.replicas) * int(r.devices_per_replica)
     busy = float(dur.sum()) / int(getattr(r, "pp", 1))  # pp > 1: each moment keeps each stage busy dur / pp
     capacity = makespan * int(r.replicas)
     kv_used = np.asarray(m["kv_blocks_used"], dtype=float)
     kv_cap = float(r.kv_capacity_blocks)
+    peak_rate, bw_rate = float(r.peak_flops) * devices, float(r.mem_bw) * devices
+    if pools:  # disaggregated: devices, peaks and busy time of both pools; KV as a share of each pool's
+        devices = sum(p["replicas"] * p["devices_per_replica"] for p in pools)
+        busy = sum(p["busy_s"] for p in pools)
+        peak_rate = sum(p["peak_flops"] * p["replicas"] * p["devices_per_replica"] for p in pools)
+        bw_rate = sum(p["mem_bw"] * p["replicas"] * p["devices_per_replica"] for p in pools)
+        caps = np.asarray([p["kv_capacity_blocks"] for p in pools], dtype=float)[np.asarray(m["pool"])]
+        kv_used, kv_cap = kv_used / caps, 1.0
     kv_ts = np.asarray(r.timeseries.get("kv_used_frac", ()), dtype=float)
     pre = np.asarray(q["preemptions"])
     clock = float(r.clock_ghz)
@@ -339,8 +349,8 @@ def summarize(r: SimResult) -> dict[str, Any]:
             "mixed_count": int((kind == 2).sum()),
         },
         "breakdown_share_by_kind": {k: shares(v) for k, v in cats.items()},
-        "mfu": float(r.total_flops) / (makespan * float(r.peak_flops) * devices) if makespan > 0 else None,
-        "mbu": float(r.total_bytes) / (makespan * float(r.mem_bw) * devices) if makespan > 0 else None,
+        "mfu": float(r.total_flops) / (makespan * peak_rate) if makespan > 0 else None,
+        "mbu": float(r.total_bytes) / (makespan * bw_rate) if makespan > 0 else None,
         "gpu_busy_frac": busy / capacity if capacity > 0 else None,
         "host_busy_frac": float(r.host_busy_s) / capacity if capacity > 0 else None,
         "kv": {
@@ -356,6 +366,8 @@ def summarize(r: SimResult) -> dict[str, Any]:
         "output_tokens": out_tokens,
         "config": _config(r, devices),
     }
+    if pools:
+        out["disaggregated"] = disaggregated_summary(r, pools, makespan)
     cache = cache_summary(r)
     if cache:
         out.update(cache)
@@ -369,6 +381,32 @@ def summarize(r: SimResult) -> dict[str, Any]:
     out["overload"] = ov
     out["warnings"] = warnings(out)
     return clean(out)
+
+
+def disaggregated_summary(r: SimResult, pools: list[dict[str, Any]], makespan: float) -> dict[str, Any]:
+    """Each pool of a disaggregated run (role, hardware, tp, pp, replicas, devices, its busy share,
+    MFU, peak KV use, energy) and the KV transfers (from prefill end to decode arrival, ms)."""
+    m, q = r.moments, r.requests
+    out: dict[str, Any] = {"pools": []}
+    for k, p in enumerate(pools):
+        sel = np.asarray(m["pool"]) == k
+        devices = p["replicas"] * p["devices_per_replica"]
+        kv = np.asarray(m["kv_blocks_used"], dtype=float)[sel]
+        e = p["energy"]
+        out["pools"].append({
+            "role": p["role"], "hardware": p["hardware"], "tp": p["tp"], "pp": p["pp"], "replicas": p["replicas"],
+            "devices": devices, "scheduler": p["scheduler"], "max_batch_size": p["max_batch_size"],
+            "moments": int(sel.sum()),
+            "gpu_busy_frac": p["busy_s"] / (makespan * p["replicas"]) if makespan > 0 else None,
+            "mfu": p["total_flops"] / (makespan * p["peak_flops"] * devices) if makespan > 0 else None,
+            "kv_peak_frac": float(kv.max()) / p["kv_capacity_blocks"] if kv.size and p["kv_capacity_blocks"] else None,
+            "energy_j": e["total_j"] if e["known"] else None,
+            "avg_power_w_per_replica": float(np.mean(e["avg_power_w"])) if e["known"] else None,
+            "peak_power_w_per_replica": float(np.max(e["peak_power_w"])) if e["known"] else None,
+        })
+    out["kv_transfer_ms"] = latency_stats(np.asarray(q.get("kv_transfer_s", []), dtype=float) * 1e3)
+    out["transferred"] = int(np.isfinite(np.asarray(q.get("kv_transfer_s", []), dtype=float)).sum())
+    return out
 
 
 def cache_summary(r: SimResult) -> dict[str, Any]:

@@ -50,6 +50,8 @@ def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str,
         ("engine", q.get("engine", np.zeros(n_req, dtype=int)), "%d"),
         ("status", np.where(np.asarray(q["status"]) == 1, "rejected", "completed"), "%s"),
         ("preemptions", q["preemptions"], "%d"),
+        *((("decode_replica", q["decode_replica"], "%d"), ("kv_transfer_ms", q["kv_transfer_s"] * 1e3, "%.4f"))
+          if "decode_replica" in q else ()),
         *((("class", np.asarray(r.class_names)[q["class"]], "%s"), ("priority", q["priority"], "%d"))
           if "class" in q else ()),
     ])
@@ -64,6 +66,7 @@ def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str,
         ("tokens", m["tokens"], "%d"),
         ("batch", m["batch"], "%d"),
         ("kv_blocks_used", m["kv_blocks_used"], "%d"),
+        *((("pool", np.asarray([p["role"] for p in r.pools])[m["pool"]], "%s"),) if r.pools else ()),
     ], limit=MAX_CSV_ROWS)
     if rows < n_mom:
         notes.append(f"moments.csv holds the first {rows:,} of {n_mom:,} moments (capped); "
@@ -115,6 +118,10 @@ def format_summary(s: dict[str, Any]) -> str:
     c, req = s.get("config", {}), s["requests"]
     head = (f"{c.get('model', '?')} on {c.get('hardware', '?')} (tp={c.get('tp', '?')}, pp={c.get('pp', '?')}, "
             f"replicas={c.get('replicas', '?')}, {c.get('scheduler', '?')})")
+    if s.get("disaggregated"):
+        pools = s["disaggregated"]["pools"]
+        head = (f"{c.get('model', '?')} disaggregated: " + " + ".join(
+            f"{p['replicas']} {p['role']} x {p['hardware']} tp={p['tp']}" for p in pools))
     flags = (["OVERLOADED"] if s.get("overloaded") else []) + (["REQUESTS REJECTED"] if req["rejected"] else [])
     if flags:
         head += ": " + ", ".join(flags)
@@ -155,6 +162,16 @@ def format_summary(s: dict[str, Any]) -> str:
     if g["slo"]:
         lines.append(f"{'goodput':<16}{_fmt(g['requests_per_s'])} requests/s within SLO "
                      f"({_fmt(g['fraction'], '.1%')} of requests)")
+    if s.get("disaggregated"):
+        d = s["disaggregated"]
+        for p in d["pools"]:
+            lines.append(f"{p['role'] + ' pool':<16}{p['replicas']} x {p['hardware']} tp={p['tp']}"
+                         + (f" pp={p['pp']}" if p["pp"] > 1 else "") + f" ({p['scheduler']}): busy "
+                         f"{_fmt(p['gpu_busy_frac'], '.1%')}, MFU {_fmt(p['mfu'], '.1%')}, KV peak "
+                         f"{_fmt(p['kv_peak_frac'], '.1%')}")
+        t = d["kv_transfer_ms"]
+        lines.append(f"{'KV transfer ms':<16}mean {_fmt(t['mean'])}  p50 {_fmt(t['p50'])}  p99 {_fmt(t['p99'])} "
+                     f"({d['transferred']:,} prompts moved to the decode pool)")
     if s.get("prefix_cache"):
         pc, ko = s["prefix_cache"], s.get("kv_offload")
         lines.append(f"{'prefix cache':<16}{_fmt(pc['hit_rate'], '.1%')} of {pc['lookups']:,} prefix lookups hit"

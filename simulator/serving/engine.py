@@ -9,9 +9,12 @@ replica's GPUs are busy; step_agg already includes the host's issue time and per
 overhead), then `scheduler.on_step_done` hands out tokens and KV blocks. An idle engine waits on
 an event that the next arrival routed to it triggers: no polling.
 
-A pool is a set of identical replicas (model, hardware, tp, pp, scheduler, router). A run has one
-pool today; disaggregated serving would add a second (prefill and decode pools), each with its
-own hardware, parallelism and replica count, and a KV transfer between them.
+A pool (pool.py) is a set of identical replicas (model, hardware, tp, pp, scheduler, router). A
+run has one pool, or with `serving.disaggregated` a prefill pool and a decode pool, each with its
+own hardware, parallelism and replica count, and a KV transfer between them (disaggregated.py).
+Features that change how a replica schedules (priorities, a CPU KV tier, speculative decoding)
+are scheduler mixins (schedulers/); speculative decoding also swaps the moment's cost
+(moment/speculative.py).
 
 Pipeline parallelism (pp > 1) is modelled as vLLM runs it: each replica runs pp virtual engines,
 each a process of the same loop with its own scheduler, queue and 1/pp of the replica's KV cache
@@ -43,13 +46,14 @@ import simpy
 from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
 from hwmodels.spec import Hardware
-from simulator.moment.cost import StepModel, check_parallelism, step_model
+from simulator.moment.cost import check_parallelism, step_model
 from simulator.moment.memory import check_fits, footprint
 from simulator.moment.model import ModelSpec, load_model
 from simulator.moment.ops import Dtypes
 from simulator.moment.power import MomentPower
-from simulator.serving.kvcache import KVCache
-from simulator.serving.offload import HostKV, TieredKVCache
+from simulator.moment.speculative import Draft, SpecPower, Speculation, draft_of
+from simulator.serving.disaggregated import Disaggregation, transfer_path
+from simulator.serving.pool import R_KV, R_QUEUE, R_TOKENS, Pool, PoolModel, Replica
 from simulator.serving.result import (
     COMPLETED,
     REJECTED,
@@ -58,130 +62,9 @@ from simulator.serving.result import (
     SimResult,
     build_result,
 )
-from simulator.serving.routers import ROUTERS
-from simulator.serving.scenario import Scenario, Serving
-from simulator.serving.schedulers import DECODE, MIXED, PREFILL, Scheduler, scheduler_class
+from simulator.serving.scenario import Scenario, Serving, pool_serving
+from simulator.serving.schedulers import DECODE, MIXED, PREFILL
 from simulator.serving.workload import make_requests
-
-PCIE_BW = 25e9  # bytes/s host<->device for swap preemption (PCIe 4/5 x16, achieved)
-
-R_KV = "exceeds kv capacity"                    # prompt + output can never fit a replica's KV cache
-R_TOKENS = "prompt > max_batched_tokens"        # continuous (vLLM v0) cannot chunk a prompt
-R_QUEUE = "queue full"                          # serving.max_queue requests already waiting
-
-
-class Replica:
-    """One replica, or one virtual engine of a pp > 1 replica: a scheduler and the SimPy process
-    that runs its moments."""
-
-    def __init__(self, rid: int, eng: int, pp: int, scheduler: Scheduler):
-        self.rid, self.eng = rid, eng
-        self.unit = rid * pp + eng  # the moment log's id (= rid when pp = 1)
-        self.name = f"replica {rid}" + (f" engine {eng}" if pp > 1 else "")
-        self.scheduler = scheduler
-        self.idle = False
-        self.wake: simpy.Event | None = None
-
-    def arrive(self, i: int) -> None:
-        self.scheduler.add(i)
-        if self.idle:
-            self.idle = False
-            self.wake.succeed()
-
-    def run(self, env: simpy.Environment, cost: Callable[..., float], log: MomentLog) -> Iterator[simpy.Event]:
-        sched = self.scheduler
-        # speed: bound methods and attributes as locals, read once instead of once per moment
-        schedule, done, add, kv, unit = sched.schedule, sched.on_step_done, log.add, sched.kv, self.unit
-        timeout = env.timeout
-        while True:
-            m = schedule()
-            if m is None:
-                if sched.waiting or sched.prefilling:
-                    raise RuntimeError(f"{self.name} stalled with {len(sched.waiting)} waiting")
-                self.idle = True
-                self.wake = env.event()
-                yield self.wake
-                continue
-            dt = cost(*m.batch) + m.extra_s
-            add(unit, env.now, dt, m, kv.capacity - kv.free)  # KV used at its start (speed: kv.used inlined)
-            yield timeout(dt)
-            done(m, env.now)
-
-
-class Pool:
-    """Identical replicas (model, hardware, tp, pp, scheduler) behind one router; the KV capacity
-    and step cost are theirs. `submit(i)` is a request's way in."""
-
-    def __init__(self, env: simpy.Environment, serving: Serving, sm: StepModel, cap_blocks: int,
-                 requests: RequestLog, moments: MomentLog):
-        self.serving, self.sm, self.requests, self.moments = serving, sm, requests, moments
-        self.cap_blocks = cap_blocks                # per replica
-        pp = serving.pp
-        blocks = cap_blocks // pp                   # per virtual engine (vLLM: num_gpu_blocks // pp)
-        kv_bytes = sm.model.kv_bytes_per_token(serving.kv_dtype, serving.tp, pp)
-        offload = serving.kv_offload
-        swap_s_per_block = serving.block_size * kv_bytes / (PCIE_BW if offload is None else offload.pcie_gbps * 1e9)
-        # a CPU tier per virtual engine: its share of the replica's host memory, in blocks of all
-        # the replica's devices' shards
-        host_blocks = 0 if offload is None else \
-            int(offload.cpu_gb * 1e9 / pp // (serving.block_size * kv_bytes * serving.tp * pp))
-        policy = scheduler_class(serving)
-
-        def kv() -> KVCache | None:
-            if offload is None:
-                return None
-            return TieredKVCache(blocks, serving.block_size, HostKV(host_blocks), swap_s_per_block)
-
-        self.swap_s_per_block = swap_s_per_block
-        self.engines = [Replica(r, e, pp, policy(serving, requests, blocks, swap_s_per_block, kv=kv()))
-                        for e in range(pp) for r in range(serving.replicas)]  # engine-major
-        self.router = ROUTERS[serving.router]([r.scheduler for r in self.engines])
-        self.cap_tokens = blocks * serving.block_size  # a request lives on one virtual engine
-        self.max_prompt_tokens = self.engines[0].scheduler.max_prompt_tokens
-        self.siblings = {r.rid: [e for e in self.engines if e.rid == r.rid] for r in self.engines}
-        for r in self.engines:
-            env.process(r.run(env, sm.step_agg, moments))
-
-    def submit(self, i: int) -> None:
-        """Reject request i if it can never run here or the queue is full; else route it."""
-        rq = self.requests
-        p = rq.prompt_len[i]
-        if p + rq.output_len[i] > self.cap_tokens:
-            rq.reject(i, R_KV)
-        elif self.max_prompt_tokens is not None and p > self.max_prompt_tokens:
-            rq.reject(i, R_TOKENS)
-        else:
-            r = self.engines[self.router.route(i)]
-            rq.replica[i] = r.rid
-            if r.eng:  # the array starts at 0
-                rq.engine[i] = r.eng
-            cap = self.serving.max_queue
-            if cap is not None and sum(len(e.scheduler.waiting) for e in self.siblings[r.rid]) >= cap:
-                rq.reject(i, R_QUEUE)
-            else:
-                r.arrive(i)
-
-    def kv_stats(self) -> dict[str, float]:
-        """Prefix-cache and CPU-tier counters summed over the engines (SimResult.cache_stats)."""
-        out = {"prefix_lookups": 0, "prefix_hits": 0}
-        for r in self.engines:
-            kv = r.scheduler.kv
-            out["prefix_lookups"] += kv.lookups
-            out["prefix_hits"] += kv.hits
-            if isinstance(kv, TieredKVCache):
-                h = kv.host
-                for k, v in (("host_capacity_blocks", h.capacity), ("prefix_host_hits", kv.host_hits),
-                             ("copied_in_blocks", kv.copied_in), ("swapped_out_blocks", h.swapped_out),
-                             ("swap_fallbacks", h.fallbacks), ("stored_blocks", h.stored)):
-                    out[k] = out.get(k, 0) + v
-        if "copied_in_blocks" in out:  # a swap is copied out and back in
-            out["transfer_s"] = (out["copied_in_blocks"] + 2 * out["swapped_out_blocks"]) * self.swap_s_per_block
-        return out
-
-    def check_drained(self) -> None:
-        for r in self.engines:  # every block came back: only cached prefixes may stay resident
-            if not r.scheduler.drained:
-                raise RuntimeError(f"{r.name} ended holding KV blocks (engine bug)")
 
 
 def _arrivals(env: simpy.Environment, arrival_s: list[float], submit: Callable[[int], None]) -> Iterator[simpy.Event]:
@@ -207,7 +90,8 @@ def _nested(err: InputError, where: str, field: str) -> InputError:
 
 def check_scenario(sc: Scenario, where: str = "scenario") -> tuple[ModelSpec, Hardware, Dtypes]:
     """Resolve model and hardware and check tp/pp and memory (a KV block for each of the pp
-    virtual engines): raise one InputError line before anything is simulated."""
+    virtual engines), of every pool and of a speculative draft: raise one InputError line
+    before anything is simulated."""
     try:
         model = load_model(sc.model)
     except InputError as e:
@@ -217,43 +101,112 @@ def check_scenario(sc: Scenario, where: str = "scenario") -> tuple[ModelSpec, Ha
     except InputError as e:
         raise _nested(e, where, "hardware") from None
     s = sc.serving
-    try:
-        check_parallelism(model, hw, s.tp, s.pp, s.ep)
-    except ValueError as e:
-        field = next((f"serving.{f}" for f in ("pp", "ep") if str(e).startswith(f"{f}=")), "serving.tp")
-        raise InputError(where, field, str(e)) from None
     dt = Dtypes.of(model, s.weight_dtype, s.act_dtype, s.kv_dtype, plain="bf16")
     arr = sc.workload.arrival
     if arr.process == "trace" and arr.path and not Path(arr.path).is_file():
         raise InputError(where, "workload.arrival.path", f"trace file not found: {arr.path}")
-    check_fits(model, hw, s.tp, s.pp, dt, s.gpu_memory_utilization, s.activation_reserve_gb,
-               min_tokens=s.block_size * s.pp, where=f"{where}: model/hardware", ep=s.ep)
+    pools = pools_of(sc, hw, where)
+    for prefix, sv, part in pools:
+        check_pool(model, part, dt, sv, where, prefix)
+    if s.disaggregated is not None:
+        transfer_path(s.disaggregated.transfer, pools[0][2], where)
     return model, hw, dt
+
+
+def pools_of(sc: Scenario, hw: Hardware, where: str) -> list[tuple[str, Serving, Hardware]]:
+    """(field prefix, serving settings, hardware) of each pool: one, or a disaggregated pair."""
+    dis = sc.serving.disaggregated
+    if dis is None:
+        return [("serving", sc.serving, hw)]
+    out = []
+    for role, spec in (("prefill", dis.prefill), ("decode", dis.decode)):
+        field = f"serving.disaggregated.{role}"
+        part = hw
+        if spec.hardware is not None:
+            try:
+                part = load_hardware(spec.hardware)
+            except InputError as e:
+                raise _nested(e, where, f"{field}.hardware") from None
+        out.append((field, pool_serving(sc.serving, spec), part))
+    return out
+
+
+def check_pool(model: ModelSpec, hw: Hardware, dt: Dtypes, s: Serving, where: str, prefix: str = "serving") -> None:
+    """tp/pp/ep of the model and a draft on this hardware, and their memory (one InputError line)."""
+    try:
+        check_parallelism(model, hw, s.tp, s.pp, s.ep)
+    except ValueError as e:
+        field = next((f"{prefix}.{f}" for f in ("pp", "ep") if str(e).startswith(f"{f}=")), f"{prefix}.tp")
+        raise InputError(where, field, str(e)) from None
+    draft = _draft(model, hw, dt, s, where, prefix)
+    extra = (draft.weight_bytes, draft.kv_bytes_per_token) if draft else (0.0, 0.0)
+    check_fits(model, hw, s.tp, s.pp, dt, s.gpu_memory_utilization, s.activation_reserve_gb,
+               min_tokens=s.block_size * s.pp, where=f"{where}: model/hardware" + ("" if prefix == "serving" else
+                                                                                   f" ({prefix})"),
+               ep=s.ep, extra_weight_bytes=extra[0], extra_kv_bytes=extra[1])
+
+
+def _draft(model: ModelSpec, hw: Hardware, dt: Dtypes, s: Serving, where: str, prefix: str = "serving") -> Draft | None:
+    """The speculative draft of serving.speculative (None without it), on the pool's devices."""
+    sp = s.speculative
+    if sp is None:
+        return None
+    field = f"{prefix}.speculative.draft_model"
+    draft = None
+    if sp.method == "draft_model":
+        try:
+            draft = load_model(sp.draft_model)
+        except InputError as e:
+            raise _nested(e, where, field) from None
+        try:
+            check_parallelism(draft, hw, s.tp, s.pp)
+        except ValueError as e:
+            raise InputError(where, field, f"the draft: {e}") from None
+    return draft_of(model, hw, s.tp, s.pp, s.mode, dt, s.async_scheduling, s.kernels, draft, sp.head_layers)
+
+
+def pool_model(model: ModelSpec, hw: Hardware, dt: Dtypes, s: Serving, where: str = "scenario",
+               prefix: str = "serving") -> PoolModel:
+    """A pool's KV blocks per replica, moment cost and power (with a draft if speculative)."""
+    draft = _draft(model, hw, dt, s, where, prefix)
+    extra = (draft.weight_bytes, draft.kv_bytes_per_token) if draft else (0.0, 0.0)
+    fp = footprint(model, hw, s.tp, s.pp, dt, s.gpu_memory_utilization, s.activation_reserve_gb, s.ep, *extra)
+    sm = step_model(model, hw, s.tp, s.pp, s.mode, dt, s.async_scheduling, s.ep, s.moe_imbalance, s.kernels)
+    power = MomentPower(sm, hw.device.power, s.max_batch_size)
+    if draft is None:
+        return PoolModel(s, hw, dt, fp.kv_capacity_tokens // s.block_size, sm, power)
+    k = s.speculative.k
+    spec_power = SpecPower(power, tuple((MomentPower(d, hw.device.power, s.max_batch_size), w) for d, w in draft.parts), k)
+    return PoolModel(s, hw, dt, fp.kv_capacity_tokens // s.block_size, Speculation(sm, draft, k), spec_power)
 
 
 # -- entry point ---------------------------------------------------------------------------------
 def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None) -> SimResult:
     """Run a scenario to the end: every request completes or is rejected with a reason."""
     t_wall = time.perf_counter()
-    sv = scenario.serving
     model, hw, dt = check_scenario(scenario)
-    fp = footprint(model, hw, sv.tp, sv.pp, dt, sv.gpu_memory_utilization, sv.activation_reserve_gb, sv.ep)
-    cap_blocks = fp.kv_capacity_tokens // sv.block_size
-    sm = step_model(model, hw, sv.tp, sv.pp, sv.mode, dt, sv.async_scheduling, sv.ep, sv.moe_imbalance, sv.kernels)
     req = make_requests(scenario.workload, scenario.seed, where="scenario")
     env = simpy.Environment()
     requests = RequestLog(req)
-    power = MomentPower(sm, hw.device.power, sv.max_batch_size)
-    pool = Pool(env, sv, sm, cap_blocks, requests, MomentLog(sm, requests, progress, power))
-    env.process(_arrivals(env, req.arrival_s.tolist(), pool.submit))
+    if scenario.serving.disaggregated is not None:
+        pms = [pool_model(model, part, dt, sv, prefix=prefix) for prefix, sv, part in pools_of(scenario, hw, "scenario")]
+        deployment = Disaggregation(env, scenario, pms, requests, progress)
+        pools, submit = deployment.pools, deployment.submit
+    else:
+        pm = pool_model(model, hw, dt, scenario.serving)
+        pools = [Pool(env, pm, requests, MomentLog(pm.cost, requests, progress, pm.power), scenario.seed)]
+        submit = pools[0].submit
+    env.process(_arrivals(env, req.arrival_s.tolist(), submit))
     env.run()
     if progress is not None:
         progress(1.0)
-    pool.check_drained()
-    r = build_result(scenario, requests, pool.moments, hw, dt, cap_blocks, time.perf_counter() - t_wall)
-    r.cache_stats = pool.kv_stats()
+    for pool in pools:
+        pool.check_drained()
+    r = build_result(scenario, requests, [p.run_record() for p in pools], time.perf_counter() - t_wall)
+    stats = [p.kv_stats() for p in pools]
+    r.cache_stats = {k: sum(st.get(k, 0) for st in stats) for k in stats[0] | stats[-1]}
     return r
 
 
-__all__ = ["SimResult", "simulate", "check_scenario", "Pool", "Replica", "PREFILL", "DECODE", "MIXED",
-           "COMPLETED", "REJECTED"]
+__all__ = ["SimResult", "simulate", "check_scenario", "pool_model", "Pool", "PoolModel", "Replica", "PREFILL",
+           "DECODE", "MIXED", "COMPLETED", "REJECTED", "R_KV", "R_QUEUE", "R_TOKENS"]

@@ -13,6 +13,7 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -98,6 +99,7 @@ class SimResult:
     energy: dict = field(default_factory=dict)
     class_names: tuple[str, ...] = ()
     cache_stats: dict[str, float] = field(default_factory=dict)
+    pools: list[dict] = field(default_factory=list)
 
 
 class RequestLog:
@@ -105,6 +107,7 @@ class RequestLog:
 
     def __init__(self, req: Requests):
         n = len(req)
+        self.extra: dict[str, np.ndarray] = {}  # more per-request arrays a deployment records (results.requests)
         self.requests = req
         # speed: lists, as a Python int from a list is faster to read one at a time than from numpy
         self.prompt_len: list[int] = req.prompt_len.tolist()
@@ -230,15 +233,24 @@ class MomentLog:
 
 # -- after the run ---------------------------------------------------------------------------------
 
-def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtypes, cap_blocks: int,
-                 wall: float) -> SimResult:
-    """Arrays, category seconds, work and time series of a finished run of one pool."""
-    req = log.requests
-    left = int(np.sum(log.status == UNFINISHED))
-    if left:
-        raise RuntimeError(f"{left} requests neither completed nor rejected (engine bug)")
-    sv = sc.serving
-    pp = sv.pp
+@dataclass
+class PoolRun:
+    """What build_result needs of one pool: its role (all: serves whole requests; prefill; decode),
+    its effective serving settings, hardware, dtypes, KV blocks per replica and moment log, and
+    the global id of its first replica."""
+
+    role: str
+    serving: Serving
+    hw: Any
+    dt: Dtypes
+    cap_blocks: int
+    moments: MomentLog
+    replica_offset: int = 0
+
+
+def _pool_moments(pool: PoolRun) -> dict[str, np.ndarray]:
+    """A pool's moment columns as arrays (replicas numbered globally)."""
+    moments, pp = pool.moments, pool.serving.pp
     unit = np.frombuffer(moments.unit, dtype=np.int32).astype(np.int64)
     start = np.frombuffer(moments.start, dtype=np.float64)  # shares the array's memory
     dur = np.frombuffer(moments.dur, dtype=np.float64)
@@ -248,10 +260,10 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
     else:
         replica, engine = unit // pp, unit % pp
         kv_rep = _replica_kv(start, dur, replica, engine, kv_eng, pp)
-    m = {
+    return {
         "start_s": start,
         "dur_s": dur,
-        "replica": replica,
+        "replica": replica + pool.replica_offset if pool.replica_offset else replica,
         "engine": engine,
         "kind": np.frombuffer(moments.kind, dtype=np.int8).astype(np.int64),
         "tokens": np.frombuffer(moments.tokens, dtype=np.int64),
@@ -260,8 +272,19 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
         "kv_blocks_engine": kv_eng,
         "running": np.frombuffer(moments.running, dtype=np.int32).astype(np.int64),
     }
-    end = float(np.max(m["start_s"] + m["dur_s"])) if m["start_s"].size else 0.0
-    makespan = max(end, float(req.arrival_s[-1]) if len(req) else 0.0)
+
+
+def build_result(sc: Scenario, log: RequestLog, pools: list[PoolRun], wall: float) -> SimResult:
+    """Arrays, category seconds, work, energy and time series of a finished run. Several pools
+    (disaggregated prefill and decode): their moments merged in order of start, with a pool
+    column (the index into SimResult.pools), replicas numbered across pools."""
+    req = log.requests
+    left = int(np.sum(log.status == UNFINISHED))
+    if left:
+        raise RuntimeError(f"{left} requests neither completed nor rejected (engine bug)")
+    parts = [_pool_moments(p) for p in pools]
+    ends = [float(np.max(m["start_s"] + m["dur_s"])) for m in parts if m["start_s"].size]
+    makespan = max(max(ends, default=0.0), float(req.arrival_s[-1]) if len(req) else 0.0)
     requests = {
         "arrival_s": req.arrival_s, "prompt_len": req.prompt_len, "output_len": req.output_len,
         "first_token_s": log.first_token_s, "finish_s": log.finish_s, "replica": log.replica,
@@ -269,27 +292,69 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
     }
     if len(req.class_names) > 1 or np.any(req.priority):  # a workload with classes or priorities
         requests.update({"class": req.klass, "priority": req.priority})
-    cats = {}
-    for k, name in ((0, "prefill"), (1, "decode")):
-        est = moments.cat_est[k]
-        tot = float(est.sum())
-        scale = moments.kind_s[k] / tot if tot > 0 else 0.0
-        names = list(DEVICE_CATEGORIES) + ["host"]
-        cats[name] = {c: float(v) * scale for c, v in zip(names, est, strict=True)}
-    sm = moments.sm
-    flops, bytes_ = _work(moments.sums, sm.model, dt, sv)
-    energy, watts = _energy(moments.power, _demand(moments, m), m, makespan, sv.replicas, pp)
-    m["energy_j"] = watts * m["dur_s"]
-    ts = _timeseries(log, m, makespan, sv.replicas, pp, cap_blocks,
-                     watts if energy["known"] else None, energy["idle_power_w"] * sv.replicas)
+    requests.update(log.extra)
+    names = list(DEVICE_CATEGORIES) + ["host"]
+    cats = {"prefill": dict.fromkeys(names, 0.0), "decode": dict.fromkeys(names, 0.0)}
+    infos, watts_of = [], []
+    for pool, m in zip(pools, parts, strict=True):
+        moments, sv = pool.moments, pool.serving
+        for k, name in ((0, "prefill"), (1, "decode")):
+            est = moments.cat_est[k]
+            tot = float(est.sum())
+            scale = moments.kind_s[k] / tot if tot > 0 else 0.0
+            for c, v in zip(names, est, strict=True):
+                cats[name][c] += float(v) * scale
+        sm = moments.sm
+        flops, bytes_ = _work(moments.sums, sm, pool.dt, sv)
+        energy, watts = _energy(moments.power, _demand(moments, m), m, makespan, sv.replicas, sv.pp,
+                                pool.replica_offset)
+        m["energy_j"] = watts * m["dur_s"]
+        watts_of.append(watts)
+        dev = pool.hw.device
+        infos.append({
+            "role": pool.role, "hardware": pool.hw.name, "tp": sv.tp, "pp": sv.pp, "replicas": sv.replicas,
+            "replica_offset": pool.replica_offset, "devices_per_replica": sv.tp * sv.pp,
+            "kv_capacity_blocks": pool.cap_blocks, "block_size": sv.block_size, "scheduler": sv.scheduler,
+            "max_batch_size": sv.max_batch_size, "clock_ghz": dev.clock_ghz,
+            "peak_flops": dev.peak_flops(pool.dt.compute), "mem_bw": dev.bandwidth, "total_flops": flops,
+            "total_bytes": bytes_, "host_busy_s": moments.count * (sm.issue_s + sm.overhead_s),
+            "busy_s": float(m["dur_s"].sum()) / sv.pp, "moments": moments.count, "energy": energy,
+        })
+    if len(pools) == 1:
+        m, watts, busy_w = parts[0], watts_of[0], None
+    else:
+        pool_of = np.concatenate([np.full(x["start_s"].size, k, dtype=np.int64) for k, x in enumerate(parts)])
+        order = np.argsort(np.concatenate([x["start_s"] for x in parts]), kind="stable")
+        m = {key: np.concatenate([x[key] for x in parts])[order] for key in parts[0]}
+        m["pool"] = pool_of[order]
+        watts = np.concatenate(watts_of)[order]
+        busy_w = (1.0 / np.asarray([p.serving.pp for p in pools], dtype=float))[m["pool"]]
+    first, sv0 = infos[0], pools[0].serving
+    replicas = sum(p.serving.replicas for p in pools)
+    energy = _total_energy([x["energy"] for x in infos]) if len(pools) > 1 else infos[0]["energy"]
+    ts = _timeseries(log, m, makespan, replicas, sv0.pp, first["kv_capacity_blocks"],
+                     watts if energy["known"] else None, energy["idle_power_w"] * replicas if len(pools) == 1
+                     else sum(x["energy"]["idle_power_w"] * x["replicas"] for x in infos),
+                     busy_w, sum(x["kv_capacity_blocks"] * x["replicas"] for x in infos))
     return SimResult(
         requests=requests, reject_reasons=dict(log.reasons), moments=m, category_s=cats, timeseries=ts,
-        makespan_s=makespan, kv_capacity_blocks=cap_blocks, block_size=sv.block_size, replicas=sv.replicas,
-        devices_per_replica=sv.tp * sv.pp, clock_ghz=hw.device.clock_ghz, peak_flops=hw.device.peak_flops(dt.compute),
-        mem_bw=hw.device.bandwidth, total_flops=flops, total_bytes=bytes_,
-        host_busy_s=moments.count * (sm.issue_s + sm.overhead_s), scenario=sc, wall_s=wall,
-        stats={"moments": moments.count}, pp=pp, energy=energy, class_names=req.class_names,
+        makespan_s=makespan, kv_capacity_blocks=first["kv_capacity_blocks"], block_size=sv0.block_size,
+        replicas=replicas, devices_per_replica=sv0.tp * sv0.pp, clock_ghz=first["clock_ghz"],
+        peak_flops=first["peak_flops"], mem_bw=first["mem_bw"], total_flops=sum(x["total_flops"] for x in infos),
+        total_bytes=sum(x["total_bytes"] for x in infos), host_busy_s=sum(x["host_busy_s"] for x in infos),
+        scenario=sc, wall_s=wall, stats={"moments": sum(x["moments"] for x in infos)}, pp=sv0.pp, energy=energy,
+        class_names=req.class_names, pools=infos if len(pools) > 1 else [],
     )
+
+
+def _total_energy(parts: list[dict]) -> dict:
+    """The energy of several pools together (per replica arrays concatenated in replica order)."""
+    cat = lambda key: np.concatenate([e[key] for e in parts])  # noqa: E731
+    return {"known": all(e["known"] for e in parts), "total_j": sum(e["total_j"] for e in parts),
+            "idle_j": sum(e["idle_j"] for e in parts), "dynamic_j": sum(e["dynamic_j"] for e in parts),
+            "replica_j": cat("replica_j"), "avg_power_w": cat("avg_power_w"), "peak_power_w": cat("peak_power_w"),
+            "idle_power_w": sum(e["idle_power_w"] * e["replica_j"].size for e in parts) / sum(e["replica_j"].size for e in parts),
+            "tdp_w": sum(e["tdp_w"] * e["replica_j"].size for e in parts) / sum(e["replica_j"].size for e in parts)}
 
 
 def _demand(moments: MomentLog, m: dict[str, np.ndarray]) -> np.ndarray:
@@ -304,10 +369,10 @@ def _demand(moments: MomentLog, m: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _energy(power: MomentPower, demand: np.ndarray, m: dict[str, np.ndarray], makespan: float,
-            replicas: int, pp: int) -> tuple[dict, np.ndarray]:
-    """The run's energy (see SimResult.energy) and each moment's dynamic power in W over its
+            replicas: int, pp: int, offset: int = 0) -> tuple[dict, np.ndarray]:
+    """A pool's energy (see SimResult.energy) and each moment's dynamic power in W over its
     replica's devices (its dynamic energy over its length)."""
-    start, dur, replica = m["start_s"], m["dur_s"], m["replica"]
+    start, dur, replica = m["start_s"], m["dur_s"], m["replica"] - offset if offset else m["replica"]
     e = power.energy(demand, dur)
     watts = np.divide(e, dur, out=np.zeros_like(e), where=dur > 0)
     idle = power.idle_w * makespan
@@ -351,7 +416,21 @@ def _replica_kv(start: np.ndarray, dur: np.ndarray, replica: np.ndarray, engine:
     return total
 
 
-def _work(sums: list, model, dt: Dtypes, sv: Serving) -> tuple[float, float]:
+def _work(sums: list, sm, dt: Dtypes, sv: Serving) -> tuple[float, float]:
+    """Total FLOPs and bytes of a pool's devices (_sums_work); with speculative decoding the
+    target's verify passes and the draft's passes (moment/speculative.Speculation.work_sums)."""
+    if not hasattr(sm, "work_sums"):
+        return _sums_work(sums, sm.model, dt, sv)
+    flops_sums, bytes_sums, drafts = sm.work_sums(sums)
+    flops = _sums_work(flops_sums, sm.model, dt, sv)[0]
+    bytes_ = _sums_work(bytes_sums, sm.model, dt, sv)[1]
+    for model, w, ds in drafts:
+        f, b = _sums_work(ds, model, dt, sv)
+        flops, bytes_ = flops + w * f, bytes_ + w * b
+    return flops, bytes_
+
+
+def _sums_work(sums: list, model, dt: Dtypes, sv: Serving) -> tuple[float, float]:
     """Total FLOPs and bytes of all devices from the running sums of batch aggregates.
 
     The ops' FLOPs are linear in the aggregates (tokens, logit rows, prefill pairs, decode
@@ -388,10 +467,12 @@ def _integral(t: np.ndarray, starts: np.ndarray, ends: np.ndarray, w: np.ndarray
 
 
 def _timeseries(log: RequestLog, m: dict[str, np.ndarray], makespan: float, replicas: int, pp: int,
-                cap_blocks: int, watts: np.ndarray | None = None, idle_w: float = 0.0) -> dict[str, np.ndarray]:
+                cap_blocks: int, watts: np.ndarray | None = None, idle_w: float = 0.0,
+                busy_w: np.ndarray | None = None, kv_blocks: int | None = None) -> dict[str, np.ndarray]:
     """Interval averages on a fixed grid, exact: integrals of step functions via sorted prefix sums.
     With `watts` (each moment's dynamic power) also power_w: all devices' average power, idle_w
-    (all replicas') included."""
+    (all replicas') included. Pools of different pp: busy_w is each moment's 1 / pp, kv_blocks
+    all replicas' blocks."""
     n = TIMESERIES_POINTS
     span = makespan if makespan > 0 else 1.0
     edges = np.linspace(0.0, span, n + 1)
@@ -403,7 +484,8 @@ def _timeseries(log: RequestLog, m: dict[str, np.ndarray], makespan: float, repl
     st, en = m["start_s"], m["start_s"] + m["dur_s"]
     # the moments' series share one sort: running, busy (each of pp stages: dur / pp), KV (engines
     # overlap: their sum), dynamic power
-    cols = [m["running"].astype(float), np.full(st.size, 1.0 / pp), m["kv_blocks_engine"].astype(float)]
+    cols = [m["running"].astype(float), np.full(st.size, 1.0 / pp) if busy_w is None else busy_w,
+            m["kv_blocks_engine"].astype(float)]
     if watts is not None:
         cols.append(watts)
     mom_i = _integral(edges, st, en, np.stack(cols, axis=1))
@@ -414,7 +496,7 @@ def _timeseries(log: RequestLog, m: dict[str, np.ndarray], makespan: float, repl
         "t_s": edges[:-1].copy(),
         "queue_len": np.maximum(outstanding - running, 0.0),
         "running": running,
-        "kv_used_frac": avg(mom_i[:, 2]) / max(cap_blocks * replicas, 1),
+        "kv_used_frac": avg(mom_i[:, 2]) / max(cap_blocks * replicas if kv_blocks is None else kv_blocks, 1),
         "busy_frac": avg(mom_i[:, 1]) / replicas,
         "outstanding": outstanding,
     }
@@ -423,4 +505,4 @@ def _timeseries(log: RequestLog, m: dict[str, np.ndarray], makespan: float, repl
     return out
 
 
-__all__ = ["SimResult", "RequestLog", "MomentLog", "build_result", "COMPLETED", "REJECTED"]
+__all__ = ["SimResult", "RequestLog", "MomentLog", "PoolRun", "build_result", "COMPLETED", "REJECTED"]

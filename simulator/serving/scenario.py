@@ -125,6 +125,74 @@ class KVOffload(Strict):
         "host<->device copy bandwidth of each device, GB/s (PCIe 4/5 x16 reaches about 25); also sets swaps'"))
 
 
+class Speculative(Strict):
+    """Speculative decoding (simulator/moment/speculative.py): each step a draft proposes k tokens
+    per sequence and one target pass of k + 1 tokens verifies them."""
+
+    method: Literal["draft_model", "heads"] = Field(description=(
+        "draft_model: a separate small model (draft_model); heads: draft heads on the target's hidden states "
+        "(EAGLE, MTP) of head_layers target layers"))
+    draft_model: str | None = Field(default=None, description="draft_model: a model preset or config path")
+    head_layers: float = Field(default=1.0, gt=0, le=16, description=(
+        "heads: the head's size in target layers (EAGLE, EAGLE-3 and DeepSeek's MTP: 1; a lighter head: a fraction)"))
+    k: int = Field(ge=1, le=16, description="tokens proposed per sequence per step")
+    acceptance: float | list[float] = Field(description=(
+        "alpha, the chance a proposed token is accepted (0..1), or one per position j: the chance it is "
+        "accepted given the ones before it were; a step yields (1 - alpha^(k+1)) / (1 - alpha) tokens on average"))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Speculative:
+        alphas = self.acceptance if isinstance(self.acceptance, list) else [self.acceptance]
+        if any(not 0 <= a <= 1 for a in alphas):
+            raise ValueError("acceptance rates must be between 0 and 1")
+        if isinstance(self.acceptance, list) and len(self.acceptance) != self.k:
+            raise ValueError(f"acceptance lists one rate per proposed token: {self.k} for k={self.k}, "
+                             f"got {len(self.acceptance)}")
+        if self.method == "draft_model" and not self.draft_model:
+            raise ValueError("method draft_model needs draft_model: a model preset or config path")
+        return self
+
+
+class PoolSpec(Strict):
+    """One pool of a disaggregated deployment: what differs from the scenario's serving settings
+    (unset fields keep them)."""
+
+    hardware: str | None = Field(default=None, description="preset or path; none: the scenario's hardware")
+    tp: int | None = Field(default=None, ge=1, le=1024)
+    pp: int | None = Field(default=None, ge=1, le=1024)
+    replicas: int | None = Field(default=None, ge=1, le=100_000)
+    scheduler: Literal["static", "continuous", "chunked"] | None = None
+    max_batch_size: int | None = Field(default=None, gt=0, le=65536)
+    max_batched_tokens: int | None = Field(default=None, gt=0, le=1_048_576)
+
+
+class KVTransferSpec(Strict):
+    """How a prompt's KV cache moves from its prefill replica to a decode replica."""
+
+    path: Literal["network", "link"] = Field(default="network", description=(
+        "network: between nodes (the prefill hardware's network: one NIC per device); link: within a node "
+        "(its device link, NVLink)"))
+    bw_gbps: float | None = Field(default=None, gt=0, le=100_000, description=(
+        "per device per direction, GB/s; none: the path's (a device's share of it)"))
+    latency_us: float | None = Field(default=None, ge=0, le=1e7, description="per transfer; none: the path's")
+
+
+class Disaggregated(Strict):
+    """Disaggregated prefill and decode (DistServe, Splitwise, vLLM/SGLang P/D, Dynamo): prompts run
+    in a prefill pool, their KV moves to a decode pool, which generates the rest."""
+
+    prefill: PoolSpec = PoolSpec()
+    decode: PoolSpec = PoolSpec()
+    transfer: KVTransferSpec = KVTransferSpec()
+
+    @model_validator(mode="after")
+    def _decode_scheduler(self) -> Disaggregated:
+        if self.decode.scheduler == "static":
+            raise ValueError("decode.scheduler: a decode pool admits requests as their KV arrives: continuous or "
+                             "chunked, not static")
+        return self
+
+
 class Serving(Strict):
     scheduler: Literal["static", "continuous", "chunked"] = "continuous"
     max_batch_size: int = Field(default=64, gt=0, le=65536)
@@ -156,6 +224,8 @@ class Serving(Strict):
                                  "spread of random routing in small batches is added on top)")
     max_queue: int | None = Field(default=None, gt=0, description="reject arrivals beyond this queue length")
     kv_offload: KVOffload | None = Field(default=None, description="a CPU-memory tier under the KV cache")
+    speculative: Speculative | None = Field(default=None, description="speculative decoding")
+    disaggregated: Disaggregated | None = Field(default=None, description="separate prefill and decode pools")
     queue: Literal["fcfs", "priority", "shortest_first"] = Field(
         default="fcfs", description="the waiting queue's order: fcfs (arrival), priority (the request's class "
         "priority, 0 first, then arrival) or shortest_first (prompt + output tokens, known in advance: an oracle)")
@@ -173,7 +243,17 @@ class Serving(Strict):
             raise ValueError("priority_preemption needs queue: priority")
         if self.priority_preemption and self.scheduler == "static":
             raise ValueError("priority_preemption needs a scheduler that preempts: continuous or chunked")
+        if self.disaggregated is not None and self.disaggregated.decode.scheduler is None \
+                and self.scheduler == "static":
+            raise ValueError("disaggregated: the decode pool needs scheduler continuous or chunked "
+                             "(set disaggregated.decode.scheduler)")
         return self
+
+
+def pool_serving(serving: Serving, spec: PoolSpec) -> Serving:
+    """The serving settings of one pool of a disaggregated deployment."""
+    update = {k: v for k, v in spec.model_dump(exclude={"hardware"}).items() if v is not None}
+    return serving.model_copy(update={**update, "disaggregated": None})
 
 
 class Slo(Strict):
@@ -211,6 +291,15 @@ def resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     for key in ("model", "hardware"):
         if key in d:
             d[key] = local_path(d[key], base_dir)
+    sv = d.get("serving") if isinstance(d.get("serving"), dict) else {}
+    spec = sv.get("speculative")
+    if isinstance(spec, dict) and "draft_model" in spec:
+        spec["draft_model"] = local_path(spec["draft_model"], base_dir)
+    dis = sv.get("disaggregated")
+    for role in ("prefill", "decode"):
+        part = dis.get(role) if isinstance(dis, dict) else None
+        if isinstance(part, dict) and "hardware" in part:
+            part["hardware"] = local_path(part["hardware"], base_dir)
     arr = d.get("workload", {}).get("arrival") if isinstance(d.get("workload"), dict) else None
     if isinstance(arr, dict) and isinstance(arr.get("path"), str) and not Path(arr["path"]).is_absolute():
         arr["path"] = str(base_dir / arr["path"])
@@ -280,7 +369,8 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
-PATH_FIELDS = ("model", "hardware", "workload.arrival.path")  # values that name files
+PATH_FIELDS = ("model", "hardware", "workload.arrival.path", "serving.speculative.draft_model",
+               "serving.disaggregated.prefill.hardware", "serving.disaggregated.decode.hardware")  # values naming files
 
 
 def apply_sets(data: dict[str, Any], sets: Sequence[str], where: str) -> dict[str, Any]:

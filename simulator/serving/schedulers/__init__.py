@@ -6,7 +6,7 @@ a hook such as `_release`), plus one line in SCHEDULERS; `serving.scheduler` nam
 
 A serving feature that works with any policy is a mixin that overrides one or two of its hooks
 (priority.py: `schedule` runs a preemption pass first; offload.py: admissions and swaps
-use a CPU tier); `scheduler_class` puts the mixins a
+use a CPU tier; speculative.py: a step's blocks for several tokens per sequence); `scheduler_class` puts the mixins a
 scenario asks for in front of its policy, so no policy's loop tests for a feature.
 """
 
@@ -19,6 +19,7 @@ from simulator.serving.schedulers.chunked import ChunkedScheduler
 from simulator.serving.schedulers.continuous import ContinuousScheduler
 from simulator.serving.schedulers.offload import KVOffloading
 from simulator.serving.schedulers.priority import PriorityPreemption
+from simulator.serving.schedulers.speculative import Speculative
 from simulator.serving.schedulers.static import StaticScheduler
 
 if TYPE_CHECKING:
@@ -37,7 +38,8 @@ def scheduler_class(serving: Serving, *mixins: type) -> type[Scheduler]:
     """serving.scheduler's policy behind the given mixins and those its options ask for."""
     policy = SCHEDULERS[serving.scheduler]
     bases = (*mixins, *((PriorityPreemption,) if serving.priority_preemption else ()),
-             *((KVOffloading,) if serving.kv_offload is not None else ()), policy)
+             *((KVOffloading,) if serving.kv_offload is not None else ()),
+             *((Speculative,) if serving.speculative is not None else ()), policy)
     if len(bases) == 1:
         return policy
     cls = _COMPOSED.get(bases)

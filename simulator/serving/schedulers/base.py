@@ -84,10 +84,13 @@ class Scheduler:
 
     preemptible = True      # running requests may be evicted when the KV cache runs out
     shares_prefixes = True  # prefix caching applies (a policy reserving whole requests cannot share)
+    in_flight = 0           # requests whose blocks wait on something outside (a KV transfer): nothing
+    #                         may be runnable until it ends (schedulers/disaggregated.py)
 
     def __init__(self, serving: Serving, requests: RequestLog, blocks: int, swap_s_per_block: float,
-                 kv: KVCache | None = None):
+                 kv: KVCache | None = None, seed: int = 0):
         self.requests = requests
+        self.seed = seed                          # for a policy's own draws (speculative acceptance)
         self.prompt_len, self.output_len = requests.prompt_len, requests.output_len
         self.max_batch_size = serving.max_batch_size
         self.max_batched_tokens = serving.max_batched_tokens
@@ -253,7 +256,7 @@ class Scheduler:
                 kv.release(own)
                 if pid >= 0:
                     kv.release_prefix(pid)
-                if self.swap and self._swap_out(own + pb):
+                if self.swap and self._swap_out(i, own + pb):
                     self.swapped[i] = (cached, generated)
                     self.swap_s += (own + pb) * self.swap_s_per_block  # copy out (prefix too, conservatively)
                 else:
@@ -273,7 +276,7 @@ class Scheduler:
             return True
         return False
 
-    def _swap_out(self, blocks: int) -> bool:
+    def _swap_out(self, i: int, blocks: int) -> bool:
         """Room in host memory for a preempted sequence's blocks (unbounded here; a CPU tier,
         schedulers/offload.py, may refuse, and the request is recomputed instead)."""
         return True

@@ -11,18 +11,24 @@ from simulator.serving.schedulers.base import Prefill
 class KVOffloading:
     """Mixin (before the policy in the bases): the CPU tier's room and copies."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hosted: dict[int, int] = {}  # swapped-out request -> its blocks in the CPU tier
+
     def _admit(self, *args) -> tuple[Prefill, int] | None:
         got = super()._admit(*args)
         self.swap_s += self.kv.take_copy_s()
         return got
 
-    def _swap_out(self, blocks: int) -> bool:
-        return self.kv.host.take(blocks)
+    def _swap_out(self, i: int, blocks: int) -> bool:
+        if not self.kv.host.take(blocks):
+            return False
+        self.hosted[i] = blocks
+        return True
 
     def _swap_in(self, i: int, n_seq: int) -> bool:
-        blocks = self.kv.blocks(self.swapped[i][0])
         if not super()._swap_in(i, n_seq):
             return False
-        self.kv.host.release(blocks)
+        self.kv.host.release(self.hosted.pop(i, 0))
         self.swap_s += self.kv.take_copy_s()
         return True

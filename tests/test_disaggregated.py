@@ -130,3 +130,40 @@ def test_disaggregated_settings_are_checked(tmp_path):
     with pytest.raises(InputError, match="names no network"):
         check_scenario(scen(path, {"prefill": {"hardware": "cpu"}}, hardware="cpu"))
     assert load_hardware("h100-sxm").network is not None
+
+
+def test_a_plan_searches_the_prefill_decode_ratio(tmp_path):
+    # a stand-in simulator: colocated serving never meets the SLO, a disaggregated deployment does
+    # once it has at least 2 prefill and 4 decode replicas: 1:2 needs 2 units (6 devices), 1:1
+    # needs 4 units (8 devices), 2:3 needs 2 units (10 devices): the plan picks 1:2 x2
+    from pathlib import Path
+
+    from simulator.studies.plan import run_plan
+    from simulator.studies.plan_schema import Plan
+
+    seen: list[Scenario] = []
+
+    def run(sc: Scenario) -> dict[str, Any]:
+        seen.append(sc)
+        d = sc.serving.disaggregated
+        ok = d is not None and d.prefill.replicas >= 2 and d.decode.replicas >= 4
+        return {"output_tokens_per_s": 640.0, "ttft_ms": {"p99": 50.0 if ok else 5000.0}, "tpot_ms": {"p99": 5.0},
+                "goodput": {"fraction": 1.0}, "requests": {"rejected": 0}}
+
+    plan = Plan.model_validate({
+        "model": "llama-3.2-1b", "workload": {"num_requests": 50, "arrival": {"process": "poisson", "rate": 5.0}},
+        "slo": {"p99_ttft_ms": 200}, "candidates": [{"hardware": "h100-sxm"}],
+        "search": {"tp": [1], "max_replicas": 8, "max_batch_size": [16], "scheduler": ["chunked"],
+                   "pd_ratios": ["1:1", "1:2", "2:3"]},
+        "rate_steps": 0})
+    res = run_plan(plan, Path("."), runner=run, workers=1)
+    c = res.candidates[0]
+    assert c.best.pd == (1, 2) and c.best.replicas == 2 and c.devices == 6
+    assert c.cost_per_hour == pytest.approx(6 * load_hardware("h100-sxm").price_per_hour)
+    by = {cfg.pd: cfg for cfg in c.configs}
+    assert by[None].status == "infeasible" and by[(1, 1)].replicas in (None, 4)
+    d = [sc.serving.disaggregated for sc in seen if sc.serving.disaggregated is not None]
+    layouts = {(a * u, b * u) for a, b in ((1, 1), (1, 2), (2, 3)) for u in range(1, 9)}
+    assert d and all((x.prefill.replicas, x.decode.replicas) in layouts for x in d)
+    with pytest.raises(ValueError, match="P:D"):
+        Plan.model_validate({**plan.model_dump(), "search": {"pd_ratios": ["1-2"]}})

@@ -20,6 +20,11 @@ Simulations are the expensive part, so the search avoids them wherever theory de
 - monotonicity: if N replicas meet the SLO so do more, so the fewest replicas are found by
   galloping then bisection; configurations are visited cheapest-bound first and dropped when
   their lower-bound cost cannot beat the best found.
+
+`search.pd_ratios: ["1:1", "1:2"]` adds disaggregated configurations: x units of P prefill and D
+decode replicas of the part (serving.disaggregated; the replica count searched is then x, and the
+decode bound counts the D x decoding replicas). `electricity_usd_per_kwh` prices the energy the
+runs draw beside the devices' hourly price.
 """
 
 from __future__ import annotations
@@ -42,9 +47,11 @@ from simulator.moment.model import ModelSpec, load_model
 from simulator.moment.ops import Batch, Dtypes
 from simulator.reports.progress import Progress
 from simulator.serving.scenario import (
+    Disaggregated,
     Fixed,
     FromTrace,
     Lognormal,
+    PoolSpec,
     Scenario,
     Serving,
     Uniform,
@@ -124,6 +131,7 @@ class Config:
     pp: int
     max_batch_size: int
     scheduler: str
+    pd: tuple[int, int] | None = None  # disaggregated: a unit of P prefill and D decode replicas
     status: ConfigStatus = ConfigStatus.PENDING
     reason: str = ""
     replicas: int | None = None   # fewest that meet the SLO
@@ -137,10 +145,16 @@ class Config:
     @property
     def label(self) -> str:
         pp = f" pp{self.pp}" if self.pp > 1 else ""
-        return f"tp{self.tp}{pp} bs{self.max_batch_size} {self.scheduler}"
+        pd = f" P:D {self.pd[0]}:{self.pd[1]}" if self.pd else ""
+        return f"tp{self.tp}{pp} bs{self.max_batch_size} {self.scheduler}{pd}"
 
     def devices(self, replicas: int) -> int:
-        return self.tp * self.pp * replicas
+        """Devices of `replicas` replicas (disaggregated: units of P + D replicas)."""
+        return self.tp * self.pp * replicas * (sum(self.pd) if self.pd else 1)
+
+    def decoders(self, replicas: int) -> int:
+        """Replicas that decode: all of them, or D per unit."""
+        return replicas * (self.pd[1] if self.pd else 1)
 
 
 @dataclass
@@ -311,6 +325,10 @@ class _Search:
     def scenario(self, c: Config, replicas: int, rate: float, seed: int) -> Scenario:
         s = self.serving.model_copy(update={"tp": c.tp, "pp": c.pp, "replicas": replicas,
                                             "max_batch_size": c.max_batch_size, "scheduler": c.scheduler})
+        fixed = self.serving.disaggregated  # the plan's serving may fix the transfer of its P/D configurations
+        s = s.model_copy(update={"disaggregated": Disaggregated(
+            prefill=PoolSpec(replicas=c.pd[0] * replicas), decode=PoolSpec(replicas=c.pd[1] * replicas),
+            **({"transfer": fixed.transfer} if fixed else {})) if c.pd else None})
         arr = self.plan.workload.arrival.model_copy(update={"rate": rate})
         wl = self.plan.workload.model_copy(update={"arrival": arr})
         return Scenario(name=f"{self.plan.name}/{self.hw.name}/{c.label}/x{replicas}@{rate:.4g}",
@@ -320,7 +338,7 @@ class _Search:
     def check(self, c: Config, replicas: int, rate: float) -> Check:
         """Simulate under the plan's seeds in turn, stopping at the first that fails: a pass
         needs every seed, a failure one (so a miss costs one simulation, a pass `seeds`)."""
-        key = (c.tp, c.pp, c.max_batch_size, c.scheduler, replicas, round(rate, 9))
+        key = (c.tp, c.pp, c.max_batch_size, c.scheduler, c.pd, replicas, round(rate, 9))
         ck = self.cache.get(key)
         if ck is None:
             ck = self.cache[key] = Check(replicas, rate, c.label)
@@ -342,8 +360,9 @@ class _Search:
         for pp in sorted(set(sr.pp)):
             smaller_fail = False
             for tp in sorted(set(sr.tp), reverse=True):  # a smaller tp needs more memory per device
-                cs = [Config(tp, pp, mbs, sched) for mbs in sorted(set(sr.max_batch_size))
-                      for sched in dict.fromkeys(sr.scheduler)]
+                layouts = ([None] if sr.colocated else []) + sr.ratios
+                cs = [Config(tp, pp, mbs, sched, pd) for pd in layouts for mbs in sorted(set(sr.max_batch_size))
+                      for sched in dict.fromkeys(sr.scheduler) if not (pd and sched == "static")]
                 out += cs
                 why = ""
                 try:
@@ -378,7 +397,7 @@ class _Search:
                         c.reason = (f"a one-sequence decode step takes {step1 * 1e3:.2f} ms > {tpot_limit:.3g} ms "
                                     "(the p99 TPOT bound less the headroom)")
                         continue
-                    c.min_replicas = max(1, math.ceil(self.plan.rate * self.output / tok_s - 1e-9))
+                    c.min_replicas = max(1, math.ceil(self.plan.rate * self.output / (c.decoders(1) * tok_s) - 1e-9))
                     c.lb_cost_per_hour = self.result.bound_per_hour(c.devices(c.min_replicas))
         return out
 
@@ -495,7 +514,7 @@ class _Search:
             res.cost_per_hour = best_cost
             res.cost_per_m_output_tokens = cost_per_m_tokens(
                 best_cost / res.devices, res.devices, best.check.spread()["output_tokens_per_s"]["mean"])
-            cap = (best.decode_tok_s or 0) * (best.replicas or 1) / max(self.output, 1.0)
+            cap = (best.decode_tok_s or 0) * best.decoders(best.replicas or 1) / max(self.output, 1.0)
             hi = max(cap, self.plan.rate * 1.01)
             res.max_rate, res.binding = self.max_rate(best, best.replicas or 1, self.plan.rate, hi,
                                                       self.plan.rate_steps)
@@ -530,7 +549,7 @@ def max_sustainable_rate(plan: Plan, cand: Candidate, base_dir: Path, tp: int, p
     c = next((k for k in s.configs() if (k.tp, k.pp, k.max_batch_size, k.scheduler) == (tp, pp, max_batch_size, scheduler)), None)
     if c is None or c.status != ConfigStatus.PENDING or not c.decode_tok_s:
         return 0.0
-    hi = c.decode_tok_s * replicas / max(s.output, 1.0)
+    hi = c.decode_tok_s * c.decoders(replicas) / max(s.output, 1.0)
     lo = hi / 256
     if not s.check(c, replicas, lo).ok:
         return 0.0

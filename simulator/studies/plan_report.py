@@ -32,7 +32,8 @@ def _config_rows(res: PlanResult) -> list[dict[str, Any]]:
             m = ck.metrics if ck else {}
             rows.append({
                 "hardware": cr.name, "tp": c.tp, "pp": c.pp, "max_batch_size": c.max_batch_size,
-                "scheduler": c.scheduler, "status": c.status.value, "reason": c.reason, "replicas": c.replicas,
+                "scheduler": c.scheduler, "pd_ratio": f"{c.pd[0]}:{c.pd[1]}" if c.pd else None,
+                "status": c.status.value, "reason": c.reason, "replicas": c.replicas,
                 "min_replicas_bound": c.min_replicas, "decode_tok_s_bound": c.decode_tok_s,
                 "kv_tokens": c.kv_tokens, "lb_cost_per_hour": c.lb_cost_per_hour,
                 "cost_per_hour": cr.cost_per_hour_of(c, ck) if c.replicas and ck else None,

@@ -29,6 +29,10 @@ class Search(Strict):
     max_replicas: int = Field(default=16, ge=1, le=100_000, description="when replicas is not listed: 1..max")
     max_batch_size: list[int] = Field(default=[64], min_length=1)
     scheduler: list[Literal["static", "continuous", "chunked"]] = Field(default=["continuous"], min_length=1)
+    pd_ratios: list[str] = Field(default=[], max_length=32, description=(
+        "disaggregated prefill:decode replica ratios to try beside colocated serving, as \"P:D\" (\"1:2\": "
+        "x units of 1 prefill and 2 decode replicas); the replica count then counts units"))
+    colocated: bool = Field(default=True, description="also try colocated serving (prefill and decode on each replica)")
 
     @model_validator(mode="after")
     def _positive(self) -> Search:
@@ -36,7 +40,17 @@ class Search(Strict):
             bad = [v for v in getattr(self, name) or [] if v < 1]
             if bad:
                 raise ValueError(f"{name} values must be >= 1, got {bad[0]}")
+        for r in self.pd_ratios:
+            p, _, d = r.partition(":")
+            if not (p.strip().isdigit() and d.strip().isdigit() and int(p) >= 1 and int(d) >= 1):
+                raise ValueError(f"pd_ratios: {r!r} is not P:D with whole numbers >= 1, e.g. \"1:2\"")
+        if not self.colocated and not self.pd_ratios:
+            raise ValueError("colocated: false needs pd_ratios to try")
         return self
+
+    @property
+    def ratios(self) -> list[tuple[int, int]]:
+        return [(int(r.partition(":")[0]), int(r.partition(":")[2])) for r in self.pd_ratios]
 
 
 class PlanSlo(Strict):

@@ -54,10 +54,18 @@ def op_seconds(op: Op, hw: Hardware, dt: Dtypes, group: int = 1, graph: bool = F
 def check_parallelism(model: ModelSpec, hw: Hardware, tp: int, pp: int, ep: int = 1) -> None:
     """tp, pp and ep must shard the model's heads, layers and experts and fit the part's devices
     (ValueError)."""
+    if tp < 1 or pp < 1:
+        raise ValueError(f"tp and pp must be >= 1, got tp={tp}, pp={pp}")
     check_tp(model, tp, pp, ep)
     if tp * pp > hw.total_devices:
         raise ValueError(f"tp x pp = {tp * pp} exceeds the {hw.total_devices} devices of {hw.name} "
                          f"(devices_per_node x nodes)")
+    if tp * pp > 1 and hw.link is None:
+        raise ValueError(f"tp x pp = {tp * pp} needs a link between devices, and {hw.name} has none "
+                         "(hardware field link: {bw_gbps: ..., latency_us: ...})")
+    if tp > hw.devices_per_node and hw.network is None:
+        raise ValueError(f"tp = {tp} spans nodes of {hw.devices_per_node} devices, and {hw.name} has no "
+                         "network between them (hardware field network: {bw_gbps: ..., latency_us: ...})")
 
 
 @dataclass(frozen=True)
@@ -158,7 +166,8 @@ class StepModel:
         cat, n_kv = kn.kv_write(self.impl)
         ew = eff.elementwise_memory.get(cat, eff.gemm_memory)
         heavy = sum(1 for c in kn.calls(self.impl, "attention") if c.launches(a) and c.op in kn.HEAVY)
-        per_kernel = heavy * floor_us(eff, True, self.graph) + n_kv * floor_us(eff, False, self.graph)
+        launch = dev.kernel_launch_us
+        per_kernel = heavy * floor_us(eff, True, self.graph, launch) + n_kv * floor_us(eff, False, self.graph, launch)
         kvh = 1.0 if m.is_mla else max(m.kv_heads / self.tp, 1.0)
         heads = m.num_attention_heads / self.tp
         groups = []

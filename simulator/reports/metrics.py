@@ -7,10 +7,12 @@ not a number.
 
 Keys beyond the contract: moments_by_kind (prefill = moments with any prompt tokens, i.e.
 prefill-only and mixed; decode = decode-only; each also in device clock cycles), breakdown_share_by_kind,
-mfu / mbu (over all devices of all replicas for the makespan), gpu_busy_frac / host_busy_frac
+mfu / mbu (over all devices of all replicas for the makespan; mfu counts useful work only, not
+the prefill of tokens whose KV a preemption dropped), gpu_busy_frac / host_busy_frac
 (per replica; with pp > 1 the virtual engines' moments overlap and each keeps each of the pp
 stages busy for dur / pp, so gpu_busy_frac is sum(dur) / pp per replica, at most 1), kv (peak
-from the moments, mean from the time series), preemptions, goodput (requests/s meeting every
+from the moments, mean from the time series), preemptions (with the tokens computed again after
+recompute preemptions: recomputed_tokens), goodput (requests/s meeting every
 per-request SLO bound; whether the p99 SLOs hold), queue (from the time series, whose points
 are interval averages), output_tokens, classes (per_class: each request class's latency and
 goodput, with request classes or priorities), disaggregated (each pool and the KV transfers of
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simulator.serving.engine import R_KV, R_QUEUE, R_TOKENS
+from simulator.serving.engine import R_CONTEXT, R_KV, R_QUEUE, R_TOKENS
 
 if TYPE_CHECKING:  # the engine is only needed for the type; summaries work on any such result
     from simulator.serving.result import SimResult
@@ -264,6 +266,8 @@ REJECT_ADVICE = {  # the engine's reasons, and what a user can change
               "or use scheduler: chunked",
     R_KV: "prompt + output exceed one replica's KV cache: more tp, a smaller kv_dtype or shorter requests",
     R_QUEUE: "serving.max_queue requests were already waiting",
+    R_CONTEXT: "the model serves no longer sequences (its config's max_position_embeddings): shorter requests "
+               "or a model with a longer context",
 }
 
 
@@ -349,7 +353,8 @@ def summarize(r: SimResult) -> dict[str, Any]:
             "mixed_count": int((kind == 2).sum()),
         },
         "breakdown_share_by_kind": {k: shares(v) for k, v in cats.items()},
-        "mfu": float(r.total_flops) / (makespan * peak_rate) if makespan > 0 else None,
+        "mfu": float(r.total_flops - getattr(r, "recomputed_flops", 0.0)) / (makespan * peak_rate)
+        if makespan > 0 else None,
         "mbu": float(r.total_bytes) / (makespan * bw_rate) if makespan > 0 else None,
         "gpu_busy_frac": busy / capacity if capacity > 0 else None,
         "host_busy_frac": float(r.host_busy_s) / capacity if capacity > 0 else None,
@@ -360,7 +365,8 @@ def summarize(r: SimResult) -> dict[str, Any]:
             "peak_frac": float(kv_used.max()) / kv_cap if kv_used.size and kv_cap > 0 else None,
             "mean_frac": float(kv_ts.mean()) if kv_ts.size else None,
         },
-        "preemptions": {"total": int(pre.sum()), "requests": int((pre > 0).sum())},
+        "preemptions": {"total": int(pre.sum()), "requests": int((pre > 0).sum()),
+                        "recomputed_tokens": int(r.recomputed_tokens)},
         "goodput": _goodput(r, lat, makespan),
         "queue": _queue(r.timeseries),
         "output_tokens": out_tokens,

@@ -68,8 +68,9 @@ class Disaggregation:
 
     def submit(self, i: int) -> None:
         rq = self.requests
-        if rq.prompt_len[i] + rq.output_len[i] > self.decode.cap_tokens:
-            rq.reject(i, R_KV)
+        n = rq.prompt_len[i] + rq.output_len[i]
+        if self.decode.cap_tokens < n <= self.prefill.max_len:  # it could never decode (longer than the
+            rq.reject(i, R_KV)                                   # model serves: the prefill pool says so)
         else:
             self.prefill.submit(i)
 

@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
+import numpy as np
 import simpy
 
-from hwmodels.errors import InputError
+from hwmodels.errors import InputError, open_regular
 from hwmodels.load import load_hardware
 from hwmodels.spec import Hardware
 from simulator.moment.cost import check_parallelism, step_model
@@ -52,8 +52,9 @@ from simulator.moment.model import ModelSpec, load_model
 from simulator.moment.ops import Dtypes
 from simulator.moment.power import MomentPower
 from simulator.moment.speculative import Draft, SpecPower, Speculation, draft_of
+from simulator.serving.budget import check_memory
 from simulator.serving.disaggregated import Disaggregation, transfer_path
-from simulator.serving.pool import R_KV, R_QUEUE, R_TOKENS, Pool, PoolModel, Replica
+from simulator.serving.pool import R_CONTEXT, R_KV, R_QUEUE, R_TOKENS, Pool, PoolModel, Replica
 from simulator.serving.result import (
     COMPLETED,
     REJECTED,
@@ -66,16 +67,21 @@ from simulator.serving.scenario import Scenario, Serving, pool_serving
 from simulator.serving.schedulers import DECODE, MIXED, PREFILL
 from simulator.serving.workload import make_requests
 
+INF = float("inf")
+ARRIVAL_CHUNK = 65_536
 
-def _arrivals(env: simpy.Environment, arrival_s: list[float], submit: Callable[[int], None]) -> Iterator[simpy.Event]:
-    """Hand each request to the pool at its arrival time (all of one instant at once)."""
-    n = len(arrival_s)
+
+def _arrivals(env: simpy.Environment, arrival_s: np.ndarray, submit: Callable[[int], None]) -> Iterator[simpy.Event]:
+    """Hand each request to the pool at its arrival time (all of one instant at once). The times
+    are read a chunk at a time: a list of 10M floats would hold 320 MB for the whole run."""
     i = 0
-    while i < n:
-        t = arrival_s[i]
-        if t > env.now:
-            yield env.timeout(t - env.now)
-        while i < n and arrival_s[i] <= t:
+    instant = -INF
+    for lo in range(0, arrival_s.size, ARRIVAL_CHUNK):
+        for t in arrival_s[lo:lo + ARRIVAL_CHUNK].tolist():  # speed: Python floats, a chunk at a time
+            if t > instant:  # a new instant: wait for it
+                instant = t
+                if t > env.now:
+                    yield env.timeout(t - env.now)
             submit(i)
             i += 1
 
@@ -103,13 +109,17 @@ def check_scenario(sc: Scenario, where: str = "scenario") -> tuple[ModelSpec, Ha
     s = sc.serving
     dt = Dtypes.of(model, s.weight_dtype, s.act_dtype, s.kv_dtype, plain="bf16")
     arr = sc.workload.arrival
-    if arr.process == "trace" and arr.path and not Path(arr.path).is_file():
-        raise InputError(where, "workload.arrival.path", f"trace file not found: {arr.path}")
+    if arr.process == "trace" and arr.path:
+        try:
+            open_regular(arr.path, "trace file").close()
+        except InputError as e:
+            raise InputError(where, "workload.arrival.path", f"{arr.path}: {e.message}") from None
     pools = pools_of(sc, hw, where)
     for prefix, sv, part in pools:
         check_pool(model, part, dt, sv, where, prefix)
     if s.disaggregated is not None:
         transfer_path(s.disaggregated.transfer, pools[0][2], where)
+    check_memory(sc, where)
     return model, hw, dt
 
 
@@ -196,7 +206,7 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
         pm = pool_model(model, hw, dt, scenario.serving)
         pools = [Pool(env, pm, requests, MomentLog(pm.cost, requests, progress, pm.power), scenario.seed)]
         submit = pools[0].submit
-    env.process(_arrivals(env, req.arrival_s.tolist(), submit))
+    env.process(_arrivals(env, req.arrival_s, submit))
     env.run()
     if progress is not None:
         progress(1.0)
@@ -209,4 +219,4 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
 
 
 __all__ = ["SimResult", "simulate", "check_scenario", "pool_model", "Pool", "PoolModel", "Replica", "PREFILL",
-           "DECODE", "MIXED", "COMPLETED", "REJECTED", "R_KV", "R_QUEUE", "R_TOKENS"]
+           "DECODE", "MIXED", "COMPLETED", "REJECTED", "R_KV", "R_QUEUE", "R_TOKENS", "R_CONTEXT"]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import simpy
 
+from hwmodels.errors import InputError
 from hwmodels.spec import Hardware
 from simulator.moment.cost import StepModel
 from simulator.moment.ops import Dtypes
@@ -23,10 +24,12 @@ from simulator.serving.scenario import Serving
 from simulator.serving.schedulers import Scheduler, scheduler_class
 
 PCIE_BW = 25e9  # bytes/s host<->device for swap preemption (PCIe 4/5 x16, achieved)
+INF = float("inf")
 
 R_KV = "exceeds kv capacity"                    # prompt + output can never fit a replica's KV cache
 R_TOKENS = "prompt > max_batched_tokens"        # continuous (vLLM v0) cannot chunk a prompt
 R_QUEUE = "queue full"                          # serving.max_queue requests already waiting
+R_CONTEXT = "exceeds max_position_embeddings"   # prompt + output longer than the model serves (vLLM: max_model_len)
 
 
 class Replica:
@@ -66,6 +69,9 @@ class Replica:
                 yield self.wake
                 continue
             dt = cost(*m.batch) + m.extra_s
+            if not 0.0 < dt < INF:  # simulated time must advance by a finite step (schema bounds keep it so)
+                raise InputError("hardware", "", f"a moment of {dt} s: simulated time would not advance; check "
+                                 "the hardware's and model's numbers")
             add(unit, env.now, dt, m, kv.capacity - kv.free)  # KV used at its start (speed: kv.used inlined)
             yield timeout(dt)
             done(m, env.now)
@@ -118,6 +124,7 @@ class Pool:
                         for e in range(pp) for r in range(serving.replicas)]  # engine-major
         self.router = ROUTERS[serving.router]([r.scheduler for r in self.engines])
         self.cap_tokens = blocks * serving.block_size  # a request lives on one virtual engine
+        self.max_len = pm.cost.model.max_position_embeddings or 1 << 62
         self.max_prompt_tokens = self.engines[0].scheduler.max_prompt_tokens
         self.siblings = {r.rid: [e for e in self.engines if e.rid == r.rid] for r in self.engines}
         for r in self.engines:
@@ -127,7 +134,9 @@ class Pool:
         """Reject request i if it can never run here or the queue is full; else route it."""
         rq = self.requests
         p = rq.prompt_len[i]
-        if (p + rq.output_len[i] if self.role != "prefill" else p) > self.cap_tokens:
+        if p + rq.output_len[i] > self.max_len:
+            rq.reject(i, R_CONTEXT)
+        elif (p + rq.output_len[i] if self.role != "prefill" else p) > self.cap_tokens:
             rq.reject(i, R_KV)
         elif self.max_prompt_tokens is not None and p > self.max_prompt_tokens:
             rq.reject(i, R_TOKENS)
@@ -169,4 +178,4 @@ class Pool:
                 raise RuntimeError(f"{r.name} ended holding KV blocks (engine bug)")
 
 
-__all__ = ["Pool", "PoolModel", "Replica", "R_KV", "R_TOKENS", "R_QUEUE", "PCIE_BW"]
+__all__ = ["Pool", "PoolModel", "Replica", "R_KV", "R_TOKENS", "R_QUEUE", "R_CONTEXT", "PCIE_BW"]

@@ -74,6 +74,8 @@ class SimResult:
       engines), prefix_host_hits (hits served from CPU memory), copied_in_blocks (for them),
       swapped_out_blocks, swap_fallbacks (swap-outs without room: recomputed), stored_blocks
       (evicted prefixes kept in CPU memory) and transfer_s (host<->device copy seconds charged).
+    recomputed_tokens, recomputed_flops: prefill tokens computed again because a recompute
+      preemption dropped their KV, and their FLOPs (part of total_flops; not useful work).
     """
 
     requests: dict[str, np.ndarray]
@@ -100,6 +102,8 @@ class SimResult:
     class_names: tuple[str, ...] = ()
     cache_stats: dict[str, float] = field(default_factory=dict)
     pools: list[dict] = field(default_factory=list)
+    recomputed_tokens: int = 0
+    recomputed_flops: float = 0.0
 
 
 class RequestLog:
@@ -117,12 +121,16 @@ class RequestLog:
         self.priority: list[int] = req.priority.tolist()
         self.first_token_s = np.full(n, np.nan)
         self.finish_s = np.full(n, np.nan)
-        self.replica = np.full(n, -1, dtype=np.int64)
-        self.engine = np.zeros(n, dtype=np.int64)  # written only when pp > 1
-        self.status = np.full(n, UNFINISHED, dtype=np.int64)
-        self.preemptions = np.zeros(n, dtype=np.int64)
+        # compact dtypes: a run may hold 10M requests (replicas <= 100k, pp <= 1024)
+        self.replica = np.full(n, -1, dtype=np.int32)
+        self.engine = np.zeros(n, dtype=np.int16)  # written only when pp > 1
+        self.status = np.full(n, UNFINISHED, dtype=np.int8)
+        self.preemptions = np.zeros(n, dtype=np.int32)
         self.reasons: dict[str, int] = {}
         self.done = 0  # completed or rejected
+        # prefill work done twice: chunks, tokens, causal pairs and cached tokens before them (the
+        # prefill sums of MomentLog, for the tokens whose KV a recompute preemption had dropped)
+        self.recomputed = [0, 0, 0.0, 0]
 
     def __len__(self) -> int:
         return len(self.prompt_len)
@@ -137,6 +145,14 @@ class RequestLog:
 
     def preempted(self, i: int) -> None:
         self.preemptions[i] += 1
+
+    def recompute(self, cached: int, tokens: int) -> None:
+        """A prefill chunk computes `tokens` tokens again, after `cached` tokens with KV."""
+        rc = self.recomputed
+        rc[0] += 1
+        rc[1] += tokens
+        rc[2] += tokens * cached + tokens * (tokens + 1) / 2
+        rc[3] += cached
 
     def reject(self, i: int, reason: str) -> None:
         self.status[i] = REJECTED
@@ -251,26 +267,27 @@ class PoolRun:
 def _pool_moments(pool: PoolRun) -> dict[str, np.ndarray]:
     """A pool's moment columns as arrays (replicas numbered globally)."""
     moments, pp = pool.moments, pool.serving.pp
-    unit = np.frombuffer(moments.unit, dtype=np.int32).astype(np.int64)
-    start = np.frombuffer(moments.start, dtype=np.float64)  # shares the array's memory
+    # the columns as stored (views of the log's memory, no copies: a run may have 30M moments)
+    unit = np.frombuffer(moments.unit, dtype=np.int32)
+    start = np.frombuffer(moments.start, dtype=np.float64)
     dur = np.frombuffer(moments.dur, dtype=np.float64)
     kv_eng = np.frombuffer(moments.kv_used, dtype=np.int64)
     if pp == 1:
-        replica, engine, kv_rep = unit, np.zeros(unit.size, dtype=np.int64), kv_eng
+        replica, engine, kv_rep = unit, np.broadcast_to(np.int32(0), unit.shape), kv_eng
     else:
-        replica, engine = unit // pp, unit % pp
+        replica, engine = unit.astype(np.int64) // pp, (unit % pp).astype(np.int32)
         kv_rep = _replica_kv(start, dur, replica, engine, kv_eng, pp)
     return {
         "start_s": start,
         "dur_s": dur,
         "replica": replica + pool.replica_offset if pool.replica_offset else replica,
         "engine": engine,
-        "kind": np.frombuffer(moments.kind, dtype=np.int8).astype(np.int64),
+        "kind": np.frombuffer(moments.kind, dtype=np.int8),
         "tokens": np.frombuffer(moments.tokens, dtype=np.int64),
-        "batch": np.frombuffer(moments.batch, dtype=np.int32).astype(np.int64),
+        "batch": np.frombuffer(moments.batch, dtype=np.int32),
         "kv_blocks_used": kv_rep,
         "kv_blocks_engine": kv_eng,
-        "running": np.frombuffer(moments.running, dtype=np.int32).astype(np.int64),
+        "running": np.frombuffer(moments.running, dtype=np.int32),
     }
 
 
@@ -306,9 +323,8 @@ def build_result(sc: Scenario, log: RequestLog, pools: list[PoolRun], wall: floa
                 cats[name][c] += float(v) * scale
         sm = moments.sm
         flops, bytes_ = _work(moments.sums, sm, pool.dt, sv)
-        energy, watts = _energy(moments.power, _demand(moments, m), m, makespan, sv.replicas, sv.pp,
-                                pool.replica_offset)
-        m["energy_j"] = watts * m["dur_s"]
+        energy, m["energy_j"], watts = _energy(moments.power, _demand(moments, m), m, makespan, sv.replicas, sv.pp,
+                                               pool.replica_offset)
         watts_of.append(watts)
         dev = pool.hw.device
         infos.append({
@@ -344,6 +360,8 @@ def build_result(sc: Scenario, log: RequestLog, pools: list[PoolRun], wall: floa
         total_bytes=sum(x["total_bytes"] for x in infos), host_busy_s=sum(x["host_busy_s"] for x in infos),
         scenario=sc, wall_s=wall, stats={"moments": sum(x["moments"] for x in infos)}, pp=sv0.pp, energy=energy,
         class_names=req.class_names, pools=infos if len(pools) > 1 else [],
+        recomputed_tokens=int(log.recomputed[1]),
+        recomputed_flops=_recompute_flops(log.recomputed, pools[0].moments.sm.model, pools[0].dt, sv0),
     )
 
 
@@ -370,10 +388,11 @@ def _demand(moments: MomentLog, m: dict[str, np.ndarray]) -> np.ndarray:
 
 def _energy(power: MomentPower, demand: np.ndarray, m: dict[str, np.ndarray], makespan: float,
             replicas: int, pp: int, offset: int = 0) -> tuple[dict, np.ndarray]:
-    """A pool's energy (see SimResult.energy) and each moment's dynamic power in W over its
-    replica's devices (its dynamic energy over its length)."""
+    """A pool's energy (see SimResult.energy), each moment's dynamic energy (J) and its dynamic
+    power in W over its replica's devices (its dynamic energy over its length)."""
     start, dur, replica = m["start_s"], m["dur_s"], m["replica"] - offset if offset else m["replica"]
     e = power.energy(demand, dur)
+    del demand
     watts = np.divide(e, dur, out=np.zeros_like(e), where=dur > 0)
     idle = power.idle_w * makespan
     replica_j = np.bincount(replica, weights=e, minlength=replicas)[:replicas] + idle
@@ -383,7 +402,7 @@ def _energy(power: MomentPower, demand: np.ndarray, m: dict[str, np.ndarray], ma
         "replica_j": replica_j, "avg_power_w": replica_j / makespan if makespan > 0 else np.zeros(replicas),
         "peak_power_w": power.idle_w + peak_power(start, start + dur, watts, replica, replicas, overlap=pp > 1),
         "idle_power_w": power.idle_w, "tdp_w": power.tdp_w,
-    }, watts
+    }, e, watts
 
 
 def _replica_kv(start: np.ndarray, dur: np.ndarray, replica: np.ndarray, engine: np.ndarray,
@@ -450,19 +469,38 @@ def _sums_work(sums: list, model, dt: Dtypes, sv: Serving) -> tuple[float, float
     return flops * sv.tp, by * sv.tp
 
 
-def _integral(t: np.ndarray, starts: np.ndarray, ends: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """For each time in t: integral from 0 of sum_j w_j [starts_j <= x < ends_j] dx (vectorised).
-    w may have a column per series (moments x series): one sort serves them all."""
-    out = np.zeros((t.size,) + w.shape[1:])
-    tt = t.reshape((-1,) + (1,) * (w.ndim - 1))
+def _recompute_flops(recomputed: list, model, dt: Dtypes, sv: Serving) -> float:
+    """FLOPs of all devices spent computing again the KV that preemptions dropped: the dense and
+    attention ops of the recomputed tokens' sums (linear in them, as in _work); no logits (the
+    token a re-prefill ends with is new work)."""
+    n, tokens, pairs, ctx = recomputed
+    if not tokens:
+        return 0.0
+    ops = dense_ops(model, tokens, 0, dt, sv.tp, sv.pp, sv.ep, sv.moe_imbalance)
+    att = attention_ops(model, Batch(0, 0, int(n), int(tokens), float(pairs), int(ctx)), dt, sv.tp, sv.pp)
+    return sum(float(np.sum(o.flops)) for o in ops + att) * sv.tp
+
+
+def _integral(t: np.ndarray, starts: np.ndarray, ends: np.ndarray, w: np.ndarray | float) -> np.ndarray:
+    """For each time in t: integral from 0 of sum_j w_j [starts_j <= x < ends_j] dx (vectorised);
+    w: an array, or one weight for all. Times already in order (the moment log's starts) are not
+    sorted again: this runs over every moment of a run, and each copy is 8 bytes a moment."""
+    out = np.zeros(t.size)
     for times, sign in ((starts, 1.0), (ends, -1.0)):
-        o = np.argsort(times, kind="stable")
-        ts, ws = times[o], w[o]
-        zero = np.zeros((1,) + w.shape[1:])
-        cw = np.concatenate((zero, np.cumsum(ws, axis=0)))
-        cwt = np.concatenate((zero, np.cumsum(ws * ts.reshape((-1,) + (1,) * (w.ndim - 1)), axis=0)))
+        if times.size and bool(np.all(times[1:] >= times[:-1])):
+            ts, ws = times, w
+        else:
+            o = np.argsort(times, kind="stable")
+            ts, ws = times[o], (w if np.isscalar(w) else w[o])
+            del o
         k = np.searchsorted(ts, t, side="right")
-        out += sign * (tt * cw[k] - cwt[k])
+        if np.isscalar(ws):
+            cw = ws * k  # speed and memory: a constant weight's prefix sums are k * w
+            cwt = ws * np.concatenate(([0.0], np.cumsum(ts)))[k]
+        else:
+            cw = np.concatenate(([0], np.cumsum(ws)))[k]
+            cwt = np.concatenate(([0.0], np.cumsum(ws * ts)))[k]
+        out += sign * (t * cw - cwt)
     return out
 
 
@@ -479,29 +517,26 @@ def _timeseries(log: RequestLog, m: dict[str, np.ndarray], makespan: float, repl
     width = span / n
     arr = log.requests.arrival_s
     leave = np.where(log.status == COMPLETED, log.finish_s, arr)
-    ones = np.ones(arr.size)
-    out_i = _integral(edges, arr, leave, ones)
-    st, en = m["start_s"], m["start_s"] + m["dur_s"]
-    # the moments' series share one sort: running, busy (each of pp stages: dur / pp), KV (engines
-    # overlap: their sum), dynamic power
-    cols = [m["running"].astype(float), np.full(st.size, 1.0 / pp) if busy_w is None else busy_w,
-            m["kv_blocks_engine"].astype(float)]
-    if watts is not None:
-        cols.append(watts)
-    mom_i = _integral(edges, st, en, np.stack(cols, axis=1))
+    out_i = _integral(edges, arr, leave, 1.0)
+    del leave
+    st = m["start_s"]
+    en = st + m["dur_s"]
+    run_i = _integral(edges, st, en, m["running"])
+    busy_i = _integral(edges, st, en, 1.0 / pp if busy_w is None else busy_w)  # each of pp stages: dur / pp
+    kv_i = _integral(edges, st, en, m["kv_blocks_engine"])  # engines overlap: their sum
     avg = lambda x: np.diff(x) / width
     outstanding = avg(out_i)
-    running = avg(mom_i[:, 0])
+    running = avg(run_i)
     out = {
         "t_s": edges[:-1].copy(),
         "queue_len": np.maximum(outstanding - running, 0.0),
         "running": running,
-        "kv_used_frac": avg(mom_i[:, 2]) / max(cap_blocks * replicas if kv_blocks is None else kv_blocks, 1),
-        "busy_frac": avg(mom_i[:, 1]) / replicas,
+        "kv_used_frac": avg(kv_i) / max(cap_blocks * replicas if kv_blocks is None else kv_blocks, 1),
+        "busy_frac": avg(busy_i) / replicas,
         "outstanding": outstanding,
     }
     if watts is not None:
-        out["power_w"] = avg(mom_i[:, 3]) + idle_w
+        out["power_w"] = avg(_integral(edges, st, en, watts)) + idle_w
     return out
 
 

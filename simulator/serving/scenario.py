@@ -14,20 +14,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hwmodels.errors import InputError, from_validation, load_mapping
 from hwmodels.spec import KV_FORMATS, WEIGHT_FORMATS
 
+MAX_TOKENS = 10_000_000  # tokens of one request: the longest context of any released model (Llama 4 Scout)
+MAX_REQUESTS = 100_000_000
+MAX_SEED = 2**63 - 1
+MAX_SLO_MS = 1e9  # about 11.6 days
+MAX_PRIORITY = 1_000_000  # request priorities: 0 (first) .. this
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """No unknown fields; numbers are numbers (not booleans or strings) and finite."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Fixed(Strict):
     dist: Literal["fixed"]
-    value: int = Field(gt=0)
+    value: int = Field(gt=0, le=MAX_TOKENS)
+
+    def expected(self) -> float | None:
+        return float(self.value)
 
 
 class Uniform(Strict):
     dist: Literal["uniform"]
-    low: int = Field(gt=0)
-    high: int = Field(gt=0)
+    low: int = Field(gt=0, le=MAX_TOKENS)
+    high: int = Field(gt=0, le=MAX_TOKENS)
 
     @model_validator(mode="after")
     def _order(self) -> Uniform:
@@ -35,16 +46,26 @@ class Uniform(Strict):
             raise ValueError("high must be >= low")
         return self
 
+    def expected(self) -> float | None:
+        return (self.low + self.high) / 2
+
 
 class Lognormal(Strict):
     dist: Literal["lognormal"]
-    mean: float = Field(gt=0, description="mean length in tokens")
+    mean: float = Field(ge=1, le=MAX_TOKENS, description="mean length in tokens")
     sigma: float = Field(ge=0, le=5, description="sigma of the log of the length")
-    max: int | None = Field(default=None, gt=0, description="clip lengths above this")
+    max: int | None = Field(default=None, gt=0, le=MAX_TOKENS, description="clip lengths above this")
+
+    def expected(self) -> float | None:
+        """The mean, or the clip when it is lower (an upper bound on the clipped mean)."""
+        return float(min(self.mean, self.max)) if self.max else float(self.mean)
 
 
 class FromTrace(Strict):
     dist: Literal["trace"]
+
+    def expected(self) -> float | None:
+        return None  # known only once the trace is read
 
 
 Length = Annotated[Fixed | Uniform | Lognormal | FromTrace, Field(discriminator="dist")]
@@ -52,10 +73,10 @@ Length = Annotated[Fixed | Uniform | Lognormal | FromTrace, Field(discriminator=
 
 class Arrival(Strict):
     process: Literal["poisson", "gamma", "burst", "trace"] = "poisson"
-    rate: float | None = Field(default=None, gt=0, description="requests per second")
-    cv: float = Field(default=1.0, gt=0, description="gamma: coefficient of variation of gaps")
+    rate: float | None = Field(default=None, ge=1e-6, le=1e9, description="requests per second")
+    cv: float = Field(default=1.0, ge=0.01, le=100, description="gamma: coefficient of variation of gaps")
     path: str | None = Field(default=None, description="trace: CSV or JSONL file")
-    time_scale: float = Field(default=1.0, gt=0, description="trace: multiply arrival times")
+    time_scale: float = Field(default=1.0, ge=1e-6, le=1e6, description="trace: multiply arrival times")
 
     @model_validator(mode="after")
     def _need(self) -> Arrival:
@@ -69,17 +90,17 @@ class Arrival(Strict):
 class Prefix(Strict):
     """Shared prompt prefixes (system prompts, multi-turn chat): prefix caching matters."""
 
-    groups: int = Field(default=1, ge=1, description="distinct shared prefixes")
-    length: int = Field(gt=0, description="tokens of each shared prefix (part of the prompt)")
+    groups: int = Field(default=1, ge=1, le=1_000_000, description="distinct shared prefixes")
+    length: int = Field(gt=0, le=MAX_TOKENS, description="tokens of each shared prefix (part of the prompt)")
     fraction: float = Field(default=1.0, ge=0, le=1, description="share of requests that carry one")
 
 
 class ClassSlo(Strict):
     """Per-request bounds of one request class (its goodput); unset ones fall back to the scenario's slo."""
 
-    ttft_ms: float | None = Field(default=None, gt=0)
-    tpot_ms: float | None = Field(default=None, gt=0)
-    e2e_ms: float | None = Field(default=None, gt=0)
+    ttft_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
+    tpot_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
+    e2e_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
 
 
 class RequestClass(Strict):
@@ -88,7 +109,7 @@ class RequestClass(Strict):
 
     name: str = Field(min_length=1, max_length=64)
     share: float = Field(gt=0, le=1, description="share of the requests in this class (the shares sum to 1)")
-    priority: int = Field(default=0, ge=0, le=1_000_000, description="0 is served first; larger numbers later "
+    priority: int = Field(default=0, ge=0, le=MAX_PRIORITY, description="0 is served first; larger numbers later "
                           "(with serving.queue: priority)")
     prompt_len: Length | None = Field(default=None, description="this class's prompt lengths; none: the workload's")
     output_len: Length | None = Field(default=None, description="this class's output lengths; none: the workload's")
@@ -96,7 +117,7 @@ class RequestClass(Strict):
 
 
 class Workload(Strict):
-    num_requests: int = Field(default=1000, gt=0, le=100_000_000)
+    num_requests: int = Field(default=1000, gt=0, le=MAX_REQUESTS)
     arrival: Arrival = Arrival(process="burst")
     prompt_len: Length = Fixed(dist="fixed", value=512)
     output_len: Length = Fixed(dist="fixed", value=128)
@@ -136,15 +157,12 @@ class Speculative(Strict):
     head_layers: float = Field(default=1.0, gt=0, le=16, description=(
         "heads: the head's size in target layers (EAGLE, EAGLE-3 and DeepSeek's MTP: 1; a lighter head: a fraction)"))
     k: int = Field(ge=1, le=16, description="tokens proposed per sequence per step")
-    acceptance: float | list[float] = Field(description=(
+    acceptance: Annotated[float, Field(ge=0, le=1)] | list[Annotated[float, Field(ge=0, le=1)]] = Field(description=(
         "alpha, the chance a proposed token is accepted (0..1), or one per position j: the chance it is "
         "accepted given the ones before it were; a step yields (1 - alpha^(k+1)) / (1 - alpha) tokens on average"))
 
     @model_validator(mode="after")
     def _consistent(self) -> Speculative:
-        alphas = self.acceptance if isinstance(self.acceptance, list) else [self.acceptance]
-        if any(not 0 <= a <= 1 for a in alphas):
-            raise ValueError("acceptance rates must be between 0 and 1")
         if isinstance(self.acceptance, list) and len(self.acceptance) != self.k:
             raise ValueError(f"acceptance lists one rate per proposed token: {self.k} for k={self.k}, "
                              f"got {len(self.acceptance)}")
@@ -209,7 +227,7 @@ class Serving(Strict):
     router: Literal["round_robin", "least_outstanding"] = "round_robin"
     block_size: int = Field(default=16, gt=0, le=1024, description="KV-cache block in tokens")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="share of memory for weights+KV")
-    activation_reserve_gb: float = Field(default=1.0, ge=0, description="kept free for activations")
+    activation_reserve_gb: float = Field(default=1.0, ge=0, le=100_000, description="kept free for activations")
     preemption: Literal["recompute", "swap"] = "recompute"
     prefix_caching: bool = False
     weight_dtype: Literal[WEIGHT_FORMATS] | None = Field(  # type: ignore[valid-type]
@@ -222,7 +240,7 @@ class Serving(Strict):
     moe_imbalance: float = Field(default=1.0, ge=1.0, le=64.0, description="with ep > 1: the busiest device's "
                                  "routed tokens over the mean from skewed expert popularity (1: uniform; the "
                                  "spread of random routing in small batches is added on top)")
-    max_queue: int | None = Field(default=None, gt=0, description="reject arrivals beyond this queue length")
+    max_queue: int | None = Field(default=None, gt=0, le=MAX_REQUESTS, description="reject arrivals beyond this queue length")
     kv_offload: KVOffload | None = Field(default=None, description="a CPU-memory tier under the KV cache")
     speculative: Speculative | None = Field(default=None, description="speculative decoding")
     disaggregated: Disaggregated | None = Field(default=None, description="separate prefill and decode pools")
@@ -257,11 +275,11 @@ def pool_serving(serving: Serving, spec: PoolSpec) -> Serving:
 
 
 class Slo(Strict):
-    ttft_ms: float | None = Field(default=None, gt=0, description="per-request TTFT bound (goodput)")
-    tpot_ms: float | None = Field(default=None, gt=0, description="per-request TPOT bound (goodput)")
-    e2e_ms: float | None = Field(default=None, gt=0)
-    p99_ttft_ms: float | None = Field(default=None, gt=0)
-    p99_tpot_ms: float | None = Field(default=None, gt=0)
+    ttft_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS, description="per-request TTFT bound (goodput)")
+    tpot_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS, description="per-request TPOT bound (goodput)")
+    e2e_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
+    p99_ttft_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
+    p99_tpot_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
 
 
 class Scenario(Strict):
@@ -272,7 +290,7 @@ class Scenario(Strict):
     serving: Serving = Serving()
     workload: Workload = Workload()
     slo: Slo | None = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 def local_path(value: Any, base_dir: Path) -> Any:

@@ -106,6 +106,8 @@ class Scheduler:
         self.decode = DecodeSet(serving.block_size)
         self.prefilling: dict[int, Prefill] = {}  # admitted, prompt not yet computed (chunked)
         self.recompute: dict[int, int] = {}       # preempted by recompute: tokens generated so far
+        self.computed: dict[int, int] = {}        # preempted, KV dropped: tokens it had (computed again on return)
+        self.preempted = False                    # a preemption in the step being planned
         self.swapped: dict[int, tuple[int, int]] = {}  # preempted by swap: (tokens cached, generated)
         self.admissions = 0                       # the last admission token handed out
         self.newest: list[tuple[int, int]] = []   # (token, request) in admission order: preemption victims
@@ -199,9 +201,9 @@ class Scheduler:
             own = kv.blocks(target) - pb
             if ln > whole_limit or own > room:
                 return None
-        else:
-            ln = min(target - cached, chunk_room, (pb + room) * bs - cached)
-            if ln <= 0:
+        else:  # vLLM v1: the chunk the token budget allows, if its blocks are free; never a sliver
+            ln = min(target - cached, chunk_room)
+            if kv.blocks(cached + ln) - pb > room:
                 return None
             own = kv.blocks(cached + ln) - pb
         if pid >= 0 and kv.acquire_prefix(pid, pb) == FAIL:  # cannot fail: room counted pb
@@ -261,6 +263,7 @@ class Scheduler:
                     self.swap_s += (own + pb) * self.swap_s_per_block  # copy out (prefix too, conservatively)
                 else:
                     self.recompute[i] = generated
+                    self.computed[i] = max(cached, self.computed.get(i, 0))
             else:
                 st = pre.get(i)
                 if st is None or st.token != token:
@@ -271,8 +274,10 @@ class Scheduler:
                     kv.release_prefix(st.prefix_id)
                 if st.generated:
                     self.recompute[i] = st.generated
+                self.computed[i] = max(st.done, self.computed.get(i, 0))
             self.waiting.appendleft(i)
             self.requests.preempted(i)
+            self.preempted = True
             return True
         return False
 
@@ -280,6 +285,19 @@ class Scheduler:
         """Room in host memory for a preempted sequence's blocks (unbounded here; a CPU tier,
         schedulers/offload.py, may refuse, and the request is recomputed instead)."""
         return True
+
+    def _recomputed(self, st: Prefill, tokens: int) -> None:
+        """Count the part of a prefill chunk (`tokens` after st.done) that the request had computed
+        before a preemption dropped its KV: work done twice."""
+        i = st.request
+        had = self.computed.get(i)
+        if had is None:
+            return
+        again = min(st.done + tokens, had) - st.done
+        if again > 0:
+            self.requests.recompute(st.done, again)
+        if st.done + tokens >= had:
+            del self.computed[i]
 
     def _take_swap_s(self) -> float:
         """Swap transfers since the last moment, charged to the one being planned."""

@@ -24,7 +24,8 @@ class ChunkedScheduler(Scheduler):
 
     def schedule(self) -> Moment | None:
         kv, d, pre, w = self.kv, self.decode, self.prefilling, self.waiting
-        bs, maxb = self.block_size, self.max_batch_size
+        maxb = self.max_batch_size
+        self.preempted = False
         while True:
             while w and w[0] in self.swapped and d.seqs + len(pre) < maxb:
                 if not self._swap_in(w[0], d.seqs + len(pre)):  # back into this step's decodes
@@ -38,14 +39,16 @@ class ChunkedScheduler(Scheduler):
                 if rest <= 0:
                     break
                 done = st.done
-                ln = min(st.target - done, rest, (kv.blocks(done) + kv.available) * bs - done)
-                if ln <= 0:
+                ln = min(st.target - done, rest)  # vLLM v1: the chunk the budget allows, or none this step
+                if not kv.alloc(kv.blocks(done + ln) - kv.blocks(done)):
                     continue
-                kv.alloc(kv.blocks(done + ln) - kv.blocks(done))
                 chunks.append((st, ln))
                 rest -= ln
             n_seq = B + len(pre)
-            while rest > 0 and w and n_seq < maxb:  # then start new ones
+            # vLLM v1: no new request joins a step that had to preempt one (it would take the
+            # blocks just freed and be the next victim: thrashing), unless nothing else runs
+            blocked = self.preempted and (B or chunks)
+            while rest > 0 and w and n_seq < maxb and not blocked:  # then start new ones
                 i = w[0]
                 if i in self.swapped:  # swapped requests rejoin first, at the next step
                     break
@@ -74,6 +77,8 @@ class ChunkedScheduler(Scheduler):
                 pairs += ln * c + ln * (ln + 1) / 2
                 pc += c
                 completing += c + ln == st.target
+                if self.computed:
+                    self._recomputed(st, ln)
             kind = DECODE if not chunks else (PREFILL if not B else MIXED)
             return Moment(kind, (B, d.base + B * d.step, len(chunks), pt, pairs, pc, B + completing),
                           B + len(pre), chunks, self._take_swap_s())

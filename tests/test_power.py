@@ -77,8 +77,6 @@ def test_a_memory_bound_decode_draws_for_the_weights_it_streams():
     hand = dyn * (pw.memory_share * stream / (dev.bandwidth * eff.gemm_memory)
                   + pw.compute_share * flops / (dev.peak_flops("bf16") * eff.gemm_compute))
     assert p.demand(1, 1000, 0, 0, 0.0, 0, 1) == pytest.approx(hand, rel=0.02)
-    # the vectorised decode path (used after a run) gives the same number
-    assert p.decode_demand(np.array([1]), np.array([1000]))[0] == pytest.approx(p.demand(1, 1000, 0, 0, 0.0, 0, 1))
     dt = sm.step_agg(1, 1000, 0, 0, 0.0, 0, 1)
     watts = pw.idle_w + p.energy(np.array([p.demand(1, 1000, 0, 0, 0.0, 0, 1)]), np.array([dt]))[0] / dt
     assert pw.idle_w < watts < pw.tdp_w
@@ -113,6 +111,22 @@ def test_power_stays_between_idle_and_the_limit_and_scales_with_the_shares(ds, c
     dt = sm.step_agg(*b)
     e = scaled.energy(np.array([scaled.demand(*b)]), np.array([dt]))[0]
     assert 0 <= e <= scaled.dyn_w * dt * (1 + 1e-12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(model=st.sampled_from(["llama-3.2-1b", "gemma-3-1b", "gpt-oss-20b", "deepseek-v2-lite"]),
+       ds=st.integers(0, 300), ctx=st.integers(0, 5000), ps=st.integers(0, 8), chunk=st.integers(1, 3000),
+       cached=st.integers(0, 9000), q=st.integers(1, 6))
+def test_the_vectorised_demand_is_the_scalar_one(model, ds, ctx, ps, chunk, cached, q):
+    # the run's energy comes from demand_array over logged aggregates; demand() is its definition
+    sm = step_model(load_model(model), load_hardware("h100-sxm"))
+    p = MomentPower(sm, load_hardware("h100-sxm").device.power)
+    pt = ps * chunk
+    if ds + pt == 0:
+        return
+    b = (ds, ds * ctx, ps, pt, ps * (chunk * cached + chunk * (chunk + 1) / 2), ps * cached, ds + ps)
+    arr = p.demand_array(*(np.array([x]) for x in b), q=q)[0]
+    assert arr == pytest.approx(p.demand(*b, q=q), rel=1e-12)
 
 
 def test_peak_power_of_overlapping_moments_by_hand():

@@ -162,5 +162,5 @@ def test_speculative_settings_are_checked():
         Speculative(method="heads", k=3, acceptance=[0.5, 0.5])
     with pytest.raises(ValueError, match="needs draft_model"):
         Speculative(method="draft_model", k=3, acceptance=0.5)
-    with pytest.raises(ValueError, match="between 0 and 1"):
+    with pytest.raises(ValueError, match="less than or equal to 1"):
         Speculative(method="heads", k=1, acceptance=1.5)

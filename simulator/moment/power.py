@@ -102,24 +102,48 @@ class MomentPower:
                 e += c_key * prs + m_key * keys + k_seq * q * ds
         return e
 
-    def decode_demand(self, seqs: np.ndarray, ctx: np.ndarray, q: int = 1) -> np.ndarray:
-        """demand() of decode-only moments (seqs sequences with ctx cached tokens in all; logits =
-        seqs), vectorised over moments."""
-        seqs = np.asarray(seqs, dtype=np.int64)
-        ctx = np.asarray(ctx, dtype=float)
-        if seqs.size and int(seqs.max()) * q >= self._size:
-            self._grow(int(seqs.max()) * q)
-        e = np.asarray(self._tok)[seqs * q] + np.asarray(self._lg)[seqs * q]
-        for _kind, _size, _p, _c, _n, c_key, m_key, k_seq, cap in self._groups:
-            keys, prs = ctx + q * seqs, q * ctx + seqs * q * (q + 1) / 2
+    def demand_array(self, ds: np.ndarray, dc: np.ndarray, ps: np.ndarray, pt: np.ndarray, pairs: np.ndarray,
+                     pc: np.ndarray, lg: np.ndarray, q: int = 1) -> np.ndarray:
+        """demand() over arrays of moments (numpy, after the run: the moment log keeps the batch
+        aggregates, not the energy)."""
+        ds, ps, pt, lg = (np.asarray(x, dtype=np.int64) for x in (ds, ps, pt, lg))
+        dc, pairs, pc = (np.asarray(x, dtype=float) for x in (dc, pairs, pc))
+        n, rows = ds * q + pt, lg + ds * (q - 1)
+        top = int(max(n.max(initial=0), rows.max(initial=0)))
+        if top >= self._size:
+            self._grow(top)
+        e = np.asarray(self._tok)[n] + np.asarray(self._lg)[rows]
+        for kind, size, k_pair, k_ctx, k_new, c_key, m_key, k_seq, cap in self._groups:
+            pr = pairs if kind == "full" or size is None else _windowed_pairs(kind, size, ps, pt, pairs, pc)
+            e += k_pair * pr + k_ctx * pc + k_new * pt  # 0 without prefill
+            keys, prs = dc + q * ds, q * dc + ds * q * (q + 1) / 2
             if cap != float("inf"):  # ops.windowed_keys
-                keys, prs = np.minimum(keys, seqs * cap), np.minimum(prs, q * seqs * cap)
-            e = e + c_key * prs + m_key * keys + k_seq * q * seqs
+                keys, prs = np.minimum(keys, ds * cap), np.minimum(prs, q * ds * cap)
+            e += c_key * prs + m_key * keys + k_seq * q * ds
         return e
 
     def energy(self, demand: np.ndarray, dur: np.ndarray) -> np.ndarray:
         """Each moment's dynamic energy (J): its demand, at most the power limit for its length."""
         return np.minimum(demand, self.dyn_w * dur)
+
+
+def _reach(kind: str, size: float, p: np.ndarray) -> np.ndarray:
+    """ops._reach over an array of positions."""
+    if kind == "sliding":
+        return np.where(p <= size, p * (p + 1) / 2, size * (size + 1) / 2 + (p - size) * size)
+    q, r = np.divmod(p, size)
+    return q * size * (size + 1) / 2 + r * (r + 1) / 2
+
+
+def _windowed_pairs(kind: str, size: float, seqs: np.ndarray, tokens: np.ndarray, pairs: np.ndarray,
+                    ctx: np.ndarray) -> np.ndarray:
+    """ops.windowed_pairs over arrays of moments."""
+    some = seqs > 0
+    n = np.maximum(seqs, 1)
+    c = np.where(some, ctx / n, 0.0)
+    t = np.where(some, tokens / n, tokens)
+    out = np.minimum(pairs, n * (_reach(kind, size, c + t) - _reach(kind, size, c)))
+    return np.where(tokens > 0, out, pairs)
 
 
 def peak_power(start: np.ndarray, end: np.ndarray, watts: np.ndarray, group: np.ndarray, groups: int,

@@ -180,11 +180,13 @@ class SpecPower:
                 e += w * p.demand(0, 0, ps, pt, pairs, pc, ps)
         return e
 
-    def decode_demand(self, seqs: np.ndarray, ctx: np.ndarray) -> np.ndarray:
-        e = self.target.decode_demand(seqs, ctx, self.q)
-        mean = np.asarray(ctx, dtype=float) + np.asarray(seqs) * (self.k - 1) / 2
+    def demand_array(self, ds, dc, ps, pt, pairs, pc, lg) -> np.ndarray:
+        e = self.target.demand_array(ds, dc, ps, pt, pairs, pc, lg, self.q)
+        zero = np.zeros(np.shape(ds))
+        ctx = np.asarray(dc, dtype=float) + np.asarray(ds) * (self.k - 1) / 2
         for p, w in self.draft:
-            e = e + w * self.k * p.decode_demand(seqs, mean)
+            e += w * self.k * p.demand_array(ds, ctx, zero, zero, zero, zero, ds)
+            e += w * p.demand_array(zero, zero, ps, pt, pairs, pc, ps)
         return e
 
 

@@ -172,14 +172,17 @@ class MomentLog:
         self.start, self.dur = array("d"), array("d")
         self.unit, self.kind, self.batch, self.running = array("i"), array("b"), array("i"), array("i")
         self.tokens, self.kv_used = array("q"), array("q")
-        self.decode_ctx = array("q")  # each moment's decode context (the sum of its decode sequences' cached tokens)
-        self.demand = array("d")  # each moment with prefill: its energy demand (MomentPower.demand; decode-only
-        #                           moments' come from decode_ctx after the run, vectorised)
+        # the batch aggregates energy needs beyond tokens and batch (MomentPower.demand_array, after the
+        # run): every moment's decode context, and for a moment with prefill its causal pairs, cached
+        # tokens before its chunks, logit rows and decode sequences (a decode-only moment's are 0, its
+        # tokens, its tokens and its tokens)
+        self.decode_ctx = array("q")
+        self.prefill_aggs = array("d")
         # speed: the columns' bound appends, looked up once instead of twice per moment
         self.ap_start, self.ap_dur, self.ap_unit = self.start.append, self.dur.append, self.unit.append
         self.ap_kind, self.ap_tokens, self.ap_batch = self.kind.append, self.tokens.append, self.batch.append
         self.ap_kv_used, self.ap_running = self.kv_used.append, self.running.append
-        self.ap_ctx, self.ap_demand, self.demand_of = self.decode_ctx.append, self.demand.append, self.power.demand
+        self.ap_ctx, self.ap_prefill = self.decode_ctx.append, self.prefill_aggs.append
         # running sums of batch aggregates (see _work): moments, logits, decode seqs and ctx,
         # prefill seqs, tokens, pairs and ctx
         self.sums = [0] * 4 + [0, 0, 0.0, 0]
@@ -223,7 +226,11 @@ class MomentLog:
             k = 1
         else:
             k = 0
-            self.ap_demand(self.demand_of(ds, dc, ps, pt, pairs, pc, lg))
+            ap = self.ap_prefill  # speed: four appends (extend of a tuple takes twice as long)
+            ap(pairs)
+            ap(pc)
+            ap(lg)
+            ap(ds)
         # speed: category seconds without a breakdown per moment: the exact breakdown (sm.cost) of every
         # moment of a kind until CATEGORY_SAMPLES were taken, then of every 2nd, 4th, ... (the
         # stride doubles each CATEGORY_SAMPLES samples), each weighted by its stride. The shares
@@ -375,15 +382,27 @@ def _total_energy(parts: list[dict]) -> dict:
             "tdp_w": sum(e["tdp_w"] * e["replica_j"].size for e in parts) / sum(e["replica_j"].size for e in parts)}
 
 
-def _demand(moments: MomentLog, m: dict[str, np.ndarray]) -> np.ndarray:
-    """Each moment's energy demand: logged for moments with prefill, vectorised for decode-only ones
-    (their batch is their sequences, m["tokens"], and their context)."""
-    dec = m["kind"] == DECODE
-    demand = np.zeros(dec.size)
-    demand[~dec] = np.frombuffer(moments.demand, dtype=np.float64)
+def _demand(moments: MomentLog, m: dict[str, np.ndarray], chunk: int = 1 << 20) -> np.ndarray:
+    """Each moment's energy demand (MomentPower.demand_array) from the logged aggregates, a chunk of
+    moments at a time (a run may have 30M)."""
+    kind, tokens, batch = m["kind"], m["tokens"], m["batch"]
     ctx = np.frombuffer(moments.decode_ctx, dtype=np.int64)
-    demand[dec] = moments.power.decode_demand(m["tokens"][dec], ctx[dec])
-    return demand
+    pre = np.frombuffer(moments.prefill_aggs, dtype=np.float64).reshape(-1, 4)
+    out = np.empty(kind.size)
+    seen = 0  # moments with prefill before the chunk
+    for lo in range(0, kind.size, chunk):
+        sl = slice(lo, lo + chunk)
+        has = kind[sl] != DECODE
+        k = int(has.sum())
+        pairs, pc, lg, ds = (np.zeros(has.size) for _ in range(4))
+        pairs[has], pc[has], lg[has], ds[has] = pre[seen:seen + k].T
+        seen += k
+        tok = tokens[sl].astype(np.int64)
+        ds = np.where(has, ds, tok).astype(np.int64)
+        lg = np.where(has, lg, tok).astype(np.int64)
+        ps, pt = np.where(has, batch[sl] - ds, 0), np.where(has, tok - ds, 0)
+        out[sl] = moments.power.demand_array(ds, ctx[sl], ps, pt, pairs, pc, lg)
+    return out
 
 
 def _energy(power: MomentPower, demand: np.ndarray, m: dict[str, np.ndarray], makespan: float,

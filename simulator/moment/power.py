@@ -76,8 +76,9 @@ class MomentPower:
         zero = np.zeros(size)
         tok = self._table(t, zero)
         tok[0] = 0.0  # no tokens, no moment (as the step cost's table)
-        self._tok = tok.tolist()
-        self._lg = (self._table(zero, t) - self._table(zero, zero)).tolist()
+        self._tok_np = tok
+        self._lg_np = self._table(zero, t) - self._table(zero, zero)
+        self._tok, self._lg = tok.tolist(), self._lg_np.tolist()  # python floats: faster one at a time
         self._size = size
 
     def demand(self, ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int, q: int = 1) -> float:
@@ -106,16 +107,17 @@ class MomentPower:
                      pc: np.ndarray, lg: np.ndarray, q: int = 1) -> np.ndarray:
         """demand() over arrays of moments (numpy, after the run: the moment log keeps the batch
         aggregates, not the energy)."""
-        ds, ps, pt, lg = (np.asarray(x, dtype=np.int64) for x in (ds, ps, pt, lg))
+        ds, ps, pt, lg = (np.asarray(x, dtype=np.int64) for x in (ds, ps, pt, lg))  # scalars stay scalars
         dc, pairs, pc = (np.asarray(x, dtype=float) for x in (dc, pairs, pc))
-        n, rows = ds * q + pt, lg + ds * (q - 1)
-        top = int(max(n.max(initial=0), rows.max(initial=0)))
+        n, rows = ds * q + pt if q > 1 or pt.ndim else ds, lg + ds * (q - 1) if q > 1 else lg
+        top = int(max(np.max(n, initial=0), np.max(rows, initial=0)))
         if top >= self._size:
             self._grow(top)
-        e = np.asarray(self._tok)[n] + np.asarray(self._lg)[rows]
+        e = self._tok_np[n] + self._lg_np[rows]
         for kind, size, k_pair, k_ctx, k_new, c_key, m_key, k_seq, cap in self._groups:
-            pr = pairs if kind == "full" or size is None else _windowed_pairs(kind, size, ps, pt, pairs, pc)
-            e += k_pair * pr + k_ctx * pc + k_new * pt  # 0 without prefill
+            if pt.ndim or pt:  # moments with prefill
+                pr = pairs if kind == "full" or size is None else _windowed_pairs(kind, size, ps, pt, pairs, pc)
+                e += k_pair * pr + k_ctx * pc + k_new * pt
             keys, prs = dc + q * ds, q * dc + ds * q * (q + 1) / 2
             if cap != float("inf"):  # ops.windowed_keys
                 keys, prs = np.minimum(keys, ds * cap), np.minimum(prs, q * ds * cap)

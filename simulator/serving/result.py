@@ -2,9 +2,9 @@
 
 `RequestLog` is the one place a request's life is written (routed, first token, preempted,
 finished, rejected): a front-end delay or a closed-loop client hooks in there. `MomentLog` takes
-one call per moment: compact columns, running sums of the batch aggregates (total FLOPs and
-bytes) and sampled category seconds. `build_result` turns both into arrays, exact time series
-and totals once the run is over.
+one call per moment: compact columns (with the batch aggregates that energy and the total FLOPs
+and bytes need) and sampled category seconds. `build_result` turns both into arrays, exact time
+series, totals and energy once the run is over.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ class SimResult:
       (busy_frac: the devices' busy fraction, sum(dur_s) / pp per replica, at most 1).
     kv_capacity_blocks: the blocks of one replica (all its virtual engines together).
     pp: virtual engines per replica (serving.pp).
-    total_flops, total_bytes: device work of all devices of all replicas, from running sums of
-      the batch aggregates (see _work).
+    total_flops, total_bytes: device work of all devices of all replicas, from the sums of the
+      batch aggregates (see _work, MomentLog.totals).
     energy: the devices' energy (simulator/moment/power.py): known (False: the hardware has no
       power figures and the numbers are 0), total_j, idle_j, dynamic_j; per replica (arrays by
       replica) replica_j, avg_power_w (its energy over the makespan) and peak_power_w (idle plus
@@ -183,9 +183,7 @@ class MomentLog:
         self.ap_kind, self.ap_tokens, self.ap_batch = self.kind.append, self.tokens.append, self.batch.append
         self.ap_kv_used, self.ap_running = self.kv_used.append, self.running.append
         self.ap_ctx, self.ap_prefill = self.decode_ctx.append, self.prefill_aggs.append
-        # running sums of batch aggregates (see _work): moments, logits, decode seqs and ctx,
-        # prefill seqs, tokens, pairs and ctx
-        self.sums = [0] * 4 + [0, 0, 0.0, 0]
+        self.sums = [0]  # moments (the other sums of the batch aggregates: totals(), after the run)
         self.kind_s = [0.0, 0.0]  # index: 0 moments with prefill, 1 decode-only
         self.kind_n = [0, 0]
         self.stride = [1, 1]
@@ -199,8 +197,22 @@ class MomentLog:
         """Moments logged."""
         return self.sums[0]
 
+    def totals(self, kind: np.ndarray, tokens: np.ndarray, batch: np.ndarray) -> list:
+        """The sums of the batch aggregates over all moments (_work's order: moments, logit rows,
+        decode sequences and context, prefill chunks, tokens, pairs and cached tokens), from the
+        columns. A decode-only moment's logit rows and decode sequences are its tokens; the pairs
+        add in moment order (a cumulative sum: the same float as adding them one by one)."""
+        dec = kind == DECODE
+        pairs, pc, lg, ds = np.frombuffer(self.prefill_aggs, dtype=np.float64).reshape(-1, 4).T
+        dec_tokens = _exact_sum(tokens[dec])
+        pre_ds = int(ds.sum())  # whole numbers below 2^53: exact in float64
+        return [self.count, dec_tokens + int(lg.sum()), dec_tokens + pre_ds,
+                _exact_sum(np.frombuffer(self.decode_ctx, dtype=np.int64)),
+                _exact_sum(batch[~dec]) - pre_ds, _exact_sum(tokens[~dec]) - pre_ds,
+                float(np.cumsum(pairs)[-1]) if pairs.size else 0.0, int(pc.sum())]
+
     def add(self, unit: int, start: float, dt: float, m: Moment, kv_used: int) -> None:
-        """One call per moment: log it, add to the sums, maybe sample its breakdown, report progress."""
+        """One call per moment: log it, count it, maybe sample its breakdown, report progress."""
         ds, dc, ps, pt, pairs, pc, lg = m.batch
         kind = m.kind
         self.ap_start(start)
@@ -213,15 +225,7 @@ class MomentLog:
         self.ap_running(m.running)
         self.ap_ctx(dc)
         s = self.sums
-        s[0] += 1
-        s[1] += lg
-        s[2] += ds
-        s[3] += dc
-        if ps:
-            s[4] += ps
-            s[5] += pt
-            s[6] += pairs
-            s[7] += pc
+        s[0] += 1  # the other sums come from the columns after the run (totals)
         if kind == DECODE:
             k = 1
         else:
@@ -329,7 +333,7 @@ def build_result(sc: Scenario, log: RequestLog, pools: list[PoolRun], wall: floa
             for c, v in zip(names, est, strict=True):
                 cats[name][c] += float(v) * scale
         sm = moments.sm
-        flops, bytes_ = _work(moments.sums, sm, pool.dt, sv)
+        flops, bytes_ = _work(moments.totals(m["kind"], m["tokens"], m["batch"]), sm, pool.dt, sv)
         energy, m["energy_j"], watts = _energy(moments.power, _demand(moments, m), m, makespan, sv.replicas, sv.pp,
                                                pool.replica_offset)
         watts_of.append(watts)
@@ -382,26 +386,28 @@ def _total_energy(parts: list[dict]) -> dict:
             "tdp_w": sum(e["tdp_w"] * e["replica_j"].size for e in parts) / sum(e["replica_j"].size for e in parts)}
 
 
-def _demand(moments: MomentLog, m: dict[str, np.ndarray], chunk: int = 1 << 20) -> np.ndarray:
-    """Each moment's energy demand (MomentPower.demand_array) from the logged aggregates, a chunk of
-    moments at a time (a run may have 30M)."""
-    kind, tokens, batch = m["kind"], m["tokens"], m["batch"]
+def _exact_sum(x: np.ndarray, chunk: int = 1 << 20) -> int:
+    """The sum of integers as a Python int, in int64 chunks (each far from overflow)."""
+    return sum(int(x[lo:lo + chunk].sum(dtype=np.int64)) for lo in range(0, x.size, chunk))
+
+
+def _demand(moments: MomentLog, m: dict[str, np.ndarray]) -> np.ndarray:
+    """Each moment's energy demand (MomentPower.demand_array) from the logged aggregates: a
+    decode-only moment's batch is its sequences (m["tokens"]) and its context; a moment with
+    prefill logged its pairs, cached tokens, logit rows and decode sequences."""
+    kind, tokens = m["kind"], m["tokens"]
     ctx = np.frombuffer(moments.decode_ctx, dtype=np.int64)
-    pre = np.frombuffer(moments.prefill_aggs, dtype=np.float64).reshape(-1, 4)
     out = np.empty(kind.size)
-    seen = 0  # moments with prefill before the chunk
-    for lo in range(0, kind.size, chunk):
-        sl = slice(lo, lo + chunk)
-        has = kind[sl] != DECODE
-        k = int(has.sum())
-        pairs, pc, lg, ds = (np.zeros(has.size) for _ in range(4))
-        pairs[has], pc[has], lg[has], ds[has] = pre[seen:seen + k].T
-        seen += k
-        tok = tokens[sl].astype(np.int64)
-        ds = np.where(has, ds, tok).astype(np.int64)
-        lg = np.where(has, lg, tok).astype(np.int64)
-        ps, pt = np.where(has, batch[sl] - ds, 0), np.where(has, tok - ds, 0)
-        out[sl] = moments.power.demand_array(ds, ctx[sl], ps, pt, pairs, pc, lg)
+    dec = np.flatnonzero(kind == DECODE)
+    if dec.size:
+        ds = tokens[dec]
+        out[dec] = moments.power.demand_array(ds, ctx[dec], 0, 0, 0.0, 0.0, ds)
+        del ds
+    pre = np.flatnonzero(kind != DECODE)
+    if pre.size:
+        pairs, pc, lg, ds = np.frombuffer(moments.prefill_aggs, dtype=np.float64).reshape(-1, 4).T
+        ds, lg = ds.astype(np.int64), lg.astype(np.int64)
+        out[pre] = moments.power.demand_array(ds, ctx[pre], m["batch"][pre] - ds, tokens[pre] - ds, pairs, pc, lg)
     return out
 
 
@@ -419,7 +425,8 @@ def _energy(power: MomentPower, demand: np.ndarray, m: dict[str, np.ndarray], ma
     return {
         "known": power.known, "total_j": idle * replicas + dynamic, "idle_j": idle * replicas, "dynamic_j": dynamic,
         "replica_j": replica_j, "avg_power_w": replica_j / makespan if makespan > 0 else np.zeros(replicas),
-        "peak_power_w": power.idle_w + peak_power(start, start + dur, watts, replica, replicas, overlap=pp > 1),
+        "peak_power_w": power.idle_w + (np.array([watts.max(initial=0.0)]) if replicas == 1 and pp == 1 else
+                                        peak_power(start, start + dur, watts, replica, replicas, overlap=pp > 1)),
         "idle_power_w": power.idle_w, "tdp_w": power.tdp_w,
     }, e, watts
 

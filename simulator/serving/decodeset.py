@@ -134,16 +134,6 @@ class SpecDecodeSet(DecodeSet):
 
     def advance(self) -> list[int] | tuple[int, ...]:
         """A step ran: every sequence got `a` tokens; the requests that got their last one."""
-        self.step = s = self.step + self.a
+        self.step += self.a - 1  # DecodeSet.advance counts the last of them and pops the finishers
         self.a = self._draw()
-        heap = self._finish
-        if not heap or heap[0][0] > s:
-            return NOBODY
-        done = []
-        entries = self.entries
-        while heap and heap[0][0] <= s:
-            _f, token, i = heapq.heappop(heap)
-            e = entries.get(i)
-            if e is not None and e.token == token:
-                done.append(i)
-        return done
+        return super().advance()

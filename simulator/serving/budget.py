@@ -18,8 +18,8 @@ from simulator.serving.scenario import Scenario
 
 # Measured with benchmarks/bench_memory.py: peak RSS of simulate + summarize + write_outputs
 # (as run --out), less the interpreter's and the libraries', per request and per moment.
-BYTES_PER_REQUEST = 117
-BYTES_PER_MOMENT = 83
+BYTES_PER_REQUEST = 124
+BYTES_PER_MOMENT = 99
 BYTES_PER_ENGINE = 64 * 1024  # one replica's (or virtual engine's) scheduler state, its block residues
 
 

@@ -167,3 +167,11 @@ def test_a_plan_searches_the_prefill_decode_ratio(tmp_path):
     assert d and all((x.prefill.replicas, x.decode.replicas) in layouts for x in d)
     with pytest.raises(ValueError, match="P:D"):
         Plan.model_validate({**plan.model_dump(), "search": {"pd_ratios": ["1-2"]}})
+
+
+def test_a_sweep_prices_both_pools():
+    from simulator.studies.sweep_report import _parts
+
+    sc = Scenario.model_validate({"model": "llama-3.2-1b", "hardware": "h100-sxm", "serving": {
+        "replicas": 7, "disaggregated": {"prefill": {"replicas": 1, "tp": 2}, "decode": {"replicas": 3, "hardware": "h200-sxm"}}}})
+    assert [(h.name, n) for h, n in _parts(sc)] == [("h100-sxm", 2), ("h200-sxm", 3)]

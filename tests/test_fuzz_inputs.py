@@ -252,3 +252,12 @@ def test_plan_yaml(tmp_path: Path, data: bytes) -> None:
     from simulator.studies.plan_schema import load_plan
 
     expect_ok_or_one_line(load_plan, write(tmp_path, ".yaml", data))
+
+
+@FUZZ
+@given(data=csv_traces() | jsonl_traces() | st.binary(max_size=200), suffix=st.sampled_from([".csv", ".jsonl"]),
+       which=st.sampled_from(["prompt_len", "output_len"]))
+def test_length_file(tmp_path: Path, data: bytes, suffix: str, which: str) -> None:
+    from simulator.serving.workload import read_lengths
+
+    expect_ok_or_one_line(lambda p: read_lengths(p, which), write(tmp_path, suffix, data))

@@ -5,7 +5,8 @@ the result is JSON-safe: numpy scalars become Python numbers and NaN/inf become 
 because a summary of an empty set (no completed request, no decode moment) is "unknown",
 not a number.
 
-Keys beyond the contract: moments_by_kind (prefill = moments with any prompt tokens, i.e.
+Keys beyond the contract: ttft_split_ms (queue, prefill, the stack's front-end overheads),
+prefix_cache (hit rate of admitted prompt tokens), moments_by_kind (prefill = moments with any prompt tokens, i.e.
 prefill-only and mixed; decode = decode-only; each also in device clock cycles), breakdown_share_by_kind,
 mfu / mbu (over all devices of all replicas for the makespan), gpu_busy_frac / host_busy_frac
 (per replica; with pp > 1 the virtual engines' moments overlap and each keeps each of the pp
@@ -121,6 +122,84 @@ def per_request(r: SimResult) -> dict[str, np.ndarray]:
     with np.errstate(divide="ignore", invalid="ignore"):
         tpot = np.where(done & (out_len > 1), (finish - first) * 1e3 / (out_len - 1), np.nan)
     return {"ttft_ms": ttft, "tpot_ms": tpot, "e2e_ms": e2e, "completed": done}
+
+
+def weighted_stats(values: np.ndarray, weights: np.ndarray) -> dict[str, float | None]:
+    """mean, p50, p90, p99 of values each counted `weights` times: the percentiles of the pooled
+    samples (the smallest value whose cumulative weight reaches q of the total)."""
+    v = np.asarray(values, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    ok = np.isfinite(v) & (w > 0)
+    v, w = v[ok], w[ok]
+    if v.size == 0:
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+    o = np.argsort(v, kind="stable")
+    v, w = v[o], w[o]
+    cw = np.cumsum(w)
+    at = lambda q: float(v[min(int(np.searchsorted(cw, q * cw[-1], side="left")), v.size - 1)])  # noqa: E731
+    return {"mean": float(np.dot(v, w) / cw[-1]), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99)}
+
+
+def itl_samples(m: dict[str, np.ndarray], pp: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The gaps between a request's consecutive streamed tokens, pooled over all requests, as
+    (gap seconds, how many tokens had it), from the moment log alone (O(moments), no per-token
+    record): `vllm bench serve`'s ITL.
+
+    On one engine all decoding sequences get a token at the end of each moment with decodes
+    (a multi-step block streams them at its last step only: `held` moments give none). A
+    sequence that decoded in the previous such moment J waited end_k - end_J, stalls of
+    prefill-only moments between them included; one whose prefill ended in a moment p since
+    (`firsts`, its first token) waited end_k - end_p. So moment k gives decodes_k - (firsts in
+    J..k-1) gaps of end_k - end_J, and each moment p with firsts gives firsts_p gaps of
+    end_N - end_p, N the next streaming moment. Not counted: a request's gap across a
+    recompute preemption (from its last token before it to its re-prefill)."""
+    start = np.asarray(m["start_s"], dtype=float)
+    if start.size == 0 or "decodes" not in m:
+        return np.zeros(0), np.zeros(0)
+    end = start + np.asarray(m["dur_s"], dtype=float)
+    unit = np.asarray(m["replica"], dtype=np.int64) * pp + np.asarray(m["engine"], dtype=np.int64)
+    dec = np.asarray(m["decodes"], dtype=np.int64)
+    first = np.asarray(m["firsts"], dtype=np.int64)
+    held = np.asarray(m["held"], dtype=bool)
+    gaps, weights = [], []
+    for u in np.unique(unit):
+        sel = np.flatnonzero(unit == u)  # this engine's moments, in time order
+        e, d, f = end[sel], dec[sel], first[sel]
+        stream = np.flatnonzero((d > 0) & ~held[sel])
+        if stream.size == 0:
+            continue
+        cf = np.concatenate(([0], np.cumsum(f)))  # firsts before each moment
+        prev = np.concatenate(([-1], stream[:-1]))
+        has = prev >= 0
+        k, j = stream[has], prev[has]
+        gaps.append(e[k] - e[j])
+        weights.append(np.maximum(d[k] - (cf[k] - cf[j]), 0))
+        p = np.flatnonzero(f > 0)
+        nxt = np.searchsorted(stream, p, side="right")
+        ok = nxt < stream.size
+        gaps.append(e[stream[nxt[ok]]] - e[p[ok]])
+        weights.append(f[p[ok]])
+    if not gaps:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(gaps), np.concatenate(weights).astype(float)
+
+
+def ttft_split(r: SimResult) -> dict[str, dict[str, float | None]]:
+    """TTFT in three parts, each over completed requests (ms): queue (reaching the engine to the
+    start of the moment that began its prefill), prefill (from there to its first token on the
+    engine: its chunks, the steps between them, any restart) and overheads (the stack's front end,
+    in and out)."""
+    q = r.requests
+    stats = getattr(r, "stats", {}) or {}
+    t_in, t_out = float(stats.get("request_in_s", 0.0)), float(stats.get("request_out_s", 0.0))
+    done = np.asarray(q["status"]) == STATUS_COMPLETED
+    arrival = np.asarray(q["arrival_s"], dtype=float)
+    first = np.asarray(q["first_token_s"], dtype=float)
+    started = np.asarray(q.get("started_s", np.full(arrival.size, np.nan)), dtype=float)
+    queue = np.where(done, (started - arrival - t_in) * 1e3, np.nan)
+    prefill = np.where(done, (first - t_out - started) * 1e3, np.nan)
+    over = np.where(done, (t_in + t_out) * 1e3, np.nan)
+    return {"queue": latency_stats(queue), "prefill": latency_stats(prefill), "overheads": latency_stats(over)}
 
 
 def _goodput(r: SimResult, lat: dict[str, np.ndarray], makespan: float) -> dict[str, Any]:
@@ -284,6 +363,7 @@ def summarize(r: SimResult) -> dict[str, Any]:
         "ttft_ms": latency_stats(lat["ttft_ms"]),
         "tpot_ms": latency_stats(lat["tpot_ms"]),
         "e2e_ms": latency_stats(lat["e2e_ms"]),
+        "itl_ms": weighted_stats(*_ms(itl_samples(m, int(getattr(r, "pp", 1))))),
         "moment_ms": moment_stats(dur),
         "breakdown_share": shares(all_cats),
         "overloaded": False,  # set below (a contract key since turn 2)
@@ -308,6 +388,8 @@ def summarize(r: SimResult) -> dict[str, Any]:
             "peak_frac": float(kv_used.max()) / kv_cap if kv_used.size and kv_cap > 0 else None,
             "mean_frac": float(kv_ts.mean()) if kv_ts.size else None,
         },
+        "ttft_split_ms": ttft_split(r),
+        "prefix_cache": _prefix_cache(r),
         "preemptions": {"total": int(pre.sum()), "requests": int((pre > 0).sum())},
         "goodput": _goodput(r, lat, makespan),
         "queue": _queue(r.timeseries),
@@ -321,6 +403,17 @@ def summarize(r: SimResult) -> dict[str, Any]:
     return clean(out)
 
 
+def _ms(samples: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return samples[0] * 1e3, samples[1]
+
+
+def _prefix_cache(r: SimResult) -> dict[str, Any]:
+    """Prompt tokens found in the prefix cache over those admitted (a recompute looks up again)."""
+    stats = getattr(r, "stats", {}) or {}
+    looked, hit = int(stats.get("prompt_tokens_admitted", 0)), int(stats.get("prefix_hit_tokens", 0))
+    return {"hit_rate": hit / looked if looked else None, "hit_tokens": hit, "prompt_tokens": looked}
+
+
 def _config(r: SimResult, devices: int) -> dict[str, Any]:
     """What was simulated, so a metrics.json read alone says what it measured."""
     sc = getattr(r, "scenario", None)
@@ -331,4 +424,10 @@ def _config(r: SimResult, devices: int) -> dict[str, Any]:
         cfg = {"scenario": sc.name, "model": sc.model, "hardware": sc.hardware,
                "scheduler": sc.serving.scheduler, "tp": sc.serving.tp, "pp": sc.serving.pp,
                "mode": sc.serving.mode, "seed": sc.seed, **cfg}
+        if sc.serving.stack is not None:  # what the preset set, as it ran
+            sv = sc.serving
+            cfg["stack"] = {"name": sv.stack, **sv.model_dump(include={
+                "max_batch_size", "max_batched_tokens", "block_size", "gpu_memory_utilization", "prefix_caching",
+                "async_scheduling", "num_scheduler_steps", "guaranteed_no_evict", "cuda_graph_padding",
+                "graph_mixed", "overheads"}), "cuda_graph_max": max(sv.cuda_graph_sizes or [0]) or None}
     return cfg

@@ -39,11 +39,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import simpy
+from pydantic import ValidationError
 
-from hwmodels.errors import InputError
+from hwmodels.errors import InputError, from_validation
 from hwmodels.load import load_hardware
 from hwmodels.spec import Hardware
-from simulator.moment.cost import StepModel, check_parallelism, step_model
+from simulator.moment.cost import Launch, StepModel, check_parallelism, step_model
 from simulator.moment.memory import check_fits, footprint
 from simulator.moment.model import ModelSpec, load_model
 from simulator.moment.ops import Dtypes
@@ -58,6 +59,7 @@ from simulator.serving.result import (
 from simulator.serving.routers import ROUTERS
 from simulator.serving.scenario import Scenario, Serving
 from simulator.serving.schedulers import DECODE, MIXED, PREFILL, SCHEDULERS, Scheduler
+from simulator.serving.stacks import resolve
 from simulator.serving.workload import make_requests
 
 PCIE_BW = 25e9  # bytes/s host<->device for swap preemption (PCIe 4/5 x16, achieved)
@@ -65,6 +67,7 @@ PCIE_BW = 25e9  # bytes/s host<->device for swap preemption (PCIe 4/5 x16, achie
 R_KV = "exceeds kv capacity"                    # prompt + output can never fit a replica's KV cache
 R_TOKENS = "prompt > max_batched_tokens"        # continuous (vLLM v0) cannot chunk a prompt
 R_QUEUE = "queue full"                          # serving.max_queue requests already waiting
+R_LEN = "exceeds max_model_len"                 # prompt + output longer than the server's context
 
 
 class Replica:
@@ -90,6 +93,7 @@ class Replica:
         # speed: bound methods and attributes as locals, read once instead of once per moment
         schedule, done, add, kv, unit = sched.schedule, sched.on_step_done, log.add, sched.kv, self.unit
         timeout = env.timeout
+        started = sched.requests.started_s
         while True:
             m = schedule()
             if m is None:
@@ -99,6 +103,11 @@ class Replica:
                 self.wake = env.event()
                 yield self.wake
                 continue
+            if m.prefills:
+                for st, _ln in m.prefills:
+                    i = st.request
+                    if started[i] != started[i]:  # nan: its first chunk (speed: no isnan call)
+                        started[i] = env.now
             dt = cost(*m.batch) + m.extra_s
             add(unit, env.now, dt, m, kv.capacity - kv.free)  # KV used at its start (speed: kv.used inlined)
             yield timeout(dt)
@@ -110,8 +119,9 @@ class Pool:
     and step cost are theirs. `submit(i)` is a request's way in."""
 
     def __init__(self, env: simpy.Environment, serving: Serving, sm: StepModel, cap_blocks: int,
-                 requests: RequestLog, moments: MomentLog):
-        self.serving, self.sm, self.requests, self.moments = serving, sm, requests, moments
+                 requests: RequestLog, moments: MomentLog, max_len: int | None = None):
+        self.env, self.serving, self.sm, self.requests, self.moments = env, serving, sm, requests, moments
+        self.max_len = max_len                      # longest prompt + output served (None: any)
         self.cap_blocks = cap_blocks                # per replica
         pp = serving.pp
         blocks = cap_blocks // pp                   # per virtual engine (vLLM: num_gpu_blocks // pp)
@@ -125,16 +135,19 @@ class Pool:
         self.max_prompt_tokens = self.engines[0].scheduler.max_prompt_tokens
         self.siblings = {r.rid: [e for e in self.engines if e.rid == r.rid] for r in self.engines}
         for r in self.engines:
-            env.process(r.run(env, sm.step_agg, moments))
+            env.process(r.run(env, sm.moment_s, moments))
 
     def submit(self, i: int) -> None:
         """Reject request i if it can never run here or the queue is full; else route it."""
         rq = self.requests
         p = rq.prompt_len[i]
-        if p + rq.output_len[i] > self.cap_tokens:
-            rq.reject(i, R_KV)
+        now = self.env.now
+        if self.max_len is not None and p + rq.output_len[i] > self.max_len:
+            rq.reject(i, R_LEN, now)
+        elif p + rq.output_len[i] > self.cap_tokens:
+            rq.reject(i, R_KV, now)
         elif self.max_prompt_tokens is not None and p > self.max_prompt_tokens:
-            rq.reject(i, R_TOKENS)
+            rq.reject(i, R_TOKENS, now)
         else:
             r = self.engines[self.router.route(i)]
             rq.replica[i] = r.rid
@@ -142,7 +155,7 @@ class Pool:
                 rq.engine[i] = r.eng
             cap = self.serving.max_queue
             if cap is not None and sum(len(e.scheduler.waiting) for e in self.siblings[r.rid]) >= cap:
-                rq.reject(i, R_QUEUE)
+                rq.reject(i, R_QUEUE, now)
             else:
                 r.arrive(i)
 
@@ -152,17 +165,51 @@ class Pool:
                 raise RuntimeError(f"{r.name} ended holding KV blocks (engine bug)")
 
 
-def _arrivals(env: simpy.Environment, arrival_s: list[float], submit: Callable[[int], None]) -> Iterator[simpy.Event]:
-    """Hand each request to the pool at its arrival time (all of one instant at once)."""
+def _arrivals(env: simpy.Environment, arrival_s: list[float], submit: Callable[[int], None],
+              delay: float = 0.0) -> Iterator[simpy.Event]:
+    """Hand each request to the pool at its arrival time plus the front end's delay (all of one
+    instant at once)."""
     n = len(arrival_s)
     i = 0
     while i < n:
-        t = arrival_s[i]
+        t = arrival_s[i] + delay
         if t > env.now:
             yield env.timeout(t - env.now)
-        while i < n and arrival_s[i] <= t:
+        while i < n and arrival_s[i] + delay <= t:
             submit(i)
             i += 1
+
+
+class Clients:
+    """`workload.concurrency`: N clients as `vllm bench serve --max-concurrency N` runs them. Each
+    takes the next request in order, sends it at its planned arrival time or at once if that has
+    passed (a burst plans them all at 0: a closed loop), and waits for its last token (or its
+    rejection) and the think time before taking another. The time a request is sent is its
+    arrival (written into arrival_s); the engine has it the front end's delay later."""
+
+    def __init__(self, env: simpy.Environment, requests: RequestLog, submit: Callable[[int], None],
+                 clients: int, think_s: float, delay: float):
+        self.env, self.submit, self.think_s, self.delay = env, submit, think_s, delay
+        self.arrival_s = requests.requests.arrival_s  # planned times in, send times out
+        self.planned = self.arrival_s.tolist()
+        self.next = 0
+        requests.on_end = self.ended
+        for _ in range(min(clients, len(self.planned))):
+            self._take(0.0)
+
+    def _take(self, wait: float) -> None:
+        """A free client takes the next request and sends it after `wait` or at its planned time."""
+        i = self.next
+        if i >= len(self.planned):
+            return
+        self.next = i + 1
+        t = max(self.env.now + wait, self.planned[i])
+        self.arrival_s[i] = t
+        self.env.timeout(t + self.delay - self.env.now).callbacks.append(lambda _e: self.submit(i))
+
+    def ended(self, i: int, t: float) -> None:
+        """Request i's client has its response at time t (>= now): it sends again after thinking."""
+        self._take(t - self.env.now + self.think_s)
 
 
 # -- checks before simulating --------------------------------------------------------------------
@@ -184,7 +231,7 @@ def check_scenario(sc: Scenario, where: str = "scenario") -> tuple[ModelSpec, Ha
         hw = load_hardware(sc.hardware)
     except InputError as e:
         raise _nested(e, where, "hardware") from None
-    s = sc.serving
+    s = stack_serving(sc, hw, model, where)
     try:
         check_parallelism(model, hw, s.tp, s.pp, s.ep)
     except ValueError as e:
@@ -195,30 +242,76 @@ def check_scenario(sc: Scenario, where: str = "scenario") -> tuple[ModelSpec, Ha
     if arr.process == "trace" and arr.path and not Path(arr.path).is_file():
         raise InputError(where, "workload.arrival.path", f"trace file not found: {arr.path}")
     check_fits(model, hw, s.tp, s.pp, dt, s.gpu_memory_utilization, s.activation_reserve_gb,
-               min_tokens=s.block_size * s.pp, where=f"{where}: model/hardware", ep=s.ep)
+               min_tokens=s.block_size * s.pp, where=f"{where}: model/hardware", ep=s.ep,
+               fraction_of=s.memory_fraction_of)
     return model, hw, dt
 
 
+def stack_serving(sc: Scenario, hw: Hardware, model: ModelSpec, where: str = "scenario") -> Serving:
+    """The scenario's serving settings under its stack's defaults (stacks.resolve), or one line."""
+    try:
+        return resolve(sc.serving, hw, model)
+    except ValidationError as e:
+        raise from_validation(e, f"{where} (serving.stack {sc.serving.stack})") from None
+
+
 # -- entry point ---------------------------------------------------------------------------------
+def launch(sv: Serving, hw: Hardware) -> Launch | None:
+    """A serving stack's launches and host work for the cost model (None: neither is set, and a
+    graph-mode step is one graph plus the hardware's per-step overhead, as without a stack)."""
+    o = sv.overheads
+    if sv.stack is None and sv.cuda_graph_sizes is None and o.step_us is None and not o.step_seq_us \
+            and sv.num_scheduler_steps == 1:
+        return None
+    speed = hw.host.speed
+    step_us = hw.host.step_overhead_us if o.step_us is None else o.step_us / speed
+    return Launch(tuple(sv.cuda_graph_sizes or ()), sv.cuda_graph_padding, sv.graph_mixed, sv.graph_piecewise,
+                  step_us * 1e-6, o.step_seq_us / speed * 1e-6, sv.num_scheduler_steps)
+
+
+def effective(scenario: Scenario) -> tuple[Scenario, ModelSpec, Hardware, Dtypes]:
+    """The scenario as it runs: a stack's defaults under the fields the file sets (stacks.resolve),
+    with its model, hardware and dtypes checked."""
+    model, hw, dt = check_scenario(scenario)
+    sv = stack_serving(scenario, hw, model)
+    if sv is scenario.serving:
+        return scenario, model, hw, dt
+    return scenario.model_copy(update={"serving": sv}), model, hw, dt
+
+
 def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None) -> SimResult:
     """Run a scenario to the end: every request completes or is rejected with a reason."""
     t_wall = time.perf_counter()
+    scenario, model, hw, dt = effective(scenario)
     sv = scenario.serving
-    model, hw, dt = check_scenario(scenario)
-    fp = footprint(model, hw, sv.tp, sv.pp, dt, sv.gpu_memory_utilization, sv.activation_reserve_gb, sv.ep)
+    fp = footprint(model, hw, sv.tp, sv.pp, dt, sv.gpu_memory_utilization, sv.activation_reserve_gb, sv.ep,
+                   sv.memory_fraction_of)
     cap_blocks = fp.kv_capacity_tokens // sv.block_size
-    sm = step_model(model, hw, sv.tp, sv.pp, sv.mode, dt, sv.async_scheduling, sv.ep, sv.moe_imbalance, sv.kernels)
-    req = make_requests(scenario.workload, scenario.seed, where="scenario")
+    sm = step_model(model, hw, sv.tp, sv.pp, sv.mode, dt, sv.async_scheduling, sv.ep, sv.moe_imbalance, sv.kernels,
+                    launch(sv, hw))
+    wl = scenario.workload
+    req = make_requests(wl, scenario.seed, where="scenario")
     env = simpy.Environment()
     requests = RequestLog(req)
-    pool = Pool(env, sv, sm, cap_blocks, requests, MomentLog(sm, requests, progress))
-    env.process(_arrivals(env, req.arrival_s.tolist(), pool.submit))
+    if sv.api_server:  # the front end's delays (0 without a stack)
+        requests.in_delay = sv.overheads.request_in_ms * 1e-3 / hw.host.speed
+        requests.out_delay = sv.overheads.request_out_ms * 1e-3 / hw.host.speed
+    max_len = sv.max_model_len or (model.max_position_embeddings if sv.stack is not None else None)
+    pool = Pool(env, sv, sm, cap_blocks, requests, MomentLog(sm, requests, progress), max_len)
+    if wl.concurrency is not None:
+        Clients(env, requests, pool.submit, wl.concurrency, wl.think_ms * 1e-3, requests.in_delay)
+    else:
+        env.process(_arrivals(env, req.arrival_s.tolist(), pool.submit, requests.in_delay))
     env.run()
     if progress is not None:
         progress(1.0)
     pool.check_drained()
-    return build_result(scenario, requests, pool.moments, hw, dt, cap_blocks, time.perf_counter() - t_wall)
+    engines = [e.scheduler for e in pool.engines]
+    prefix = {"prompt_tokens_admitted": sum(s.lookup_tokens for s in engines),
+              "prefix_hit_tokens": sum(s.hit_tokens for s in engines)}
+    return build_result(scenario, requests, pool.moments, hw, dt, cap_blocks, time.perf_counter() - t_wall, prefix)
 
 
-__all__ = ["SimResult", "simulate", "check_scenario", "Pool", "Replica", "PREFILL", "DECODE", "MIXED",
+__all__ = ["SimResult", "simulate", "check_scenario", "effective", "Pool", "Replica", "Clients", "PREFILL", "DECODE",
+           "MIXED",
            "COMPLETED", "REJECTED"]

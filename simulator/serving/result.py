@@ -43,7 +43,9 @@ class SimResult:
       allocations: the sum over its virtual engines), kv_blocks_engine (the same for the
       moment's virtual engine alone, at most kv_capacity_blocks // pp; the same array as
       kv_blocks_used when pp = 1), running (requests holding KV on the moment's virtual engine
-      during the moment).
+      during the moment), decodes (sequences that got a token), firsts (prefills that ended in
+      it: first tokens, or the next token after a recompute), held (its tokens wait for a later
+      moment: the earlier steps of a multi-step block).
     pp > 1 (see the engine's docstring): a replica runs pp virtual engines concurrently, each
       moment lasting the full pipeline latency step_s of its batch: the balanced-pipeline
       approximation vLLM's design assumes, no stage imbalance or bubbles. Moments of one
@@ -100,27 +102,37 @@ class RequestLog:
         self.engine = np.zeros(n, dtype=np.int64)  # written only when pp > 1
         self.status = np.full(n, UNFINISHED, dtype=np.int64)
         self.preemptions = np.zeros(n, dtype=np.int64)
+        self.started_s = np.full(n, np.nan)  # the start of the moment that began its prefill
         self.reasons: dict[str, int] = {}
         self.done = 0  # completed or rejected
+        self.in_delay = 0.0   # the stack's front end: client to engine (seconds)...
+        self.out_delay = 0.0  # ...and engine to client, for every token
+        self.on_end: Callable[[int, float], None] | None = None  # a client hears request i ended at a time
 
     def __len__(self) -> int:
         return len(self.prompt_len)
 
     def first_token(self, i: int, now: float) -> None:
-        self.first_token_s[i] = now
+        """The engine produced request i's first token at `now`; the client has it out_delay later."""
+        self.first_token_s[i] = now + self.out_delay
 
     def finish(self, i: int, now: float) -> None:
-        self.finish_s[i] = now
+        """The engine produced request i's last token at `now`."""
+        t = self.finish_s[i] = now + self.out_delay
         self.status[i] = COMPLETED
         self.done += 1
+        if self.on_end is not None:
+            self.on_end(i, t)
 
     def preempted(self, i: int) -> None:
         self.preemptions[i] += 1
 
-    def reject(self, i: int, reason: str) -> None:
+    def reject(self, i: int, reason: str, now: float = 0.0) -> None:
         self.status[i] = REJECTED
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
         self.done += 1
+        if self.on_end is not None:
+            self.on_end(i, now)
 
 
 class MomentLog:
@@ -133,6 +145,12 @@ class MomentLog:
         self.start, self.dur = array("d"), array("d")
         self.unit, self.kind, self.batch, self.running = array("i"), array("b"), array("i"), array("i")
         self.tokens, self.kv_used = array("q"), array("q")
+        # for the gaps between tokens (itl), sparse: of each moment with prefill chunks its index,
+        # decode sequences and prefills ending (first tokens; a decode-only moment's decodes are its
+        # batch), and the indices of moments whose tokens are held back (a multi-step block's
+        # earlier steps)
+        self.chunk_at, self.chunk_decodes, self.chunk_firsts = array("q"), array("i"), array("i")
+        self.held_at = array("q")
         # speed: the columns' bound appends, looked up once instead of twice per moment
         self.ap_start, self.ap_dur, self.ap_unit = self.start.append, self.dur.append, self.unit.append
         self.ap_kind, self.ap_tokens, self.ap_batch = self.kind.append, self.tokens.append, self.batch.append
@@ -166,15 +184,20 @@ class MomentLog:
         self.ap_kv_used(kv_used)
         self.ap_running(m.running)
         s = self.sums
-        s[0] += 1
-        s[1] += lg
-        s[2] += ds
-        s[3] += dc
         if ps:
+            self.chunk_at.append(s[0])
+            self.chunk_decodes.append(ds)
+            self.chunk_firsts.append(lg - ds)
             s[4] += ps
             s[5] += pt
             s[6] += pairs
             s[7] += pc
+        elif m.held:
+            self.held_at.append(s[0])
+        s[0] += 1
+        s[1] += lg
+        s[2] += ds
+        s[3] += dc
         # speed: category seconds without a breakdown per moment: the exact breakdown (sm.cost) of every
         # moment of a kind until CATEGORY_SAMPLES were taken, then of every 2nd, 4th, ... (the
         # stride doubles each CATEGORY_SAMPLES samples), each weighted by its stride. The shares
@@ -202,8 +225,10 @@ class MomentLog:
 # -- after the run ---------------------------------------------------------------------------------
 
 def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtypes, cap_blocks: int,
-                 wall: float) -> SimResult:
-    """Arrays, category seconds, work and time series of a finished run of one pool."""
+                 wall: float, prefix: dict[str, int] | None = None) -> SimResult:
+    """Arrays, category seconds, work and time series of a finished run of one pool; `prefix`:
+    the prompt tokens admitted and those found in the prefix cache (stats)."""
+    prefix = prefix or {}
     req = log.requests
     left = int(np.sum(log.status == UNFINISHED))
     if left:
@@ -231,12 +256,22 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
         "kv_blocks_engine": kv_eng,
         "running": np.frombuffer(moments.running, dtype=np.int32).astype(np.int64),
     }
+    kind = m["kind"]
+    decodes = np.where(kind == DECODE, m["batch"], 0)
+    firsts = np.zeros(kind.size, dtype=np.int64)
+    at = np.frombuffer(moments.chunk_at, dtype=np.int64)
+    decodes[at] = np.frombuffer(moments.chunk_decodes, dtype=np.int32)
+    firsts[at] = np.frombuffer(moments.chunk_firsts, dtype=np.int32)
+    held = np.zeros(kind.size, dtype=bool)
+    held[np.frombuffer(moments.held_at, dtype=np.int64)] = True
+    m.update(decodes=decodes, firsts=firsts, held=held)
     end = float(np.max(m["start_s"] + m["dur_s"])) if m["start_s"].size else 0.0
-    makespan = max(end, float(req.arrival_s[-1]) if len(req) else 0.0)
+    done = log.finish_s[np.isfinite(log.finish_s)]
+    makespan = max(end, float(req.arrival_s[-1]) if len(req) else 0.0, float(done.max()) if done.size else 0.0)
     requests = {
         "arrival_s": req.arrival_s, "prompt_len": req.prompt_len, "output_len": req.output_len,
         "first_token_s": log.first_token_s, "finish_s": log.finish_s, "replica": log.replica,
-        "engine": log.engine, "status": log.status, "preemptions": log.preemptions,
+        "engine": log.engine, "status": log.status, "preemptions": log.preemptions, "started_s": log.started_s,
     }
     cats = {}
     for k, name in ((0, "prefill"), (1, "decode")):
@@ -254,7 +289,8 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
         devices_per_replica=sv.tp * sv.pp, clock_ghz=hw.device.clock_ghz, peak_flops=hw.device.peak_flops(dt.compute),
         mem_bw=hw.device.bandwidth, total_flops=flops, total_bytes=bytes_,
         host_busy_s=moments.count * (sm.issue_s + sm.overhead_s), scenario=sc, wall_s=wall,
-        stats={"moments": moments.count}, pp=pp,
+        stats={"moments": moments.count, "request_in_s": log.in_delay, "request_out_s": log.out_delay, **prefix},
+        pp=pp,
     )
 
 

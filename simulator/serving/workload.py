@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from hwmodels.errors import InputError
-from simulator.serving.scenario import Fixed, FromTrace, Lognormal, Uniform, Workload
+from simulator.serving.scenario import Empirical, Fixed, FromTrace, Lognormal, Uniform, Workload
 
 # Column names a trace may use: ours, then the Azure LLM inference trace's.
 ARRIVAL_COLS = ("arrival_s", "TIMESTAMP")
@@ -114,15 +114,16 @@ def _times(path: str, col: str, values: list, lines: list[int]) -> np.ndarray:
     return (t - t.min()).astype(np.int64) / 1e9
 
 
-def read_trace(path: str, limit: int | None = None) -> Trace:
-    """A CSV (header row) or JSONL (one object per line) trace; the first `limit` rows."""
+def _read_rows(path: str, limit: int | None, what: str) -> tuple[list[dict], list[int], list[str]]:
+    """The rows of a CSV (header row) or JSONL (one object per line) file, their line numbers and
+    the column names; the first `limit` rows."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputError(path, "", "trace file not found") from None
+        raise InputError(path, "", f"{what} file not found") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(path, "", f"cannot read trace: {e.__class__.__name__}") from None
+        raise InputError(path, "", f"cannot read {what}: {e.__class__.__name__}") from None
     rows: list[dict] = []
     lines: list[int] = []
     jsonl = p.suffix.lower() in (".jsonl", ".ndjson", ".json") or text.lstrip().startswith("{")
@@ -135,9 +136,10 @@ def read_trace(path: str, limit: int | None = None) -> Trace:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError:
-                raise InputError(path, f"line {ln}", "not a JSON object; a JSONL trace has one object per line") from None
+                raise InputError(path, f"line {ln}", f"not a JSON object; a JSONL {what} has one object per line") \
+                    from None
             if not isinstance(obj, dict):
-                raise InputError(path, f"line {ln}", "not a JSON object; a JSONL trace has one object per line")
+                raise InputError(path, f"line {ln}", f"not a JSON object; a JSONL {what} has one object per line")
             rows.append(obj)
             lines.append(ln)
         header = list(rows[0].keys()) if rows else []
@@ -153,6 +155,21 @@ def read_trace(path: str, limit: int | None = None) -> Trace:
                 raise InputError(path, f"line {ln}", f"has {len(rec)} columns, the header has {len(header)}")
             rows.append({h: rec[i].strip() for i, h in enumerate(header)})
             lines.append(ln)
+    return rows, lines, header
+
+
+def _column(path: str, rows: list[dict], lines: list[int], col: str) -> list:
+    out = []
+    for r, ln in zip(rows, lines, strict=True):
+        if col not in r:
+            raise InputError(path, f"{col} (line {ln})", "missing value")
+        out.append(r[col])
+    return out
+
+
+def read_trace(path: str, limit: int | None = None) -> Trace:
+    """A CSV (header row) or JSONL (one object per line) trace; the first `limit` rows."""
+    rows, lines, header = _read_rows(path, limit, "trace")
     if not rows:
         raise InputError(path, "", "empty trace: no requests; needs a header and rows with "
                          "arrival_s,prompt_len,output_len (or TIMESTAMP,ContextTokens,GeneratedTokens)")
@@ -161,26 +178,45 @@ def read_trace(path: str, limit: int | None = None) -> Trace:
         raise InputError(path, "arrival_s", f"missing column; allowed: {' or '.join(ARRIVAL_COLS)} "
                          f"(found: {', '.join(header[:8])})")
 
-    def column(col: str) -> list:
-        out = []
-        for r, ln in zip(rows, lines, strict=True):
-            if col not in r:
-                raise InputError(path, f"{col} (line {ln})", "missing value")
-            out.append(r[col])
-        return out
-
-    t = _times(path, a_col, column(a_col), lines)
+    t = _times(path, a_col, _column(path, rows, lines, a_col), lines)
     lens = []
     for cols in (PROMPT_COLS, OUTPUT_COLS):
         c = _pick(header, cols)
-        lens.append(None if c is None else _numbers(path, c, column(c), lines, integer=True).astype(np.int64))
+        lens.append(None if c is None else
+                    _numbers(path, c, _column(path, rows, lines, c), lines, integer=True).astype(np.int64))
     return Trace(t - t.min(), lens[0], lens[1])
+
+
+def read_lengths(path: str, which: str) -> np.ndarray:
+    """The `which` column (prompt_len or output_len; also the Azure names) of a length file, each >= 1."""
+    rows, lines, header = _read_rows(path, None, "length")
+    names = PROMPT_COLS if which == "prompt_len" else OUTPUT_COLS
+    if not rows:
+        raise InputError(path, "", "empty length file: needs a header and rows of prompt_len,output_len")
+    c = _pick(header, names)
+    if c is None:
+        raise InputError(path, which, f"missing column; allowed: {' or '.join(names)} (found: {', '.join(header[:8])})")
+    x = _numbers(path, c, _column(path, rows, lines, c), lines, integer=True).astype(np.int64)
+    if np.any(x < 1):
+        ln = lines[int(np.argmax(x < 1))]
+        raise InputError(path, f"{c} (line {ln})", "got 0; a length must be >= 1")
+    return x
 
 
 # -- sampling ------------------------------------------------------------------------------------
 
+def _rows(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """n row indices of a file of `size` rows: shuffles of all rows, one after another (every
+    row once before any twice, as a benchmark client samples its dataset)."""
+    reps = -(-n // size)
+    return np.concatenate([rng.permutation(size) for _ in range(reps)])[:n]
+
+
 def _lengths(spec, n: int, rng: np.random.Generator, trace: Trace | None, which: str, where: str,
-             trace_path: str = "") -> np.ndarray:
+             trace_path: str = "", rows: np.ndarray | None = None) -> np.ndarray:
+    if isinstance(spec, Empirical):
+        col = read_lengths(spec.path, which)
+        return col[rows if rows is not None else _rows(n, col.size, rng)]
     if isinstance(spec, Fixed):
         return np.full(n, spec.value, dtype=np.int64)
     if isinstance(spec, Uniform):
@@ -223,8 +259,12 @@ def make_requests(workload: Workload, seed: int, where: str = "workload") -> Req
     else:  # gamma gaps with mean 1/rate and coefficient of variation cv: shape 1/cv^2
         k = 1.0 / arr.cv ** 2
         t = np.cumsum(rng.gamma(k, 1.0 / (arr.rate * k), size=n))
-    prompt = _lengths(workload.prompt_len, n, rng, trace, "prompt_len", where, str(arr.path))
-    output = _lengths(workload.output_len, n, rng, trace, "output_len", where, str(arr.path))
+    pl, ol = workload.prompt_len, workload.output_len
+    rows = None  # one file of pairs for both: each request takes both lengths from one row
+    if isinstance(pl, Empirical) and isinstance(ol, Empirical) and Path(pl.path).resolve() == Path(ol.path).resolve():
+        rows = _rows(n, read_lengths(pl.path, "prompt_len").size, rng)
+    prompt = _lengths(pl, n, rng, trace, "prompt_len", where, str(arr.path), rows)
+    output = _lengths(ol, n, rng, trace, "output_len", where, str(arr.path), rows)
     prefix_id = np.full(n, -1, dtype=np.int64)
     prefix_len = np.zeros(n, dtype=np.int64)
     pf = workload.prefix
@@ -241,4 +281,4 @@ def make_requests(workload: Workload, seed: int, where: str = "workload") -> Req
                     prefix_id.astype(np.int64), prefix_len.astype(np.int64))
 
 
-__all__ = ["Requests", "Trace", "make_requests", "read_trace"]
+__all__ = ["Requests", "Trace", "make_requests", "read_trace", "read_lengths"]

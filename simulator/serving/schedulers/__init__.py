@@ -6,14 +6,17 @@ a hook such as `_release`), plus one line in SCHEDULERS; `serving.scheduler` nam
 """
 
 from simulator.serving.schedulers.base import DECODE, MIXED, PREFILL, Moment, Prefill, Scheduler
-from simulator.serving.schedulers.chunked import ChunkedScheduler
+from simulator.serving.schedulers.chunked import ChunkedScheduler, MixedScheduler
 from simulator.serving.schedulers.continuous import ContinuousScheduler
+from simulator.serving.schedulers.prefill_first import PrefillFirstScheduler
 from simulator.serving.schedulers.static import StaticScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
     "static": StaticScheduler,
     "continuous": ContinuousScheduler,
     "chunked": ChunkedScheduler,
+    "prefill_first": PrefillFirstScheduler,
+    "mixed": MixedScheduler,
 }
 
 __all__ = ["SCHEDULERS", "Scheduler", "Moment", "Prefill", "PREFILL", "DECODE", "MIXED"]

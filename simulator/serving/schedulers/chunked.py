@@ -4,6 +4,10 @@
 Requests mid-prefill keep their place (`prefilling`, oldest first) and continue next step; a
 prompt of any length runs, a chunk at a time. Every running decode must fit the budget, so the
 batch is capped at max_batched_tokens sequences.
+
+`MixedScheduler` is in-flight batching as TensorRT-LLM runs it without chunked context: the
+same steps, but a prompt joins a step only whole (`splits_prompts = False`), so one longer than
+the budget is rejected on arrival.
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ if TYPE_CHECKING:
 
 
 class ChunkedScheduler(Scheduler):
+    splits_prompts = True  # a prompt may be split over steps (else it joins a step whole)
+
     def __init__(self, serving: Serving, requests: RequestLog, blocks: int, swap_s_per_block: float):
         super().__init__(serving, requests, blocks, swap_s_per_block)
         self.max_batch_size = min(self.max_batch_size, self.max_batched_tokens)
+        if not self.splits_prompts:
+            self.max_prompt_tokens = self.max_batched_tokens
 
     def schedule(self) -> Moment | None:
         kv, d, pre, w = self.kv, self.decode, self.prefilling, self.waiting
@@ -38,18 +46,21 @@ class ChunkedScheduler(Scheduler):
                 if rest <= 0:
                     break
                 done = st.done
-                ln = min(st.target - done, rest, (kv.blocks(done) + kv.available) * bs - done)
-                if ln <= 0:
-                    continue
-                kv.alloc(kv.blocks(done + ln) - kv.blocks(done))
+                if self.reserve:  # its blocks were reserved at admission
+                    ln = min(st.target - done, rest)
+                else:
+                    ln = min(st.target - done, rest, (kv.blocks(done) + kv.available) * bs - done)
+                    if ln <= 0:
+                        continue
+                    kv.alloc(kv.blocks(done + ln) - kv.blocks(done))
                 chunks.append((st, ln))
                 rest -= ln
             n_seq = B + len(pre)
-            while rest > 0 and w and n_seq < maxb:  # then start new ones
+            while rest > 0 and w and n_seq < maxb and not self.block_left:  # then start new ones
                 i = w[0]
                 if i in self.swapped:  # swapped requests rejoin first, at the next step
                     break
-                got = self._admit(i, n_seq, rest)
+                got = self._admit(i, n_seq, rest) if self.splits_prompts else self._admit(i, n_seq, -1, rest)
                 if got is None:
                     break
                 st, ln = got
@@ -76,4 +87,8 @@ class ChunkedScheduler(Scheduler):
                 completing += c + ln == st.target
             kind = DECODE if not chunks else (PREFILL if not B else MIXED)
             return Moment(kind, (B, d.base + B * d.step, len(chunks), pt, pairs, pc, B + completing),
-                          B + len(pre), chunks, self._take_swap_s())
+                          B + len(pre), chunks, self._take_swap_s(), not chunks and self._held_step())
+
+
+class MixedScheduler(ChunkedScheduler):
+    splits_prompts = False

@@ -189,15 +189,25 @@ def medians(results: list[dict[str, Any]]) -> dict[str, float]:
     return {g: float(np.median(v)) for g, v in sorted(groups.items())}
 
 
+FITTED = {t for _, _, targets in FIT for t in targets}  # (row, statistic) pairs an overhead was fitted to
+
+
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| row | statistic | measured | predicted | error |", "|---|---|---:|---:|---:|"]
+    """Markdown: every statistic, and the median errors of all and of those no overhead was fitted to."""
+    lines = ["| row | statistic | measured | predicted | error | fitted |", "|---|---|---:|---:|---:|---|"]
     for r in results:
-        p = "n/a" if r["predicted"] is None else f"{r['predicted']:,.1f}"
+        p = "n/a" if r["predicted"] is None else _num(r["predicted"])
         e = "n/a" if r["error"] is None else f"{r['error']:+.1%}"
-        lines.append(f"| {r['id']} | {r['statistic']} | {r['measured']:,.1f} | {p} | {e} |")
-    med = medians(results)
+        fitted = "yes" if (r["id"], r["statistic"]) in FITTED else ""
+        lines.append(f"| {r['id']} | {r['statistic']} | {_num(r['measured'])} | {p} | {e} | {fitted} |")
     lines.append("")
-    lines.append("median |error|: " + ", ".join(f"{g} {v:.1%}" for g, v in med.items()))
+    lines.append("median |error|, all: " + ", ".join(f"{g} {v:.1%}" for g, v in medians(results).items()))
+    held = [r for r in results if (r["id"], r["statistic"]) not in FITTED]
+    lines.append("median |error|, not fitted: " + ", ".join(f"{g} {v:.1%}" for g, v in medians(held).items()))
     return "\n".join(lines)
 
 

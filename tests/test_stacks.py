@@ -118,3 +118,20 @@ def test_a_scenario_runs_as_its_stack_resolves_it():
 def test_no_stack_changes_nothing():
     s = Serving(scheduler="chunked", max_batch_size=3)
     assert resolve(s, H100, LLAMA3) is s
+
+
+def test_stack_command_and_bad_stack_are_one_line(capsys, tmp_path):
+    import json
+
+    from simulator.cli import main
+
+    assert main(["stack", "vllm", "--hardware", "a100-sxm-80gb", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["defaults"]["max_batch_size"] == {"value": 256, "source": PRESETS["vllm"].sources["max_batch_size"]}
+    assert main(["stack", "tgi"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    f = tmp_path / "s.yaml"
+    f.write_text("model: llama-3.2-1b\nhardware: h100-sxm\nserving: {stack: vllm-v9}\n")
+    assert main(["run", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "serving.stack" in err and "vllm-v0" in err

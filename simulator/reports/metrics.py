@@ -191,14 +191,15 @@ def ttft_split(r: SimResult) -> dict[str, dict[str, float | None]]:
     in and out)."""
     q = r.requests
     stats = getattr(r, "stats", {}) or {}
-    t_in, t_out = float(stats.get("request_in_s", 0.0)), float(stats.get("request_out_s", 0.0))
+    t_out = float(stats.get("request_out_s", 0.0))
     done = np.asarray(q["status"]) == STATUS_COMPLETED
     arrival = np.asarray(q["arrival_s"], dtype=float)
     first = np.asarray(q["first_token_s"], dtype=float)
     started = np.asarray(q.get("started_s", np.full(arrival.size, np.nan)), dtype=float)
-    queue = np.where(done, (started - arrival - t_in) * 1e3, np.nan)
+    reached = np.asarray(q.get("reached_s", arrival), dtype=float)
+    queue = np.where(done, (started - reached) * 1e3, np.nan)
     prefill = np.where(done, (first - t_out - started) * 1e3, np.nan)
-    over = np.where(done, (t_in + t_out) * 1e3, np.nan)
+    over = np.where(done, (reached - arrival + t_out) * 1e3, np.nan)
     return {"queue": latency_stats(queue), "prefill": latency_stats(prefill), "overheads": latency_stats(over)}
 
 

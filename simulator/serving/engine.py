@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import simpy
 from pydantic import ValidationError
 
@@ -68,6 +69,7 @@ R_KV = "exceeds kv capacity"                    # prompt + output can never fit 
 R_TOKENS = "prompt > max_batched_tokens"        # continuous (vLLM v0) cannot chunk a prompt
 R_QUEUE = "queue full"                          # serving.max_queue requests already waiting
 R_LEN = "exceeds max_model_len"                 # prompt + output longer than the server's context
+FRONT_SPREAD = 1.0  # a request's way in through the front end: uniform on [0, 2 x its mean] (front_end)
 
 
 class Replica:
@@ -166,18 +168,35 @@ class Pool:
 
 
 def _arrivals(env: simpy.Environment, arrival_s: list[float], submit: Callable[[int], None],
-              delay: float = 0.0) -> Iterator[simpy.Event]:
-    """Hand each request to the pool at its arrival time plus the front end's delay (all of one
-    instant at once)."""
+              order: list[int] | None = None) -> Iterator[simpy.Event]:
+    """Hand each request to the pool at its time (all of one instant at once); `arrival_s` are
+    the times the engine has them, taken in `order` (None: index order, the order of arrival)."""
     n = len(arrival_s)
-    i = 0
-    while i < n:
-        t = arrival_s[i] + delay
+    k = 0
+    while k < n:
+        t = arrival_s[k if order is None else order[k]]
         if t > env.now:
             yield env.timeout(t - env.now)
-        while i < n and arrival_s[i] + delay <= t:
+        while k < n and arrival_s[i := k if order is None else order[k]] <= t:
             submit(i)
-            i += 1
+            k += 1
+
+
+def front_end(requests: RequestLog, sv: Serving, hw: Hardware, seed: int) -> None:
+    """The stack's front end on `requests`: each request's way in is drawn uniformly within
+    +-FRONT_SPREAD of request_in_ms (seeded apart from the workload; 1: on [0, 2 x the mean]), the
+    way out is the same for every token. The spread is an assumption: a front end shares its host
+    with the other clients' streams, and without a spread of about a step a closed loop of
+    clients locks to the decode steps' grid (its requests would always reach the engine at the
+    same point of a step, and TTFT would jump by a step as request_in_ms crosses a multiple)."""
+    if not sv.api_server:
+        return
+    o, speed = sv.overheads, hw.host.speed
+    requests.out_delay = o.request_out_ms * 1e-3 / speed
+    if o.request_in_ms:
+        rng = np.random.default_rng([seed, 0x46524F4E54])  # "FRONT": a stream of its own, the workload's unchanged
+        mean = o.request_in_ms * 1e-3 / speed
+        requests.in_delay = (mean * rng.uniform(1 - FRONT_SPREAD, 1 + FRONT_SPREAD, len(requests))).tolist()
 
 
 class Clients:
@@ -188,9 +207,10 @@ class Clients:
     arrival (written into arrival_s); the engine has it the front end's delay later."""
 
     def __init__(self, env: simpy.Environment, requests: RequestLog, submit: Callable[[int], None],
-                 clients: int, think_s: float, delay: float):
+                 clients: int, think_s: float, delay: list[float] | None):
         self.env, self.submit, self.think_s, self.delay = env, submit, think_s, delay
         self.arrival_s = requests.requests.arrival_s  # planned times in, send times out
+        self.reached_s = requests.reached_s
         self.planned = self.arrival_s.tolist()
         self.next = 0
         requests.on_end = self.ended
@@ -205,7 +225,8 @@ class Clients:
         self.next = i + 1
         t = max(self.env.now + wait, self.planned[i])
         self.arrival_s[i] = t
-        self.env.timeout(t + self.delay - self.env.now).callbacks.append(lambda _e: self.submit(i))
+        self.reached_s[i] = reach = t + (self.delay[i] if self.delay is not None else 0.0)
+        self.env.timeout(reach - self.env.now).callbacks.append(lambda _e: self.submit(i))
 
     def ended(self, i: int, t: float) -> None:
         """Request i's client has its response at time t (>= now): it sends again after thinking."""
@@ -293,15 +314,18 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     req = make_requests(wl, scenario.seed, where="scenario")
     env = simpy.Environment()
     requests = RequestLog(req)
-    if sv.api_server:  # the front end's delays (0 without a stack)
-        requests.in_delay = sv.overheads.request_in_ms * 1e-3 / hw.host.speed
-        requests.out_delay = sv.overheads.request_out_ms * 1e-3 / hw.host.speed
+    front_end(requests, sv, hw, scenario.seed)
     max_len = sv.max_model_len or (model.max_position_embeddings if sv.stack is not None else None)
     pool = Pool(env, sv, sm, cap_blocks, requests, MomentLog(sm, requests, progress), max_len)
     if wl.concurrency is not None:
         Clients(env, requests, pool.submit, wl.concurrency, wl.think_ms * 1e-3, requests.in_delay)
+    elif requests.in_delay is None:
+        requests.reached_s[:] = req.arrival_s
+        env.process(_arrivals(env, req.arrival_s.tolist(), pool.submit))
     else:
-        env.process(_arrivals(env, req.arrival_s.tolist(), pool.submit, requests.in_delay))
+        reach = req.arrival_s + np.asarray(requests.in_delay)
+        requests.reached_s[:] = reach
+        env.process(_arrivals(env, reach.tolist(), pool.submit, np.argsort(reach, kind="stable").tolist()))
     env.run()
     if progress is not None:
         progress(1.0)

@@ -35,7 +35,10 @@ class SimResult:
     requests: per request index (the order of arrival): arrival_s, prompt_len, output_len,
       first_token_s (nan if none), finish_s (nan if not completed), replica (-1 if rejected
       before routing), engine (the virtual engine within the replica, 0 when pp = 1 or when
-      rejected before routing), status (0 completed, 1 rejected), preemptions.
+      rejected before routing), status (0 completed, 1 rejected), preemptions, reached_s (when the engine had it:
+      arrival_s plus the front end's way in), started_s (the start of the moment that began its
+      prefill; nan if never). first_token_s and finish_s are when the client has the token (the
+      engine's time + stats["request_out_s"]).
     moments: one entry per moment: start_s, dur_s, replica (the physical replica), engine (the
       virtual engine within it that ran the moment: 0 .. pp-1, all 0 when pp = 1), kind
       (0 prefill-only, 1 decode-only, 2 mixed), tokens, batch (sequences in the step),
@@ -105,8 +108,9 @@ class RequestLog:
         self.started_s = np.full(n, np.nan)  # the start of the moment that began its prefill
         self.reasons: dict[str, int] = {}
         self.done = 0  # completed or rejected
-        self.in_delay = 0.0   # the stack's front end: client to engine (seconds)...
-        self.out_delay = 0.0  # ...and engine to client, for every token
+        self.in_delay: list[float] | None = None  # the stack's front end: client to engine, per request (s)...
+        self.out_delay = 0.0                       # ...and engine to client, for every token
+        self.reached_s = np.full(n, np.nan)        # when the engine had it (arrival + its in_delay)
         self.on_end: Callable[[int, float], None] | None = None  # a client hears request i ended at a time
 
     def __len__(self) -> int:
@@ -272,6 +276,7 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
         "arrival_s": req.arrival_s, "prompt_len": req.prompt_len, "output_len": req.output_len,
         "first_token_s": log.first_token_s, "finish_s": log.finish_s, "replica": log.replica,
         "engine": log.engine, "status": log.status, "preemptions": log.preemptions, "started_s": log.started_s,
+        "reached_s": log.reached_s,
     }
     cats = {}
     for k, name in ((0, "prefill"), (1, "decode")):
@@ -289,7 +294,7 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
         devices_per_replica=sv.tp * sv.pp, clock_ghz=hw.device.clock_ghz, peak_flops=hw.device.peak_flops(dt.compute),
         mem_bw=hw.device.bandwidth, total_flops=flops, total_bytes=bytes_,
         host_busy_s=moments.count * (sm.issue_s + sm.overhead_s), scenario=sc, wall_s=wall,
-        stats={"moments": moments.count, "request_in_s": log.in_delay, "request_out_s": log.out_delay, **prefix},
+        stats={"moments": moments.count, "request_out_s": log.out_delay, **prefix},
         pp=pp,
     )
 

@@ -117,16 +117,16 @@ OVERHEAD_FIT = {
                "the GPU's 38 %: 0.76 x a 15 ms batch-256 step / 256); request time as vllm-v1's (the same "
                "OpenAI server in its own process, [V063] cli_args.py L182: no V0 row measures it)",
     "vllm-v1": "request_in_ms + request_out_ms fitted to R43's mean and median TTFT (vLLM 0.11, H100, 4 clients: "
-               "45 ms, split evenly); step_us to its median TPOT (685 us); step_seq_us 5 us estimated (V1 "
+               "50.2 ms, split evenly); step_us to its median TPOT (685 us); step_seq_us 5 us estimated (V1 "
                "prepares inputs vectorised; [BLOGV1]: 1.7x V0's throughput)",
     "sglang-v0.3": "step_us and step_seq_us fitted together to R34's and R36's median TPOT (SGLang 0.3, A100, "
                    "4 and 8 req/s, 10 and 28 running: 925 us + 121 us per sequence; no overlap hides them); "
                    "request time as sglang",
     "sglang": "request_in_ms + request_out_ms fitted to R34's and R36's median TTFT and R44's mean and median "
-              "(11.7 ms, split evenly); step_us as 0.3's; step_seq_us 5 us, inferred from [BLOGSGL04] (overlap "
+              "(11.1 ms, split evenly); step_us as 0.3's; step_seq_us 5 us, inferred from [BLOGSGL04] (overlap "
               "gains 1.1x: the host was about a tenth of a loaded step), so it never outlasts the device",
     "trtllm": "request_in_ms + request_out_ms fitted to R45's mean and median TTFT (TensorRT-LLM 1.2, H100: "
-              "33.3 ms, split evenly); step_us 300 and step_seq_us 5 estimated: the overlap scheduler hides "
+              "34.2 ms, split evenly); step_us 300 and step_seq_us 5 estimated: the overlap scheduler hides "
               "them, so no row measures them",
     "trtllm-v0": "estimates: the C++ runtime's step (100 us + 1 us per sequence; R01-R12 are GPU-bound and do "
                  "not see it) and, for Triton's HTTP front end, trtllm's request time",
@@ -155,7 +155,7 @@ PRESETS_RAW: dict[str, dict[str, Any]] = {
             "graph_piecewise": False,
             "guaranteed_no_evict": False,
             "memory_fraction_of": "total",
-            "overheads": {"request_in_ms": 22.5, "request_out_ms": 22.5, "step_us": 1150.0, "step_seq_us": 45.0},
+            "overheads": {"request_in_ms": 25.1, "request_out_ms": 25.1, "step_us": 1150.0, "step_seq_us": 45.0},
         },
         "graphs": {"sizes": [1, 2, 4], "ranges": [(8, 8192, 8)], "limit_by": ["max_batch_size"], "round_to": 8},
         "sources": {
@@ -204,7 +204,7 @@ PRESETS_RAW: dict[str, dict[str, Any]] = {
             "graph_piecewise": True,
             "guaranteed_no_evict": False,
             "memory_fraction_of": "total",
-            "overheads": {"request_in_ms": 22.5, "request_out_ms": 22.5, "step_us": 685.0, "step_seq_us": 5.0},
+            "overheads": {"request_in_ms": 25.1, "request_out_ms": 25.1, "step_us": 685.0, "step_seq_us": 5.0},
         },
         "graphs": {"sizes": [1, 2, 4], "ranges": [(8, 512, 8)], "limit_by": ["max_batched_tokens"]},
         "sources": {
@@ -276,7 +276,7 @@ PRESETS_RAW: dict[str, dict[str, Any]] = {
             "graph_piecewise": False,
             "guaranteed_no_evict": False,
             "memory_fraction_of": "total",
-            "overheads": {"request_in_ms": 5.85, "request_out_ms": 5.85, "step_us": 925.0, "step_seq_us": 5.0},
+            "overheads": {"request_in_ms": 5.55, "request_out_ms": 5.55, "step_us": 925.0, "step_seq_us": 5.0},
         },
         "graphs": {"sizes": [1, 2, 4], "ranges": [(8, 160, 8)],
                    "max": Tiers(by="memory_gib", tiers=[(0, 8), (24.4, 160)]), "limit_by": ["max_batch_size"]},
@@ -309,7 +309,7 @@ PRESETS_RAW: dict[str, dict[str, Any]] = {
         "about": "SGLang 0.3.x: as 0.4.0 without the overlap scheduler (new and on by default in 0.4)",
         "base": "sglang-v0.4",
         "defaults": {"async_scheduling": False,
-                     "overheads": {"request_in_ms": 5.85, "request_out_ms": 5.85, "step_us": 925.0,
+                     "overheads": {"request_in_ms": 5.55, "request_out_ms": 5.55, "step_us": 925.0,
                                    "step_seq_us": 121.0}},
         "sources": {"async_scheduling": "[BLOGSGL04] the overlap scheduler arrived in 0.4 (other 0.3 defaults "
                                         "are 0.4.0's: 0.3 was not read)",
@@ -358,7 +358,7 @@ PRESETS_RAW: dict[str, dict[str, Any]] = {
             "cuda_graph_padding": False,
             "graph_mixed": False,
             "graph_piecewise": False,
-            "overheads": {"request_in_ms": 16.65, "request_out_ms": 16.65, "step_us": 300.0, "step_seq_us": 5.0},
+            "overheads": {"request_in_ms": 17.1, "request_out_ms": 17.1, "step_us": 300.0, "step_seq_us": 5.0},
         },
         "graphs": {"ranges": [(1, 32, 1)], "sizes": [64, 128], "max": 128},
         "sources": {
@@ -391,7 +391,7 @@ PRESETS_RAW: dict[str, dict[str, Any]] = {
         "defaults": {
             "async_scheduling": False,
             "prefix_caching": False,
-            "overheads": {"request_in_ms": 16.65, "request_out_ms": 16.65, "step_us": 100.0, "step_seq_us": 1.0},
+            "overheads": {"request_in_ms": 17.1, "request_out_ms": 17.1, "step_us": 100.0, "step_seq_us": 1.0},
         },
         "graphs": None,
         "sources": {

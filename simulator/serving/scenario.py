@@ -15,6 +15,7 @@ from hwmodels.errors import InputError, from_validation, load_mapping
 from hwmodels.spec import KV_FORMATS, WEIGHT_FORMATS
 
 STACK_NAMES = ("vllm", "vllm-v1", "vllm-v0", "sglang", "sglang-v0.4", "sglang-v0.3", "trtllm", "trtllm-v0")
+SCHEDULER_NAMES = ("static", "continuous", "chunked", "prefill_first", "mixed")  # schedulers.SCHEDULERS
 
 
 class Strict(BaseModel):
@@ -124,7 +125,7 @@ class Serving(Strict):
     stack: Literal[STACK_NAMES] | None = Field(  # type: ignore[valid-type]
         default=None, description="a serving stack's defaults (simulator/serving/stacks.py): scheduler, limits, "
         "memory, CUDA graphs, overlap and overheads; any field set here overrides the preset")
-    scheduler: Literal["static", "continuous", "chunked", "prefill_first", "mixed"] = "continuous"
+    scheduler: Literal[SCHEDULER_NAMES] = "continuous"  # type: ignore[valid-type]
     max_batch_size: int = Field(default=64, gt=0, le=65536)
     max_batched_tokens: int = Field(default=8192, gt=0, le=1_048_576)
     tp: int = Field(default=1, ge=1, le=1024)

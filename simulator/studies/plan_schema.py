@@ -13,7 +13,15 @@ from pydantic import Field, ValidationError, model_validator
 from hwmodels.errors import InputError, from_validation, load_mapping
 from hwmodels.load import load_hardware
 from simulator.moment.model import load_model
-from simulator.serving.scenario import FromTrace, Serving, Slo, Strict, Workload, local_path
+from simulator.serving.scenario import (
+    SCHEDULER_NAMES,
+    FromTrace,
+    Serving,
+    Slo,
+    Strict,
+    Workload,
+    local_path,
+)
 
 
 # -- the PLAN.yaml schema ------------------------------------------------------------------------
@@ -28,7 +36,7 @@ class Search(Strict):
     replicas: list[int] | None = Field(default=None, min_length=1, description="replica counts to allow")
     max_replicas: int = Field(default=16, ge=1, le=100_000, description="when replicas is not listed: 1..max")
     max_batch_size: list[int] = Field(default=[64], min_length=1)
-    scheduler: list[Literal["static", "continuous", "chunked"]] = Field(default=["continuous"], min_length=1)
+    scheduler: list[Literal[SCHEDULER_NAMES]] = Field(default=["continuous"], min_length=1)  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _positive(self) -> Search:

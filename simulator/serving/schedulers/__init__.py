@@ -5,6 +5,7 @@ A new policy is a subclass that writes `schedule()` (and, where it differs, a cl
 a hook such as `_release`), plus one line in SCHEDULERS; `serving.scheduler` names it.
 """
 
+from simulator.serving.scenario import SCHEDULER_NAMES
 from simulator.serving.schedulers.base import DECODE, MIXED, PREFILL, Moment, Prefill, Scheduler
 from simulator.serving.schedulers.chunked import ChunkedScheduler, MixedScheduler
 from simulator.serving.schedulers.continuous import ContinuousScheduler
@@ -18,5 +19,6 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "prefill_first": PrefillFirstScheduler,
     "mixed": MixedScheduler,
 }
+assert set(SCHEDULER_NAMES) == set(SCHEDULERS), "scenario.SCHEDULER_NAMES lists the schedulers"
 
 __all__ = ["SCHEDULERS", "Scheduler", "Moment", "Prefill", "PREFILL", "DECODE", "MIXED"]

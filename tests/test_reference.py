@@ -81,21 +81,10 @@ def reference(sc: Scenario) -> tuple[list[float], list[Req]]:
                     tokens += r.prompt
             if chunks:
                 decodes = []
-        elif sv.scheduler == "prefill_first":  # chunks of started prompts, then new ones; decode if none
-            rest = mbt
-            for r in running:
-                if r.generated == 0 and rest > 0:
-                    chunks.append((r, min(r.prompt - r.computed, rest)))
-                    rest -= chunks[-1][1]
-            for r in waiting:
-                if rest <= 0 or len(running) + sum(1 for c in chunks if c[0] in waiting) >= maxb:
-                    break
-                chunks.append((r, min(r.prompt, rest)))
-                rest -= chunks[-1][1]
-            if chunks:
-                decodes = []
-        else:  # chunked: every decode, then chunks of started prompts, then new prompts (mixed: whole ones)
-            rest = mbt - len(decodes)
+        else:  # chunked: every decode, then chunks of started prompts, then new prompts (mixed: whole ones);
+            # prefill_first: the chunks alone, within the whole budget, if there are any
+            first = sv.scheduler == "prefill_first"
+            rest = mbt - (0 if first else len(decodes))
             for r in running:
                 if r.generated == 0 and rest > 0:
                     chunks.append((r, min(r.prompt - r.computed, rest)))
@@ -107,6 +96,8 @@ def reference(sc: Scenario) -> tuple[list[float], list[Req]]:
                     break
                 chunks.append((r, min(r.prompt, rest)))
                 rest -= chunks[-1][1]
+            if first and chunks:
+                decodes = []
         for r, _ in chunks:
             if r in waiting:
                 waiting.remove(r)

@@ -80,6 +80,22 @@ class Moment:
         return Batch(*self.batch)
 
 
+def chunk_sums(chunks: list[tuple[Prefill, int]]) -> tuple[int, float, int, int]:
+    """A step's prompt chunks as batch aggregates: new tokens, causal query-key pairs, tokens
+    cached before them, and how many end their prefill (each a logit row)."""
+    pt = 0
+    pairs = 0.0
+    pc = 0
+    completing = 0
+    for st, ln in chunks:
+        c = st.done
+        pt += ln
+        pairs += ln * c + ln * (ln + 1) / 2
+        pc += c
+        completing += c + ln == st.target
+    return pt, pairs, pc, completing
+
+
 class Scheduler:
     """The shared state and mechanics of one engine's scheduler; a policy adds `schedule()`."""
 
@@ -254,6 +270,43 @@ class Scheduler:
         self.swap_s += (own + pb) * self.swap_s_per_block
         self._enter_decode(i, cached, generated, pb, pid)
         return True
+
+    def _chunks(self, rest: int, n_seq: int, split: bool = True) -> list[tuple[Prefill, int]]:
+        """This step's prompt chunks within `rest` tokens, with their blocks: prompts mid-prefill
+        continue first (oldest first), then requests at the head of the queue start while the
+        step holds fewer than max_batch_size sequences (`n_seq` so far). A swapped-out request
+        at the head, or a multi-step block, admits nobody; without `split` a prompt starts only
+        if it fits whole."""
+        kv, bs, pre, w = self.kv, self.block_size, self.prefilling, self.waiting
+        chunks: list[tuple[Prefill, int]] = []
+        for st in pre.values():
+            if rest <= 0:
+                break
+            done = st.done
+            if self.reserve:  # its blocks were reserved at admission
+                ln = min(st.target - done, rest)
+            else:
+                ln = min(st.target - done, rest, (kv.blocks(done) + kv.available) * bs - done)
+                if ln <= 0:
+                    continue
+                kv.alloc(kv.blocks(done + ln) - kv.blocks(done))
+            chunks.append((st, ln))
+            rest -= ln
+        while rest > 0 and w and n_seq < self.max_batch_size and not self.block_left:
+            i = w[0]
+            if i in self.swapped:  # swapped requests rejoin first, as decodes
+                break
+            got = self._admit(i, n_seq, rest) if split else self._admit(i, n_seq, -1, rest)
+            if got is None:
+                break
+            st, ln = got
+            self.admissions = st.token = self.admissions + 1
+            pre[i] = st
+            self.newest.append((st.token, i))
+            chunks.append(got)
+            rest -= ln
+            n_seq += 1
+        return chunks
 
     # -- KV pressure ---------------------------------------------------------------------------------
     def _grow_decode(self) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from simulator.serving.schedulers.base import DECODE, MIXED, PREFILL, Moment, Prefill, Scheduler
+from simulator.serving.schedulers.base import DECODE, MIXED, PREFILL, Moment, Scheduler, chunk_sums
 
 if TYPE_CHECKING:
     from simulator.serving.result import RequestLog
@@ -31,8 +31,7 @@ class ChunkedScheduler(Scheduler):
             self.max_prompt_tokens = self.max_batched_tokens
 
     def schedule(self) -> Moment | None:
-        kv, d, pre, w = self.kv, self.decode, self.prefilling, self.waiting
-        bs, maxb = self.block_size, self.max_batch_size
+        d, pre, w, maxb = self.decode, self.prefilling, self.waiting, self.max_batch_size
         while True:
             while w and w[0] in self.swapped and d.seqs + len(pre) < maxb:
                 if not self._swap_in(w[0], d.seqs + len(pre)):  # back into this step's decodes
@@ -40,51 +39,13 @@ class ChunkedScheduler(Scheduler):
             if d.seqs:
                 self._grow_decode()
             B = d.seqs
-            rest = self.max_batched_tokens - B
-            chunks: list[tuple[Prefill, int]] = []
-            for st in pre.values():  # continue prefills, oldest first
-                if rest <= 0:
-                    break
-                done = st.done
-                if self.reserve:  # its blocks were reserved at admission
-                    ln = min(st.target - done, rest)
-                else:
-                    ln = min(st.target - done, rest, (kv.blocks(done) + kv.available) * bs - done)
-                    if ln <= 0:
-                        continue
-                    kv.alloc(kv.blocks(done + ln) - kv.blocks(done))
-                chunks.append((st, ln))
-                rest -= ln
-            n_seq = B + len(pre)
-            while rest > 0 and w and n_seq < maxb and not self.block_left:  # then start new ones
-                i = w[0]
-                if i in self.swapped:  # swapped requests rejoin first, at the next step
-                    break
-                got = self._admit(i, n_seq, rest) if self.splits_prompts else self._admit(i, n_seq, -1, rest)
-                if got is None:
-                    break
-                st, ln = got
-                self.admissions = st.token = self.admissions + 1
-                pre[i] = st
-                self.newest.append((st.token, i))
-                chunks.append(got)
-                rest -= ln
-                n_seq += 1
+            chunks = self._chunks(self.max_batched_tokens - B, B + len(pre), self.splits_prompts)
             if not B and not chunks:
                 if pre:  # mid-prefill requests starved of blocks: restart the newest
                     self._preempt_one()
                     continue
                 return None
-            pt = 0
-            pairs = 0.0
-            pc = 0
-            completing = 0
-            for st, ln in chunks:
-                c = st.done
-                pt += ln
-                pairs += ln * c + ln * (ln + 1) / 2
-                pc += c
-                completing += c + ln == st.target
+            pt, pairs, pc, completing = chunk_sums(chunks)
             kind = DECODE if not chunks else (PREFILL if not B else MIXED)
             return Moment(kind, (B, d.base + B * d.step, len(chunks), pt, pairs, pc, B + completing),
                           B + len(pre), chunks, self._take_swap_s(), not chunks and self._held_step())

@@ -9,58 +9,19 @@ chunked prefill (chunked.py) without mixing prefills and decodes in one step.
 
 from __future__ import annotations
 
-from simulator.serving.schedulers.base import PREFILL, Moment, Prefill, Scheduler
+from simulator.serving.schedulers.base import PREFILL, Moment, Scheduler, chunk_sums
 
 
 class PrefillFirstScheduler(Scheduler):
     def schedule(self) -> Moment | None:
-        kv, d, pre, w = self.kv, self.decode, self.prefilling, self.waiting
-        bs, maxb = self.block_size, self.max_batch_size
+        d, pre, w, maxb = self.decode, self.prefilling, self.waiting, self.max_batch_size
         while True:
-            rest = self.max_batched_tokens
-            chunks: list[tuple[Prefill, int]] = []
-            for st in pre.values():  # a prompt mid-prefill continues first
-                if rest <= 0:
+            while w and w[0] in self.swapped and d.seqs + len(pre) < maxb:
+                if not self._swap_in(w[0], d.seqs + len(pre)):  # back into the decodes
                     break
-                done = st.done
-                if self.reserve:
-                    ln = min(st.target - done, rest)
-                else:
-                    ln = min(st.target - done, rest, (kv.blocks(done) + kv.available) * bs - done)
-                    if ln <= 0:
-                        continue
-                    kv.alloc(kv.blocks(done + ln) - kv.blocks(done))
-                chunks.append((st, ln))
-                rest -= ln
-            n_seq = d.seqs + len(pre)
-            while rest > 0 and w and n_seq < maxb and not self.block_left:
-                i = w[0]
-                if i in self.swapped:  # back into the decodes, if nothing else is being prefilled
-                    if chunks or not self._swap_in(i, n_seq):
-                        break
-                    n_seq += 1
-                    continue
-                got = self._admit(i, n_seq, rest)
-                if got is None:
-                    break
-                st, ln = got
-                self.admissions = st.token = self.admissions + 1
-                pre[i] = st
-                self.newest.append((st.token, i))
-                chunks.append(got)
-                rest -= ln
-                n_seq += 1
+            chunks = self._chunks(self.max_batched_tokens, d.seqs + len(pre))
             if chunks:
-                pt = 0
-                pairs = 0.0
-                pc = 0
-                completing = 0
-                for st, ln in chunks:
-                    c = st.done
-                    pt += ln
-                    pairs += ln * c + ln * (ln + 1) / 2
-                    pc += c
-                    completing += c + ln == st.target
+                pt, pairs, pc, completing = chunk_sums(chunks)
                 return Moment(PREFILL, (0, 0, len(chunks), pt, pairs, pc, completing), d.seqs + len(pre), chunks,
                               self._take_swap_s())
             if d.seqs:

@@ -204,6 +204,15 @@ class StepModel:
         self._steps = ln.steps
         self._mixed = ln.mixed and graphs
 
+    def host_busy_s(self, moments: int, seqs: int) -> float:
+        """The host's seconds over `moments` steps holding `seqs` sequences in all: each step's
+        issue and per-step work (with a stack's launch, as if every step replayed a graph: eager
+        steps issue more, multi-step decodes schedule less; an estimate for host_busy_frac)."""
+        if self.launch is None:
+            return moments * (self.issue_s + self.overhead_s)
+        issue = self._graph_s if self.graph else self._eager_s
+        return moments * (issue + self._host_step) + self._host_seq * seqs
+
     def step_launched(self, ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int) -> float:
         """step_s from the batch aggregates with a serving stack's launch (Launch): the padded
         graph, or eager issue, and the stack's host work; the engine's hot path then."""

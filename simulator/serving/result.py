@@ -293,7 +293,7 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
         makespan_s=makespan, kv_capacity_blocks=cap_blocks, block_size=sv.block_size, replicas=sv.replicas,
         devices_per_replica=sv.tp * sv.pp, clock_ghz=hw.device.clock_ghz, peak_flops=hw.device.peak_flops(dt.compute),
         mem_bw=hw.device.bandwidth, total_flops=flops, total_bytes=bytes_,
-        host_busy_s=moments.count * (sm.issue_s + sm.overhead_s), scenario=sc, wall_s=wall,
+        host_busy_s=sm.host_busy_s(moments.count, moments.sums[2] + moments.sums[4]), scenario=sc, wall_s=wall,
         stats={"moments": moments.count, "request_out_s": log.out_delay, **prefix},
         pp=pp,
     )

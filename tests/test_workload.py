@@ -200,3 +200,16 @@ def test_bad_length_file_is_one_line(tmp_path):
     g.write_text("x,y\n1,2\n")
     with pytest.raises(InputError, match="missing column"):
         make_requests(wl(prompt_len={"dist": "empirical", "path": str(g)}), seed=0)
+
+
+def test_a_length_file_given_by_set_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    from simulator.serving.scenario import load_scenario
+
+    d = tmp_path / "here"
+    d.mkdir()
+    (d / "l.csv").write_text("prompt_len,output_len\n7,3\n")
+    sc = tmp_path / "s.yaml"
+    sc.write_text("model: llama-3.2-1b\nhardware: h100-sxm\n")
+    monkeypatch.chdir(d)
+    s = load_scenario(sc, ["workload.prompt_len={dist: empirical, path: l.csv}"])
+    assert s.workload.prompt_len.path == str(d / "l.csv")

@@ -310,5 +310,7 @@ def apply_sets(data: dict[str, Any], sets: Sequence[str], where: str) -> dict[st
             raise InputError(where, f"--set {path}", f"{raw!r} is not a YAML value") from None
         if path in PATH_FIELDS and isinstance(value, str):
             value = local_path(value, Path.cwd()) if not path.endswith(".path") else str(Path(value).absolute())
+        elif f"{path}.path" in PATH_FIELDS and isinstance(value, dict) and isinstance(value.get("path"), str):
+            value = {**value, "path": str(Path(value["path"]).absolute())}  # a mapping's file, as above
         set_path(data, path, value)
     return data

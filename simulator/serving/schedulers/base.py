@@ -279,6 +279,8 @@ class Scheduler:
         if it fits whole."""
         kv, bs, pre, w = self.kv, self.block_size, self.prefilling, self.waiting
         chunks: list[tuple[Prefill, int]] = []
+        if not pre and not w:  # speed: nothing to prefill (most decode steps)
+            return chunks
         for st in pre.values():
             if rest <= 0:
                 break

@@ -45,10 +45,13 @@ class ChunkedScheduler(Scheduler):
                     self._preempt_one()
                     continue
                 return None
+            if not chunks:  # speed: a decode-only moment (most of them) needs no sums
+                extra, self.swap_s = self.swap_s, 0.0
+                return Moment(DECODE, (B, d.base + B * d.step, 0, 0, 0.0, 0, B), B + len(pre), chunks, extra,
+                              self.steps > 1 and self._held_step())
             pt, pairs, pc, completing = chunk_sums(chunks)
-            kind = DECODE if not chunks else (PREFILL if not B else MIXED)
-            return Moment(kind, (B, d.base + B * d.step, len(chunks), pt, pairs, pc, B + completing),
-                          B + len(pre), chunks, self._take_swap_s(), not chunks and self._held_step())
+            return Moment(PREFILL if not B else MIXED, (B, d.base + B * d.step, len(chunks), pt, pairs, pc,
+                                                        B + completing), B + len(pre), chunks, self._take_swap_s())
 
 
 class MixedScheduler(ChunkedScheduler):

@@ -2,11 +2,12 @@
 
 Workload: Poisson arrivals at 90% of the replica's saturated throughput (measured first by a
 short burst run of the same workload, so the replica is busy but stable), lognormal prompts
-(mean 1000, sigma 0.5) and outputs (mean 250, sigma 0.5), continuous batching with
-max_batch_size 256, llama-3-8b on h100-sxm. Target: 1,000,000 requests in <= 60 s wall and
-<= 2 GB RSS on one core; 100,000 in a tenth of that.
+(mean 1000, sigma 0.5, at most 6144) and outputs (mean 250, sigma 0.5, at most 2048: within
+Llama 3's 8192 tokens), continuous batching with max_batch_size 256, llama-3-8b on h100-sxm.
+Target: 1,000,000 requests in <= 60 s wall and <= 1 GB RSS with every output written
+(--outputs) on one core; 100,000 in a tenth of that.
 
-    python3 benchmarks/bench_engine.py --requests 1000000
+    python3 benchmarks/bench_engine.py --requests 1000000 --outputs /tmp/bench-out
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def scenario(n: int, rate: float | None, seed: int = 0) -> Scenario:
         "model": "llama-3-8b", "hardware": "h100-sxm", "seed": seed,
         "serving": {"scheduler": "continuous", "max_batch_size": 256},
         "workload": {"num_requests": n, "arrival": arrival,
-                     "prompt_len": {"dist": "lognormal", "mean": 1000, "sigma": 0.5},
-                     "output_len": {"dist": "lognormal", "mean": 250, "sigma": 0.5}},
+                     "prompt_len": {"dist": "lognormal", "mean": 1000, "sigma": 0.5, "max": 6144},
+                     "output_len": {"dist": "lognormal", "mean": 250, "sigma": 0.5, "max": 2048}},
     })
 
 
@@ -48,13 +49,23 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--load", type=float, default=0.9, help="arrival rate / saturated throughput")
     ap.add_argument("--rate", type=float, default=None, help="requests/s (skips the burst measurement)")
+    ap.add_argument("--outputs", metavar="DIR", default=None,
+                    help="also summarise and write every output (CSVs, plots, trace, report) to DIR, as run --out")
     a = ap.parse_args()
     rate = a.rate or a.load * saturated_rate()
     sc = scenario(a.requests, rate)
     t = time.perf_counter()
     r = simulate(sc)
     wall = time.perf_counter() - t
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    sim_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    if a.outputs:
+        from simulator.reports.metrics import summarize
+        from simulator.reports.run import write_outputs
+
+        t_out = time.perf_counter()
+        write_outputs(r, summarize(r), Path(a.outputs))
+        print(f"outputs       {time.perf_counter() - t_out:.2f} s to summarise and write {a.outputs}")
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     moments = r.moments["start_s"].size
     done = int((r.requests["status"] == 0).sum())
     busy = float(r.moments["dur_s"].sum() / r.makespan_s)
@@ -64,7 +75,7 @@ def main() -> int:
     print(f"moments       {moments}  ({moments / wall:,.0f} moments/s)")
     print(f"requests/s    {a.requests / wall:,.0f} simulated requests per wall second")
     print(f"wall          {wall:.2f} s")
-    print(f"peak RSS      {rss_mb:.0f} MB")
+    print(f"peak RSS      {rss_mb:.0f} MB" + (f" ({sim_rss_mb:.0f} MB after simulating)" if a.outputs else ""))
     return 0
 
 

@@ -169,9 +169,10 @@ def build_profile(records: list[dict[str, Any]], fp: dict[str, Any], facts: dict
         prov["host.sequence_us"] = ("not measured (no sequence record): 1.2 x view_us, the ratio measured on a "
                                     "2-core EPYC with the reference decoder (hwmodels.spec.SEQUENCE_PER_VIEW)")
     hw = hw.model_copy(update={"host": hw.host.model_copy(update=host_upd)})
-    dev_upd = {"kernel_launch_us": round(hw.efficiency.floor_us, 3)}
+    eff = hw.efficiency  # every eager kernel lasts at least kernel_launch_us: the shortest fitted floor
+    dev_upd = {"kernel_launch_us": min(eff.floor_us, eff.elementwise_floor_us or eff.floor_us)}
     hw = hw.model_copy(update={"device": hw.device.model_copy(update=dev_upd), "profile": out.name})
-    prov["device.kernel_launch_us"] = "equal to the fitted efficiency.floor_us"
+    prov["device.kernel_launch_us"] = "equal to the shortest fitted floor (efficiency.elementwise_floor_us or floor_us)"
 
     from calibration.records import prepare
 

@@ -431,6 +431,9 @@ def fit_profile(records: Iterable[Record], hw: Hardware, fix: set[str] | Iterabl
     """
     recs = prepare([r for r in records if r.get("fit", True) is not False])
     fix = set(fix)
+    # the floors are what is measured here: the base part's kernel_launch_us (a bound under every
+    # eager kernel, roofline.floor_us) must not hold them up; calibrate sets it from the fitted floors
+    hw = hw.model_copy(update={"device": hw.device.model_copy(update={"kernel_launch_us": 0.0})})
     host_upd = {k: v for k, v in host_costs(recs).items() if k not in fix}
     if host_upd:
         hw = hw.model_copy(update={"host": hw.host.model_copy(update=host_upd)})

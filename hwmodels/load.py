@@ -57,7 +57,7 @@ def _with_base(data: dict[str, Any], where: str, seen: tuple[str, ...]) -> dict[
     base = data.pop("base", None)
     if base is None:
         return data
-    if not isinstance(base, str):
+    if not isinstance(base, str) or "/" in base:
         raise InputError(where, "base", f"must be a preset name; known: {', '.join(preset_names())}")
     if base in seen:
         raise InputError(where, "base", f"circular base {base!r}")
@@ -96,10 +96,12 @@ def _committed_profile(name: str) -> Profile | None:
 def _borrow_efficiency(data: dict[str, Any], where: str) -> dict[str, Any]:
     """`efficiency_from: h100-sxm`: start from that part's fitted numbers, keep explicit ones."""
     src = data.get("efficiency_from")
-    if not src or data.get("profile"):
+    if src is None:
         return data
-    if not isinstance(src, str) or not (PRESET_DIR / f"{src}.yaml").exists():
+    if not isinstance(src, str) or "/" in src or not (PRESET_DIR / f"{src}.yaml").exists():
         raise InputError(where, "efficiency_from", f"unknown preset {src!r}; known: {', '.join(preset_names())}")
+    if data.get("profile"):  # a calibrated part (or one built on it) keeps its own fitted numbers
+        return data
     prof = _committed_profile(src)
     if prof is None:
         return data

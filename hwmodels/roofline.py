@@ -36,15 +36,17 @@ def wave_factor(m, n, units: int, tile: int = 128):
     return m * n / (waves * units * tile * tile)
 
 
-def floor_us(eff: Efficiency, heavy: bool, graph: bool = False) -> float:
+def floor_us(eff: Efficiency, heavy: bool, graph: bool = False, launch_us: float = 0.0) -> float:
     """Device time of the shortest kernel: a GEMM or attention kernel (`heavy`) or an element-wise
     one. Inside a CUDA graph the kernels follow each other without the launch gap of eager mode,
-    so each floor shrinks by the element-wise floor's excess over the graph floor."""
+    so each floor shrinks by the element-wise floor's excess over the graph floor. Outside a
+    graph no kernel is shorter than the device's launch plus tail (`launch_us`,
+    Device.kernel_launch_us): a part with slower launches slows every short kernel."""
     light = eff.floor_us if eff.elementwise_floor_us is None else eff.elementwise_floor_us
     f = eff.floor_us if heavy else light
     if graph and eff.graph_floor_us is not None:
-        f = max(eff.graph_floor_us, f - max(light - eff.graph_floor_us, 0.0))
-    return f
+        return max(eff.graph_floor_us, f - max(light - eff.graph_floor_us, 0.0))
+    return f if graph else max(f, launch_us)
 
 
 def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, hw: Hardware,
@@ -66,7 +68,7 @@ def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, 
         if np.any(np.asarray(dequant) > 0):
             t_c = t_c + np.asarray(dequant) / (dev.peak_flops("fp32") * eff.gemm_compute)
         return soft_max(t_c, np.asarray(bytes_) / (dev.bandwidth * mem), eff.softmax_p) \
-            + floor_us(eff, True, graph) * 1e-6 * launches
+            + floor_us(eff, True, graph, dev.kernel_launch_us) * 1e-6 * launches
     if kind == "stream":
         return stream_time(category, bytes_, launches, hw, m, graph, elems)
     if kind == "allreduce":
@@ -99,7 +101,7 @@ def stream_time(category: str, bytes_, launches: int, hw: Hardware, m=0.0, graph
         t = np.maximum(t, np.where(m > 0, b / np.maximum(m, 1.0) / (row * 1e9), 0.0))
     if eff.parallel_us:
         t = t + np.where(np.asarray(elems, dtype=float) >= PARALLEL_GRAIN, eff.parallel_us * 1e-6 * launches, 0.0)
-    return t + floor_us(eff, False, graph) * 1e-6 * launches
+    return t + floor_us(eff, False, graph, dev.kernel_launch_us) * 1e-6 * launches
 
 
 def _latency(link: Link, eff: Efficiency) -> float:

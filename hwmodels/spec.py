@@ -7,7 +7,7 @@ so a what-if part changes one physical number and the peaks follow.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -43,8 +43,23 @@ WEIGHT_FORMATS = ("fp32", "bf16", "fp16", "fp8", "fp8-block", "int8", "int4", "i
 KV_FORMATS = ("fp32", "bf16", "fp16", "fp8", "int8", "nvfp4", "mxfp4")
 
 
+# Categories that element-wise efficiency dicts may name: a step's (simulator.moment.ops) and
+# the KV-cache writes' (simulator.moment.kernels.KV_WRITE); a misspelt one is an error, not ignored.
+ELEMENTWISE = ("embed", "norm", "qkv_proj", "rope", "attention", "o_proj", "ffn_up", "ffn_act", "ffn_down",
+               "residual_add", "lm_head", "comm", "index_copy", "kv_write")
+MAX_US = 1e6  # one second: no per-kernel or per-step cost on any real part comes near
+
+Fraction = Annotated[float, Field(gt=0, le=1)]
+Rate = Annotated[float, Field(gt=0, le=1e6)]
+Gain = Annotated[float, Field(ge=0, le=1000)]
+FlopsPerCycle = Annotated[float, Field(ge=0, le=1e7)]
+Micros = Annotated[float, Field(ge=0, le=MAX_US)]
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """No unknown fields; numbers are numbers (not booleans or strings) and finite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Device(Strict):
@@ -53,15 +68,17 @@ class Device(Strict):
     name: str
     kind: Literal["gpu", "cpu", "tpu"] = "gpu"
     clock_ghz: float = Field(gt=0, le=10, description="clock at which the FLOP rates hold")
-    compute_units: int = Field(gt=0, description="SMs, CUs, TensorCores or CPU cores")
-    flops_per_cycle: dict[str, float] = Field(
+    compute_units: int = Field(gt=0, le=1_000_000, description="SMs, CUs, TensorCores or CPU cores")
+    flops_per_cycle: dict[str, FlopsPerCycle] = Field(
         description="dense FLOPs per cycle per compute unit, by dtype (fp32, tf32, bf16, fp16, fp8, int8, int4, fp4)"
     )
-    memory_gb: float = Field(gt=0, description="device memory in GB (1e9 bytes)")
-    memory_bw_gbps: float = Field(gt=0, description="memory bandwidth in GB/s")
-    cache_mb: float = Field(default=0.0, ge=0, description="last-level cache in MB")
+    memory_gb: float = Field(gt=0, le=100_000, description="device memory in GB (1e9 bytes)")
+    memory_bw_gbps: float = Field(gt=0, le=1e6, description="memory bandwidth in GB/s")
+    cache_mb: float = Field(default=0.0, ge=0, le=1e6, description="last-level cache in MB")
     kernel_launch_us: float = Field(
-        default=2.5, ge=0, description="shortest kernel: launch plus tail on the device"
+        default=0.0, ge=0, le=MAX_US,
+        description="shortest kernel outside a CUDA graph: launch plus tail on the device; every eager kernel "
+        "lasts at least this (the fitted floors of efficiency apply above it; 0: no bound beyond them)",
     )
 
     @model_validator(mode="after")
@@ -135,7 +152,7 @@ class Host(Strict):
     name: str = "x86 host"
     dispatch_us: float = Field(default=20.0, ge=0, le=1e6,
                                description="eager: host time to issue one kernel-launching op (tight loop)")
-    op_dispatch_us: dict[str, float] = Field(
+    op_dispatch_us: dict[str, Micros] = Field(
         default_factory=dict,
         description="per framework op (add, mul, pow, mean, rsqrt, neg, cat, silu, linear, index_copy_, "
         "embedding, sdpa, argmax, to, ...): its tight-loop dispatch; absent ops cost dispatch_us",
@@ -175,8 +192,8 @@ class Host(Strict):
 
 class Link(Strict):
     name: str = "none"
-    bw_gbps: float = Field(gt=0, description="per device, per direction, GB/s")
-    latency_us: float = Field(default=5.0, ge=0, description="one hop of a collective")
+    bw_gbps: float = Field(gt=0, le=1e6, description="per device, per direction, GB/s")
+    latency_us: float = Field(default=5.0, ge=0, le=MAX_US, description="one hop of a collective")
 
 
 class Efficiency(Strict):
@@ -200,7 +217,7 @@ class Efficiency(Strict):
         default=0.85, gt=0, le=1, description="flash attention: fraction of the matrix units' peak in its matmuls")
     attn_decode_memory: float = Field(default=0.70, gt=0, le=1, description="KV-cache read, decode")
     attn_decode_compute: float = Field(default=0.25, gt=0, le=1, description="decode attention's FLOP rate")
-    attn_decode_seq_us: float = Field(default=0.0, ge=0, description="extra per sequence in a decode attention")
+    attn_decode_seq_us: float = Field(default=0.0, ge=0, le=MAX_US, description="extra per sequence in a decode attention")
     attn_decode_cta_us: float = Field(
         default=0.0, ge=0, le=1000,
         description="decode attention: fixed cost of one (sequence, KV head) work unit (load the queries, "
@@ -227,20 +244,20 @@ class Efficiency(Strict):
         description="device time of the shortest kernel inside a CUDA graph (no launch gap between "
         "kernels); None: as in eager mode",
     )
-    elementwise_memory: dict[str, float] = Field(
+    elementwise_memory: dict[str, Fraction] = Field(
         default_factory=lambda: {"norm": 0.35, "rope": 0.45, "ffn_act": 0.6, "residual_add": 0.9, "embed": 0.2,
                                  "index_copy": 0.25},
         description="fraction of bandwidth per element-wise category",
     )
     elementwise_floor_us: float | None = Field(
-        default=None, ge=0, description="shortest element-wise kernel (lighter than a GEMM's); None: floor_us"
+        default=None, ge=0, le=MAX_US, description="shortest element-wise kernel (lighter than a GEMM's); None: floor_us"
     )
-    elementwise_row_gbps: dict[str, float] = Field(
+    elementwise_row_gbps: dict[str, Rate] = Field(
         default_factory=dict,
         description="per category: GB/s at which one thread block streams one token's row, for kernels "
         "that give each token a block (norm, rope, activation); bounds small batches; absent: no bound",
     )
-    elementwise_cache_gain: dict[str, float] = Field(
+    elementwise_cache_gain: dict[str, Gain] = Field(
         default_factory=dict,
         description="per category: how much faster an element-wise kernel streams when its working set "
         "fits in the last-level cache (time / (1 + gain * min(1, cache / bytes)^4)); absent: 0",
@@ -252,16 +269,24 @@ class Efficiency(Strict):
     )
     softmax_p: float = Field(default=4.0, ge=1, le=64)
     floor_us: float = Field(
-        default=3.0, ge=0,
+        default=3.0, ge=0, le=MAX_US,
         description="device time of the shortest kernel (GEMM, attention; element-wise too unless elementwise_floor_us)",
     )
     comm_bw: float = Field(default=0.75, gt=0, le=1, description="fraction of link bandwidth a collective reaches")
-    comm_latency_us: float | None = Field(default=None, description="per ring step; None: the link's latency")
+    comm_latency_us: float | None = Field(default=None, ge=0, le=MAX_US, description="per ring step; None: the link's latency")
     comm_hops: Literal["ring", "tree"] = Field(
         default="ring",
         description="latency steps of an all-reduce over n devices: ring 2(n-1); tree 2*ceil(log2 n), what NCCL "
         "uses for latency-bound messages (small all-reduces on a DGX H100 cost about the same on 2 and 8 GPUs)",
     )
+
+    @model_validator(mode="after")
+    def _categories(self) -> Efficiency:
+        for name in ("elementwise_memory", "elementwise_row_gbps", "elementwise_cache_gain"):
+            bad = [k for k in getattr(self, name) if k not in ELEMENTWISE]
+            if bad:
+                raise ValueError(f"unknown category {bad[0]!r} in {name}; allowed: {', '.join(ELEMENTWISE)}")
+        return self
 
 
 class Hardware(Strict):
@@ -273,10 +298,10 @@ class Hardware(Strict):
     host: Host = Host()
     devices_per_node: int = Field(default=1, ge=1, le=1024)
     link: Link | None = Field(default=None, description="intra-node link between devices")
-    nodes: int = Field(default=1, ge=1)
+    nodes: int = Field(default=1, ge=1, le=100_000)
     network: Link | None = Field(default=None, description="between nodes")
     efficiency: Efficiency = Efficiency()
-    price_per_hour: float | None = Field(default=None, ge=0, description="USD per device-hour")
+    price_per_hour: float | None = Field(default=None, ge=0, le=10_000, description="USD per device-hour")
     sources: dict[str, str] = Field(default_factory=dict, description="field -> where the number came from")
     profile: str | None = Field(default=None, description="calibration profile applied, if any")
     efficiency_from: str | None = Field(

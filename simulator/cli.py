@@ -30,6 +30,28 @@ def parse_shape(text: str, flag: str) -> tuple[int, int]:
     return b, n
 
 
+def _degree(text: str) -> int:
+    """--tp / --pp: a whole number of devices, 1..1024 (the scenario schema's bound)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 1024, got {text!r}") from None
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 1024, got {value}")
+    return value
+
+
+def _share(text: str) -> float:
+    """--utilization: a share of the device's memory, in (0, 1] (more than all of it does not exist)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (a share of the device's memory), got {text}")
+    return value
+
+
 def _resolve(args: argparse.Namespace):
     model = load_model(args.model)
     hw = load_hardware(args.hardware)
@@ -129,8 +151,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="preset name or path to config.json / YAML")
     p.add_argument("--hardware", required=True, help="preset, hardware YAML or calibration profile JSON")
-    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (default 1)")
-    p.add_argument("--pp", type=int, default=1, help="pipeline-parallel degree (default 1)")
+    p.add_argument("--tp", type=_degree, default=1, help="tensor-parallel degree, 1..1024 (default 1)")
+    p.add_argument("--pp", type=_degree, default=1, help="pipeline-parallel degree, 1..1024 (default 1)")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp8"],
                    help="activations (fp8: fp8 weights with bf16 activations; default bf16)")
     p.add_argument("--weight-dtype", choices=WEIGHT_FORMATS,
@@ -187,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("memory", help="a model's memory footprint on a device")
     _add_model_args(p)
     _add_expert_args(p, imbalance=False)
-    p.add_argument("--utilization", type=float, default=0.9,
-                   help="share of device memory for weights and KV cache (default 0.9)")
+    p.add_argument("--utilization", type=_share, default=0.9,
+                   help="share of device memory for weights and KV cache, in (0, 1] (default 0.9)")
     p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("curves", help="step time and its make-up vs batch, context and prompt length")
@@ -274,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("momentsim: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:  # the budget check (simulator.serving.budget) is a lower bound: say it in one line
+        print("momentsim: out of memory; run fewer requests (workload.num_requests) or give it more memory",
+              file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # the reader left (`| head`): not an error of ours. Point stdout at /dev/null so the
         # interpreter's last flush does not raise again, and exit as a process killed by SIGPIPE.

@@ -28,7 +28,9 @@ TRUE = {
 
 
 def _hw(values: dict[str, float]) -> Hardware:
-    return BASE.model_copy(update={"efficiency": set_params(BASE.efficiency, values)})
+    """BASE with these efficiencies and no launch bound under them (the floors are the truth)."""
+    dev = BASE.device.model_copy(update={"kernel_launch_us": 0.0})
+    return BASE.model_copy(update={"efficiency": set_params(BASE.efficiency, values), "device": dev})
 
 
 def _synthetic(hw: Hardware) -> list[dict]:

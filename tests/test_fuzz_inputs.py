@@ -10,21 +10,27 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from hwmodels.errors import InputError
 from hwmodels.load import PRESET_DIR, load_hardware, read_profile
 from hwmodels.profile import SCHEMA
+from hwmodels.spec import Hardware
 from simulator.moment.model import PRESET_DIR as MODEL_DIR
-from simulator.moment.model import load_model
-from simulator.serving.scenario import load_scenario
+from simulator.moment.model import ModelSpec, _spec, load_model
+from simulator.serving.scenario import Scenario, load_scenario
 
 # FUZZ_EXAMPLES=2000 pytest tests/test_fuzz_inputs.py digs deeper than the default run
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")), deadline=None,
@@ -261,3 +267,345 @@ def test_length_file(tmp_path: Path, data: bytes, suffix: str, which: str) -> No
     from simulator.serving.workload import read_lengths
 
     expect_ok_or_one_line(lambda p: read_lengths(p, which), write(tmp_path, suffix, data))
+
+
+# -- every numeric field of every schema, with every kind of hostile value --------------------------
+# The fields are found by walking the pydantic schemas (model_fields), not listed by hand, so a
+# field added tomorrow is fuzzed too. Each hostile value goes into a valid base file in place of
+# one field; all cases then run as the CLI runs them (simulator.cli.main: `run --json` for
+# scenario, hardware and model files; load_sweep/load_plan for sweeps and plans, whose running is
+# not an input question) in one child process under an address-space limit and a time limit. A
+# case ends either in exit 2 with one line naming the file and the field, or, where the value is
+# physically allowed, in a run whose every request is accounted for and whose numbers are finite.
+NUMBER_TYPES = (int, float)
+HOSTILE: dict[str, Any] = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "zero": 0, "negative": -1,
+                           "huge": 1e300, "huge_int": 2**64, "bool": True, "string": "1", "list": [1],
+                           "alias": "<alias>"}
+HOLE = "__hostile_value__"  # where a case's value goes in the text of a base file dumped once per field
+
+
+def _strip(ann: Any) -> Any:
+    while get_origin(ann) is Annotated:
+        ann = get_args(ann)[0]
+    return ann
+
+
+def _options(ann: Any) -> list[Any]:
+    """The alternatives of an annotation, through Annotated and unions (None dropped)."""
+    ann = _strip(ann)
+    if get_origin(ann) in (Union, UnionType):
+        return [o for a in get_args(ann) for o in _options(a) if o is not type(None)]
+    return [ann]
+
+
+def _leaf_kind(ann: Any) -> str | None:
+    """'number', 'dict' (of numbers), 'list' (of numbers) or None."""
+    for o in _options(ann):
+        if o in NUMBER_TYPES:
+            return "number"
+        if get_origin(o) is dict and _leaf_kind(get_args(o)[1]) == "number":
+            return "dict"
+        if get_origin(o) is list and _leaf_kind(get_args(o)[0]) == "number":
+            return "list"
+    return None
+
+
+def _submodels(ann: Any) -> list[type[BaseModel]]:
+    out = []
+    for o in _options(ann):
+        if isinstance(o, type) and issubclass(o, BaseModel):
+            out.append(o)
+        elif get_origin(o) is list:
+            out += _submodels(get_args(o)[0])
+    return out
+
+
+def models(root: type[BaseModel]) -> list[type[BaseModel]]:
+    """Every pydantic model reachable from `root` through its fields, once each."""
+    todo, done = [root], []
+    while todo:
+        m = todo.pop()
+        if m not in done:
+            done.append(m)
+            todo += [s for f in m.model_fields.values() for s in _submodels(f.annotation)]
+    return done
+
+
+def numeric_fields(root: type[BaseModel]) -> set[str]:
+    """Model.field of every numeric field reachable from `root`."""
+    return {f"{m.__name__}.{name}" for m in models(root) for name, f in m.model_fields.items()
+            if _leaf_kind(f.annotation)}
+
+
+def _pick(models: list[type[BaseModel]], data: dict[str, Any]) -> type[BaseModel] | None:
+    """The model of a union that `data` is (by its `dist`/`process` literal, else by its keys)."""
+    for m in models:
+        ok = m.model_config.get("extra") == "ignore" or all(
+            k in m.model_fields or any(f.alias == k for f in m.model_fields.values()) for k in data)
+        disc = m.model_fields.get("dist")
+        if disc is not None:
+            ok = ok and data.get("dist") in get_args(disc.annotation)
+        if ok:
+            return m
+    return None
+
+
+def _keys(name: str, f: Any) -> list[str]:
+    """The names a field may have in a file: its alias or name, then its validation aliases."""
+    va = getattr(f.validation_alias, "choices", None) or []
+    return [f.alias or name] + [k for k in va if isinstance(k, str)]
+
+
+def targets(model: type[BaseModel], data: dict[str, Any], path: tuple = (),
+            present_only: bool = False) -> list[tuple[tuple, str, str]]:
+    """(path into data, leaf kind, Model.field) of every numeric field the base data reaches;
+    present_only: only fields the data holds (a model config is read by its family, which
+    refuses fields it does not model)."""
+    out = []
+    for name, f in model.model_fields.items():
+        keys = _keys(name, f)
+        key = next((k for k in keys if k in data), None if present_only else keys[0])
+        if key is None:
+            continue
+        kind = _leaf_kind(f.annotation)
+        if kind:
+            out.append((path + (key,), kind, f"{model.__name__}.{name}"))
+        sub, val = _submodels(f.annotation), data.get(key)
+        if isinstance(val, list) and val and isinstance(val[0], dict):
+            sub_data, sub_path = val[0], path + (key, 0)
+        else:
+            sub_data, sub_path = val, path + (key,)
+        if sub and isinstance(sub_data, dict):
+            m = _pick(sub, sub_data)
+            if m is not None:
+                out += targets(m, sub_data, sub_path, present_only)
+    return out
+
+
+def inject(base: dict[str, Any], path: tuple, kind: str, value: Any) -> dict[str, Any]:
+    data = json.loads(json.dumps(base))
+    cur: Any = data
+    for k in path[:-1]:
+        cur = cur[k]
+    if isinstance(value, str) and value == "<alias>":  # another mapping of the file: YAML writes &id001 / *id001
+        value = next(v for k, v in data.items() if isinstance(v, dict) and k != path[0])
+    old = cur.get(path[-1]) if isinstance(cur, dict) else None
+    if kind == "dict":
+        key = next(iter(old)) if isinstance(old, dict) and old else "norm"
+        value = {key: value}
+    elif kind == "list":
+        value = [value]
+    cur[path[-1]] = value
+    return data
+
+
+def _dump(data: dict[str, Any], as_json: bool) -> str:
+    if as_json:
+        return json.dumps(data)  # JSON has no aliases: a shared mapping is written out twice
+    return yaml.dump(data, Dumper=_DUMPER, sort_keys=False, allow_unicode=True)
+
+
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+FUZZ_SCENARIO = {
+    "model": "llama-3.2-1b", "hardware": "h100-sxm",
+    "serving": {"scheduler": "chunked", "max_batch_size": 8, "max_batched_tokens": 64, "tp": 1, "pp": 1,
+                "replicas": 1, "block_size": 16, "gpu_memory_utilization": 0.9, "activation_reserve_gb": 1.0,
+                "max_queue": 100,
+                "overheads": {"request_in_ms": 1.0, "request_out_ms": 1.0, "step_us": 100.0, "step_seq_us": 1.0}},
+    "workload": {"num_requests": 4, "arrival": {"process": "gamma", "rate": 20.0, "cv": 1.0},
+                 "prompt_len": {"dist": "uniform", "low": 8, "high": 16},
+                 "output_len": {"dist": "lognormal", "mean": 4, "sigma": 0.5, "max": 8},
+                 "prefix": {"groups": 1, "length": 4, "fraction": 0.5}},
+    "slo": {"ttft_ms": 100, "tpot_ms": 50, "e2e_ms": 1000, "p99_ttft_ms": 100, "p99_tpot_ms": 50},
+    "seed": 0,
+}
+FUZZ_TRACE_SCENARIO = {**FUZZ_SCENARIO, "workload": {
+    "num_requests": 4, "arrival": {"process": "trace", "path": "trace.csv", "time_scale": 1.0},
+    "prompt_len": {"dist": "fixed", "value": 8}, "output_len": {"dist": "trace"}}}
+FUZZ_HARDWARE = {k: v for k, v in load_hardware("h100-sxm").model_dump(mode="json").items()
+                 if k not in ("profile", "sources")}
+FUZZ_HARDWARE["efficiency"]["gemv_memory"] = 0.9
+
+
+def _config(name: str, **over: Any) -> dict[str, Any]:
+    """A preset's config as a user's file holds it (a wrapper's text model), with changes."""
+    d = json.loads((MODEL_DIR / f"{name}.json").read_text())
+    d = {k: v for k, v in d.get("text_config", d).items() if not k.startswith("_")}
+    return {**d, **over}
+
+
+# one config per family that holds its own fields; small enough to simulate on one H100
+FUZZ_MODELS = [
+    _config("llama-3.2-1b"), _config("qwen1.5-moe-a2.7b"), _config("gemma-3-1b"), _config("gpt-oss-20b"),
+    _config("deepseek-v2-lite", quantization_config={"quant_method": "fp8", "weight_block_size": [128, 128]}),
+    _config("llama-4-scout", num_hidden_layers=4, no_rope_layers=[1, 1, 1, 0], moe_layers=[1, 3]),
+    _config("qwen2.5-7b-awq"),
+]
+FUZZ_SWEEP = {"base": {**FUZZ_SCENARIO, "seed": 0}, "grid": {"workload.arrival.rate": {"from": 1, "to": 4, "steps": 2}},
+              "seeds": [0]}
+FUZZ_PLAN = {**PLAN, "candidates": [{"hardware": "h100-sxm", "price_per_hour": 4.0}],
+             "search": {"tp": [1], "pp": [1], "replicas": [1], "max_replicas": 2, "max_batch_size": [32]},
+             "slo": {"p99_ttft_ms": 500, "p99_tpot_ms": 50, "goodput": 0.9, "ttft_ms": 500, "tpot_ms": 50},
+             "seed": 0, "rate_steps": 2}
+
+
+def _schema_cases(tmp: Path) -> tuple[list[dict[str, Any]], set[str]]:
+    """Every (numeric field, hostile value) case as files under tmp, and the fields covered."""
+    from simulator.studies.plan_schema import Plan
+    from simulator.studies.sweep_schema import Sweep
+
+    (tmp / "trace.csv").write_text("arrival_s,prompt_len,output_len\n0,8,2\n0.1,9,3\n0.2,10,1\n")
+    cases, covered = [], set()
+
+    def scenario_with(**over: Any) -> Path:
+        p = tmp / f"s{next(_ids)}.yaml"
+        p.write_text(_dump({**FUZZ_SCENARIO, **over}, False))
+        return p
+
+    plan: list[tuple[type[BaseModel], dict[str, Any], str, str]] = [
+        (Scenario, FUZZ_SCENARIO, "scenario", ".yaml"), (Scenario, FUZZ_TRACE_SCENARIO, "scenario", ".yaml"),
+        (Hardware, FUZZ_HARDWARE, "hardware", ".yaml"), *((ModelSpec, m, "model", ".json") for m in FUZZ_MODELS),
+        (Sweep, FUZZ_SWEEP, "sweep", ".yaml"), (Plan, FUZZ_PLAN, "plan", ".yaml"),
+    ]
+    for model, base, kind, suffix in plan:
+        for path, leaf, name in targets(model, base, present_only=model is ModelSpec):
+            if name in covered:  # a field the bases share is fuzzed in the first that holds it
+                continue
+            covered.add(name)
+            as_json = suffix == ".json"
+            text = _dump(inject(base, path, leaf, HOLE), as_json)
+            for label, value in HOSTILE.items():
+                if label == "alias":
+                    if as_json:
+                        continue  # JSON has no aliases
+                    body = _dump(inject(base, path, leaf, value), as_json)
+                else:
+                    quoted = json.dumps(HOLE)
+                    literal = yaml.safe_dump([value], default_flow_style=True).strip()[1:-1]  # inline YAML
+                    body = text.replace(quoted if as_json else HOLE, json.dumps(value) if as_json else literal)
+                f = tmp / f"{kind}{next(_ids)}{suffix}"
+                f.write_text(body)
+                field = str(path[-1]) if not isinstance(path[-1], int) else str(path[-2])
+                case = {"kind": kind, "file": str(f), "field": field, "label": label, "name": name}
+                if kind == "hardware":
+                    case["argv"] = ["run", str(scenario_with(hardware=str(f))), "--json"]
+                elif kind == "model":
+                    case["argv"] = ["run", str(scenario_with(model=str(f))), "--json"]
+                elif kind == "scenario":
+                    case["argv"] = ["run", str(f), "--json"]
+                cases.append(case)
+    return cases, covered
+
+
+CHILD = r"""
+import contextlib, functools, io, json, sys, time
+from hwmodels.errors import InputError
+import simulator.cli
+from simulator.cli import main
+simulator.cli.build_parser = functools.lru_cache(maxsize=1)(simulator.cli.build_parser)  # one parser, reused
+from simulator.studies.plan_schema import load_plan
+from simulator.studies.sweep import load_sweep
+
+out = []
+for case in json.load(open(sys.argv[1])):
+    err, std = io.StringIO(), io.StringIO()
+    t0 = time.process_time()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):
+        if "argv" in case:
+            rc = main(case["argv"])
+        else:
+            try:
+                (load_sweep if case["kind"] == "sweep" else load_plan)(case["file"])
+                rc = 0
+            except InputError as e:  # what main prints for it
+                print(f"momentsim: {e}", file=sys.stderr)
+                rc = 2
+    out.append({**case, "rc": rc, "err": err.getvalue(), "out": std.getvalue(), "cpu_s": time.process_time() - t0})
+json.dump(out, open(sys.argv[2], "w"))
+"""
+
+
+def test_every_numeric_field_is_covered() -> None:
+    """The bases reach every numeric field of every schema (else the matrix below misses one)."""
+    from simulator.studies.plan_schema import Plan
+    from simulator.studies.sweep_schema import Sweep
+
+    want = set().union(*(numeric_fields(m) for m in (Scenario, Hardware, ModelSpec, Sweep, Plan)))
+    got = set()
+    for model, base in ((Scenario, FUZZ_SCENARIO), (Scenario, FUZZ_TRACE_SCENARIO), (Hardware, FUZZ_HARDWARE),
+                        *((ModelSpec, m) for m in FUZZ_MODELS), (Sweep, FUZZ_SWEEP), (Plan, FUZZ_PLAN)):
+        if model is ModelSpec:
+            _spec(base, "fuzz", "fuzz")  # as a config file is read: by its family
+        else:
+            model.model_validate(base if model is not Scenario or base is FUZZ_SCENARIO else {**base, "workload": {
+                **base["workload"], "arrival": {"process": "burst"}, "output_len": {"dist": "fixed", "value": 2}}})
+        got |= {name for _, _, name in targets(model, base, present_only=model is ModelSpec)}
+    assert want <= got, sorted(want - got)
+
+
+def test_every_numeric_field_has_physical_bounds() -> None:
+    """Finite (allow_inf_nan off), numbers only (strict), and a lower and an upper bound on each."""
+    from simulator.studies.plan_schema import Plan
+    from simulator.studies.sweep_schema import Sweep
+
+    missing = []
+    for m in {m for root in (Scenario, Hardware, ModelSpec, Sweep, Plan) for m in models(root)}:
+        assert m.model_config.get("strict") and m.model_config.get("allow_inf_nan") is False, m.__name__
+        for name, f in m.model_fields.items():
+            if not _leaf_kind(f.annotation):
+                continue
+            metas = list(f.metadata)
+            for o in _options(f.annotation):  # dict values and list items carry their own
+                for a in get_args(o):
+                    metas += [x for meta in getattr(a, "__metadata__", ()) for x in getattr(meta, "metadata", [meta])]
+            lo = any(hasattr(x, "ge") or hasattr(x, "gt") for x in metas)
+            hi = any(hasattr(x, "le") or hasattr(x, "lt") for x in metas)
+            if not (lo and hi):
+                missing.append(f"{m.__name__}.{name}")
+    assert not missing, missing
+
+
+def test_hostile_values_in_every_numeric_field(tmp_path: Path) -> None:
+    cases, _ = _schema_cases(tmp_path)
+    limit = 3 << 30
+
+    def cap() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    root = Path(__file__).resolve().parent.parent
+    children = []
+    for k in range(2):  # two children, one per core of a 2-core CI machine
+        manifest, out = tmp_path / f"cases{k}.json", tmp_path / f"results{k}.json"
+        manifest.write_text(json.dumps(cases[k::2]))
+        children.append((out, subprocess.Popen([sys.executable, "-c", CHILD, str(manifest), str(out)],
+                                               stderr=subprocess.PIPE, text=True, preexec_fn=cap, cwd=tmp_path,
+                                               env={**os.environ, "PYTHONPATH": str(root)})))
+    results = []
+    for out, child in children:
+        _, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err[-3000:]
+        results += json.loads(out.read_text())
+    assert len(results) == len(cases)
+    bad = []
+    accepted = 0
+    for r in results:
+        what = f"{r['name']}={r['label']} ({r['file']}): rc {r['rc']}: {r['err'][-300:]!r}"
+        if r["cpu_s"] > 10:
+            bad.append(f"slow {r['cpu_s']:.1f} s: {what}")
+        if r["rc"] == 2:
+            lines = r["err"].splitlines()
+            if len(lines) != 1 or r["file"] not in lines[0] or r["field"] not in lines[0]:
+                bad.append(f"not one line naming file and field: {what}")
+        elif r["rc"] == 0 and r["label"] in ("zero", "negative"):
+            accepted += 1
+            if "argv" in r:
+                s = json.loads(r["out"])
+                req = s["requests"]
+                if req["completed"] + req["rejected"] != req["arrived"] or not math.isfinite(s["makespan_s"]):
+                    bad.append(f"accepted but not accounted for: {what}")
+        else:
+            bad.append(f"accepted a value no field allows: {what}")
+    assert not bad, "\n".join(bad[:20]) + f"\n({len(bad)} of {len(cases)} cases)"
+    assert accepted < len(cases) // 4  # most hostile values are refused

@@ -129,7 +129,7 @@ def test_breakdown_and_utilisation(summary: dict[str, Any]) -> None:
     assert summary["host_busy_frac"] == pytest.approx(0.5 / 5)
     assert summary["kv"]["peak_frac"] == pytest.approx(0.4)
     assert summary["kv"]["mean_frac"] == pytest.approx(0.16)
-    assert summary["preemptions"] == {"total": 2, "requests": 1}
+    assert summary["preemptions"] == {"total": 2, "requests": 1, "recomputed_tokens": 0}
     assert summary["queue"]["mean_len"] == pytest.approx(0.8)
     assert summary["queue"]["max_len"] == 2
 

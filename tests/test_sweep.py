@@ -62,14 +62,14 @@ def test_range_linear_log_and_integers() -> None:
 def test_expand_grid_points_and_seeds() -> None:
     sw = Sweep.model_validate({"base": TINY, "grid": {"serving.tp": [1, 2], "workload.arrival.rate": {"from": 1, "to": 3, "steps": 3}},
                                "points": [{"hardware": "h100-sxm"}, {"hardware": "h200-sxm"}]})
-    pts = expand(sw)
+    pts = list(expand(sw))
     assert len(pts) == 2 * 2 * 3
     assert pts[0] == {"hardware": "h100-sxm", "serving.tp": 1, "workload.arrival.rate": 1}
     assert pts[-1] == {"hardware": "h200-sxm", "serving.tp": 2, "workload.arrival.rate": 3}
     assert len({json.dumps(p, sort_keys=True) for p in pts}) == len(pts)
-    rep = expand(Sweep.model_validate({"base": TINY, "grid": {"serving.tp": [1]}, "repeats": 3}), base_seed=7)
+    rep = list(expand(Sweep.model_validate({"base": TINY, "grid": {"serving.tp": [1]}, "repeats": 3}), base_seed=7))
     assert [p["seed"] for p in rep] == [7, 8, 9]
-    seeds = expand(Sweep.model_validate({"base": TINY, "points": [{"serving.tp": 1}, {"serving.tp": 2}], "seeds": [5, 9]}))
+    seeds = list(expand(Sweep.model_validate({"base": TINY, "points": [{"serving.tp": 1}, {"serving.tp": 2}], "seeds": [5, 9]})))
     assert [(p["serving.tp"], p["seed"]) for p in seeds] == [(1, 5), (1, 9), (2, 5), (2, 9)]
 
 

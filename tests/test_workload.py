@@ -37,7 +37,7 @@ def test_burst_all_at_zero_and_fixed_lengths():
     assert len(r) == 7 and np.all(r.arrival_s == 0)
     assert np.all(r.prompt_len == 33) and np.all(r.output_len == 5)
     assert np.all(r.prefix_id == -1) and np.all(r.prefix_len == 0)
-    assert r.prompt_len.dtype == np.int64 and r.arrival_s.dtype == np.float64
+    assert r.prompt_len.dtype == np.int32 and r.arrival_s.dtype == np.float64  # lengths <= MAX_TOKENS
 
 
 def test_uniform_is_inclusive_integers():

@@ -54,10 +54,18 @@ def op_seconds(op: Op, hw: Hardware, dt: Dtypes, group: int = 1, graph: bool = F
 def check_parallelism(model: ModelSpec, hw: Hardware, tp: int, pp: int, ep: int = 1) -> None:
     """tp, pp and ep must shard the model's heads, layers and experts and fit the part's devices
     (ValueError)."""
+    if tp < 1 or pp < 1:
+        raise ValueError(f"tp and pp must be >= 1, got tp={tp}, pp={pp}")
     check_tp(model, tp, pp, ep)
     if tp * pp > hw.total_devices:
         raise ValueError(f"tp x pp = {tp * pp} exceeds the {hw.total_devices} devices of {hw.name} "
                          f"(devices_per_node x nodes)")
+    if tp * pp > 1 and hw.link is None:
+        raise ValueError(f"tp x pp = {tp * pp} needs a link between devices, and {hw.name} has none "
+                         "(hardware field link: {bw_gbps: ..., latency_us: ...})")
+    if tp > hw.devices_per_node and hw.network is None:
+        raise ValueError(f"tp = {tp} spans nodes of {hw.devices_per_node} devices, and {hw.name} has no "
+                         "network between them (hardware field network: {bw_gbps: ..., latency_us: ...})")
 
 
 @dataclass(frozen=True)
@@ -164,11 +172,14 @@ class StepModel:
         self._attention_coefficients()
         self._grow(4096)
         self.launch = launch
-        # the engine's cost of a moment from its batch aggregates: step_agg, or with a serving stack's
-        # launch (graph sizes, its host work) step_launched
-        self.moment_s = self.step_agg if launch is None else self.step_launched
         if launch is not None:
             self._launch_tables(launch)
+
+    @property
+    def moment_s(self):
+        """The engine's cost of a moment from its batch aggregates: step_agg, or with a serving
+        stack's launch (graph sizes, its host work) step_launched (read once per engine)."""
+        return self.step_agg if self.launch is None else self.step_launched
 
     def _launch_tables(self, ln: Launch) -> None:
         """Padding lookups and host costs of a stack's launches (see Launch)."""
@@ -270,7 +281,8 @@ class StepModel:
         cat, n_kv = kn.kv_write(self.impl)
         ew = eff.elementwise_memory.get(cat, eff.gemm_memory)
         heavy = sum(1 for c in kn.calls(self.impl, "attention") if c.launches(a) and c.op in kn.HEAVY)
-        per_kernel = heavy * floor_us(eff, True, self.graph) + n_kv * floor_us(eff, False, self.graph)
+        launch = dev.kernel_launch_us
+        per_kernel = heavy * floor_us(eff, True, self.graph, launch) + n_kv * floor_us(eff, False, self.graph, launch)
         kvh = 1.0 if m.is_mla else max(m.kv_heads / self.tp, 1.0)
         heads = m.num_attention_heads / self.tp
         groups = []

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -149,11 +149,11 @@ def family_of(data: dict[str, Any]) -> str:
 class Quantization(BaseModel):
     """A checkpoint's `quantization_config`: the format its weights are stored in."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True, allow_inf_nan=False)
 
     quant_method: str
-    bits: int | None = Field(default=None, validation_alias=AliasChoices("bits", "w_bit"))
-    weight_block_size: list[int] | None = None
+    bits: int | None = Field(default=None, ge=1, le=64, validation_alias=AliasChoices("bits", "w_bit"))
+    weight_block_size: list[Annotated[int, Field(ge=1, le=1_000_000)]] | None = None
     quant_algo: str | None = None
 
     @model_validator(mode="after")
@@ -188,60 +188,70 @@ class Quantization(BaseModel):
 
 
 AttnKind = Literal["full_attention", "sliding_attention", "chunked_attention"]
+# Physical bounds of a config's numbers: far above any model built, far below what overflows.
+WIDTH = 10_000_000       # hidden, intermediate, head and rank sizes; head counts
+LAYERS = 1024            # per-layer layouts are built from the layer count
+EXPERTS = 100_000
+TOKENS = 1_000_000_000   # context lengths and windows
+Layer = Annotated[int, Field(ge=0, lt=LAYERS)]  # a layer index
 
 
 class ModelSpec(BaseModel):
     """Hugging Face field names, so a config.json validates as it is (`_spec` checks the fields
     against the family first; fields known to be cost-neutral are dropped here)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True, strict=True, allow_inf_nan=False)
 
     name: str = "custom"
     model_type: str = ""
     architectures: list[str] = Field(default_factory=list)
-    hidden_size: int = Field(gt=0)
-    num_hidden_layers: int = Field(gt=0, le=1024, description="layers (the largest models have ~130; per-layer "
+    hidden_size: int = Field(gt=0, le=WIDTH)
+    num_hidden_layers: int = Field(gt=0, le=LAYERS, description="layers (the largest models have ~130; per-layer "
                                    "layouts are built from it)")
-    num_attention_heads: int = Field(gt=0)
-    num_key_value_heads: int | None = Field(default=None, gt=0)
-    intermediate_size: int = Field(gt=0)
-    vocab_size: int = Field(gt=0)
-    head_dim: int | None = Field(default=None, gt=0)
+    num_attention_heads: int = Field(gt=0, le=WIDTH)
+    num_key_value_heads: int | None = Field(default=None, gt=0, le=WIDTH)
+    intermediate_size: int = Field(gt=0, le=WIDTH)
+    vocab_size: int = Field(gt=0, le=100_000_000)
+    head_dim: int | None = Field(default=None, gt=0, le=WIDTH)
     tie_word_embeddings: bool | None = None
     hidden_act: str | None = Field(default=None, validation_alias=AliasChoices("hidden_activation", "hidden_act"))
     attention_bias: bool = False
     mlp_bias: bool = False
-    max_position_embeddings: int = Field(default=4096, gt=0)
+    max_position_embeddings: int | None = Field(
+        default=None, gt=0, le=TOKENS,
+        description="longest sequence (prompt + output) the model serves; longer requests are rejected "
+        "as a server rejects them; None: not enforced",
+    )
     # attention windows
-    sliding_window: int | None = Field(default=None, gt=0)
+    sliding_window: int | None = Field(default=None, gt=0, le=TOKENS)
     use_sliding_window: bool | None = None
-    max_window_layers: int | None = Field(default=None, ge=0)
-    sliding_window_pattern: int | None = Field(default=None, ge=1)
+    max_window_layers: int | None = Field(default=None, ge=0, le=LAYERS)
+    sliding_window_pattern: int | None = Field(default=None, ge=1, le=LAYERS)
     layer_types: list[AttnKind] | None = None
-    attention_chunk_size: int | None = Field(default=None, gt=0)
-    no_rope_layers: list[int] | None = None
+    attention_chunk_size: int | None = Field(default=None, gt=0, le=TOKENS)
+    no_rope_layers: list[Annotated[int, Field(ge=0, le=1)]] | None = None
     use_qk_norm: bool | None = None
     # mixture of experts
-    num_local_experts: int = Field(default=1, ge=1, validation_alias=AliasChoices(
+    num_local_experts: int = Field(default=1, ge=1, le=EXPERTS, validation_alias=AliasChoices(
         "num_local_experts", "num_experts", "n_routed_experts"))
-    num_experts_per_tok: int = Field(default=1, ge=1, validation_alias=AliasChoices(
+    num_experts_per_tok: int = Field(default=1, ge=1, le=EXPERTS, validation_alias=AliasChoices(
         "num_experts_per_tok", "experts_per_token"))
-    moe_intermediate_size: int | None = Field(default=None, gt=0)
-    intermediate_size_mlp: int | None = Field(default=None, gt=0)
-    n_shared_experts: int | None = Field(default=None, ge=0)
-    shared_expert_intermediate_size: int | None = Field(default=None, ge=0)
-    first_k_dense_replace: int = Field(default=0, ge=0)
-    moe_layer_freq: int = Field(default=1, ge=1, le=1024)
-    decoder_sparse_step: int = Field(default=1, ge=1, le=1024)
-    mlp_only_layers: list[int] = Field(default_factory=list)
-    interleave_moe_layer_step: int = Field(default=1, ge=1, le=1024)
-    moe_layers: list[int] | None = None
+    moe_intermediate_size: int | None = Field(default=None, gt=0, le=WIDTH)
+    intermediate_size_mlp: int | None = Field(default=None, gt=0, le=WIDTH)
+    n_shared_experts: int | None = Field(default=None, ge=0, le=EXPERTS)
+    shared_expert_intermediate_size: int | None = Field(default=None, ge=0, le=WIDTH)
+    first_k_dense_replace: int = Field(default=0, ge=0, le=LAYERS)
+    moe_layer_freq: int = Field(default=1, ge=1, le=LAYERS)
+    decoder_sparse_step: int = Field(default=1, ge=1, le=LAYERS)
+    mlp_only_layers: list[Layer] = Field(default_factory=list)
+    interleave_moe_layer_step: int = Field(default=1, ge=1, le=LAYERS)
+    moe_layers: list[Layer] | None = None
     # multi-head latent attention (DeepSeek-V2/V3)
-    kv_lora_rank: int | None = Field(default=None, gt=0)
-    q_lora_rank: int | None = Field(default=None, gt=0)
-    qk_nope_head_dim: int | None = Field(default=None, gt=0)
-    qk_rope_head_dim: int | None = Field(default=None, gt=0)
-    v_head_dim: int | None = Field(default=None, gt=0)
+    kv_lora_rank: int | None = Field(default=None, gt=0, le=WIDTH)
+    q_lora_rank: int | None = Field(default=None, gt=0, le=WIDTH)
+    qk_nope_head_dim: int | None = Field(default=None, gt=0, le=WIDTH)
+    qk_rope_head_dim: int | None = Field(default=None, gt=0, le=WIDTH)
+    v_head_dim: int | None = Field(default=None, gt=0, le=WIDTH)
     quantization_config: Quantization | None = None
 
     @model_validator(mode="after")
@@ -254,6 +264,9 @@ class ModelSpec(BaseModel):
         if self.num_experts_per_tok > self.num_local_experts:
             raise ValueError(f"num_experts_per_tok ({self.num_experts_per_tok}) must be <= the number of routed "
                              f"experts ({self.num_local_experts})")
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                             f"({self.num_attention_heads}), or give head_dim")
         if self.kv_lora_rank is not None:
             for f in ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
                 if getattr(self, f) is None:

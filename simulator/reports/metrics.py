@@ -8,10 +8,12 @@ not a number.
 Keys beyond the contract: ttft_split_ms (queue, prefill, the stack's front-end overheads),
 prefix_cache (hit rate of admitted prompt tokens), moments_by_kind (prefill = moments with any prompt tokens, i.e.
 prefill-only and mixed; decode = decode-only; each also in device clock cycles), breakdown_share_by_kind,
-mfu / mbu (over all devices of all replicas for the makespan), gpu_busy_frac / host_busy_frac
+mfu / mbu (over all devices of all replicas for the makespan; mfu counts useful work only, not
+the prefill of tokens whose KV a preemption dropped), gpu_busy_frac / host_busy_frac
 (per replica; with pp > 1 the virtual engines' moments overlap and each keeps each of the pp
 stages busy for dur / pp, so gpu_busy_frac is sum(dur) / pp per replica, at most 1), kv (peak
-from the moments, mean from the time series), preemptions, goodput (requests/s meeting every
+from the moments, mean from the time series), preemptions (with the tokens computed again after
+recompute preemptions: recomputed_tokens), goodput (requests/s meeting every
 per-request SLO bound; whether the p99 SLOs hold), queue (from the time series, whose points
 are interval averages), output_tokens and config.
 
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simulator.serving.engine import R_KV, R_QUEUE, R_TOKENS
+from simulator.serving.engine import R_CONTEXT, R_KV, R_LEN, R_QUEUE, R_TOKENS
 
 if TYPE_CHECKING:  # the engine is only needed for the type; summaries work on any such result
     from simulator.serving.result import SimResult
@@ -124,20 +126,35 @@ def per_request(r: SimResult) -> dict[str, np.ndarray]:
     return {"ttft_ms": ttft, "tpot_ms": tpot, "e2e_ms": e2e, "completed": done}
 
 
-def weighted_stats(values: np.ndarray, weights: np.ndarray) -> dict[str, float | None]:
-    """mean, p50, p90, p99 of values each counted `weights` times: the percentiles of the pooled
-    samples (the smallest value whose cumulative weight reaches q of the total)."""
+CHUNK = 1 << 18  # memory: long passes over per-moment arrays go a chunk at a time
+
+
+def weighted_stats(values: np.ndarray, weights: np.ndarray, scale: float = 1.0) -> dict[str, float | None]:
+    """mean, p50, p90, p99 of values each counted `weights` times, times `scale`: the percentiles
+    of the pooled samples (the smallest value whose cumulative weight reaches q of the total).
+    One argsort and one cumulative sum: a run may pool millions of values."""
     v = np.asarray(values, dtype=float)
-    w = np.asarray(weights, dtype=float)
-    ok = np.isfinite(v) & (w > 0)
-    v, w = v[ok], w[ok]
+    w = np.asarray(weights)
+    if not (np.isfinite(v).all() and (w > 0).all()):
+        ok = np.isfinite(v) & (w > 0)
+        v, w = v[ok], w[ok]
     if v.size == 0:
         return {"mean": None, "p50": None, "p90": None, "p99": None}
-    o = np.argsort(v, kind="stable")
-    v, w = v[o], w[o]
-    cw = np.cumsum(w)
-    at = lambda q: float(v[min(int(np.searchsorted(cw, q * cw[-1], side="left")), v.size - 1)])  # noqa: E731
-    return {"mean": float(np.dot(v, w) / cw[-1]), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99)}
+    # memory: the weighted sum a chunk at a time (no float copy of every weight)
+    weighted = sum(float(np.dot(v[i:i + CHUNK], w[i:i + CHUNK])) for i in range(0, v.size, CHUNK))
+    total = int(w.sum(dtype=np.int64))
+    o = np.argsort(v)  # in place, no buffer: ties are equal values, so their order does not matter
+    want = [0.5 * total, 0.9 * total, 0.99 * total]
+    ranks: list[int] = []
+    run = 0
+    for i in range(0, v.size, CHUNK):  # the cumulative weight a chunk at a time: no copy of every weight
+        cw = np.cumsum(w[o[i:i + CHUNK]], dtype=np.int64)
+        cw += run
+        while len(ranks) < 3 and cw[-1] >= want[len(ranks)]:
+            ranks.append(i + int(np.searchsorted(cw, want[len(ranks)], side="left")))
+        run = int(cw[-1])
+    p50, p90, p99 = (float(v[o[min(k, v.size - 1)]]) * scale for k in ranks)
+    return {"mean": weighted / total * scale, "p50": p50, "p90": p90, "p99": p99}
 
 
 def itl_samples(m: dict[str, np.ndarray], pp: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -152,36 +169,48 @@ def itl_samples(m: dict[str, np.ndarray], pp: int = 1) -> tuple[np.ndarray, np.n
     (`firsts`, its first token) waited end_k - end_p. So moment k gives decodes_k - (firsts in
     J..k-1) gaps of end_k - end_J, and each moment p with firsts gives firsts_p gaps of
     end_N - end_p, N the next streaming moment. Not counted: a request's gap across a
-    recompute preemption (from its last token before it to its re-prefill)."""
+    recompute preemption (from its last token before it to its re-prefill). Arrays are made
+    only at the streaming moments and freed as they go: a run may have millions of moments."""
     start = np.asarray(m["start_s"], dtype=float)
     if start.size == 0 or "decodes" not in m:
-        return np.zeros(0), np.zeros(0)
-    end = start + np.asarray(m["dur_s"], dtype=float)
-    unit = np.asarray(m["replica"], dtype=np.int64) * pp + np.asarray(m["engine"], dtype=np.int64)
-    dec = np.asarray(m["decodes"], dtype=np.int64)
-    first = np.asarray(m["firsts"], dtype=np.int64)
-    held = np.asarray(m["held"], dtype=bool)
+        return np.zeros(0), np.zeros(0, dtype=np.int32)
+    dur = np.asarray(m["dur_s"], dtype=float)
+    dec, first, held = m["decodes"], m["firsts"], m["held"]
+    replica, engine = np.asarray(m["replica"]), np.asarray(m["engine"])
+    one = not (replica.any() or engine.any())
     gaps, weights = [], []
-    for u in np.unique(unit):
-        sel = np.flatnonzero(unit == u)  # this engine's moments, in time order
-        e, d, f = end[sel], dec[sel], first[sel]
-        stream = np.flatnonzero((d > 0) & ~held[sel])
+    for u in ([None] if one else np.unique(replica.astype(np.int64) * pp + engine)):
+        sel = None if u is None else np.flatnonzero(replica.astype(np.int64) * pp + engine == u)
+        d = dec if sel is None else dec[sel]
+        stream = np.flatnonzero((d > 0) & ~(held if sel is None else held[sel]))  # this engine's streaming moments
         if stream.size == 0:
             continue
-        cf = np.concatenate(([0], np.cumsum(f)))  # firsts before each moment
-        prev = np.concatenate(([-1], stream[:-1]))
-        has = prev >= 0
-        k, j = stream[has], prev[has]
-        gaps.append(e[k] - e[j])
-        weights.append(np.maximum(d[k] - (cf[k] - cf[j]), 0))
-        p = np.flatnonzero(f > 0)
-        nxt = np.searchsorted(stream, p, side="right")
-        ok = nxt < stream.size
-        gaps.append(e[stream[nxt[ok]]] - e[p[ok]])
-        weights.append(f[p[ok]])
+        at = stream if sel is None else sel[stream]
+        es = start[at]
+        es += dur[at]
+        f = first if sel is None else first[sel]
+        p = np.flatnonzero(f)  # moments where prefills ended: few, except in prefill-heavy runs
+        w = d[stream[1:]].astype(np.int32)  # the sequences of each streaming moment after the first...
+        if p.size:
+            fp = f[p].astype(np.int32)
+            nxt = np.searchsorted(stream, p, side="right")  # the streaming moment after each: newcomers' gap
+            ok = nxt < stream.size
+            pa = p[ok] if sel is None else sel[p[ok]]
+            gaps.append(es[nxt[ok]] - (start[pa] + dur[pa]))
+            weights.append(fp[ok])
+            j = nxt[ok] - 1  # ...less the newcomers among them (w[j] belongs to stream[j + 1])
+            has = j >= 0
+            np.subtract.at(w, j[has], fp[ok][has])
+            np.maximum(w, 0, out=w)
+        del stream
+        gaps.append(np.diff(es))
+        del es
+        weights.append(w)
     if not gaps:
-        return np.zeros(0), np.zeros(0)
-    return np.concatenate(gaps), np.concatenate(weights).astype(float)
+        return np.zeros(0), np.zeros(0, dtype=np.int32)
+    if len(gaps) == 1:
+        return gaps[0], weights[0]
+    return np.concatenate(gaps), np.concatenate(weights)
 
 
 def ttft_split(r: SimResult) -> dict[str, dict[str, float | None]]:
@@ -298,10 +327,13 @@ def overload(r: SimResult) -> dict[str, Any]:
 
 
 REJECT_ADVICE = {  # the engine's reasons, and what a user can change
-    R_TOKENS: "the continuous scheduler cannot split a prompt: raise serving.max_batched_tokens "
+    R_TOKENS: "the continuous and mixed schedulers cannot split a prompt: raise serving.max_batched_tokens "
               "or use scheduler: chunked",
     R_KV: "prompt + output exceed one replica's KV cache: more tp, a smaller kv_dtype or shorter requests",
     R_QUEUE: "serving.max_queue requests were already waiting",
+    R_CONTEXT: "the model serves no longer sequences (its config's max_position_embeddings): shorter requests "
+               "or a model with a longer context",
+    R_LEN: "prompt + output exceed serving.max_model_len: raise it (up to the model's context) or shorter requests",
 }
 
 
@@ -364,7 +396,7 @@ def summarize(r: SimResult) -> dict[str, Any]:
         "ttft_ms": latency_stats(lat["ttft_ms"]),
         "tpot_ms": latency_stats(lat["tpot_ms"]),
         "e2e_ms": latency_stats(lat["e2e_ms"]),
-        "itl_ms": weighted_stats(*_ms(itl_samples(m, int(getattr(r, "pp", 1))))),
+        "itl_ms": weighted_stats(*itl_samples(m, int(getattr(r, "pp", 1))), scale=1e3),
         "moment_ms": moment_stats(dur),
         "breakdown_share": shares(all_cats),
         "overloaded": False,  # set below (a contract key since turn 2)
@@ -378,7 +410,8 @@ def summarize(r: SimResult) -> dict[str, Any]:
             "mixed_count": int((kind == 2).sum()),
         },
         "breakdown_share_by_kind": {k: shares(v) for k, v in cats.items()},
-        "mfu": float(r.total_flops) / (makespan * float(r.peak_flops) * devices) if makespan > 0 else None,
+        "mfu": float(r.total_flops - r.recomputed_flops) / (makespan * float(r.peak_flops) * devices)
+        if makespan > 0 else None,
         "mbu": float(r.total_bytes) / (makespan * float(r.mem_bw) * devices) if makespan > 0 else None,
         "gpu_busy_frac": busy / capacity if capacity > 0 else None,
         "host_busy_frac": float(r.host_busy_s) / capacity if capacity > 0 else None,
@@ -391,7 +424,8 @@ def summarize(r: SimResult) -> dict[str, Any]:
         },
         "ttft_split_ms": ttft_split(r),
         "prefix_cache": _prefix_cache(r),
-        "preemptions": {"total": int(pre.sum()), "requests": int((pre > 0).sum())},
+        "preemptions": {"total": int(pre.sum()), "requests": int((pre > 0).sum()),
+                        "recomputed_tokens": int(r.recomputed_tokens)},
         "goodput": _goodput(r, lat, makespan),
         "queue": _queue(r.timeseries),
         "output_tokens": out_tokens,
@@ -402,10 +436,6 @@ def summarize(r: SimResult) -> dict[str, Any]:
     out["overload"] = ov
     out["warnings"] = warnings(out)
     return clean(out)
-
-
-def _ms(samples: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    return samples[0] * 1e3, samples[1]
 
 
 def _prefix_cache(r: SimResult) -> dict[str, Any]:

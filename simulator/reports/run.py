@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from simulator.reports.metrics import KIND_NAMES, num, per_request, summarize
+from simulator.reports.outdir import out_dir, write_error
 from simulator.reports.progress import Progress
-from simulator.reports.tables import write_columns
+from simulator.reports.tables import Lazy, labels, write_columns
 from simulator.serving.engine import SimResult, check_scenario, simulate
 from simulator.serving.scenario import Scenario, load_scenario
 
@@ -27,6 +28,13 @@ MAX_CSV_ROWS = 1_000_000
 # -- outputs -------------------------------------------------------------------------------------
 def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str, Any]:
     """report.html, metrics.json, requests.csv, moments.csv, timeseries.csv, the plots and trace.json."""
+    try:
+        return _write_outputs(r, summary, out)
+    except OSError as e:
+        raise write_error(e, out) from None
+
+
+def _write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str, Any]:
     from simulator.reports.html import run_report
     from simulator.reports.plots import write_plots  # matplotlib loads only when plots are wanted
     from simulator.reports.trace import write_trace
@@ -37,7 +45,7 @@ def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str,
     lat = per_request(r)
     n_req = len(q["arrival_s"])
     write_columns(out / "requests.csv", [
-        ("id", np.arange(n_req), "%d"),
+        ("id", Lazy(n_req, np.arange), "%d"),
         ("arrival_s", q["arrival_s"], "%.6f"),
         ("prompt_len", q["prompt_len"], "%d"),
         ("output_len", q["output_len"], "%d"),
@@ -47,18 +55,18 @@ def write_outputs(r: SimResult, summary: dict[str, Any], out: Path) -> dict[str,
         ("tpot_ms", lat["tpot_ms"], "%.4f"),
         ("e2e_ms", lat["e2e_ms"], "%.4f"),
         ("replica", q["replica"], "%d"),
-        ("engine", q.get("engine", np.zeros(n_req, dtype=int)), "%d"),
-        ("status", np.where(np.asarray(q["status"]) == 1, "rejected", "completed"), "%s"),
+        ("engine", q.get("engine", np.broadcast_to(0, n_req)), "%d"),
+        ("status", labels(("completed", "rejected"), np.asarray(q["status"])), "%s"),
         ("preemptions", q["preemptions"], "%d"),
     ])
     m = r.moments
     n_mom = len(m["start_s"])
     rows = write_columns(out / "moments.csv", [
         ("start_s", m["start_s"], "%.6f"),
-        ("dur_ms", np.asarray(m["dur_s"], dtype=float) * 1e3, "%.4f"),
+        ("dur_ms", Lazy(n_mom, lambda i, j: np.asarray(m["dur_s"][i:j], dtype=float) * 1e3), "%.4f"),
         ("replica", m["replica"], "%d"),
-        ("engine", m.get("engine", np.zeros(n_mom, dtype=int)), "%d"),
-        ("kind", np.asarray(KIND_NAMES)[np.asarray(m["kind"], dtype=int)], "%s"),
+        ("engine", m.get("engine", np.broadcast_to(0, n_mom)), "%d"),
+        ("kind", labels(KIND_NAMES, np.asarray(m["kind"])), "%s"),
         ("tokens", m["tokens"], "%d"),
         ("batch", m["batch"], "%d"),
         ("kv_blocks_used", m["kv_blocks_used"], "%d"),
@@ -150,8 +158,8 @@ def format_summary(s: dict[str, Any]) -> str:
     pre, q = s["preemptions"], s["queue"]
     if pre["total"] or (q["max_len"] or 0) > 0:
         lines.append(f"{'queue':<16}mean {_fmt(q['mean_len'])} waiting, max {_fmt(q['max_len'])}; "
-                     + (f"{pre['total']:,} preemptions of {pre['requests']:,} requests" if pre["total"]
-                        else "no preemptions"))
+                     + (f"{pre['total']:,} preemptions of {pre['requests']:,} requests, "
+                        f"{pre['recomputed_tokens']:,} tokens computed again" if pre["total"] else "no preemptions"))
     pc = s.get("prefix_cache") or {}
     if pc.get("hit_tokens"):
         lines.append(f"{'prefix cache':<16}{_fmt(pc['hit_rate'], '.1%')} of {pc['prompt_tokens']:,} prompt tokens "
@@ -171,8 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     sc = load_scenario(args.scenario, getattr(args, "set", None) or ())
     check_scenario(sc, where)
     show = not getattr(args, "no_progress", False) and sys.stderr.isatty()
-    out = Path(args.out) if getattr(args, "out", None) else None
-    summary = run_scenario(sc, out=out, progress=show)
+    with out_dir(Path(args.out) if getattr(args, "out", None) else None) as out:
+        summary = run_scenario(sc, out=out, progress=show)
     if args.json:
         print(json.dumps(summary))
     if not summary["requests"]["completed"]:  # nothing to report: say why, on one line

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,28 @@ CHUNK = 65_536
 NAN_CELL = re.compile(r"(?<![^,\n])nan(?![^,\n])")  # a whole cell that is NaN
 
 
-def write_columns(path: Path, columns: Sequence[tuple[str, np.ndarray, str]], limit: int | None = None) -> int:
+@dataclass(frozen=True)
+class Lazy:
+    """A column made a chunk of rows at a time (labels of codes, scaled values, row numbers), so a
+    million-row CSV needs no full-length copy of it: rows(i, j) gives rows i..j-1."""
+
+    n: int
+    rows: Callable[[int, int], Any]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, s: slice) -> Any:
+        return self.rows(s.start, min(s.stop, self.n))
+
+
+def labels(names: Sequence[str], codes: np.ndarray) -> Lazy:
+    """The column names[codes[i]]."""
+    table = np.asarray(names)
+    return Lazy(len(codes), lambda i, j: table[codes[i:j]])
+
+
+def write_columns(path: Path, columns: Sequence[tuple[str, np.ndarray | Lazy, str]], limit: int | None = None) -> int:
     """Write columns (name, values, %-format) as CSV; NaN cells are left empty. Formats chunks of
     rows with one %-operation each (numpy's savetxt formats row by row). Returns rows written."""
     n = min(len(c[1]) for c in columns) if columns else 0
@@ -28,7 +50,7 @@ def write_columns(path: Path, columns: Sequence[tuple[str, np.ndarray, str]], li
             j = min(n, i + CHUNK)
             block = np.empty((j - i, len(columns)), dtype=object)
             for k, (_, values, _) in enumerate(columns):
-                block[:, k] = np.asarray(values)[i:j].tolist()
+                block[:, k] = np.asarray(values[i:j]).tolist()
             text = (row_fmt * (j - i)) % tuple(block.ravel().tolist())
             if "nan" in text:
                 text = NAN_CELL.sub("", text)

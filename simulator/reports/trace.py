@@ -26,6 +26,14 @@ MAX_EVENTS = 200_000
 
 def trace_events(r: SimResult, max_events: int = MAX_EVENTS) -> dict[str, Any]:
     """The trace as a dict (events sorted by time within each kind of event)."""
+    head, m, order, ts_us, other = _trace(r, max_events)
+    return {"traceEvents": head + _moment_events(m, order, ts_us), "displayTimeUnit": "ms", "otherData": other}
+
+
+def _trace(r: SimResult, max_events: int) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], np.ndarray,
+                                                    list[float], dict[str, Any]]:
+    """The metadata and counter events, the moments to write (rows `order` of r.moments, their
+    start in us) and otherData: the moment events themselves are made by _moment_events."""
     m, ts = r.moments, r.timeseries
     replicas = int(r.replicas)
     cluster_pid = replicas  # the counters' process, after the replicas
@@ -65,20 +73,11 @@ def trace_events(r: SimResult, max_events: int = MAX_EVENTS) -> dict[str, Any]:
     start = np.asarray(m["start_s"], dtype=float)
     total_moments = int(start.size)
     n_mom = min(total_moments, budget - len(counters))
-    order = np.argsort(start, kind="stable")[:n_mom]
-    names = np.asarray(KIND_NAMES)[np.asarray(m["kind"], dtype=int)[order]].tolist()
+    if total_moments and bool(np.all(start[1:] >= start[:-1])):  # the engine logs moments in start order
+        order = np.arange(n_mom)
+    else:
+        order = np.argsort(start, kind="stable")[:n_mom]
     ts_us = np.round(start[order] * 1e6, 3).tolist()
-    dur_us = np.round(np.asarray(m["dur_s"], dtype=float)[order] * 1e6, 3).tolist()
-    pid = np.asarray(m["replica"], dtype=int)[order].tolist()
-    tid = (np.asarray(m["engine"], dtype=int)[order].tolist() if "engine" in m else [0] * len(pid))
-    tok = np.asarray(m["tokens"], dtype=int)[order].tolist()
-    bat = np.asarray(m["batch"], dtype=int)[order].tolist()
-    kvb = np.asarray(m["kv_blocks_used"], dtype=int)[order].tolist()
-    moments = [
-        {"name": n, "cat": "moment", "ph": "X", "ts": a, "dur": d, "pid": p, "tid": e,
-         "args": {"tokens": k, "batch": b, "kv_blocks": v}}
-        for n, a, d, p, e, k, b, v in zip(names, ts_us, dur_us, pid, tid, tok, bat, kvb, strict=True)
-    ]
     truncated = n_mom < total_moments or n_ts < t.size
     other = {"moments_total": total_moments, "moments_written": n_mom, "counter_samples": int(n_ts),
              "truncated": truncated, "max_events": max_events}
@@ -89,12 +88,34 @@ def trace_events(r: SimResult, max_events: int = MAX_EVENTS) -> dict[str, Any]:
     sc = getattr(r, "scenario", None)
     if sc is not None and hasattr(sc, "model"):
         other.update({"scenario": sc.name, "model": sc.model, "hardware": sc.hardware})
-    return {"traceEvents": meta + counters + moments, "displayTimeUnit": "ms", "otherData": other}
+    return meta + counters, m, order, ts_us, other
 
 
-def write_trace(r: SimResult, path: Path, max_events: int = MAX_EVENTS) -> dict[str, Any]:
-    """Write the trace JSON; returns its otherData (what was kept)."""
-    tr = trace_events(r, max_events)
-    # json.dumps runs the C encoder; json.dump to a file streams through the pure-Python one
-    Path(path).write_text(json.dumps(tr, separators=(",", ":")), encoding="utf-8")
-    return tr["otherData"]
+def _moment_events(m: dict[str, np.ndarray], order: np.ndarray, ts_us: list[float]) -> list[dict[str, Any]]:
+    """Complete ("X") events of the moments at `order` (only those rows are read or converted)."""
+    names = np.asarray(KIND_NAMES)[np.asarray(m["kind"])[order]].tolist()
+    dur_us = np.round(np.asarray(m["dur_s"], dtype=float)[order] * 1e6, 3).tolist()
+    pid = np.asarray(m["replica"])[order].tolist()
+    tid = np.asarray(m["engine"])[order].tolist() if "engine" in m else [0] * len(pid)
+    tok = np.asarray(m["tokens"])[order].tolist()
+    bat = np.asarray(m["batch"])[order].tolist()
+    kvb = np.asarray(m["kv_blocks_used"])[order].tolist()
+    return [
+        {"name": n, "cat": "moment", "ph": "X", "ts": a, "dur": d, "pid": p, "tid": e,
+         "args": {"tokens": k, "batch": b, "kv_blocks": v}}
+        for n, a, d, p, e, k, b, v in zip(names, ts_us, dur_us, pid, tid, tok, bat, kvb, strict=True)
+    ]
+
+
+def write_trace(r: SimResult, path: Path, max_events: int = MAX_EVENTS, chunk: int = 20_000) -> dict[str, Any]:
+    """Write the trace JSON; returns its otherData (what was kept). The moment events are made and
+    encoded a chunk at a time (all 200,000 as dicts would hold ~100 MB at once); json.dumps runs
+    the C encoder, json.dump to a file the pure-Python one."""
+    head, m, order, ts_us, other = _trace(r, max_events)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write('{"traceEvents":[' + json.dumps(head, separators=(",", ":"))[1:-1])
+        for i in range(0, len(order), chunk):
+            part = json.dumps(_moment_events(m, order[i:i + chunk], ts_us[i:i + chunk]), separators=(",", ":"))
+            f.write(("," if head or i else "") + part[1:-1])
+        f.write('],"displayTimeUnit":"ms","otherData":' + json.dumps(other, separators=(",", ":")) + "}")
+    return other

@@ -36,19 +36,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import simpy
 from pydantic import ValidationError
 
-from hwmodels.errors import InputError, from_validation
+from hwmodels.errors import InputError, from_validation, open_regular
 from hwmodels.load import load_hardware
 from hwmodels.spec import Hardware
 from simulator.moment.cost import Launch, StepModel, check_parallelism, step_model
 from simulator.moment.memory import check_fits, footprint
 from simulator.moment.model import ModelSpec, load_model
 from simulator.moment.ops import Dtypes
+from simulator.serving.budget import check_memory
 from simulator.serving.result import (
     COMPLETED,
     REJECTED,
@@ -64,11 +64,14 @@ from simulator.serving.stacks import resolve
 from simulator.serving.workload import make_requests
 
 PCIE_BW = 25e9  # bytes/s host<->device for swap preemption (PCIe 4/5 x16, achieved)
+INF = float("inf")
+ARRIVAL_CHUNK = 65_536
 
 R_KV = "exceeds kv capacity"                    # prompt + output can never fit a replica's KV cache
 R_TOKENS = "prompt > max_batched_tokens"        # continuous (vLLM v0) cannot chunk a prompt
 R_QUEUE = "queue full"                          # serving.max_queue requests already waiting
-R_LEN = "exceeds max_model_len"                 # prompt + output longer than the server's context
+R_CONTEXT = "exceeds max_position_embeddings"   # prompt + output longer than the model serves (vLLM: max_model_len)
+R_LEN = "exceeds max_model_len"                 # prompt + output longer than serving.max_model_len
 FRONT_SPREAD = 1.0  # a request's way in through the front end: uniform on [0, 2 x its mean] (front_end)
 
 
@@ -111,6 +114,9 @@ class Replica:
                     if started[i] != started[i]:  # nan: its first chunk (speed: no isnan call)
                         started[i] = env.now
             dt = cost(*m.batch) + m.extra_s
+            if not 0.0 < dt < INF:  # simulated time must advance by a finite step (schema bounds keep it so)
+                raise InputError("hardware", "", f"a moment of {dt} s: simulated time would not advance; check "
+                                 "the hardware's and model's numbers")
             add(unit, env.now, dt, m, kv.capacity - kv.free)  # KV used at its start (speed: kv.used inlined)
             yield timeout(dt)
             done(m, env.now)
@@ -121,9 +127,8 @@ class Pool:
     and step cost are theirs. `submit(i)` is a request's way in."""
 
     def __init__(self, env: simpy.Environment, serving: Serving, sm: StepModel, cap_blocks: int,
-                 requests: RequestLog, moments: MomentLog, max_len: int | None = None):
+                 requests: RequestLog, moments: MomentLog):
         self.env, self.serving, self.sm, self.requests, self.moments = env, serving, sm, requests, moments
-        self.max_len = max_len                      # longest prompt + output served (None: any)
         self.cap_blocks = cap_blocks                # per replica
         pp = serving.pp
         blocks = cap_blocks // pp                   # per virtual engine (vLLM: num_gpu_blocks // pp)
@@ -134,6 +139,9 @@ class Pool:
                         for e in range(pp) for r in range(serving.replicas)]  # engine-major
         self.router = ROUTERS[serving.router]([r.scheduler for r in self.engines])
         self.cap_tokens = blocks * serving.block_size  # a request lives on one virtual engine
+        # the longest prompt + output served: serving.max_model_len, else the model's context
+        self.max_len = serving.max_model_len or sm.model.max_position_embeddings or 1 << 62
+        self.len_reason = R_LEN if serving.max_model_len else R_CONTEXT
         self.max_prompt_tokens = self.engines[0].scheduler.max_prompt_tokens
         self.siblings = {r.rid: [e for e in self.engines if e.rid == r.rid] for r in self.engines}
         for r in self.engines:
@@ -144,8 +152,8 @@ class Pool:
         rq = self.requests
         p = rq.prompt_len[i]
         now = self.env.now
-        if self.max_len is not None and p + rq.output_len[i] > self.max_len:
-            rq.reject(i, R_LEN, now)
+        if p + rq.output_len[i] > self.max_len:
+            rq.reject(i, self.len_reason, now)
         elif p + rq.output_len[i] > self.cap_tokens:
             rq.reject(i, R_KV, now)
         elif self.max_prompt_tokens is not None and p > self.max_prompt_tokens:
@@ -167,19 +175,26 @@ class Pool:
                 raise RuntimeError(f"{r.name} ended holding KV blocks (engine bug)")
 
 
-def _arrivals(env: simpy.Environment, arrival_s: list[float], submit: Callable[[int], None],
-              order: list[int] | None = None) -> Iterator[simpy.Event]:
+def _arrivals(env: simpy.Environment, arrival_s: np.ndarray, submit: Callable[[int], None],
+              order: np.ndarray | None = None) -> Iterator[simpy.Event]:
     """Hand each request to the pool at its time (all of one instant at once); `arrival_s` are
-    the times the engine has them, taken in `order` (None: index order, the order of arrival)."""
-    n = len(arrival_s)
-    k = 0
-    while k < n:
-        t = arrival_s[k if order is None else order[k]]
-        if t > env.now:
-            yield env.timeout(t - env.now)
-        while k < n and arrival_s[i := k if order is None else order[k]] <= t:
+    the times the engine has them, taken in `order` (None: index order, the order of arrival).
+    They are read a chunk at a time: a list of 10M floats would hold 320 MB for the whole run."""
+    instant = -INF
+    n = arrival_s.size
+    for lo in range(0, n, ARRIVAL_CHUNK):
+        if order is None:
+            ids: range | list[int] = range(lo, min(lo + ARRIVAL_CHUNK, n))
+            times = arrival_s[lo:lo + ARRIVAL_CHUNK].tolist()  # speed: Python floats, a chunk at a time
+        else:
+            part = order[lo:lo + ARRIVAL_CHUNK]
+            ids, times = part.tolist(), arrival_s[part].tolist()
+        for i, t in zip(ids, times, strict=True):
+            if t > instant:  # a new instant: wait for it
+                instant = t
+                if t > env.now:
+                    yield env.timeout(t - env.now)
             submit(i)
-            k += 1
 
 
 def front_end(requests: RequestLog, sv: Serving, hw: Hardware, seed: int) -> None:
@@ -260,11 +275,15 @@ def check_scenario(sc: Scenario, where: str = "scenario") -> tuple[ModelSpec, Ha
         raise InputError(where, field, str(e)) from None
     dt = Dtypes.of(model, s.weight_dtype, s.act_dtype, s.kv_dtype, plain="bf16")
     arr = sc.workload.arrival
-    if arr.process == "trace" and arr.path and not Path(arr.path).is_file():
-        raise InputError(where, "workload.arrival.path", f"trace file not found: {arr.path}")
+    if arr.process == "trace" and arr.path:
+        try:
+            open_regular(arr.path, "trace file").close()
+        except InputError as e:
+            raise InputError(where, "workload.arrival.path", f"{arr.path}: {e.message}") from None
     check_fits(model, hw, s.tp, s.pp, dt, s.gpu_memory_utilization, s.activation_reserve_gb,
                min_tokens=s.block_size * s.pp, where=f"{where}: model/hardware", ep=s.ep,
                fraction_of=s.memory_fraction_of)
+    check_memory(sc, where)
     return model, hw, dt
 
 
@@ -315,17 +334,16 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     env = simpy.Environment()
     requests = RequestLog(req)
     front_end(requests, sv, hw, scenario.seed)
-    max_len = sv.max_model_len or (model.max_position_embeddings if sv.stack is not None else None)
-    pool = Pool(env, sv, sm, cap_blocks, requests, MomentLog(sm, requests, progress), max_len)
+    pool = Pool(env, sv, sm, cap_blocks, requests, MomentLog(sm, requests, progress))
     if wl.concurrency is not None:
         Clients(env, requests, pool.submit, wl.concurrency, wl.think_ms * 1e-3, requests.in_delay)
     elif requests.in_delay is None:
         requests.reached_s[:] = req.arrival_s
-        env.process(_arrivals(env, req.arrival_s.tolist(), pool.submit))
+        env.process(_arrivals(env, req.arrival_s, pool.submit))
     else:
         reach = req.arrival_s + np.asarray(requests.in_delay)
         requests.reached_s[:] = reach
-        env.process(_arrivals(env, reach.tolist(), pool.submit, np.argsort(reach, kind="stable").tolist()))
+        env.process(_arrivals(env, reach, pool.submit, np.argsort(reach, kind="stable")))
     env.run()
     if progress is not None:
         progress(1.0)

@@ -64,6 +64,8 @@ class SimResult:
     pp: virtual engines per replica (serving.pp).
     total_flops, total_bytes: device work of all devices of all replicas, from running sums of
       the batch aggregates (see _work).
+    recomputed_tokens, recomputed_flops: prefill tokens computed again because a recompute
+      preemption dropped their KV, and their FLOPs (part of total_flops; not useful work).
     """
 
     requests: dict[str, np.ndarray]
@@ -86,6 +88,8 @@ class SimResult:
     wall_s: float = 0.0
     stats: dict[str, float] = field(default_factory=dict)
     pp: int = 1
+    recomputed_tokens: int = 0
+    recomputed_flops: float = 0.0
 
 
 class RequestLog:
@@ -101,13 +105,17 @@ class RequestLog:
         self.prefix_len: list[int] = req.prefix_len.tolist()
         self.first_token_s = np.full(n, np.nan)
         self.finish_s = np.full(n, np.nan)
-        self.replica = np.full(n, -1, dtype=np.int64)
-        self.engine = np.zeros(n, dtype=np.int64)  # written only when pp > 1
-        self.status = np.full(n, UNFINISHED, dtype=np.int64)
-        self.preemptions = np.zeros(n, dtype=np.int64)
+        # compact dtypes: a run may hold 10M requests (replicas <= 100k, pp <= 1024)
+        self.replica = np.full(n, -1, dtype=np.int32)
+        self.engine = np.zeros(n, dtype=np.int16)  # written only when pp > 1
+        self.status = np.full(n, UNFINISHED, dtype=np.int8)
+        self.preemptions = np.zeros(n, dtype=np.int32)
         self.started_s = np.full(n, np.nan)  # the start of the moment that began its prefill
         self.reasons: dict[str, int] = {}
         self.done = 0  # completed or rejected
+        # prefill work done twice: chunks, tokens, causal pairs and cached tokens before them (the
+        # prefill sums of MomentLog, for the tokens whose KV a recompute preemption had dropped)
+        self.recomputed = [0, 0, 0.0, 0]
         self.in_delay: list[float] | None = None  # the stack's front end: client to engine, per request (s)...
         self.out_delay = 0.0                       # ...and engine to client, for every token
         self.reached_s = np.full(n, np.nan)        # when the engine had it (arrival + its in_delay)
@@ -130,6 +138,14 @@ class RequestLog:
 
     def preempted(self, i: int) -> None:
         self.preemptions[i] += 1
+
+    def recompute(self, cached: int, tokens: int) -> None:
+        """A prefill chunk computes `tokens` tokens again, after `cached` tokens with KV."""
+        rc = self.recomputed
+        rc[0] += 1
+        rc[1] += tokens
+        rc[2] += tokens * cached + tokens * (tokens + 1) / 2
+        rc[3] += cached
 
     def reject(self, i: int, reason: str, now: float = 0.0) -> None:
         self.status[i] = REJECTED
@@ -239,30 +255,31 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
         raise RuntimeError(f"{left} requests neither completed nor rejected (engine bug)")
     sv = sc.serving
     pp = sv.pp
-    unit = np.frombuffer(moments.unit, dtype=np.int32).astype(np.int64)
-    start = np.frombuffer(moments.start, dtype=np.float64)  # shares the array's memory
+    # the columns as stored (views of the log's memory, no copies: a run may have 30M moments)
+    unit = np.frombuffer(moments.unit, dtype=np.int32)
+    start = np.frombuffer(moments.start, dtype=np.float64)
     dur = np.frombuffer(moments.dur, dtype=np.float64)
     kv_eng = np.frombuffer(moments.kv_used, dtype=np.int64)
     if pp == 1:
-        replica, engine, kv_rep = unit, np.zeros(unit.size, dtype=np.int64), kv_eng
+        replica, engine, kv_rep = unit, np.broadcast_to(np.int32(0), unit.shape), kv_eng
     else:
-        replica, engine = unit // pp, unit % pp
+        replica, engine = unit.astype(np.int64) // pp, (unit % pp).astype(np.int32)
         kv_rep = _replica_kv(start, dur, replica, engine, kv_eng, pp)
     m = {
         "start_s": start,
         "dur_s": dur,
         "replica": replica,
         "engine": engine,
-        "kind": np.frombuffer(moments.kind, dtype=np.int8).astype(np.int64),
+        "kind": np.frombuffer(moments.kind, dtype=np.int8),
         "tokens": np.frombuffer(moments.tokens, dtype=np.int64),
-        "batch": np.frombuffer(moments.batch, dtype=np.int32).astype(np.int64),
+        "batch": np.frombuffer(moments.batch, dtype=np.int32),
         "kv_blocks_used": kv_rep,
         "kv_blocks_engine": kv_eng,
-        "running": np.frombuffer(moments.running, dtype=np.int32).astype(np.int64),
+        "running": np.frombuffer(moments.running, dtype=np.int32),
     }
     kind = m["kind"]
-    decodes = np.where(kind == DECODE, m["batch"], 0)
-    firsts = np.zeros(kind.size, dtype=np.int64)
+    decodes = np.where(kind == DECODE, m["batch"], 0).astype(np.int32, copy=False)  # compact, as the log's columns
+    firsts = np.zeros(kind.size, dtype=np.int32)
     at = np.frombuffer(moments.chunk_at, dtype=np.int64)
     decodes[at] = np.frombuffer(moments.chunk_decodes, dtype=np.int32)
     firsts[at] = np.frombuffer(moments.chunk_firsts, dtype=np.int32)
@@ -287,6 +304,7 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
         cats[name] = {c: float(v) * scale for c, v in zip(names, est, strict=True)}
     sm = moments.sm
     flops, bytes_ = _work(moments.sums, sm.model, dt, sv)
+    re_flops = _recompute_flops(log.recomputed, sm.model, dt, sv)
     ts = _timeseries(log, m, makespan, sv.replicas, pp, cap_blocks)
     return SimResult(
         requests=requests, reject_reasons=dict(log.reasons), moments=m, category_s=cats, timeseries=ts,
@@ -294,8 +312,8 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
         devices_per_replica=sv.tp * sv.pp, clock_ghz=hw.device.clock_ghz, peak_flops=hw.device.peak_flops(dt.compute),
         mem_bw=hw.device.bandwidth, total_flops=flops, total_bytes=bytes_,
         host_busy_s=sm.host_busy_s(moments.count, moments.sums[2] + moments.sums[4]), scenario=sc, wall_s=wall,
-        stats={"moments": moments.count, "request_out_s": log.out_delay, **prefix},
-        pp=pp,
+        stats={"moments": moments.count, "request_out_s": log.out_delay, **prefix}, pp=pp,
+        recomputed_tokens=int(log.recomputed[1]), recomputed_flops=re_flops,
     )
 
 
@@ -349,16 +367,38 @@ def _work(sums: list, model, dt: Dtypes, sv: Serving) -> tuple[float, float]:
     return flops * sv.tp, by * sv.tp
 
 
-def _integral(t: np.ndarray, starts: np.ndarray, ends: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """For each time in t: integral from 0 of sum_j w_j [starts_j <= x < ends_j] dx (vectorised)."""
+def _recompute_flops(recomputed: list, model, dt: Dtypes, sv: Serving) -> float:
+    """FLOPs of all devices spent computing again the KV that preemptions dropped: the dense and
+    attention ops of the recomputed tokens' sums (linear in them, as in _work); no logits (the
+    token a re-prefill ends with is new work)."""
+    n, tokens, pairs, ctx = recomputed
+    if not tokens:
+        return 0.0
+    ops = dense_ops(model, tokens, 0, dt, sv.tp, sv.pp, sv.ep, sv.moe_imbalance)
+    att = attention_ops(model, Batch(0, 0, int(n), int(tokens), float(pairs), int(ctx)), dt, sv.tp, sv.pp)
+    return sum(float(np.sum(o.flops)) for o in ops + att) * sv.tp
+
+
+def _integral(t: np.ndarray, starts: np.ndarray, ends: np.ndarray, w: np.ndarray | float) -> np.ndarray:
+    """For each time in t: integral from 0 of sum_j w_j [starts_j <= x < ends_j] dx (vectorised);
+    w: an array, or one weight for all. Times already in order (the moment log's starts) are not
+    sorted again: this runs over every moment of a run, and each copy is 8 bytes a moment."""
     out = np.zeros(t.size)
     for times, sign in ((starts, 1.0), (ends, -1.0)):
-        o = np.argsort(times, kind="stable")
-        ts, ws = times[o], w[o]
-        cw = np.concatenate(([0.0], np.cumsum(ws)))
-        cwt = np.concatenate(([0.0], np.cumsum(ws * ts)))
+        if times.size and bool(np.all(times[1:] >= times[:-1])):
+            ts, ws = times, w
+        else:
+            o = np.argsort(times, kind="stable")
+            ts, ws = times[o], (w if np.isscalar(w) else w[o])
+            del o
         k = np.searchsorted(ts, t, side="right")
-        out += sign * (t * cw[k] - cwt[k])
+        if np.isscalar(ws):
+            cw = ws * k  # speed and memory: a constant weight's prefix sums are k * w
+            cwt = ws * np.concatenate(([0.0], np.cumsum(ts)))[k]
+        else:
+            cw = np.concatenate(([0], np.cumsum(ws)))[k]
+            cwt = np.concatenate(([0.0], np.cumsum(ws * ts)))[k]
+        out += sign * (t * cw - cwt)
     return out
 
 
@@ -371,12 +411,13 @@ def _timeseries(log: RequestLog, m: dict[str, np.ndarray], makespan: float, repl
     width = span / n
     arr = log.requests.arrival_s
     leave = np.where(log.status == COMPLETED, log.finish_s, arr)
-    ones = np.ones(arr.size)
-    out_i = _integral(edges, arr, leave, ones)
-    st, en = m["start_s"], m["start_s"] + m["dur_s"]
-    run_i = _integral(edges, st, en, m["running"].astype(float))
-    busy_i = _integral(edges, st, en, np.full(st.size, 1.0 / pp))  # each of pp stages: dur / pp
-    kv_i = _integral(edges, st, en, m["kv_blocks_engine"].astype(float))  # engines overlap: their sum
+    out_i = _integral(edges, arr, leave, 1.0)
+    del leave
+    st = m["start_s"]
+    en = st + m["dur_s"]
+    run_i = _integral(edges, st, en, m["running"])
+    busy_i = _integral(edges, st, en, 1.0 / pp)  # each of pp stages: dur / pp
+    kv_i = _integral(edges, st, en, m["kv_blocks_engine"])  # engines overlap: their sum
     avg = lambda x: np.diff(x) / width
     outstanding = avg(out_i)
     running = avg(run_i)

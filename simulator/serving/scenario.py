@@ -14,23 +14,32 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hwmodels.errors import InputError, from_validation, load_mapping
 from hwmodels.spec import KV_FORMATS, WEIGHT_FORMATS
 
+MAX_TOKENS = 10_000_000  # tokens of one request: the longest context of any released model (Llama 4 Scout)
+MAX_REQUESTS = 100_000_000
+MAX_SEED = 2**63 - 1
+MAX_SLO_MS = 1e9  # about 11.6 days
 STACK_NAMES = ("vllm", "vllm-v1", "vllm-v0", "sglang", "sglang-v0.4", "sglang-v0.3", "trtllm", "trtllm-v0")
 SCHEDULER_NAMES = ("static", "continuous", "chunked", "prefill_first", "mixed")  # schedulers.SCHEDULERS
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """No unknown fields; numbers are numbers (not booleans or strings) and finite."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Fixed(Strict):
     dist: Literal["fixed"]
-    value: int = Field(gt=0)
+    value: int = Field(gt=0, le=MAX_TOKENS)
+
+    def expected(self) -> float | None:
+        return float(self.value)
 
 
 class Uniform(Strict):
     dist: Literal["uniform"]
-    low: int = Field(gt=0)
-    high: int = Field(gt=0)
+    low: int = Field(gt=0, le=MAX_TOKENS)
+    high: int = Field(gt=0, le=MAX_TOKENS)
 
     @model_validator(mode="after")
     def _order(self) -> Uniform:
@@ -38,16 +47,26 @@ class Uniform(Strict):
             raise ValueError("high must be >= low")
         return self
 
+    def expected(self) -> float | None:
+        return (self.low + self.high) / 2
+
 
 class Lognormal(Strict):
     dist: Literal["lognormal"]
-    mean: float = Field(gt=0, description="mean length in tokens")
+    mean: float = Field(ge=1, le=MAX_TOKENS, description="mean length in tokens")
     sigma: float = Field(ge=0, le=5, description="sigma of the log of the length")
-    max: int | None = Field(default=None, gt=0, description="clip lengths above this")
+    max: int | None = Field(default=None, gt=0, le=MAX_TOKENS, description="clip lengths above this")
+
+    def expected(self) -> float | None:
+        """The mean, or the clip when it is lower (an upper bound on the clipped mean)."""
+        return float(min(self.mean, self.max)) if self.max else float(self.mean)
 
 
 class FromTrace(Strict):
     dist: Literal["trace"]
+
+    def expected(self) -> float | None:
+        return None  # known only once the trace is read
 
 
 class Empirical(Strict):
@@ -58,7 +77,11 @@ class Empirical(Strict):
     repeated if more requests than rows), as `vllm bench serve` samples its dataset."""
 
     dist: Literal["empirical"]
-    path: str = Field(description="CSV (prompt_len,output_len) or JSONL file, relative to the scenario file")
+    path: str = Field(max_length=4096, description="CSV (prompt_len,output_len) or JSONL file, relative to the "
+                      "scenario file")
+
+    def expected(self) -> float | None:
+        return None  # known only once the file is read (which column is asked is not known here)
 
 
 Length = Annotated[Fixed | Uniform | Lognormal | FromTrace | Empirical, Field(discriminator="dist")]
@@ -66,10 +89,10 @@ Length = Annotated[Fixed | Uniform | Lognormal | FromTrace | Empirical, Field(di
 
 class Arrival(Strict):
     process: Literal["poisson", "gamma", "burst", "trace"] = "poisson"
-    rate: float | None = Field(default=None, gt=0, description="requests per second")
-    cv: float = Field(default=1.0, gt=0, description="gamma: coefficient of variation of gaps")
+    rate: float | None = Field(default=None, ge=1e-6, le=1e9, description="requests per second")
+    cv: float = Field(default=1.0, ge=0.01, le=100, description="gamma: coefficient of variation of gaps")
     path: str | None = Field(default=None, description="trace: CSV or JSONL file")
-    time_scale: float = Field(default=1.0, gt=0, description="trace: multiply arrival times")
+    time_scale: float = Field(default=1.0, ge=1e-6, le=1e6, description="trace: multiply arrival times")
 
     @model_validator(mode="after")
     def _need(self) -> Arrival:
@@ -83,13 +106,13 @@ class Arrival(Strict):
 class Prefix(Strict):
     """Shared prompt prefixes (system prompts, multi-turn chat): prefix caching matters."""
 
-    groups: int = Field(default=1, ge=1, description="distinct shared prefixes")
-    length: int = Field(gt=0, description="tokens of each shared prefix (part of the prompt)")
+    groups: int = Field(default=1, ge=1, le=1_000_000, description="distinct shared prefixes")
+    length: int = Field(gt=0, le=MAX_TOKENS, description="tokens of each shared prefix (part of the prompt)")
     fraction: float = Field(default=1.0, ge=0, le=1, description="share of requests that carry one")
 
 
 class Workload(Strict):
-    num_requests: int = Field(default=1000, gt=0, le=100_000_000)
+    num_requests: int = Field(default=1000, gt=0, le=MAX_REQUESTS)
     arrival: Arrival = Arrival(process="burst")
     prompt_len: Length = Fixed(dist="fixed", value=512)
     output_len: Length = Fixed(dist="fixed", value=128)
@@ -110,7 +133,8 @@ class Overheads(Strict):
     host.step_overhead_us."""
 
     request_in_ms: float = Field(default=0.0, ge=0, le=60_000, description="per request, on its way in: HTTP, "
-                                 "chat template, tokenisation, hand-over to the engine (api_server only)")
+                                 "chat template, tokenisation, hand-over to the engine (api_server only); each "
+                                 "request's is drawn uniformly on [0, 2 x this]")
     request_out_ms: float = Field(default=0.0, ge=0, le=60_000, description="per token delivered, on its way out: "
                                   "hand-back, detokenisation, streaming to the client (api_server only); a delay, "
                                   "so it moves TTFT and E2E but not the gaps between tokens")
@@ -140,7 +164,7 @@ class Serving(Strict):
     router: Literal["round_robin", "least_outstanding"] = "round_robin"
     block_size: int = Field(default=16, gt=0, le=1024, description="KV-cache block in tokens")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="share of memory for weights+KV")
-    activation_reserve_gb: float = Field(default=1.0, ge=0, description="kept free for activations")
+    activation_reserve_gb: float = Field(default=1.0, ge=0, le=100_000, description="kept free for activations")
     preemption: Literal["recompute", "swap"] = "recompute"
     prefix_caching: bool = False
     weight_dtype: Literal[WEIGHT_FORMATS] | None = Field(  # type: ignore[valid-type]
@@ -153,7 +177,7 @@ class Serving(Strict):
     moe_imbalance: float = Field(default=1.0, ge=1.0, le=64.0, description="with ep > 1: the busiest device's "
                                  "routed tokens over the mean from skewed expert popularity (1: uniform; the "
                                  "spread of random routing in small batches is added on top)")
-    max_queue: int | None = Field(default=None, gt=0, description="reject arrivals beyond this queue length")
+    max_queue: int | None = Field(default=None, gt=0, le=MAX_REQUESTS, description="reject arrivals beyond this queue length")
     async_scheduling: bool = Field(
         default=False, description="the host prepares the next step while the device runs this one (vLLM's "
         "async scheduling, SGLang's and TensorRT-LLM's overlap schedulers)"
@@ -176,7 +200,7 @@ class Serving(Strict):
     memory_fraction_of: Literal["total", "free"] = Field(
         default="total", description="gpu_memory_utilization is a share of the device's memory for weights + KV "
         "(vLLM, SGLang) or of the memory left free after the weights, for KV (TensorRT-LLM)")
-    max_model_len: int | None = Field(default=None, gt=0, le=100_000_000, description="longest prompt + output "
+    max_model_len: int | None = Field(default=None, gt=0, le=MAX_TOKENS, description="longest prompt + output "
                                       "served (longer requests are rejected); None: the model's context length")
     api_server: bool = Field(default=True, description="requests come through the stack's HTTP server (its "
                              "request_in_ms/request_out_ms); false: an offline engine (vLLM's LLM class, "
@@ -185,11 +209,11 @@ class Serving(Strict):
 
 
 class Slo(Strict):
-    ttft_ms: float | None = Field(default=None, gt=0, description="per-request TTFT bound (goodput)")
-    tpot_ms: float | None = Field(default=None, gt=0, description="per-request TPOT bound (goodput)")
-    e2e_ms: float | None = Field(default=None, gt=0)
-    p99_ttft_ms: float | None = Field(default=None, gt=0)
-    p99_tpot_ms: float | None = Field(default=None, gt=0)
+    ttft_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS, description="per-request TTFT bound (goodput)")
+    tpot_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS, description="per-request TPOT bound (goodput)")
+    e2e_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
+    p99_ttft_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
+    p99_tpot_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
 
 
 class Scenario(Strict):
@@ -200,7 +224,7 @@ class Scenario(Strict):
     serving: Serving = Serving()
     workload: Workload = Workload()
     slo: Slo | None = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
 
 
 def local_path(value: Any, base_dir: Path) -> Any:

@@ -9,20 +9,33 @@ requests whatever the engine does with them.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
-from hwmodels.errors import InputError
-from simulator.serving.scenario import Empirical, Fixed, FromTrace, Lognormal, Uniform, Workload
+from hwmodels.errors import InputError, open_regular
+from simulator.serving.scenario import (
+    MAX_TOKENS,
+    Empirical,
+    Fixed,
+    FromTrace,
+    Lognormal,
+    Uniform,
+    Workload,
+)
 
 # Column names a trace may use: ours, then the Azure LLM inference trace's.
 ARRIVAL_COLS = ("arrival_s", "TIMESTAMP")
 PROMPT_COLS = ("prompt_len", "ContextTokens")
 OUTPUT_COLS = ("output_len", "GeneratedTokens")
+MAX_TRACE_S = 1e9         # a trace spans at most ~32 years of arrivals
+MAX_LINE_BYTES = 1 << 20  # one row of a trace
 
 
 @dataclass(frozen=True)
@@ -30,10 +43,10 @@ class Requests:
     """The requests of a run, sorted by arrival. Index i is the request's id everywhere."""
 
     arrival_s: np.ndarray    # float64, seconds from the start of the run
-    prompt_len: np.ndarray   # int64, full prompt including any shared prefix
-    output_len: np.ndarray   # int64, tokens to generate (>= 1)
-    prefix_id: np.ndarray    # int64, shared-prefix group or -1
-    prefix_len: np.ndarray   # int64, tokens of the shared prefix (0 if none)
+    prompt_len: np.ndarray   # int32 (at most MAX_TOKENS), full prompt including any shared prefix
+    output_len: np.ndarray   # int32, tokens to generate (>= 1)
+    prefix_id: np.ndarray    # int32, shared-prefix group or -1
+    prefix_len: np.ndarray   # int32, tokens of the shared prefix (0 if none)
 
     def __len__(self) -> int:
         return int(self.arrival_s.size)
@@ -59,14 +72,14 @@ def _pick(header: list[str], names: tuple[str, ...]) -> str | None:
     return None
 
 
-def _numbers(path: str, col: str, values: list, lines: list[int], integer: bool) -> np.ndarray:
-    """Column values as numbers >= 0; the first bad one raises an InputError with its line."""
-    allowed = "an integer >= 0" if integer else "a number >= 0"
+def _numbers(path: str, col: str, values: list, lines: list[int], integer: bool, hi: float) -> np.ndarray:
+    """Column values as numbers in [0, hi]; the first bad one raises an InputError with its line."""
+    allowed = f"an integer >= 0 and <= {hi:,.0f}" if integer else f"a number >= 0 and <= {hi:g}"
     try:
         arr = np.asarray(values, dtype=np.float64)
         ok = arr.ndim == 1 and arr.size == len(values)  # a JSON list in a cell is not a number
-        ok = ok and bool(np.all(np.isfinite(arr)) and np.all(arr >= 0))
-    except (TypeError, ValueError):
+        ok = ok and bool(np.all(np.isfinite(arr)) and np.all(arr >= 0) and np.all(arr <= hi))
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if ok and integer and not np.all(arr == np.floor(arr)):
         ok = False
@@ -75,9 +88,9 @@ def _numbers(path: str, col: str, values: list, lines: list[int], integer: bool)
     for v, ln in zip(values, lines, strict=True):  # slow path only to name the bad row
         try:
             x = float(v)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             x = float("nan")
-        if isinstance(v, bool) or not math.isfinite(x) or x < 0 or (integer and x != math.floor(x)):
+        if isinstance(v, bool) or not math.isfinite(x) or not 0 <= x <= hi or (integer and x != math.floor(x)):
             raise InputError(path, f"{col} (line {ln})", f"got {str(v)[:40]!r}; must be {allowed}")
     raise InputError(path, col, f"must be {allowed}")  # pragma: no cover
 
@@ -93,7 +106,7 @@ def _is_number(v: str) -> bool:
 def _times(path: str, col: str, values: list, lines: list[int]) -> np.ndarray:
     """Arrival times: numbers of seconds, or datetime strings (the Azure trace's TIMESTAMP)."""
     try:
-        return _numbers(path, col, values, lines, integer=False)
+        return _numbers(path, col, values, lines, integer=False, hi=MAX_TRACE_S)
     except InputError:
         if not values or not all(isinstance(v, str) for v in values) or _is_number(values[0]):
             raise  # a column of seconds with a bad value; date-times are tried only for dates
@@ -111,51 +124,46 @@ def _times(path: str, col: str, values: list, lines: list[int]) -> np.ndarray:
     if np.any(np.isnat(t)):
         ln = lines[int(np.argmax(np.isnat(t)))]
         raise InputError(path, f"{col} (line {ln})", "empty time; must be seconds >= 0 or a date-time")
-    return (t - t.min()).astype(np.int64) / 1e9
+    s = (t - t.min()).astype(np.int64) / 1e9
+    if s.max() > MAX_TRACE_S:
+        raise InputError(path, col, f"spans {s.max():.3g} s; at most {MAX_TRACE_S:g} s allowed")
+    return s
 
 
-def _read_rows(path: str, limit: int | None, what: str) -> tuple[list[dict], list[int], list[str]]:
-    """The rows of a CSV (header row) or JSONL (one object per line) file, their line numbers and
-    the column names; the first `limit` rows."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(path, "", f"{what} file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(path, "", f"cannot read {what}: {e.__class__.__name__}") from None
-    rows: list[dict] = []
-    lines: list[int] = []
-    jsonl = p.suffix.lower() in (".jsonl", ".ndjson", ".json") or text.lstrip().startswith("{")
-    if jsonl:
-        for ln, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            if limit is not None and len(rows) >= limit:
-                break
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                raise InputError(path, f"line {ln}", f"not a JSON object; a JSONL {what} has one object per line") \
-                    from None
-            if not isinstance(obj, dict):
-                raise InputError(path, f"line {ln}", f"not a JSON object; a JSONL {what} has one object per line")
-            rows.append(obj)
-            lines.append(ln)
-        header = list(rows[0].keys()) if rows else []
-    else:
-        reader = csv.reader(text.splitlines())
-        header = [h.strip() for h in next(reader, [])]
-        for ln, rec in enumerate(reader, start=2):
-            if not rec or all(not c.strip() for c in rec):
-                continue
-            if limit is not None and len(rows) >= limit:
-                break
-            if len(rec) < len(header):
-                raise InputError(path, f"line {ln}", f"has {len(rec)} columns, the header has {len(header)}")
-            rows.append({h: rec[i].strip() for i, h in enumerate(header)})
-            lines.append(ln)
-    return rows, lines, header
+def _lines(f: IO[bytes], path: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a trace file, one line at a time: a trace may be far longer than
+    the rows a run needs, and a line may not be longer than MAX_LINE_BYTES."""
+    for ln, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), start=1):
+        if len(raw) > MAX_LINE_BYTES:
+            raise InputError(path, f"line {ln}", f"longer than {MAX_LINE_BYTES:,} bytes")
+        try:
+            yield ln, raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise InputError(path, f"line {ln}", "not UTF-8 text") from None
+
+
+def read_trace(path: str, limit: int | None = None) -> Trace:
+    """A CSV (header row) or JSONL (one object per line) trace; the first `limit` rows."""
+    with open_regular(path, "trace file") as f:
+        return _read_rows(_lines(f, path), path, Path(path).suffix.lower(), limit)
+
+
+def read_lengths(path: str, which: str) -> np.ndarray:
+    """The `which` column (prompt_len or output_len; also the Azure names) of a length file of
+    (prompt, output) pairs, CSV or JSONL, each length >= 1."""
+    with open_regular(path, "length file") as f:
+        rows, lines, header = _parse(_lines(f, path), path, Path(path).suffix.lower(), None, "length file")
+    names = PROMPT_COLS if which == "prompt_len" else OUTPUT_COLS
+    if not rows:
+        raise InputError(path, "", "empty length file: needs a header and rows of prompt_len,output_len")
+    c = _pick(header, names)
+    if c is None:
+        raise InputError(path, which, f"missing column; allowed: {' or '.join(names)} (found: {', '.join(header[:8])})")
+    x = _numbers(path, c, _column(path, rows, lines, c), lines, integer=True, hi=MAX_TOKENS).astype(np.int64)
+    if np.any(x < 1):
+        ln = lines[int(np.argmax(x < 1))]
+        raise InputError(path, f"{c} (line {ln})", "got 0; a length must be >= 1")
+    return x
 
 
 def _column(path: str, rows: list[dict], lines: list[int], col: str) -> list:
@@ -167,9 +175,58 @@ def _column(path: str, rows: list[dict], lines: list[int], col: str) -> list:
     return out
 
 
-def read_trace(path: str, limit: int | None = None) -> Trace:
-    """A CSV (header row) or JSONL (one object per line) trace; the first `limit` rows."""
-    rows, lines, header = _read_rows(path, limit, "trace")
+def _parse(numbered: Iterator[tuple[int, str]], path: str, suffix: str, limit: int | None,
+           what: str = "trace") -> tuple[list[dict], list[int], list[str]]:
+    """The rows of a CSV (header row) or JSONL (one object per line) file, their line numbers and
+    the column names; the first `limit` rows."""
+    rows: list[dict] = []
+    lines: list[int] = []
+    first = next(((ln, t) for ln, t in numbered if t.strip()), None)  # leading blank lines skipped
+    numbered = itertools.chain([first] if first else [], numbered)
+    if suffix in (".jsonl", ".ndjson", ".json") or (first is not None and first[1].lstrip().startswith("{")):
+        for ln, line in numbered:
+            if not line.strip():
+                continue
+            if limit is not None and len(rows) >= limit:
+                break
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                raise InputError(path, f"line {ln}", f"not a JSON object; a JSONL {what} has one object per line") \
+                    from None
+            if not isinstance(obj, dict):
+                raise InputError(path, f"line {ln}", f"not a JSON object; a JSONL {what} has one object per line")
+            rows.append(obj)
+            lines.append(ln)
+        header = list(rows[0].keys()) if rows else []
+    else:
+        at = [1]  # the line csv.reader is on (it sees text only)
+
+        def texts() -> Iterator[str]:
+            for ln, text in numbered:
+                at[0] = ln
+                yield text
+
+        reader = csv.reader(texts())
+        try:
+            header = [h.strip() for h in next(reader, [])]
+            for rec in reader:
+                ln = at[0]
+                if not rec or all(not c.strip() for c in rec):
+                    continue
+                if limit is not None and len(rows) >= limit:
+                    break
+                if len(rec) < len(header):
+                    raise InputError(path, f"line {ln}", f"has {len(rec)} columns, the header has {len(header)}")
+                rows.append({h: rec[i].strip() for i, h in enumerate(header)})
+                lines.append(ln)
+        except csv.Error as e:
+            raise InputError(path, f"line {at[0]}", f"not valid CSV: {e}") from None
+    return rows, lines, header
+
+
+def _read_rows(numbered: Iterator[tuple[int, str]], path: str, suffix: str, limit: int | None) -> Trace:
+    rows, lines, header = _parse(numbered, path, suffix, limit)
     if not rows:
         raise InputError(path, "", "empty trace: no requests; needs a header and rows with "
                          "arrival_s,prompt_len,output_len (or TIMESTAMP,ContextTokens,GeneratedTokens)")
@@ -178,29 +235,16 @@ def read_trace(path: str, limit: int | None = None) -> Trace:
         raise InputError(path, "arrival_s", f"missing column; allowed: {' or '.join(ARRIVAL_COLS)} "
                          f"(found: {', '.join(header[:8])})")
 
-    t = _times(path, a_col, _column(path, rows, lines, a_col), lines)
+    def column(col: str) -> list:
+        return _column(path, rows, lines, col)
+
+    t = _times(path, a_col, column(a_col), lines)
     lens = []
     for cols in (PROMPT_COLS, OUTPUT_COLS):
         c = _pick(header, cols)
         lens.append(None if c is None else
-                    _numbers(path, c, _column(path, rows, lines, c), lines, integer=True).astype(np.int64))
+                    _numbers(path, c, column(c), lines, integer=True, hi=MAX_TOKENS).astype(np.int64))
     return Trace(t - t.min(), lens[0], lens[1])
-
-
-def read_lengths(path: str, which: str) -> np.ndarray:
-    """The `which` column (prompt_len or output_len; also the Azure names) of a length file, each >= 1."""
-    rows, lines, header = _read_rows(path, None, "length")
-    names = PROMPT_COLS if which == "prompt_len" else OUTPUT_COLS
-    if not rows:
-        raise InputError(path, "", "empty length file: needs a header and rows of prompt_len,output_len")
-    c = _pick(header, names)
-    if c is None:
-        raise InputError(path, which, f"missing column; allowed: {' or '.join(names)} (found: {', '.join(header[:8])})")
-    x = _numbers(path, c, _column(path, rows, lines, c), lines, integer=True).astype(np.int64)
-    if np.any(x < 1):
-        ln = lines[int(np.argmax(x < 1))]
-        raise InputError(path, f"{c} (line {ln})", "got 0; a length must be >= 1")
-    return x
 
 
 # -- sampling ------------------------------------------------------------------------------------
@@ -259,6 +303,8 @@ def make_requests(workload: Workload, seed: int, where: str = "workload") -> Req
     else:  # gamma gaps with mean 1/rate and coefficient of variation cv: shape 1/cv^2
         k = 1.0 / arr.cv ** 2
         t = np.cumsum(rng.gamma(k, 1.0 / (arr.rate * k), size=n))
+    if not np.all(np.isfinite(t)):  # the schema's bounds keep times finite; the engine relies on it
+        raise InputError(where, "workload.arrival", "arrival times overflow; use a higher rate or a smaller time_scale")
     pl, ol = workload.prompt_len, workload.output_len
     rows = None  # one file of pairs for both: each request takes both lengths from one row
     if isinstance(pl, Empirical) and isinstance(ol, Empirical) and Path(pl.path).resolve() == Path(ol.path).resolve():
@@ -277,8 +323,9 @@ def make_requests(workload: Workload, seed: int, where: str = "workload") -> Req
     order = np.argsort(t, kind="stable")
     if np.any(order != np.arange(n)):
         t, prompt, output, prefix_id, prefix_len = (x[order] for x in (t, prompt, output, prefix_id, prefix_len))
-    return Requests(np.ascontiguousarray(t, dtype=np.float64), prompt.astype(np.int64), output.astype(np.int64),
-                    prefix_id.astype(np.int64), prefix_len.astype(np.int64))
+    # int32: lengths are at most MAX_TOKENS (10M), and 10M requests take 40 MB less than as int64
+    return Requests(np.ascontiguousarray(t, dtype=np.float64), prompt.astype(np.int32), output.astype(np.int32),
+                    prefix_id.astype(np.int32), prefix_len.astype(np.int32))
 
 
 __all__ = ["Requests", "Trace", "make_requests", "read_trace", "read_lengths"]

@@ -24,6 +24,7 @@ from simulator.moment.cost import StepModel, step_model
 from simulator.moment.memory import check_fits
 from simulator.moment.model import ModelSpec
 from simulator.moment.ops import CATEGORIES, Batch, Dtypes
+from simulator.reports.outdir import out_dir, write_error
 from simulator.reports.tables import write_rows
 
 MAX_VALUE = 1 << 20  # a larger prompt or batch would only build huge cost tables, never a real step
@@ -209,15 +210,14 @@ def plot(res: dict[str, Any], path: Path) -> None:
 def cmd_curves(args: argparse.Namespace) -> int:
     lists = [parse_list(getattr(args, f), f"--{f}") for f in ("batch", "context", "prompt")]
     model, hw, dt = _resolve(args)
-    res = compute(model, hw, args.tp, args.pp, args.mode, dt, *lists, kernels=getattr(args, "kernels", "fused"))
-    if args.out:
-        out = Path(args.out)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            write_csv(res, out / "curves.csv")
-        except OSError as e:
-            raise InputError("--out", str(out), f"cannot write: {e.strerror or e.__class__.__name__}") from None
-        plot(res, out / "curves.png")
+    with out_dir(Path(args.out) if args.out else None) as out:  # a bad --out fails before the work
+        res = compute(model, hw, args.tp, args.pp, args.mode, dt, *lists, kernels=getattr(args, "kernels", "fused"))
+        if out is not None:
+            try:
+                write_csv(res, out / "curves.csv")
+                plot(res, out / "curves.png")
+            except OSError as e:
+                raise write_error(e, out) from None
     print(json.dumps(res) if args.json else table(res))
     if args.out and not args.json:
         print(f"\nwrote {out / 'curves.csv'} and {out / 'curves.png'}")

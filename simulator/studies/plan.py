@@ -42,12 +42,8 @@ from simulator.moment.model import ModelSpec, load_model
 from simulator.moment.ops import Batch, Dtypes
 from simulator.reports.progress import Progress
 from simulator.serving.scenario import (
-    Fixed,
-    FromTrace,
-    Lognormal,
     Scenario,
     Serving,
-    Uniform,
     local_path,
 )
 from simulator.studies.plan_schema import Candidate, Plan, PlanSlo
@@ -200,15 +196,10 @@ def _f(v: Any, spec: str) -> str:
 # -- theory ----------------------------------------------------------------------------------------
 def mean_len(spec: Any) -> float:
     """Mean of a length distribution (a trace has none: the planner needs a drawn workload)."""
-    if isinstance(spec, Fixed):
-        return float(spec.value)
-    if isinstance(spec, Uniform):
-        return (spec.low + spec.high) / 2
-    if isinstance(spec, Lognormal):
-        return float(min(spec.mean, spec.max)) if spec.max else float(spec.mean)
-    if isinstance(spec, FromTrace):
+    mean = spec.expected()
+    if mean is None:
         raise InputError("workload", "prompt_len/output_len", "a plan needs drawn lengths, not dist: trace")
-    raise TypeError(spec)
+    return mean
 
 
 def decode_bound(model: ModelSpec, hw: Hardware, tp: int, pp: int, mode: str, dt: Dtypes, batch: int,

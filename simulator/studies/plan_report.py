@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from simulator.reports.metrics import clean
+from simulator.reports.outdir import out_dir, write_error
 from simulator.reports.tables import aligned, write_rows
 from simulator.studies.plan import ConfigStatus, PlanResult, _f, _get, evaluate, run_plan
 from simulator.studies.plan_schema import load_plan
@@ -319,9 +320,12 @@ def to_json(res: PlanResult, files: dict[str, str]) -> dict[str, Any]:
 def cmd_plan(args: argparse.Namespace) -> int:
     path = Path(args.plan)
     plan = load_plan(path, args.rate, args.slo)
-    res = run_plan(plan, path.parent)
-    out = Path(args.out) if args.out else path.parent / "out" / path.stem
-    files = write_outputs(res, out)
+    with out_dir(Path(args.out) if args.out else path.parent / "out" / path.stem) as out:  # checked first
+        res = run_plan(plan, path.parent)
+        try:
+            files = write_outputs(res, out)
+        except OSError as e:
+            raise write_error(e, out) from None
     if args.json:
         print(json.dumps(to_json(res, files), default=_jsonable))
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -14,6 +14,8 @@ from hwmodels.errors import InputError, from_validation, load_mapping
 from hwmodels.load import load_hardware
 from simulator.moment.model import load_model
 from simulator.serving.scenario import (
+    MAX_SEED,
+    MAX_SLO_MS,
     SCHEDULER_NAMES,
     FromTrace,
     Serving,
@@ -23,36 +25,35 @@ from simulator.serving.scenario import (
     local_path,
 )
 
+Degree = Annotated[int, Field(ge=1, le=1024)]  # tp or pp
+
 
 # -- the PLAN.yaml schema ------------------------------------------------------------------------
 class Candidate(Strict):
     hardware: str = Field(description="preset name, hardware YAML or profile JSON")
-    price_per_hour: float | None = Field(default=None, ge=0, description="USD per device-hour; default: the hardware's")
+    price_per_hour: float | None = Field(default=None, ge=0, le=10_000,
+                                         description="USD per device-hour; default: the hardware's")
 
 
 class Search(Strict):
-    tp: list[int] = Field(default=[1], min_length=1)
-    pp: list[int] = Field(default=[1], min_length=1)
-    replicas: list[int] | None = Field(default=None, min_length=1, description="replica counts to allow")
+    tp: list[Degree] = Field(default=[1], min_length=1, max_length=64)
+    pp: list[Degree] = Field(default=[1], min_length=1, max_length=64)
+    replicas: list[Annotated[int, Field(ge=1, le=100_000)]] | None = Field(
+        default=None, min_length=1, max_length=1000, description="replica counts to allow")
     max_replicas: int = Field(default=16, ge=1, le=100_000, description="when replicas is not listed: 1..max")
-    max_batch_size: list[int] = Field(default=[64], min_length=1)
-    scheduler: list[Literal[SCHEDULER_NAMES]] = Field(default=["continuous"], min_length=1)  # type: ignore[valid-type]
-
-    @model_validator(mode="after")
-    def _positive(self) -> Search:
-        for name in ("tp", "pp", "replicas", "max_batch_size"):
-            bad = [v for v in getattr(self, name) or [] if v < 1]
-            if bad:
-                raise ValueError(f"{name} values must be >= 1, got {bad[0]}")
-        return self
+    max_batch_size: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default=[64], min_length=1, max_length=64)
+    scheduler: list[Literal[SCHEDULER_NAMES]] = Field(default=["continuous"], min_length=1,  # type: ignore[valid-type]
+                                                      max_length=len(SCHEDULER_NAMES))
 
 
 class PlanSlo(Strict):
-    p99_ttft_ms: float | None = Field(default=None, gt=0)
-    p99_tpot_ms: float | None = Field(default=None, gt=0)
+    p99_ttft_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
+    p99_tpot_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
     goodput: float | None = Field(default=None, gt=0, le=1, description="share of requests within ttft_ms/tpot_ms")
-    ttft_ms: float | None = Field(default=None, gt=0, description="per-request TTFT bound of goodput (default p99_ttft_ms)")
-    tpot_ms: float | None = Field(default=None, gt=0, description="per-request TPOT bound of goodput (default p99_tpot_ms)")
+    ttft_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS,
+                                  description="per-request TTFT bound of goodput (default p99_ttft_ms)")
+    tpot_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS,
+                                  description="per-request TPOT bound of goodput (default p99_tpot_ms)")
     headroom: float = Field(default=0.1, ge=0, le=0.9, description=(
         "keep the answer this share below every limit: p99s at most (1 - headroom) x their bound, "
         "goodput misses at most (1 - headroom) x the misses allowed"))
@@ -77,10 +78,10 @@ class Plan(Strict):
     model: str
     workload: Workload
     slo: PlanSlo
-    candidates: list[Candidate] = Field(min_length=1)
+    candidates: list[Candidate] = Field(min_length=1, max_length=100)
     search: Search = Search()
     serving: dict[str, Any] = Field(default_factory=dict, description="fixed serving fields")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     seeds: int = Field(default=3, ge=3, le=100, description=(
         "an answer must meet the SLO under each of the seeds seed, seed+1, ..., seed+seeds-1"))
     rate_steps: int = Field(default=5, ge=0, le=20, description="bisection steps for the highest sustainable rate")

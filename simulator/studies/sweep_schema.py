@@ -4,14 +4,18 @@ seeds; and the records of a point and of a whole sweep."""
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from simulator.serving.scenario import Scenario, Strict
+from simulator.serving.scenario import MAX_SEED, Scenario, Strict
+
+MAX_POINTS = 20_000  # points of one sweep: counted before any is built (a grid can be 10^9)
 
 
 # -- the SWEEP.yaml schema -----------------------------------------------------------------------
@@ -21,9 +25,9 @@ class Range(Strict):
     is 1, 2, 4, 8: a tp of 2.0 would not validate), otherwise values are floats."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    from_: int | float = Field(alias="from")
-    to: int | float
-    steps: int = Field(ge=1, le=100_000)
+    from_: int | float = Field(alias="from", ge=-1e15, le=1e15)
+    to: int | float = Field(ge=-1e15, le=1e15)
+    steps: int = Field(ge=1, le=MAX_POINTS)
     log: bool = False
 
     @model_validator(mode="after")
@@ -54,7 +58,8 @@ class Sweep(Strict):
     grid: dict[str, list[Any] | Range] = Field(default_factory=dict, description="dotted path -> values")
     points: list[dict[str, Any]] = Field(default_factory=list, description="explicit points: dotted path -> value")
     repeats: int = Field(default=1, ge=1, le=10_000, description="run each point with seeds seed, seed+1, ...")
-    seeds: list[int] | None = Field(default=None, description="run each point once per seed")
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] | None = Field(
+        default=None, description="run each point once per seed")
 
     @field_validator("grid")
     @classmethod
@@ -121,25 +126,34 @@ class SweepResult:
         return self.count(Status.ERROR)
 
 
-def expand(sw: Sweep, base_seed: int = 0) -> list[dict[str, Any]]:
-    """The overrides of every point: explicit points x grid product x seeds, in that order.
-    `repeats: n` runs seeds base_seed .. base_seed + n - 1; `seeds:` lists them outright."""
+def _axes(sw: Sweep) -> tuple[list[str], list[list[Any]], list[int] | None]:
     keys = list(sw.grid)
     values = [g.values() if isinstance(g, Range) else list(g) for g in sw.grid.values()]
-    combos = [dict(zip(keys, c, strict=True)) for c in itertools.product(*values)]
-    out: list[dict[str, Any]] = []
-    for p in sw.points or [{}]:
-        for c in combos:
-            both = set(p) & set(c)
-            if both:
-                raise ValueError(f"{sorted(both)[0]} is set in both grid and points")
-            out.append({**p, **c})
-    if sw.seeds is not None:
-        seeds = sw.seeds
-    elif sw.repeats > 1:
+    return keys, values, sw.seeds
+
+
+def count_points(sw: Sweep) -> int:
+    """How many points expand() yields, without building them."""
+    _, values, seeds = _axes(sw)
+    n_seeds = len(seeds) if seeds is not None else sw.repeats
+    return len(sw.points or [{}]) * math.prod(len(v) for v in values) * n_seeds
+
+
+def expand(sw: Sweep, base_seed: int = 0) -> Iterator[dict[str, Any]]:
+    """The overrides of every point, one at a time: explicit points x grid product x seeds, in
+    that order. `repeats: n` runs seeds base_seed .. base_seed + n - 1; `seeds:` lists them."""
+    keys, values, seeds = _axes(sw)
+    if seeds is None and sw.repeats > 1:
         seeds = [base_seed + i for i in range(sw.repeats)]
-    else:
-        return out
-    if any("seed" in o for o in out):
-        raise ValueError("seed is swept and also set by repeats/seeds")
-    return [{**o, "seed": s} for o in out for s in seeds]
+    for p in sw.points or [{}]:
+        both = set(p) & set(keys)
+        if both:
+            raise ValueError(f"{sorted(both)[0]} is set in both grid and points")
+        if seeds is not None and ("seed" in p or "seed" in keys):
+            raise ValueError("seed is swept and also set by repeats/seeds")
+        for combo in itertools.product(*values):
+            o = {**p, **dict(zip(keys, combo, strict=True))}
+            if seeds is None:
+                yield o
+            else:
+                yield from ({**o, "seed": s} for s in seeds)

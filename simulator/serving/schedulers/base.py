@@ -80,22 +80,6 @@ class Moment:
         return Batch(*self.batch)
 
 
-def chunk_sums(chunks: list[tuple[Prefill, int]]) -> tuple[int, float, int, int]:
-    """A step's prompt chunks as batch aggregates: new tokens, causal query-key pairs, tokens
-    cached before them, and how many end their prefill (each a logit row)."""
-    pt = 0
-    pairs = 0.0
-    pc = 0
-    completing = 0
-    for st, ln in chunks:
-        c = st.done
-        pt += ln
-        pairs += ln * c + ln * (ln + 1) / 2
-        pc += c
-        completing += c + ln == st.target
-    return pt, pairs, pc, completing
-
-
 class Scheduler:
     """The shared state and mechanics of one engine's scheduler; a policy adds `schedule()`."""
 
@@ -122,6 +106,8 @@ class Scheduler:
         self.decode = DecodeSet(serving.block_size)
         self.prefilling: dict[int, Prefill] = {}  # admitted, prompt not yet computed (chunked)
         self.recompute: dict[int, int] = {}       # preempted by recompute: tokens generated so far
+        self.computed: dict[int, int] = {}        # preempted, KV dropped: tokens it had (computed again on return)
+        self.preempted = False                    # a preemption in the step being planned
         self.swapped: dict[int, tuple[int, int]] = {}  # preempted by swap: (tokens cached, generated)
         self.admissions = 0                       # the last admission token handed out
         self.newest: list[tuple[int, int]] = []   # (token, request) in admission order: preemption victims
@@ -239,9 +225,9 @@ class Scheduler:
             own = kv.blocks(target) - pb
             if ln > whole_limit or own > room:
                 return None
-        else:
-            ln = min(target - cached, chunk_room, (pb + room) * bs - cached)
-            if ln <= 0:
+        else:  # vLLM v1: the chunk the token budget allows, if its blocks are free; never a sliver
+            ln = min(target - cached, chunk_room)
+            if kv.blocks(cached + ln) - pb > room:
                 return None
             own = kv.blocks(cached + ln) - pb
         if pid >= 0 and kv.acquire_prefix(pid, pb) == FAIL:  # cannot fail: room counted pb
@@ -271,13 +257,15 @@ class Scheduler:
         self._enter_decode(i, cached, generated, pb, pid)
         return True
 
-    def _chunks(self, rest: int, n_seq: int, split: bool = True) -> list[tuple[Prefill, int]]:
+    def _chunks(self, rest: int, decodes: int, split: bool = True) -> list[tuple[Prefill, int]]:
         """This step's prompt chunks within `rest` tokens, with their blocks: prompts mid-prefill
-        continue first (oldest first), then requests at the head of the queue start while the
-        step holds fewer than max_batch_size sequences (`n_seq` so far). A swapped-out request
-        at the head, or a multi-step block, admits nobody; without `split` a prompt starts only
-        if it fits whole."""
-        kv, bs, pre, w = self.kv, self.block_size, self.prefilling, self.waiting
+        continue first (oldest first; vLLM v1: the chunk the budget allows or none this step,
+        never a sliver of whatever blocks are free), then requests at the head of the queue start
+        while the step holds fewer than max_batch_size sequences (`decodes` of them decode). A
+        swapped-out request at the head, a multi-step block, or a step that had to preempt one
+        (vLLM v1: a new request would take the freed blocks and be the next victim) admits
+        nobody; without `split` a prompt starts only if it fits whole."""
+        kv, pre, w = self.kv, self.prefilling, self.waiting
         chunks: list[tuple[Prefill, int]] = []
         if not pre and not w:  # speed: nothing to prefill (most decode steps)
             return chunks
@@ -285,16 +273,14 @@ class Scheduler:
             if rest <= 0:
                 break
             done = st.done
-            if self.reserve:  # its blocks were reserved at admission
-                ln = min(st.target - done, rest)
-            else:
-                ln = min(st.target - done, rest, (kv.blocks(done) + kv.available) * bs - done)
-                if ln <= 0:
-                    continue
-                kv.alloc(kv.blocks(done + ln) - kv.blocks(done))
+            ln = min(st.target - done, rest)
+            if not self.reserve and not kv.alloc(kv.blocks(done + ln) - kv.blocks(done)):
+                continue  # reserved at admission, or its blocks are not free
             chunks.append((st, ln))
             rest -= ln
-        while rest > 0 and w and n_seq < self.max_batch_size and not self.block_left:
+        n_seq = decodes + len(pre)
+        blocked = self.preempted and (decodes or chunks) or self.block_left
+        while rest > 0 and w and n_seq < self.max_batch_size and not blocked:
             i = w[0]
             if i in self.swapped:  # swapped requests rejoin first, as decodes
                 break
@@ -309,6 +295,24 @@ class Scheduler:
             rest -= ln
             n_seq += 1
         return chunks
+
+    def _chunk_sums(self, chunks: list[tuple[Prefill, int]]) -> tuple[int, float, int, int]:
+        """A step's prompt chunks as batch aggregates: new tokens, causal query-key pairs, tokens
+        cached before them, and how many end their prefill (each a logit row); tokens computed
+        again after a preemption are counted (_recomputed)."""
+        pt = 0
+        pairs = 0.0
+        pc = 0
+        completing = 0
+        for st, ln in chunks:
+            c = st.done
+            pt += ln
+            pairs += ln * c + ln * (ln + 1) / 2
+            pc += c
+            completing += c + ln == st.target
+            if self.computed:
+                self._recomputed(st, ln)
+        return pt, pairs, pc, completing
 
     # -- KV pressure ---------------------------------------------------------------------------------
     def _grow_decode(self) -> None:
@@ -341,6 +345,7 @@ class Scheduler:
                     self.swap_s += (own + pb) * self.swap_s_per_block  # copy out (prefix too, conservatively)
                 else:
                     self.recompute[i] = generated
+                    self.computed[i] = max(cached, self.computed.get(i, 0))
             else:
                 st = pre.get(i)
                 if st is None or st.token != token:
@@ -351,12 +356,27 @@ class Scheduler:
                     kv.release_prefix(st.prefix_id)
                 if st.generated:
                     self.recompute[i] = st.generated
+                self.computed[i] = max(st.done, self.computed.get(i, 0))
             self.waiting.appendleft(i)
             self.requests.preempted(i)
+            self.preempted = True
             if not d.seqs:
                 self.block_left = 0
             return True
         return False
+
+    def _recomputed(self, st: Prefill, tokens: int) -> None:
+        """Count the part of a prefill chunk (`tokens` after st.done) that the request had computed
+        before a preemption dropped its KV: work done twice."""
+        i = st.request
+        had = self.computed.get(i)
+        if had is None:
+            return
+        again = min(st.done + tokens, had) - st.done
+        if again > 0:
+            self.requests.recompute(st.done, again)
+        if st.done + tokens >= had:
+            del self.computed[i]
 
     def _take_swap_s(self) -> float:
         """Swap transfers since the last moment, charged to the one being planned."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from simulator.serving.schedulers.base import DECODE, MIXED, PREFILL, Moment, Scheduler, chunk_sums
+from simulator.serving.schedulers.base import DECODE, MIXED, PREFILL, Moment, Scheduler
 
 if TYPE_CHECKING:
     from simulator.serving.result import RequestLog
@@ -32,6 +32,7 @@ class ChunkedScheduler(Scheduler):
 
     def schedule(self) -> Moment | None:
         d, pre, w, maxb = self.decode, self.prefilling, self.waiting, self.max_batch_size
+        self.preempted = False
         while True:
             while w and w[0] in self.swapped and d.seqs + len(pre) < maxb:
                 if not self._swap_in(w[0], d.seqs + len(pre)):  # back into this step's decodes
@@ -39,7 +40,7 @@ class ChunkedScheduler(Scheduler):
             if d.seqs:
                 self._grow_decode()
             B = d.seqs
-            chunks = self._chunks(self.max_batched_tokens - B, B + len(pre), self.splits_prompts)
+            chunks = self._chunks(self.max_batched_tokens - B, B, self.splits_prompts)
             if not B and not chunks:
                 if pre:  # mid-prefill requests starved of blocks: restart the newest
                     self._preempt_one()
@@ -49,7 +50,7 @@ class ChunkedScheduler(Scheduler):
                 extra, self.swap_s = self.swap_s, 0.0
                 return Moment(DECODE, (B, d.base + B * d.step, 0, 0, 0.0, 0, B), B + len(pre), chunks, extra,
                               self.steps > 1 and self._held_step())
-            pt, pairs, pc, completing = chunk_sums(chunks)
+            pt, pairs, pc, completing = self._chunk_sums(chunks)
             return Moment(PREFILL if not B else MIXED, (B, d.base + B * d.step, len(chunks), pt, pairs, pc,
                                                         B + completing), B + len(pre), chunks, self._take_swap_s())
 

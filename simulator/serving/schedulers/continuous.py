@@ -44,6 +44,8 @@ class ContinuousScheduler(Scheduler):
                         break
                     st, ln = got
                     cached = st.done
+                    if self.computed:
+                        self._recomputed(st, ln)
                     admitted.append(got)
                     pt += ln
                     pairs += ln * cached + ln * (ln + 1) / 2

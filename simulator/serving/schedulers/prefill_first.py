@@ -9,19 +9,20 @@ chunked prefill (chunked.py) without mixing prefills and decodes in one step.
 
 from __future__ import annotations
 
-from simulator.serving.schedulers.base import PREFILL, Moment, Scheduler, chunk_sums
+from simulator.serving.schedulers.base import PREFILL, Moment, Scheduler
 
 
 class PrefillFirstScheduler(Scheduler):
     def schedule(self) -> Moment | None:
         d, pre, w, maxb = self.decode, self.prefilling, self.waiting, self.max_batch_size
+        self.preempted = False
         while True:
             while w and w[0] in self.swapped and d.seqs + len(pre) < maxb:
                 if not self._swap_in(w[0], d.seqs + len(pre)):  # back into the decodes
                     break
-            chunks = self._chunks(self.max_batched_tokens, d.seqs + len(pre))
+            chunks = self._chunks(self.max_batched_tokens, d.seqs)
             if chunks:
-                pt, pairs, pc, completing = chunk_sums(chunks)
+                pt, pairs, pc, completing = self._chunk_sums(chunks)
                 return Moment(PREFILL, (0, 0, len(chunks), pt, pairs, pc, completing), d.seqs + len(pre), chunks,
                               self._take_swap_s())
             if d.seqs:

@@ -195,6 +195,10 @@ class Host(Strict):
     step_overhead_us: float = Field(
         default=300.0, ge=0, le=1_000_000, description="per step: scheduling, input preparation, sampling, sync"
     )
+    speed: float = Field(
+        default=1.0, gt=0, le=100, description="single-thread speed relative to the hosts of the published serving "
+        "runs that a serving stack's overheads were fitted on (simulator/serving/stacks.py): a stack's host work "
+        "takes 1/speed of its fitted time")
 
     @model_validator(mode="after")
     def _op_costs(self) -> Host:

@@ -260,6 +260,15 @@ def test_plan_yaml(tmp_path: Path, data: bytes) -> None:
     expect_ok_or_one_line(load_plan, write(tmp_path, ".yaml", data))
 
 
+@FUZZ
+@given(data=csv_traces() | jsonl_traces() | st.binary(max_size=200), suffix=st.sampled_from([".csv", ".jsonl"]),
+       which=st.sampled_from(["prompt_len", "output_len"]))
+def test_length_file(tmp_path: Path, data: bytes, suffix: str, which: str) -> None:
+    from simulator.serving.workload import read_lengths
+
+    expect_ok_or_one_line(lambda p: read_lengths(p, which), write(tmp_path, suffix, data))
+
+
 # -- every numeric field of every schema, with every kind of hostile value --------------------------
 # The fields are found by walking the pydantic schemas (model_fields), not listed by hand, so a
 # field added tomorrow is fuzzed too. Each hostile value goes into a valid base file in place of
@@ -401,7 +410,8 @@ FUZZ_SCENARIO = {
     "model": "llama-3.2-1b", "hardware": "h100-sxm",
     "serving": {"scheduler": "chunked", "max_batch_size": 8, "max_batched_tokens": 64, "tp": 1, "pp": 1,
                 "replicas": 1, "block_size": 16, "gpu_memory_utilization": 0.9, "activation_reserve_gb": 1.0,
-                "max_queue": 100},
+                "max_queue": 100,
+                "overheads": {"request_in_ms": 1.0, "request_out_ms": 1.0, "step_us": 100.0, "step_seq_us": 1.0}},
     "workload": {"num_requests": 4, "arrival": {"process": "gamma", "rate": 20.0, "cv": 1.0},
                  "prompt_len": {"dist": "uniform", "low": 8, "high": 16},
                  "output_len": {"dist": "lognormal", "mean": 4, "sigma": 0.5, "max": 8},

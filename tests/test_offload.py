@@ -136,7 +136,8 @@ def test_cpu_memory_raises_the_prefix_hit_rate_and_reports_its_transfers():
     assert s["prefix_cache"]["hit_rate"] > plain["prefix_cache"]["hit_rate"]
     k = s["kv_offload"]
     assert k["prefix_host_hits"] > 0 and k["copied_in_blocks"] == st["copied_in_blocks"]
-    assert k["prefix_hit_rate"] == pytest.approx(s["prefix_cache"]["hit_rate"])
+    assert k["prefix_hit_rate"] == pytest.approx(st["prefix_hits"] / st["prefix_lookups"])  # requests
+    assert k["host_hit_rate"] == pytest.approx(st["prefix_host_hits"] / st["prefix_lookups"])
     per_block = 16 * kvb / 20e9  # 16 tokens of every layer's K and V over 20 GB/s
     assert k["transfer_s"] == pytest.approx((st["copied_in_blocks"] + 2 * st["swapped_out_blocks"]) * per_block)
     assert k["host_capacity_blocks"] == int(8e9 // (16 * kvb))

@@ -124,7 +124,8 @@ def test_the_draft_takes_memory_from_the_kv_cache():
     usable = 80e9 * 0.9
     hand = int((usable - t.weight_bytes("bf16") - d.weight_bytes("bf16") - 1e9) // (131072 + 32768))
     draft = draft_of(t, hw, 1, 1, "graph", Dtypes(), False, "fused", d)
-    fp = footprint(t, hw, 1, 1, Dtypes(), 0.9, 1.0, 1, draft.weight_bytes, draft.kv_bytes_per_token)
+    fp = footprint(t, hw, 1, 1, Dtypes(), 0.9, 1.0, 1, extra_weight_bytes=draft.weight_bytes,
+                   extra_kv_bytes=draft.kv_bytes_per_token)
     assert fp.kv_capacity_tokens == hand
     # EAGLE-style heads of one layer: one layer's weights (218 M parameters) and KV (4 KiB a token)
     heads = draft_of(t, hw, 1, 1, "graph", Dtypes(), False, "fused", None, 1.0)

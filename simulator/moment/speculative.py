@@ -93,6 +93,10 @@ class Speculation:
         self.q = k + 1
         # the target's attributes the engine and the results read
         self.model, self.issue_s, self.overhead_s = target.model, target.issue_s, target.overhead_s
+        self.moment_s = self.step_agg  # a serving stack's graph padding is not applied to a verify
+
+    def host_busy_s(self, moments: int, seqs: int) -> float:
+        return self.target.host_busy_s(moments, seqs)
 
     def draft_s(self, ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float) -> float:
         """The draft's k decode passes over ds sequences and its prefill of the moment's chunks."""

@@ -121,10 +121,17 @@ def _lat_line(name: str, d: dict[str, Any]) -> str:
             f"p99 {_fmt(d['p99']):>8}")
 
 
+def _ttft_split_line(d: dict[str, Any]) -> str:
+    """TTFT's parts at their means (the means add up to the TTFT's mean)."""
+    return (f"{'  of which':<16}queue {_fmt(d['queue']['mean'])}, prefill {_fmt(d['prefill']['mean'])}, "
+            f"front end {_fmt(d['overheads']['mean'])} ms (means)")
+
+
 def format_summary(s: dict[str, Any]) -> str:
     """A few aligned lines for a person; --json is for programs."""
     c, req = s.get("config", {}), s["requests"]
-    head = (f"{c.get('model', '?')} on {c.get('hardware', '?')} (tp={c.get('tp', '?')}, pp={c.get('pp', '?')}, "
+    stack = f"{c['stack']['name']}, " if isinstance(c.get("stack"), dict) else ""
+    head = (f"{c.get('model', '?')} on {c.get('hardware', '?')} ({stack}tp={c.get('tp', '?')}, pp={c.get('pp', '?')}, "
             f"replicas={c.get('replicas', '?')}, {c.get('scheduler', '?')})")
     if s.get("disaggregated"):
         pools = s["disaggregated"]["pools"]
@@ -147,7 +154,9 @@ def format_summary(s: dict[str, Any]) -> str:
         f"{'latency of':<16}the {req['completed']:,} completed requests only"
         + (" (the queue grew: these percentiles grow with the run's length)" if s.get("overloaded") else ""),
         _lat_line("TTFT ms", s["ttft_ms"]),
+        *([_ttft_split_line(s["ttft_split_ms"])] if s.get("ttft_split_ms") else []),
         _lat_line("TPOT ms", s["tpot_ms"]),
+        *([_lat_line("ITL ms", s["itl_ms"])] if s.get("itl_ms", {}).get("mean") is not None else []),
         _lat_line("E2E ms", s["e2e_ms"]),
         f"{'moments':<16}{s['moment_ms']['count']:,}: "
         + ", ".join(f"{k} {mk[k]['count']:,}" + (f" (p50 {_fmt(mk[k]['p50'])} ms)" if mk[k]["count"] else "")
@@ -166,6 +175,10 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(f"{'queue':<16}mean {_fmt(q['mean_len'])} waiting, max {_fmt(q['max_len'])}; "
                      + (f"{pre['total']:,} preemptions of {pre['requests']:,} requests, "
                         f"{pre['recomputed_tokens']:,} tokens computed again" if pre["total"] else "no preemptions"))
+    pc = s.get("prefix_cache") or {}
+    if pc.get("hit_tokens"):
+        lines.append(f"{'prefix cache':<16}{_fmt(pc['hit_rate'], '.1%')} of {pc['prompt_tokens']:,} prompt tokens "
+                     "found cached")
     g = s["goodput"]
     if g["slo"]:
         lines.append(f"{'goodput':<16}{_fmt(g['requests_per_s'])} requests/s within SLO "
@@ -180,13 +193,11 @@ def format_summary(s: dict[str, Any]) -> str:
         t = d["kv_transfer_ms"]
         lines.append(f"{'KV transfer ms':<16}mean {_fmt(t['mean'])}  p50 {_fmt(t['p50'])}  p99 {_fmt(t['p99'])} "
                      f"({d['transferred']:,} prompts moved to the decode pool)")
-    if s.get("prefix_cache"):
-        pc, ko = s["prefix_cache"], s.get("kv_offload")
-        lines.append(f"{'prefix cache':<16}{_fmt(pc['hit_rate'], '.1%')} of {pc['lookups']:,} prefix lookups hit"
-                     + (f" ({_fmt(ko['host_hit_rate'], '.1%')} from CPU memory)" if ko else ""))
     if s.get("kv_offload"):
         ko = s["kv_offload"]
-        lines.append(f"{'KV offload':<16}{ko['cpu_gb']:g} GB CPU tier: {ko['copied_in_blocks']:,} blocks copied in, "
+        lines.append(f"{'KV offload':<16}{ko['cpu_gb']:g} GB CPU tier: {_fmt(ko['prefix_hit_rate'], '.1%')} of "
+                     f"{ko['prefix_lookups']:,} prefix lookups hit ({_fmt(ko['host_hit_rate'], '.1%')} from CPU "
+                     f"memory), {ko['copied_in_blocks']:,} blocks copied in, "
                      f"{ko['swapped_out_blocks']:,} swapped out ({ko['swap_fallbacks']:,} recomputed for want of room), "
                      f"{_fmt(ko['transfer_s'], '.3g')} s of transfers")
     for name, c in (s.get("classes") or {}).items():

@@ -70,7 +70,7 @@ class Disaggregation:
         rq = self.requests
         n = rq.prompt_len[i] + rq.output_len[i]
         if self.decode.cap_tokens < n <= self.prefill.max_len:  # it could never decode (longer than the
-            rq.reject(i, R_KV)                                   # model serves: the prefill pool says so)
+            rq.reject(i, R_KV, self.env.now)                     # model serves: the prefill pool says so)
         else:
             self.prefill.submit(i)
 

@@ -30,6 +30,7 @@ R_KV = "exceeds kv capacity"                    # prompt + output can never fit 
 R_TOKENS = "prompt > max_batched_tokens"        # continuous (vLLM v0) cannot chunk a prompt
 R_QUEUE = "queue full"                          # serving.max_queue requests already waiting
 R_CONTEXT = "exceeds max_position_embeddings"   # prompt + output longer than the model serves (vLLM: max_model_len)
+R_LEN = "exceeds max_model_len"                 # prompt + output longer than serving.max_model_len
 
 
 class Replica:
@@ -59,6 +60,7 @@ class Replica:
         # speed: bound methods and attributes as locals, read once instead of once per moment
         schedule, done, add, kv, unit = sched.schedule, sched.on_step_done, log.add, sched.kv, self.unit
         timeout = env.timeout
+        started = sched.requests.started_s
         while True:
             m = schedule()
             if m is None:
@@ -68,6 +70,11 @@ class Replica:
                 self.wake = env.event()
                 yield self.wake
                 continue
+            if m.prefills:
+                for st, _ln in m.prefills:
+                    i = st.request
+                    if started[i] != started[i]:  # nan: its first chunk (speed: no isnan call)
+                        started[i] = env.now
             dt = cost(*m.batch) + m.extra_s
             if not 0.0 < dt < INF:  # simulated time must advance by a finite step (schema bounds keep it so)
                 raise InputError("hardware", "", f"a moment of {dt} s: simulated time would not advance; check "
@@ -99,7 +106,7 @@ class Pool:
     def __init__(self, env: simpy.Environment, pm: PoolModel, requests: RequestLog, moments: MomentLog,
                  seed: int = 0, role: str = "all", replica_offset: int = 0, mixins: tuple[type, ...] = ()):
         serving = pm.serving
-        self.serving, self.requests, self.moments, self.model = serving, requests, moments, pm
+        self.env, self.serving, self.requests, self.moments, self.model = env, serving, requests, moments, pm
         self.role, self.replica_offset = role, replica_offset
         self.cap_blocks = cap_blocks = pm.cap_blocks   # per replica
         pp = serving.pp
@@ -124,22 +131,25 @@ class Pool:
                         for e in range(pp) for r in range(serving.replicas)]  # engine-major
         self.router = ROUTERS[serving.router]([r.scheduler for r in self.engines])
         self.cap_tokens = blocks * serving.block_size  # a request lives on one virtual engine
-        self.max_len = pm.cost.model.max_position_embeddings or 1 << 62
+        # the longest prompt + output served: serving.max_model_len, else the model's context
+        self.max_len = serving.max_model_len or pm.cost.model.max_position_embeddings or 1 << 62
+        self.len_reason = R_LEN if serving.max_model_len else R_CONTEXT
         self.max_prompt_tokens = self.engines[0].scheduler.max_prompt_tokens
         self.siblings = {r.rid: [e for e in self.engines if e.rid == r.rid] for r in self.engines}
         for r in self.engines:
-            env.process(r.run(env, pm.cost.step_agg, moments))
+            env.process(r.run(env, pm.cost.moment_s, moments))
 
     def submit(self, i: int) -> None:
         """Reject request i if it can never run here or the queue is full; else route it."""
         rq = self.requests
         p = rq.prompt_len[i]
+        now = self.env.now
         if p + rq.output_len[i] > self.max_len:
-            rq.reject(i, R_CONTEXT)
+            rq.reject(i, self.len_reason, now)
         elif (p + rq.output_len[i] if self.role != "prefill" else p) > self.cap_tokens:
-            rq.reject(i, R_KV)
+            rq.reject(i, R_KV, now)
         elif self.max_prompt_tokens is not None and p > self.max_prompt_tokens:
-            rq.reject(i, R_TOKENS)
+            rq.reject(i, R_TOKENS, now)
         else:
             r = self.engines[self.router.route(i)]
             rq.replica[i] = r.rid + self.replica_offset
@@ -147,7 +157,7 @@ class Pool:
                 rq.engine[i] = r.eng
             cap = self.serving.max_queue
             if cap is not None and sum(len(e.scheduler.waiting) for e in self.siblings[r.rid]) >= cap:
-                rq.reject(i, R_QUEUE)
+                rq.reject(i, R_QUEUE, now)
             else:
                 r.arrive(i)
 
@@ -178,4 +188,4 @@ class Pool:
                 raise RuntimeError(f"{r.name} ended holding KV blocks (engine bug)")
 
 
-__all__ = ["Pool", "PoolModel", "Replica", "R_KV", "R_TOKENS", "R_QUEUE", "R_CONTEXT", "PCIE_BW"]
+__all__ = ["Pool", "PoolModel", "Replica", "R_KV", "R_TOKENS", "R_QUEUE", "R_CONTEXT", "R_LEN", "PCIE_BW"]

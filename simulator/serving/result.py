@@ -37,9 +37,12 @@ class SimResult:
     requests: per request index (the order of arrival): arrival_s, prompt_len, output_len,
       first_token_s (nan if none), finish_s (nan if not completed), replica (-1 if rejected
       before routing), engine (the virtual engine within the replica, 0 when pp = 1 or when
-      rejected before routing), status (0 completed, 1 rejected), preemptions; with request
-      classes or priorities also class (index into scenario.workload.classes, or the trace's
-      priority levels in order) and priority.
+      rejected before routing), status (0 completed, 1 rejected), preemptions, reached_s (when the engine had it:
+      arrival_s plus the front end's way in), started_s (the start of the moment that began its
+      prefill; nan if never). first_token_s and finish_s are when the client has the token (the
+      engine's time + stats["request_out_s"]). With request classes or priorities also class
+      (index into scenario.workload.classes, or the trace's priority levels in order) and
+      priority; disaggregated, decode_replica and kv_transfer_s (disaggregated.py).
     moments: one entry per moment: start_s, dur_s, replica (the physical replica), engine (the
       virtual engine within it that ran the moment: 0 .. pp-1, all 0 when pp = 1), kind
       (0 prefill-only, 1 decode-only, 2 mixed), tokens, batch (sequences in the step),
@@ -47,7 +50,10 @@ class SimResult:
       allocations: the sum over its virtual engines), kv_blocks_engine (the same for the
       moment's virtual engine alone, at most kv_capacity_blocks // pp; the same array as
       kv_blocks_used when pp = 1), running (requests holding KV on the moment's virtual engine
-      during the moment), energy_j (its dynamic energy over its replica's devices, see energy).
+      during the moment), decodes (sequences that got a token), firsts (prefills that ended in
+      it: first tokens, or the next token after a recompute), held (its tokens wait for a later
+      moment: the earlier steps of a multi-step block), energy_j (its dynamic energy over its
+      replica's devices, see energy); disaggregated, pool (the index into pools).
     pp > 1 (see the engine's docstring): a replica runs pp virtual engines concurrently, each
       moment lasting the full pipeline latency step_s of its batch: the balanced-pipeline
       approximation vLLM's design assumes, no stage imbalance or bubbles. Moments of one
@@ -126,22 +132,31 @@ class RequestLog:
         self.engine = np.zeros(n, dtype=np.int16)  # written only when pp > 1
         self.status = np.full(n, UNFINISHED, dtype=np.int8)
         self.preemptions = np.zeros(n, dtype=np.int32)
+        self.started_s = np.full(n, np.nan)  # the start of the moment that began its prefill
         self.reasons: dict[str, int] = {}
         self.done = 0  # completed or rejected
         # prefill work done twice: chunks, tokens, causal pairs and cached tokens before them (the
         # prefill sums of MomentLog, for the tokens whose KV a recompute preemption had dropped)
         self.recomputed = [0, 0, 0.0, 0]
+        self.in_delay: list[float] | None = None  # the stack's front end: client to engine, per request (s)...
+        self.out_delay = 0.0                       # ...and engine to client, for every token
+        self.reached_s = np.full(n, np.nan)        # when the engine had it (arrival + its in_delay)
+        self.on_end: Callable[[int, float], None] | None = None  # a client hears request i ended at a time
 
     def __len__(self) -> int:
         return len(self.prompt_len)
 
     def first_token(self, i: int, now: float) -> None:
-        self.first_token_s[i] = now
+        """The engine produced request i's first token at `now`; the client has it out_delay later."""
+        self.first_token_s[i] = now + self.out_delay
 
     def finish(self, i: int, now: float) -> None:
-        self.finish_s[i] = now
+        """The engine produced request i's last token at `now`."""
+        t = self.finish_s[i] = now + self.out_delay
         self.status[i] = COMPLETED
         self.done += 1
+        if self.on_end is not None:
+            self.on_end(i, t)
 
     def preempted(self, i: int) -> None:
         self.preemptions[i] += 1
@@ -154,10 +169,12 @@ class RequestLog:
         rc[2] += tokens * cached + tokens * (tokens + 1) / 2
         rc[3] += cached
 
-    def reject(self, i: int, reason: str) -> None:
+    def reject(self, i: int, reason: str, now: float = 0.0) -> None:
         self.status[i] = REJECTED
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
         self.done += 1
+        if self.on_end is not None:
+            self.on_end(i, now)
 
 
 class MomentLog:
@@ -178,6 +195,7 @@ class MomentLog:
         # tokens, its tokens and its tokens)
         self.decode_ctx = array("q")
         self.prefill_aggs = array("d")
+        self.held_at = array("q")  # moments whose tokens are held back (a multi-step block's earlier steps)
         # speed: the columns' bound appends, looked up once instead of twice per moment
         self.ap_start, self.ap_dur, self.ap_unit = self.start.append, self.dur.append, self.unit.append
         self.ap_kind, self.ap_tokens, self.ap_batch = self.kind.append, self.tokens.append, self.batch.append
@@ -225,16 +243,16 @@ class MomentLog:
         self.ap_running(m.running)
         self.ap_ctx(dc)
         s = self.sums
-        s[0] += 1  # the other sums come from the columns after the run (totals)
-        if kind == DECODE:
-            k = 1
-        else:
-            k = 0
+        if ps:  # a moment with prefill (kind != DECODE)
             ap = self.ap_prefill  # speed: four appends (extend of a tuple takes twice as long)
             ap(pairs)
             ap(pc)
             ap(lg)
             ap(ds)
+        elif m.held:
+            self.held_at.append(s[0])
+        s[0] += 1  # the other sums come from the columns after the run (totals)
+        k = 1 if kind == DECODE else 0
         # speed: category seconds without a breakdown per moment: the exact breakdown (sm.cost) of every
         # moment of a kind until CATEGORY_SAMPLES were taken, then of every 2nd, 4th, ... (the
         # stride doubles each CATEGORY_SAMPLES samples), each weighted by its stride. The shares
@@ -288,7 +306,7 @@ def _pool_moments(pool: PoolRun) -> dict[str, np.ndarray]:
     else:
         replica, engine = unit.astype(np.int64) // pp, (unit % pp).astype(np.int32)
         kv_rep = _replica_kv(start, dur, replica, engine, kv_eng, pp)
-    return {
+    out = {
         "start_s": start,
         "dur_s": dur,
         "replica": replica + pool.replica_offset if pool.replica_offset else replica,
@@ -300,23 +318,46 @@ def _pool_moments(pool: PoolRun) -> dict[str, np.ndarray]:
         "kv_blocks_engine": kv_eng,
         "running": np.frombuffer(moments.running, dtype=np.int32),
     }
+    out["decodes"], out["firsts"], out["held"] = _token_columns(moments, out["kind"], out["batch"])
+    return out
 
 
-def build_result(sc: Scenario, log: RequestLog, pools: list[PoolRun], wall: float) -> SimResult:
+def _token_columns(moments: MomentLog, kind: np.ndarray, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+    """For the gaps between tokens (metrics.itl): each moment's decode sequences, prefills that
+    ended in it (first tokens; a decode-only moment's decodes are its batch), and whether its
+    tokens are held back (a multi-step block's earlier steps)."""
+    decodes = np.where(kind == DECODE, batch, 0).astype(np.int32, copy=False)  # compact, as the log's columns
+    firsts = np.zeros(kind.size, dtype=np.int32)
+    at = np.flatnonzero(kind != DECODE)
+    if at.size:
+        _pairs, _pc, lg, ds = np.frombuffer(moments.prefill_aggs, dtype=np.float64).reshape(-1, 4).T
+        decodes[at] = ds
+        firsts[at] = lg - ds
+    held = np.zeros(kind.size, dtype=bool)
+    held[np.frombuffer(moments.held_at, dtype=np.int64)] = True
+    return decodes, firsts, held
+
+
+def build_result(sc: Scenario, log: RequestLog, pools: list[PoolRun], wall: float,
+                 prefix: dict[str, int] | None = None) -> SimResult:
     """Arrays, category seconds, work, energy and time series of a finished run. Several pools
     (disaggregated prefill and decode): their moments merged in order of start, with a pool
-    column (the index into SimResult.pools), replicas numbered across pools."""
+    column (the index into SimResult.pools), replicas numbered across pools. `prefix`: the
+    prompt tokens admitted and those found in the prefix cache (stats)."""
     req = log.requests
     left = int(np.sum(log.status == UNFINISHED))
     if left:
         raise RuntimeError(f"{left} requests neither completed nor rejected (engine bug)")
     parts = [_pool_moments(p) for p in pools]
     ends = [float(np.max(m["start_s"] + m["dur_s"])) for m in parts if m["start_s"].size]
-    makespan = max(max(ends, default=0.0), float(req.arrival_s[-1]) if len(req) else 0.0)
+    done = log.finish_s[np.isfinite(log.finish_s)]
+    makespan = max(max(ends, default=0.0), float(req.arrival_s[-1]) if len(req) else 0.0,
+                   float(done.max()) if done.size else 0.0)
     requests = {
         "arrival_s": req.arrival_s, "prompt_len": req.prompt_len, "output_len": req.output_len,
         "first_token_s": log.first_token_s, "finish_s": log.finish_s, "replica": log.replica,
-        "engine": log.engine, "status": log.status, "preemptions": log.preemptions,
+        "engine": log.engine, "status": log.status, "preemptions": log.preemptions, "started_s": log.started_s,
+        "reached_s": log.reached_s,
     }
     if len(req.class_names) > 1 or np.any(req.priority):  # a workload with classes or priorities
         requests.update({"class": req.klass, "priority": req.priority})
@@ -333,7 +374,8 @@ def build_result(sc: Scenario, log: RequestLog, pools: list[PoolRun], wall: floa
             for c, v in zip(names, est, strict=True):
                 cats[name][c] += float(v) * scale
         sm = moments.sm
-        flops, bytes_ = _work(moments.totals(m["kind"], m["tokens"], m["batch"]), sm, pool.dt, sv)
+        sums = moments.totals(m["kind"], m["tokens"], m["batch"])
+        flops, bytes_ = _work(sums, sm, pool.dt, sv)
         energy, m["energy_j"], watts = _energy(moments.power, _demand(moments, m), m, makespan, sv.replicas, sv.pp,
                                                pool.replica_offset)
         watts_of.append(watts)
@@ -344,7 +386,7 @@ def build_result(sc: Scenario, log: RequestLog, pools: list[PoolRun], wall: floa
             "kv_capacity_blocks": pool.cap_blocks, "block_size": sv.block_size, "scheduler": sv.scheduler,
             "max_batch_size": sv.max_batch_size, "clock_ghz": dev.clock_ghz,
             "peak_flops": dev.peak_flops(pool.dt.compute), "mem_bw": dev.bandwidth, "total_flops": flops,
-            "total_bytes": bytes_, "host_busy_s": moments.count * (sm.issue_s + sm.overhead_s),
+            "total_bytes": bytes_, "host_busy_s": sm.host_busy_s(moments.count, sums[2] + sums[4]),
             "busy_s": float(m["dur_s"].sum()) / sv.pp, "moments": moments.count, "energy": energy,
         })
     if len(pools) == 1:
@@ -369,7 +411,8 @@ def build_result(sc: Scenario, log: RequestLog, pools: list[PoolRun], wall: floa
         replicas=replicas, devices_per_replica=sv0.tp * sv0.pp, clock_ghz=first["clock_ghz"],
         peak_flops=first["peak_flops"], mem_bw=first["mem_bw"], total_flops=sum(x["total_flops"] for x in infos),
         total_bytes=sum(x["total_bytes"] for x in infos), host_busy_s=sum(x["host_busy_s"] for x in infos),
-        scenario=sc, wall_s=wall, stats={"moments": sum(x["moments"] for x in infos)}, pp=sv0.pp, energy=energy,
+        scenario=sc, wall_s=wall, pp=sv0.pp, energy=energy,
+        stats={"moments": sum(x["moments"] for x in infos), "request_out_s": log.out_delay, **(prefix or {})},
         class_names=req.class_names, pools=infos if len(pools) > 1 else [],
         recomputed_tokens=int(log.recomputed[1]),
         recomputed_flops=_recompute_flops(log.recomputed, pools[0].moments.sm.model, pools[0].dt, sv0),

@@ -19,6 +19,8 @@ MAX_REQUESTS = 100_000_000
 MAX_SEED = 2**63 - 1
 MAX_SLO_MS = 1e9  # about 11.6 days
 MAX_PRIORITY = 1_000_000  # request priorities: 0 (first) .. this
+STACK_NAMES = ("vllm", "vllm-v1", "vllm-v0", "sglang", "sglang-v0.4", "sglang-v0.3", "trtllm", "trtllm-v0")
+SCHEDULER_NAMES = ("static", "continuous", "chunked", "prefill_first", "mixed")  # schedulers.SCHEDULERS
 
 
 class Strict(BaseModel):
@@ -68,7 +70,22 @@ class FromTrace(Strict):
         return None  # known only once the trace is read
 
 
-Length = Annotated[Fixed | Uniform | Lognormal | FromTrace, Field(discriminator="dist")]
+class Empirical(Strict):
+    """Lengths read from a file of measured (prompt, output) pairs, e.g. a benchmark's dataset:
+    a CSV with the columns prompt_len,output_len (or a JSONL of such objects). When prompt_len
+    and output_len name the same file, each request takes both lengths from one row, so the
+    pairs keep their correlation. Rows are drawn without replacement (a shuffle by the seed,
+    repeated if more requests than rows), as `vllm bench serve` samples its dataset."""
+
+    dist: Literal["empirical"]
+    path: str = Field(max_length=4096, description="CSV (prompt_len,output_len) or JSONL file, relative to the "
+                      "scenario file")
+
+    def expected(self) -> float | None:
+        return None  # known only once the file is read (which column is asked is not known here)
+
+
+Length = Annotated[Fixed | Uniform | Lognormal | FromTrace | Empirical, Field(discriminator="dist")]
 
 
 class Arrival(Strict):
@@ -125,6 +142,14 @@ class Workload(Strict):
     classes: list[RequestClass] | None = Field(default=None, min_length=1, max_length=64, description=(
         "request classes, each request drawn into one by share; a trace may instead carry a priority column"))
 
+    concurrency: int | None = Field(
+        default=None, gt=0, le=1_000_000,
+        description="clients as `vllm bench serve --max-concurrency N` runs them: at most N requests in flight, "
+        "a client sending its next request when its last one ends (arrival burst: a closed loop of N clients; "
+        "poisson/gamma/trace: each request is sent at its arrival time or when a client frees, whichever is later)")
+    think_ms: float = Field(default=0.0, ge=0, le=3.6e6,
+                            description="with concurrency: a client's pause between a response and its next request")
+
     @model_validator(mode="after")
     def _shares(self) -> Workload:
         if self.classes:
@@ -179,7 +204,7 @@ class PoolSpec(Strict):
     tp: int | None = Field(default=None, ge=1, le=1024)
     pp: int | None = Field(default=None, ge=1, le=1024)
     replicas: int | None = Field(default=None, ge=1, le=100_000)
-    scheduler: Literal["static", "continuous", "chunked"] | None = None
+    scheduler: Literal[SCHEDULER_NAMES] | None = None  # type: ignore[valid-type]
     max_batch_size: int | None = Field(default=None, gt=0, le=65536)
     max_batched_tokens: int | None = Field(default=None, gt=0, le=1_048_576)
 
@@ -211,8 +236,30 @@ class Disaggregated(Strict):
         return self
 
 
+class Overheads(Strict):
+    """A serving stack's own host-CPU work (simulator/serving/stacks.py has each stack's values and
+    how they were obtained). Times are on the reference host; a host with `speed` s (hwmodels.spec.Host)
+    takes 1/s of them. Without a stack every field is 0 and the step overhead is the hardware's
+    host.step_overhead_us."""
+
+    request_in_ms: float = Field(default=0.0, ge=0, le=60_000, description="per request, on its way in: HTTP, "
+                                 "chat template, tokenisation, hand-over to the engine (api_server only); each "
+                                 "request's is drawn uniformly on [0, 2 x this]")
+    request_out_ms: float = Field(default=0.0, ge=0, le=60_000, description="per token delivered, on its way out: "
+                                  "hand-back, detokenisation, streaming to the client (api_server only); a delay, "
+                                  "so it moves TTFT and E2E but not the gaps between tokens")
+    step_us: float | None = Field(default=None, ge=0, le=1e6, description="per step the device waits for: "
+                                  "scheduling, input preparation, sampling, output processing; None: the "
+                                  "hardware's host.step_overhead_us")
+    step_seq_us: float = Field(default=0.0, ge=0, le=1e5, description="per sequence in a step, added to step_us "
+                               "(the scheduler's and sampler's per-request work)")
+
+
 class Serving(Strict):
-    scheduler: Literal["static", "continuous", "chunked"] = "continuous"
+    stack: Literal[STACK_NAMES] | None = Field(  # type: ignore[valid-type]
+        default=None, description="a serving stack's defaults (simulator/serving/stacks.py): scheduler, limits, "
+        "memory, CUDA graphs, overlap and overheads; any field set here overrides the preset")
+    scheduler: Literal[SCHEDULER_NAMES] = "continuous"  # type: ignore[valid-type]
     max_batch_size: int = Field(default=64, gt=0, le=65536)
     max_batched_tokens: int = Field(default=8192, gt=0, le=1_048_576)
     tp: int = Field(default=1, ge=1, le=1024)
@@ -252,8 +299,33 @@ class Serving(Strict):
         "preempts running ones of a lower priority (a larger number), newest first; KV pressure preempts the "
         "lowest priority first too")
     async_scheduling: bool = Field(
-        default=False, description="the host prepares the next step while the device runs this one (vLLM v1)"
+        default=False, description="the host prepares the next step while the device runs this one (vLLM's "
+        "async scheduling, SGLang's and TensorRT-LLM's overlap schedulers)"
     )
+    cuda_graph_sizes: list[Annotated[int, Field(gt=0, le=1_048_576)]] | None = Field(
+        default=None, max_length=4096, description="with mode graph: the batch sizes captured as CUDA graphs "
+        "(decode sequences; tokens for graph_mixed steps); a smaller batch is padded to the next size, a larger "
+        "one runs eager; None: every step runs as one graph")
+    cuda_graph_padding: bool = Field(default=True, description="pad a batch to the next captured size; false: "
+                                     "only batches of exactly a captured size use a graph (TensorRT-LLM)")
+    graph_mixed: bool = Field(default=False, description="steps with prefill tokens also run captured graphs, "
+                              "piecewise around attention (vLLM V1); false: they run eager")
+    graph_piecewise: bool = Field(default=False, description="decode steps run piecewise graphs too (vLLM V1 "
+                                  "before full decode graphs): a replay per layer plus attention's eager calls")
+    num_scheduler_steps: int = Field(default=1, ge=1, le=1024, description="vLLM V0 multi-step scheduling: a "
+                                     "decode batch runs this many steps with one scheduling, admitting nobody in "
+                                     "between, and streams their tokens at the end")
+    guaranteed_no_evict: bool = Field(default=False, description="admission reserves KV for prompt and whole "
+                                      "output (TensorRT-LLM's GUARANTEED_NO_EVICT): nothing is ever preempted")
+    memory_fraction_of: Literal["total", "free"] = Field(
+        default="total", description="gpu_memory_utilization is a share of the device's memory for weights + KV "
+        "(vLLM, SGLang) or of the memory left free after the weights, for KV (TensorRT-LLM)")
+    max_model_len: int | None = Field(default=None, gt=0, le=MAX_TOKENS, description="longest prompt + output "
+                                      "served (longer requests are rejected); None: the model's context length")
+    api_server: bool = Field(default=True, description="requests come through the stack's HTTP server (its "
+                             "request_in_ms/request_out_ms); false: an offline engine (vLLM's LLM class, "
+                             "gptManagerBenchmark)")
+    overheads: Overheads = Overheads()
 
     @model_validator(mode="after")
     def _together(self) -> Serving:
@@ -318,9 +390,10 @@ def resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
         part = dis.get(role) if isinstance(dis, dict) else None
         if isinstance(part, dict) and "hardware" in part:
             part["hardware"] = local_path(part["hardware"], base_dir)
-    arr = d.get("workload", {}).get("arrival") if isinstance(d.get("workload"), dict) else None
-    if isinstance(arr, dict) and isinstance(arr.get("path"), str) and not Path(arr["path"]).is_absolute():
-        arr["path"] = str(base_dir / arr["path"])
+    wl = d.get("workload") if isinstance(d.get("workload"), dict) else {}
+    for part in (wl.get("arrival"), wl.get("prompt_len"), wl.get("output_len")):
+        if isinstance(part, dict) and isinstance(part.get("path"), str) and not Path(part["path"]).is_absolute():
+            part["path"] = str(base_dir / part["path"])
     return d
 
 
@@ -387,8 +460,9 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
-PATH_FIELDS = ("model", "hardware", "workload.arrival.path", "serving.speculative.draft_model",
-               "serving.disaggregated.prefill.hardware", "serving.disaggregated.decode.hardware")  # values naming files
+PATH_FIELDS = ("model", "hardware", "workload.arrival.path", "workload.prompt_len.path", "workload.output_len.path",
+               "serving.speculative.draft_model", "serving.disaggregated.prefill.hardware",
+               "serving.disaggregated.decode.hardware")  # values that name files
 
 
 def apply_sets(data: dict[str, Any], sets: Sequence[str], where: str) -> dict[str, Any]:
@@ -407,6 +481,8 @@ def apply_sets(data: dict[str, Any], sets: Sequence[str], where: str) -> dict[st
         except yaml.YAMLError:
             raise InputError(where, f"--set {path}", f"{raw!r} is not a YAML value") from None
         if path in PATH_FIELDS and isinstance(value, str):
-            value = local_path(value, Path.cwd()) if path != "workload.arrival.path" else str(Path(value).absolute())
+            value = local_path(value, Path.cwd()) if not path.endswith(".path") else str(Path(value).absolute())
+        elif f"{path}.path" in PATH_FIELDS and isinstance(value, dict) and isinstance(value.get("path"), str):
+            value = {**value, "path": str(Path(value["path"]).absolute())}  # a mapping's file, as above
         set_path(data, path, value)
     return data

@@ -25,6 +25,7 @@ from hwmodels.errors import InputError, open_regular
 from simulator.serving.scenario import (
     MAX_PRIORITY,
     MAX_TOKENS,
+    Empirical,
     Fixed,
     FromTrace,
     Lognormal,
@@ -160,7 +161,37 @@ def read_trace(path: str, limit: int | None = None) -> Trace:
         return _read_rows(_lines(f, path), path, Path(path).suffix.lower(), limit)
 
 
-def _read_rows(numbered: Iterator[tuple[int, str]], path: str, suffix: str, limit: int | None) -> Trace:
+def read_lengths(path: str, which: str) -> np.ndarray:
+    """The `which` column (prompt_len or output_len; also the Azure names) of a length file of
+    (prompt, output) pairs, CSV or JSONL, each length >= 1."""
+    with open_regular(path, "length file") as f:
+        rows, lines, header = _parse(_lines(f, path), path, Path(path).suffix.lower(), None, "length file")
+    names = PROMPT_COLS if which == "prompt_len" else OUTPUT_COLS
+    if not rows:
+        raise InputError(path, "", "empty length file: needs a header and rows of prompt_len,output_len")
+    c = _pick(header, names)
+    if c is None:
+        raise InputError(path, which, f"missing column; allowed: {' or '.join(names)} (found: {', '.join(header[:8])})")
+    x = _numbers(path, c, _column(path, rows, lines, c), lines, integer=True, hi=MAX_TOKENS).astype(np.int64)
+    if np.any(x < 1):
+        ln = lines[int(np.argmax(x < 1))]
+        raise InputError(path, f"{c} (line {ln})", "got 0; a length must be >= 1")
+    return x
+
+
+def _column(path: str, rows: list[dict], lines: list[int], col: str) -> list:
+    out = []
+    for r, ln in zip(rows, lines, strict=True):
+        if col not in r:
+            raise InputError(path, f"{col} (line {ln})", "missing value")
+        out.append(r[col])
+    return out
+
+
+def _parse(numbered: Iterator[tuple[int, str]], path: str, suffix: str, limit: int | None,
+           what: str = "trace") -> tuple[list[dict], list[int], list[str]]:
+    """The rows of a CSV (header row) or JSONL (one object per line) file, their line numbers and
+    the column names; the first `limit` rows."""
     rows: list[dict] = []
     lines: list[int] = []
     first = next(((ln, t) for ln, t in numbered if t.strip()), None)  # leading blank lines skipped
@@ -174,9 +205,10 @@ def _read_rows(numbered: Iterator[tuple[int, str]], path: str, suffix: str, limi
             try:
                 obj = json.loads(line)
             except (json.JSONDecodeError, RecursionError):
-                raise InputError(path, f"line {ln}", "not a JSON object; a JSONL trace has one object per line") from None
+                raise InputError(path, f"line {ln}", f"not a JSON object; a JSONL {what} has one object per line") \
+                    from None
             if not isinstance(obj, dict):
-                raise InputError(path, f"line {ln}", "not a JSON object; a JSONL trace has one object per line")
+                raise InputError(path, f"line {ln}", f"not a JSON object; a JSONL {what} has one object per line")
             rows.append(obj)
             lines.append(ln)
         header = list(rows[0].keys()) if rows else []
@@ -203,6 +235,11 @@ def _read_rows(numbered: Iterator[tuple[int, str]], path: str, suffix: str, limi
                 lines.append(ln)
         except csv.Error as e:
             raise InputError(path, f"line {at[0]}", f"not valid CSV: {e}") from None
+    return rows, lines, header
+
+
+def _read_rows(numbered: Iterator[tuple[int, str]], path: str, suffix: str, limit: int | None) -> Trace:
+    rows, lines, header = _parse(numbered, path, suffix, limit)
     if not rows:
         raise InputError(path, "", "empty trace: no requests; needs a header and rows with "
                          "arrival_s,prompt_len,output_len (or TIMESTAMP,ContextTokens,GeneratedTokens)")
@@ -212,12 +249,7 @@ def _read_rows(numbered: Iterator[tuple[int, str]], path: str, suffix: str, limi
                          f"(found: {', '.join(header[:8])})")
 
     def column(col: str) -> list:
-        out = []
-        for r, ln in zip(rows, lines, strict=True):
-            if col not in r:
-                raise InputError(path, f"{col} (line {ln})", "missing value")
-            out.append(r[col])
-        return out
+        return _column(path, rows, lines, col)
 
     t = _times(path, a_col, column(a_col), lines)
     lens = []
@@ -231,8 +263,18 @@ def _read_rows(numbered: Iterator[tuple[int, str]], path: str, suffix: str, limi
 
 # -- sampling ------------------------------------------------------------------------------------
 
+def _rows(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """n row indices of a file of `size` rows: shuffles of all rows, one after another (every
+    row once before any twice, as a benchmark client samples its dataset)."""
+    reps = -(-n // size)
+    return np.concatenate([rng.permutation(size) for _ in range(reps)])[:n]
+
+
 def _lengths(spec, n: int, rng: np.random.Generator, trace: Trace | None, which: str, where: str,
-             trace_path: str = "") -> np.ndarray:
+             trace_path: str = "", rows: np.ndarray | None = None) -> np.ndarray:
+    if isinstance(spec, Empirical):
+        col = read_lengths(spec.path, which)
+        return col[rows if rows is not None else _rows(n, col.size, rng)]
     if isinstance(spec, Fixed):
         return np.full(n, spec.value, dtype=np.int64)
     if isinstance(spec, Uniform):
@@ -277,8 +319,12 @@ def make_requests(workload: Workload, seed: int, where: str = "workload") -> Req
         t = np.cumsum(rng.gamma(k, 1.0 / (arr.rate * k), size=n))
     if not np.all(np.isfinite(t)):  # the schema's bounds keep times finite; the engine relies on it
         raise InputError(where, "workload.arrival", "arrival times overflow; use a higher rate or a smaller time_scale")
-    prompt = _lengths(workload.prompt_len, n, rng, trace, "prompt_len", where, str(arr.path))
-    output = _lengths(workload.output_len, n, rng, trace, "output_len", where, str(arr.path))
+    pl, ol = workload.prompt_len, workload.output_len
+    rows = None  # one file of pairs for both: each request takes both lengths from one row
+    if isinstance(pl, Empirical) and isinstance(ol, Empirical) and Path(pl.path).resolve() == Path(ol.path).resolve():
+        rows = _rows(n, read_lengths(pl.path, "prompt_len").size, rng)
+    prompt = _lengths(pl, n, rng, trace, "prompt_len", where, str(arr.path), rows)
+    output = _lengths(ol, n, rng, trace, "output_len", where, str(arr.path), rows)
     klass = priority = None
     names: tuple[str, ...] = ("all",)
     if workload.classes:
@@ -318,4 +364,4 @@ def make_requests(workload: Workload, seed: int, where: str = "workload") -> Req
                     None if klass is None else np.asarray(klass, dtype=np.int32), names)
 
 
-__all__ = ["Requests", "Trace", "make_requests", "read_trace"]
+__all__ = ["Requests", "Trace", "make_requests", "read_trace", "read_lengths"]

@@ -16,6 +16,7 @@ from simulator.moment.model import load_model
 from simulator.serving.scenario import (
     MAX_SEED,
     MAX_SLO_MS,
+    SCHEDULER_NAMES,
     FromTrace,
     Serving,
     Slo,
@@ -41,7 +42,8 @@ class Search(Strict):
         default=None, min_length=1, max_length=1000, description="replica counts to allow")
     max_replicas: int = Field(default=16, ge=1, le=100_000, description="when replicas is not listed: 1..max")
     max_batch_size: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default=[64], min_length=1, max_length=64)
-    scheduler: list[Literal["static", "continuous", "chunked"]] = Field(default=["continuous"], min_length=1)
+    scheduler: list[Literal[SCHEDULER_NAMES]] = Field(default=["continuous"], min_length=1,  # type: ignore[valid-type]
+                                                      max_length=len(SCHEDULER_NAMES))
     pd_ratios: list[Annotated[str, Field(max_length=16)]] = Field(default=[], max_length=32, description=(
         "disaggregated prefill:decode replica ratios to try beside colocated serving, as \"P:D\" (\"1:2\": "
         "x units of 1 prefill and 2 decode replicas); the replica count then counts units"))

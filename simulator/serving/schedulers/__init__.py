@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from simulator.serving.scenario import SCHEDULER_NAMES
 from simulator.serving.schedulers.base import DECODE, MIXED, PREFILL, Moment, Prefill, Scheduler
-from simulator.serving.schedulers.chunked import ChunkedScheduler
+from simulator.serving.schedulers.chunked import ChunkedScheduler, MixedScheduler
 from simulator.serving.schedulers.continuous import ContinuousScheduler
 from simulator.serving.schedulers.offload import KVOffloading
+from simulator.serving.schedulers.prefill_first import PrefillFirstScheduler
 from simulator.serving.schedulers.priority import PriorityPreemption
 from simulator.serving.schedulers.speculative import Speculative
 from simulator.serving.schedulers.static import StaticScheduler
@@ -29,7 +31,10 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
     "static": StaticScheduler,
     "continuous": ContinuousScheduler,
     "chunked": ChunkedScheduler,
+    "prefill_first": PrefillFirstScheduler,
+    "mixed": MixedScheduler,
 }
+assert set(SCHEDULER_NAMES) == set(SCHEDULERS), "scenario.SCHEDULER_NAMES lists the schedulers"
 
 _COMPOSED: dict[tuple[type, ...], type[Scheduler]] = {}
 

@@ -24,7 +24,7 @@ class ContinuousScheduler(Scheduler):
     def schedule(self) -> Moment | None:
         d, w, maxb = self.decode, self.waiting, self.max_batch_size
         while True:
-            if w and d.seqs < maxb:
+            if w and d.seqs < maxb and not self.block_left:
                 n_seq = d.seqs
                 admitted: list[tuple[Prefill, int]] = []
                 pt = 0

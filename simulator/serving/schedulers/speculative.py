@@ -19,6 +19,8 @@ class Speculative:
 
     def _grow_decode(self) -> None:
         """Blocks for the step's a tokens per sequence (a window of residues); preempt until they fit."""
+        if self.reserve:  # reserved at admission
+            return
         kv, d = self.kv, self.decode
         while not kv.alloc(d.new_blocks()):
             if not self._preempt_one():

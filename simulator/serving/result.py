@@ -220,13 +220,14 @@ class MomentLog:
         decode sequences and context, prefill chunks, tokens, pairs and cached tokens), from the
         columns. A decode-only moment's logit rows and decode sequences are its tokens; the pairs
         add in moment order (a cumulative sum: the same float as adding them one by one)."""
-        dec = kind == DECODE
+        pre = np.flatnonzero(kind != DECODE)  # moments with prefill (fewer than decode-only ones)
         pairs, pc, lg, ds = np.frombuffer(self.prefill_aggs, dtype=np.float64).reshape(-1, 4).T
-        dec_tokens = _exact_sum(tokens[dec])
+        pre_tokens = _exact_sum(tokens[pre])
+        dec_tokens = _exact_sum(tokens) - pre_tokens
         pre_ds = int(ds.sum())  # whole numbers below 2^53: exact in float64
         return [self.count, dec_tokens + int(lg.sum()), dec_tokens + pre_ds,
                 _exact_sum(np.frombuffer(self.decode_ctx, dtype=np.int64)),
-                _exact_sum(batch[~dec]) - pre_ds, _exact_sum(tokens[~dec]) - pre_ds,
+                _exact_sum(batch[pre]) - pre_ds, pre_tokens - pre_ds,
                 float(np.cumsum(pairs)[-1]) if pairs.size else 0.0, int(pc.sum())]
 
     def add(self, unit: int, start: float, dt: float, m: Moment, kv_used: int) -> None:

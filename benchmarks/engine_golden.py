@@ -5,7 +5,8 @@ synthetic runs that reach the engine's corners (tiny KV caches that force preemp
 recompute and by swap, prefix caching, pp virtual engines, several replicas and both routers,
 a queue cap, all three schedulers), and digests each SimResult: every per-request, per-moment and
 time-series array (dtype, shape and bytes: floats compared bit for bit), the category seconds,
-the scalars, and the `momentsim run --json` summary.
+the scalars, and each key of the `momentsim run --json` summary. Outputs a change adds (a new
+metric, column or series) are listed as added, not as differences.
 
     python3 benchmarks/engine_golden.py --record /tmp/golden.json   # before the change
     python3 benchmarks/engine_golden.py --check /tmp/golden.json    # after: lists what differs
@@ -53,8 +54,9 @@ def digest(r) -> dict[str, str]:
               "peak_flops", "mem_bw", "total_flops", "total_bytes", "host_busy_s", "pp"):
         d[k] = repr(getattr(r, k))
     d["stats"] = repr(sorted(r.stats.items()))
-    summary = json.dumps(summarize(r), sort_keys=True).replace(str(ROOT), "ROOT")  # checkouts differ
-    d["summary"] = hashlib.sha256(summary.encode()).hexdigest()[:16]
+    for key, value in summarize(r).items():  # one digest per key: a key a feature adds shows as added
+        text = json.dumps(value, sort_keys=True).replace(str(ROOT), "ROOT")  # checkouts differ
+        d[f"summary.{key}"] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return d
 
 
@@ -117,13 +119,20 @@ def main() -> int:
         return 0
     old = json.loads(a.check.read_text())
     bad = 0
-    for name in sorted(set(old) | set(now)):
+    added: set[str] = set()
+    new_runs = sorted(set(now) - set(old))
+    if new_runs:  # a scenario file added since the record
+        print(f"new runs (not in the record): {', '.join(new_runs)}")
+    for name in sorted(set(old)):
         o, n = old.get(name, {}), now.get(name, {})
-        diff = sorted(k for k in set(o) | set(n) if o.get(k) != n.get(k))
+        diff = sorted(k for k in set(o) | set(n) if k in o and o.get(k) != n.get(k)) + (["(run missing)"] if not n else [])
+        added |= set(n) - set(o)
         if diff:
             bad += 1
             print(f"DIFFERS {name}: {', '.join(diff)}")
-    print(f"{len(now) - bad} of {len(now)} runs bit-identical" + ("" if bad else " (all)"))
+    if added:  # outputs a change adds (a new metric or column) are not differences
+        print(f"added (not in the record): {', '.join(sorted(added))}")
+    print(f"{len(old) - bad} of {len(old)} recorded runs bit-identical" + ("" if bad else " (all)"))
     return 1 if bad else 0
 
 

@@ -62,6 +62,32 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
+class Power(Strict):
+    """A device's electrical power (simulator/moment/power.py): `idle_w` with nothing running, plus
+    a share of `tdp_w - idle_w` that grows with how busy the tensor units and the memory are in a
+    moment, at most `tdp_w` (the board's power limit)."""
+
+    tdp_w: float = Field(gt=0, le=10_000, description="maximum board power in W (datasheet TDP or TBP)")
+    idle_w: float = Field(ge=0, le=10_000, description="W drawn with nothing running (clocks idle, memory refreshed)")
+    compute_share: float = Field(
+        default=1.0, ge=0, le=4,
+        description="share of tdp_w - idle_w drawn while the tensor units run at a large GEMM's rate "
+        "(efficiency.gemm_compute of peak); 1: a large GEMM runs at the power limit. An estimate until "
+        "calibrated",
+    )
+    memory_share: float = Field(
+        default=0.5, ge=0, le=4,
+        description="share of tdp_w - idle_w drawn while memory streams at a weight stream's rate "
+        "(efficiency.gemm_memory of bandwidth): DRAM and on-chip data movement. An estimate until calibrated",
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> Power:
+        if self.idle_w >= self.tdp_w:
+            raise ValueError(f"idle_w ({self.idle_w:g}) must be below tdp_w ({self.tdp_w:g})")
+        return self
+
+
 class Device(Strict):
     """One accelerator or CPU socket."""
 
@@ -80,6 +106,7 @@ class Device(Strict):
         description="shortest kernel outside a CUDA graph: launch plus tail on the device; every eager kernel "
         "lasts at least this (the fitted floors of efficiency apply above it; 0: no bound beyond them)",
     )
+    power: Power | None = Field(default=None, description="electrical power; none: energy is not reported")
 
     @model_validator(mode="after")
     def _dtypes(self) -> Device:
@@ -168,6 +195,10 @@ class Host(Strict):
     step_overhead_us: float = Field(
         default=300.0, ge=0, le=1_000_000, description="per step: scheduling, input preparation, sampling, sync"
     )
+    speed: float = Field(
+        default=1.0, gt=0, le=100, description="single-thread speed relative to the hosts of the published serving "
+        "runs that a serving stack's overheads were fitted on (simulator/serving/stacks.py): a stack's host work "
+        "takes 1/speed of its fitted time")
 
     @model_validator(mode="after")
     def _op_costs(self) -> Host:

@@ -122,6 +122,32 @@ def cmd_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    """A serving stack's defaults as they resolve for a model on a part, each with its source."""
+    from simulator.serving.scenario import STACK_NAMES
+    from simulator.serving.stacks import PRESETS, describe
+
+    if args.name not in STACK_NAMES:
+        raise InputError("momentsim stack", args.name, f"unknown stack; allowed: {', '.join(STACK_NAMES)}")
+    model, hw = load_model(args.model), load_hardware(args.hardware)
+    if args.tp < 1:
+        raise InputError("--tp", str(args.tp), "must be >= 1")
+    out = describe(args.name, hw, model, args.tp, not args.offline)
+    if args.json:
+        print(json.dumps({"stack": args.name, "about": PRESETS[args.name].about, "model": model.name,
+                          "hardware": hw.name, "defaults": out}))
+        return 0
+    print(f"{args.name}: {PRESETS[args.name].about}")
+    print(f"for {model.name} on {hw.name}, tp {args.tp}, {'offline engine' if args.offline else 'API server'}")
+    for k, v in out.items():
+        val = v["value"]
+        if k == "cuda_graph_sizes" and isinstance(val, list) and len(val) > 8:
+            val = f"{len(val)} sizes: {', '.join(map(str, val[:5]))}, ..., {val[-1]}"
+        print(f"  {k:24s} {val}")
+        print(f"  {'':24s} source: {v['source']}")
+    return 0
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="preset name or path to config.json / YAML")
     p.add_argument("--hardware", required=True, help="preset, hardware YAML or calibration profile JSON")
@@ -208,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for report.html, metrics JSON/CSV, plots and the trace")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_lazy("simulator.reports.run", "cmd_run"))
+
+    p = sub.add_parser("stack", help="a serving stack's defaults for a model on a part, each with its source")
+    p.add_argument("name", help="vllm, vllm-v1, vllm-v0, sglang, sglang-v0.4, sglang-v0.3, trtllm or trtllm-v0")
+    p.add_argument("--model", default="llama-3.1-8b", help="preset name or config.json (default llama-3.1-8b)")
+    p.add_argument("--hardware", default="h100-sxm", help="preset or hardware YAML (default h100-sxm)")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (default 1)")
+    p.add_argument("--offline", action="store_true", help="an offline engine (vLLM's LLM class), not the API server")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("sweep", help="run a grid of scenarios")
     p.add_argument("sweep", help="sweep YAML: a base scenario, a grid and/or points (simulator/studies/sweep_schema.py)")

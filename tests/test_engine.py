@@ -289,7 +289,7 @@ def test_timeseries_and_progress():
     r = simulate(sc, progress=seen.append)
     check(r)
     ts = r.timeseries
-    assert set(ts) == {"t_s", "queue_len", "running", "kv_used_frac", "busy_frac", "outstanding"}
+    assert set(ts) == {"t_s", "queue_len", "running", "kv_used_frac", "busy_frac", "outstanding", "power_w"}
     assert all(v.size == ts["t_s"].size for v in ts.values()) and ts["t_s"].size >= 500
     assert np.all(np.diff(ts["t_s"]) > 0)
     assert 0 <= ts["kv_used_frac"].min() and ts["kv_used_frac"].max() <= 1

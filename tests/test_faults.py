@@ -233,7 +233,7 @@ def test_run_that_cannot_fit_in_memory_is_refused_first(tmp_path: Path, capsys: 
 
 
 def test_run_too_big_for_the_address_space_is_one_line(tmp_path: Path) -> None:
-    """The real process under a 1 GB address-space limit: 20M requests (2.3 GB at 117 bytes each)
+    """The real process under a 1 GB address-space limit: 20M requests (2.7 GB at 136 bytes each)
     are refused before anything is drawn or simulated."""
     p = write(tmp_path / "s.yaml", with_(TINY, "workload.num_requests", 20_000_000))
     r = cli("run", str(p), mem_bytes=1 << 30, timeout=60)

@@ -260,6 +260,15 @@ def test_plan_yaml(tmp_path: Path, data: bytes) -> None:
     expect_ok_or_one_line(load_plan, write(tmp_path, ".yaml", data))
 
 
+@FUZZ
+@given(data=csv_traces() | jsonl_traces() | st.binary(max_size=200), suffix=st.sampled_from([".csv", ".jsonl"]),
+       which=st.sampled_from(["prompt_len", "output_len"]))
+def test_length_file(tmp_path: Path, data: bytes, suffix: str, which: str) -> None:
+    from simulator.serving.workload import read_lengths
+
+    expect_ok_or_one_line(lambda p: read_lengths(p, which), write(tmp_path, suffix, data))
+
+
 # -- every numeric field of every schema, with every kind of hostile value --------------------------
 # The fields are found by walking the pydantic schemas (model_fields), not listed by hand, so a
 # field added tomorrow is fuzzed too. Each hostile value goes into a valid base file in place of
@@ -401,7 +410,8 @@ FUZZ_SCENARIO = {
     "model": "llama-3.2-1b", "hardware": "h100-sxm",
     "serving": {"scheduler": "chunked", "max_batch_size": 8, "max_batched_tokens": 64, "tp": 1, "pp": 1,
                 "replicas": 1, "block_size": 16, "gpu_memory_utilization": 0.9, "activation_reserve_gb": 1.0,
-                "max_queue": 100},
+                "max_queue": 100,
+                "overheads": {"request_in_ms": 1.0, "request_out_ms": 1.0, "step_us": 100.0, "step_seq_us": 1.0}},
     "workload": {"num_requests": 4, "arrival": {"process": "gamma", "rate": 20.0, "cv": 1.0},
                  "prompt_len": {"dist": "uniform", "low": 8, "high": 16},
                  "output_len": {"dist": "lognormal", "mean": 4, "sigma": 0.5, "max": 8},
@@ -409,6 +419,18 @@ FUZZ_SCENARIO = {
     "slo": {"ttft_ms": 100, "tpot_ms": 50, "e2e_ms": 1000, "p99_ttft_ms": 100, "p99_tpot_ms": 50},
     "seed": 0,
 }
+# the serving designs (issue 14): request classes and priorities, a CPU KV tier, speculative
+# decoding, disaggregated prefill and decode, in one scenario
+FUZZ_DESIGNS = {**FUZZ_SCENARIO, "serving": {
+    **FUZZ_SCENARIO["serving"], "queue": "priority", "priority_preemption": True,
+    "kv_offload": {"cpu_gb": 1.0, "pcie_gbps": 25.0},
+    "speculative": {"method": "heads", "head_layers": 1.0, "k": 2, "acceptance": 0.5},
+    "disaggregated": {"prefill": {"tp": 1, "pp": 1, "replicas": 1, "max_batch_size": 8, "max_batched_tokens": 64},
+                      "decode": {"tp": 1, "pp": 1, "replicas": 1, "max_batch_size": 8, "max_batched_tokens": 64},
+                      "transfer": {"bw_gbps": 50.0, "latency_us": 5.0}}},
+    "workload": {**FUZZ_SCENARIO["workload"], "classes": [
+        {"name": "a", "share": 0.5, "priority": 0, "slo": {"ttft_ms": 100, "tpot_ms": 50, "e2e_ms": 1000}},
+        {"name": "b", "share": 0.5, "priority": 1}]}}
 FUZZ_TRACE_SCENARIO = {**FUZZ_SCENARIO, "workload": {
     "num_requests": 4, "arrival": {"process": "trace", "path": "trace.csv", "time_scale": 1.0},
     "prompt_len": {"dist": "fixed", "value": 8}, "output_len": {"dist": "trace"}}}
@@ -436,7 +458,7 @@ FUZZ_SWEEP = {"base": {**FUZZ_SCENARIO, "seed": 0}, "grid": {"workload.arrival.r
 FUZZ_PLAN = {**PLAN, "candidates": [{"hardware": "h100-sxm", "price_per_hour": 4.0}],
              "search": {"tp": [1], "pp": [1], "replicas": [1], "max_replicas": 2, "max_batch_size": [32]},
              "slo": {"p99_ttft_ms": 500, "p99_tpot_ms": 50, "goodput": 0.9, "ttft_ms": 500, "tpot_ms": 50},
-             "seed": 0, "rate_steps": 2}
+             "seed": 0, "rate_steps": 2, "electricity_usd_per_kwh": 0.1}
 
 
 def _schema_cases(tmp: Path) -> tuple[list[dict[str, Any]], set[str]]:
@@ -454,6 +476,7 @@ def _schema_cases(tmp: Path) -> tuple[list[dict[str, Any]], set[str]]:
 
     plan: list[tuple[type[BaseModel], dict[str, Any], str, str]] = [
         (Scenario, FUZZ_SCENARIO, "scenario", ".yaml"), (Scenario, FUZZ_TRACE_SCENARIO, "scenario", ".yaml"),
+        (Scenario, FUZZ_DESIGNS, "scenario", ".yaml"),
         (Hardware, FUZZ_HARDWARE, "hardware", ".yaml"), *((ModelSpec, m, "model", ".json") for m in FUZZ_MODELS),
         (Sweep, FUZZ_SWEEP, "sweep", ".yaml"), (Plan, FUZZ_PLAN, "plan", ".yaml"),
     ]
@@ -522,7 +545,8 @@ def test_every_numeric_field_is_covered() -> None:
 
     want = set().union(*(numeric_fields(m) for m in (Scenario, Hardware, ModelSpec, Sweep, Plan)))
     got = set()
-    for model, base in ((Scenario, FUZZ_SCENARIO), (Scenario, FUZZ_TRACE_SCENARIO), (Hardware, FUZZ_HARDWARE),
+    for model, base in ((Scenario, FUZZ_SCENARIO), (Scenario, FUZZ_TRACE_SCENARIO), (Scenario, FUZZ_DESIGNS),
+                        (Hardware, FUZZ_HARDWARE),
                         *((ModelSpec, m) for m in FUZZ_MODELS), (Sweep, FUZZ_SWEEP), (Plan, FUZZ_PLAN)):
         if model is ModelSpec:
             _spec(base, "fuzz", "fuzz")  # as a config file is read: by its family

@@ -229,3 +229,48 @@ def test_progress_line() -> None:
     q = Progress(stream=io.StringIO())  # not a tty: draws nothing
     q(0.3)
     assert q.stream.getvalue() == ""
+
+
+def test_weighted_stats_are_the_pooled_samples() -> None:
+    from simulator.reports.metrics import weighted_stats
+
+    s = weighted_stats(np.array([3.0, 1.0, 2.0]), np.array([2, 1, 1]))  # pooled: 1, 2, 3, 3
+    assert (s["mean"], s["p50"], s["p90"], s["p99"]) == (2.25, 2.0, 3.0, 3.0)
+    assert weighted_stats(np.zeros(0), np.zeros(0))["mean"] is None
+
+
+def test_itl_from_a_hand_built_moment_log() -> None:
+    """One engine: a prefill-only moment ends two prompts at 0.10, a decode of both ends at 0.12,
+    another prefill ends one prompt at 0.20, a decode of all three ends at 0.23, then a multi-step
+    block of two decodes streams at 0.29 (its first step, ending 0.26, holds its tokens).
+    Gaps: the first decode's two sequences waited 0.02 since their first token; at 0.23 the two
+    older ones waited 0.11 (the prefill stall in it) and the new one 0.03; at 0.29 all three 0.06."""
+    from simulator.reports.metrics import itl_samples, weighted_stats
+
+    m = {"start_s": np.array([0.0, 0.10, 0.12, 0.20, 0.23, 0.26]),
+         "dur_s": np.array([0.10, 0.02, 0.08, 0.03, 0.03, 0.03]),
+         "replica": np.zeros(6, dtype=int), "engine": np.zeros(6, dtype=int),
+         "decodes": np.array([0, 2, 0, 3, 3, 3]), "firsts": np.array([2, 0, 1, 0, 0, 0]),
+         "held": np.array([False, False, False, False, True, False])}
+    gaps, weights = itl_samples(m)
+    pooled = np.sort(np.repeat(gaps, weights.astype(int)))
+    np.testing.assert_allclose(pooled, [0.02, 0.02, 0.03, 0.06, 0.06, 0.06, 0.11, 0.11], atol=1e-12)
+    s = weighted_stats(gaps * 1e3, weights)
+    assert s["mean"] == pytest.approx(58.75) and s["p50"] == pytest.approx(60.0)
+
+
+def test_prefix_cache_hit_rate_counts_the_shared_tokens() -> None:
+    """20 requests, one after another, each a 256-token shared prefix + 44 tokens of its own: the
+    first computes the prefix, the 19 others find it: 19 x 256 of 20 x 300 prompt tokens."""
+    from simulator.serving.engine import simulate
+
+    sc = scenario_from_dict({"model": "llama-3.2-1b", "hardware": "h100-sxm", "seed": 0,
+                             "serving": {"scheduler": "chunked", "prefix_caching": True},
+                             "workload": {"num_requests": 20, "arrival": {"process": "poisson", "rate": 2.0},
+                                          "prompt_len": {"dist": "fixed", "value": 300},
+                                          "output_len": {"dist": "fixed", "value": 4},
+                                          "prefix": {"groups": 1, "length": 256}}}, "test")
+    s = summarize(simulate(sc))
+    assert s["prefix_cache"] == {"hit_rate": pytest.approx(19 * 256 / (20 * 300)), "hit_tokens": 19 * 256,
+                                 "prompt_tokens": 20 * 300}
+    assert "itl_ms" in s and s["itl_ms"]["p50"] > 0 and s["ttft_split_ms"]["queue"]["mean"] >= 0

@@ -33,6 +33,9 @@ last request of its running list (the order of admission, not of the last start 
 and caches a prefix block only once its tokens are computed: here a request that starts while
 another is still computing the same prefix in chunks reads it as cached, and until that
 prefill ends the KV in use counts only the prefix blocks already computed.
+
+Where no request is preempted, the gaps between tokens that metrics.itl_samples derives from the
+moment log must also be the requests' own gaps (each request records when its tokens came out).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from simulator.moment.cost import step_model
 from simulator.moment.memory import footprint
 from simulator.moment.model import load_model
 from simulator.moment.ops import Batch, Dtypes, step_ops, total_flops
+from simulator.reports.metrics import itl_samples
 from simulator.serving.engine import simulate
 from simulator.serving.scenario import Scenario
 from simulator.serving.workload import make_requests
@@ -79,6 +83,10 @@ class Req:
     had: int = 0            # tokens it had with KV when a preemption dropped them (0: none to redo)
     first: float = float("nan")
     finish: float = float("nan")
+    times: list[float] | None = None  # when each of its tokens came out
+
+    def __post_init__(self):
+        self.times = []
 
     @property
     def tokens(self) -> int:
@@ -110,8 +118,8 @@ class Reference:
         self.capacity = fp.kv_capacity_tokens // self.bs
         self.watermark = int(0.01 * self.capacity)
         self.swap_s_per_block = self.bs * model.kv_bytes_per_token(sv.kv_dtype, sv.tp, 1) / PCIE_BW
-        self.maxb = sv.max_batch_size if sv.scheduler != "chunked" else min(sv.max_batch_size,
-                                                                               sv.max_batched_tokens)
+        self.maxb = sv.max_batch_size if sv.scheduler not in ("chunked", "mixed") else min(
+            sv.max_batch_size, sv.max_batched_tokens)
         self.sharing = sv.prefix_caching and sv.scheduler != "static"
         q = make_requests(sc.workload, sc.seed)
         self.reqs = [Req(i, *map(float, x[:1]), *map(int, x[1:])) for i, x in enumerate(
@@ -335,7 +343,10 @@ class Reference:
                 r = self.waiting[0]
                 if r.state == "swapped":
                     break
-                got = self.admit(r, len(self.running()), rest)
+                if self.sv.scheduler == "mixed":  # TensorRT-LLM: a prompt joins a step only whole
+                    got = self.admit(r, len(self.running()), None, rest)
+                else:
+                    got = self.admit(r, len(self.running()), rest)
                 if not got:
                     break
                 chunks.append((r, got))
@@ -348,6 +359,50 @@ class Reference:
             kind = PREFILL if not decodes else (MIXED if chunks else DECODE)
             return Step(kind, decodes, chunks, len(self.running()), self.take_swap_s())
 
+    def plan_prefill_first(self) -> Step | None:
+        """SGLang: while prompts wait or are mid-prefill, a step of prompt chunks alone (oldest
+        started first, then new ones) within the whole token budget; else one decode step of every
+        decoding request."""
+        self.preempted = False
+        while True:
+            while (self.waiting and self.waiting[0].state == "swapped"
+                   and len(self.running()) < self.maxb and self.swap_in(self.waiting[0], len(self.running()))):
+                pass
+            rest = self.sv.max_batched_tokens
+            chunks = []
+            for r in self.in_state("prefill"):
+                if rest <= 0:
+                    break
+                pb = self.prefixes[r.prefix][0] if r.prefix >= 0 else 0
+                n = min(r.tokens - r.computed, rest)
+                if not self.take(self.blocks(r.computed + n) - self.blocks(r.computed)):
+                    continue
+                r.own = self.blocks(r.computed + n) - pb
+                chunks.append((r, n))
+                rest -= n
+            blocked = self.preempted and (self.in_state("decode") or chunks)
+            while rest > 0 and self.waiting and len(self.running()) < self.maxb and not blocked:
+                r = self.waiting[0]
+                if r.state == "swapped":
+                    break
+                got = self.admit(r, len(self.running()), rest)
+                if not got:
+                    break
+                chunks.append((r, got))
+                rest -= got
+            if chunks:
+                return Step(PREFILL, [], chunks, len(self.running()), self.take_swap_s())
+            if self.in_state("decode"):
+                self.grow_decodes()
+                decodes = self.in_state("decode")
+                if decodes:
+                    return Step(DECODE, decodes, [], len(self.running()), self.take_swap_s())
+                continue  # every decode was preempted: admit again
+            if self.in_state("prefill"):  # started prompts starved of blocks: restart the newest
+                self.preempt()
+                continue
+            return None
+
     def take_swap_s(self) -> float:
         s, self.swap_s = self.swap_s, 0.0
         return s
@@ -359,7 +414,7 @@ class Reference:
             r.state = "rejected"
         elif r.prompt + r.output > self.capacity * self.bs:
             r.state = "rejected"
-        elif sv.scheduler == "continuous" and r.prompt > sv.max_batched_tokens:
+        elif sv.scheduler in ("continuous", "mixed") and r.prompt > sv.max_batched_tokens:
             r.state = "rejected"
         elif sv.max_queue is not None and len(self.waiting) >= sv.max_queue:
             r.state = "rejected"
@@ -370,6 +425,7 @@ class Reference:
     def finish_token(self, r: Req, now: float) -> None:
         """r's tokens all have KV: it produces its next token."""
         r.generated += 1
+        r.times.append(now)
         if r.generated == 1:
             r.first = now
         if r.generated == r.output:
@@ -380,7 +436,8 @@ class Reference:
             self.stamp(r)
 
     def run(self) -> Reference:
-        plan = {"static": self.plan_static, "continuous": self.plan_continuous, "chunked": self.plan_chunked}
+        plan = {"static": self.plan_static, "continuous": self.plan_continuous, "chunked": self.plan_chunked,
+                "mixed": self.plan_chunked, "prefill_first": self.plan_prefill_first}
         plan = plan[self.sv.scheduler]
         now = 0.0
         future = list(self.reqs)
@@ -440,7 +497,7 @@ def compare(sc: Scenario) -> tuple:
     if ref.moments:
         want = total_flops(step_ops(load_model(MODEL), Batch(*ref.sums)))
         assert got.total_flops == pytest.approx(want, rel=1e-9)
-    return got
+    return got, ref
 
 
 def scenario(sched: str, rate: float, seed: int, maxb: int, mbt: int, hardware: str = "h100-sxm",
@@ -450,14 +507,22 @@ def scenario(sched: str, rate: float, seed: int, maxb: int, mbt: int, hardware: 
         "serving": {"scheduler": sched, "max_batch_size": maxb, "max_batched_tokens": mbt, **serving},
         "workload": {"num_requests": n, "arrival": {"process": "poisson", "rate": rate},
                      "prompt_len": {"dist": "uniform", "low": 1, "high": 300},
-                     "output_len": {"dist": "uniform", "low": 1, "high": 40}}})
+                     "output_len": {"dist": "uniform", "low": 2, "high": 40}}})  # 2: every request has a gap
 
 
-@pytest.mark.parametrize("sched", ["static", "continuous", "chunked"])
+SCHEDULERS = ["static", "continuous", "chunked", "prefill_first", "mixed"]
+
+
+@pytest.mark.parametrize("sched", SCHEDULERS)
 @pytest.mark.parametrize("rate,seed,maxb,mbt", [(50.0, 0, 8, 512), (400.0, 1, 4, 300), (2000.0, 2, 16, 128)])
 def test_engine_equals_the_plain_reference(sched, rate, seed, maxb, mbt):
-    r = compare(scenario(sched, rate, seed, maxb, mbt))
+    r, ref = compare(scenario(sched, rate, seed, maxb, mbt))
     assert not r.requests["preemptions"].any()
+    # the gaps between tokens derived from the moment log are every request's own gaps
+    gaps, weights = itl_samples(r.moments)
+    fast = np.sort(np.repeat(gaps, weights.astype(int)))
+    slow = np.sort([b - a for x in ref.reqs for a, b in zip(x.times, x.times[1:], strict=False)])
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)
 
 
 def tiny_hw(path, kv_tokens: int) -> str:
@@ -468,7 +533,7 @@ def tiny_hw(path, kv_tokens: int) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("sched", ["continuous", "chunked"])
+@pytest.mark.parametrize("sched", ["continuous", "chunked", "prefill_first", "mixed"])
 @pytest.mark.parametrize("preemption", ["recompute", "swap"])
 @pytest.mark.parametrize("maxb", [32, 4])
 def test_engine_equals_the_reference_under_kv_pressure_with_prefixes(tmp_path, sched, preemption, maxb):
@@ -482,7 +547,7 @@ def test_engine_equals_the_reference_under_kv_pressure_with_prefixes(tmp_path, s
                      "prompt_len": {"dist": "uniform", "low": 20, "high": 400},
                      "output_len": {"dist": "uniform", "low": 1, "high": 300},
                      "prefix": {"groups": 2, "length": 100, "fraction": 0.6}}})
-    r = compare(sc)
+    r, _ = compare(sc)
     q = r.requests
     assert q["preemptions"].sum() > 0 and (r.moments["kv_blocks_used"] > 0.9 * r.kv_capacity_blocks).any()
     assert r.moments["batch"].max() <= maxb and r.moments["running"].max() <= maxb
@@ -490,7 +555,7 @@ def test_engine_equals_the_reference_under_kv_pressure_with_prefixes(tmp_path, s
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
-@given(sched=st.sampled_from(["static", "continuous", "chunked"]), maxb=st.integers(1, 32),
+@given(sched=st.sampled_from(SCHEDULERS), maxb=st.integers(1, 32),
        mbt=st.sampled_from([32, 64, 256]), bs=st.sampled_from([1, 4, 16, 32]), kv=st.integers(300, 2500),
        preemption=st.sampled_from(["recompute", "swap"]), caching=st.booleans(), n=st.integers(1, 30),
        rate=st.floats(5.0, 2000.0), seed=st.integers(0, 3), prefix=st.sampled_from([0, 16, 40]),
@@ -519,5 +584,5 @@ def test_engine_equals_the_reference_on_a_long_chunked_run_under_pressure(tmp_pa
         "workload": {"num_requests": 200, "arrival": {"process": "poisson", "rate": 400.0},
                      "prompt_len": {"dist": "uniform", "low": 20, "high": 500},
                      "output_len": {"dist": "uniform", "low": 1, "high": 200}}})
-    r = compare(sc)
+    r, _ = compare(sc)
     assert r.requests["preemptions"].sum() > 20

@@ -60,7 +60,8 @@ def test_sweep_validates_every_point(path: Path) -> None:
 @pytest.mark.parametrize("path", [p for p in FILES if kind(p) == "plan"], ids=lambda p: p.name)
 def test_plan_validates(path: Path) -> None:
     plan = load_plan(path)
-    assert len(plan.candidates) >= 5 and plan.rate > 0
+    assert plan.rate > 0
+    assert len(plan.candidates) >= 5 or plan.search.pd_ratios  # it compares parts, or serving layouts
 
 
 def test_what_if_part_doubles_h100_bandwidth_only() -> None:

@@ -222,3 +222,73 @@ def test_continuous_admits_prompts_that_fill_the_token_budget_exactly():
     s, _ = make("continuous", [100, 200, 1], [5, 5, 5], blocks=1000, max_batched_tokens=300, block_size=16)
     m = s.schedule()
     assert (B(m).prefill_seqs, B(m).prefill_tokens, list(s.waiting)) == (2, 300, [2])
+
+
+def test_prefill_first_runs_chunks_alone_then_decodes():
+    # SGLang: while prompts wait, a step computes up to 64 prompt tokens and no decode
+    s, log = make("prefill_first", [10, 100], [3, 3], blocks=100, max_batched_tokens=64)
+    assert s.max_prompt_tokens is None  # any prompt runs, a chunk at a time
+    m = s.schedule()  # prompt 0 whole, 54 tokens of prompt 1
+    assert (m.kind, B(m).prefill_seqs, B(m).prefill_tokens, B(m).logits) == (PREFILL, 2, 64, 1)
+    assert (B(m).prefill_pairs, B(m).decode_seqs) == (pairs(10) + pairs(54), 0)
+    s.on_step_done(m, 1.0)
+    m = s.schedule()  # the rest of prompt 1 before request 0's first decode
+    assert (m.kind, B(m).prefill_tokens, B(m).prefill_ctx, B(m).decode_seqs) == (PREFILL, 46, 54, 0)
+    s.on_step_done(m, 2.0)
+    assert log.first_token_s.tolist() == [1.0, 2.0]
+    m = s.schedule()
+    assert (m.kind, B(m).decode_seqs, B(m).decode_ctx) == (DECODE, 2, 110)
+
+
+def test_mixed_takes_whole_prompts_with_the_decodes():
+    # TensorRT-LLM without chunked context: decodes plus whole prompts within the budget
+    s, log = make("mixed", [30, 30, 50], [4, 4, 4], blocks=100, max_batched_tokens=64)
+    assert s.max_prompt_tokens == 64
+    m = s.schedule()  # 30 + 30 fit, 50 more would not: it waits whole
+    assert (m.kind, B(m).prefill_seqs, B(m).prefill_tokens) == (PREFILL, 2, 60)
+    s.on_step_done(m, 1.0)
+    m = s.schedule()  # 2 decodes + 50 = 52 tokens
+    assert (m.kind, B(m).decode_seqs, B(m).prefill_seqs, B(m).prefill_tokens) == (MIXED, 2, 1, 50)
+
+
+def test_guaranteed_no_evict_reserves_prompt_and_output_and_never_preempts():
+    # blocks of 4: each request reserves ceil((8 + 10) / 4) = 5 blocks at admission; 9 hold one
+    s, log = make("chunked", [8, 8], [10, 10], blocks=9, block_size=4, guaranteed_no_evict=True)
+    m = s.schedule()
+    assert (B(m).prefill_seqs, s.kv.used) == (1, 5)  # the second waits for the first's blocks
+    for t in range(1, 11):
+        s.on_step_done(m, float(t))
+        m = s.schedule()
+        if t < 10:
+            assert (m.kind, B(m).decode_seqs, s.kv.used) == (DECODE, 1, 5)  # no growth, nobody preempted
+    assert log.finish_s[0] == 10.0 and log.preemptions.sum() == 0
+    assert (B(m).prefill_seqs, s.kv.used) == (1, 5)  # now the second
+    # the plain scheduler with the same blocks admits both and must preempt one as they grow
+    p, plog = make("chunked", [8, 8], [10, 10], blocks=9, block_size=4)
+    for t in range(1, 12):
+        m = p.schedule()
+        p.on_step_done(m, float(t))
+    assert plog.preemptions.sum() >= 1
+
+
+def test_multi_step_admits_between_blocks_and_streams_at_their_end():
+    # vLLM V0 num_scheduler_steps 3: a block of 3 decode steps admits nobody and streams at its end
+    s, log = make("continuous", [4, 4], [5, 4], blocks=100, add=False, num_scheduler_steps=3)
+    s.add(0)
+    m = s.schedule()
+    s.on_step_done(m, 1.0)  # request 0's first token
+    kinds = []
+    for t in range(2, 5):
+        m = s.schedule()
+        if t == 2:
+            s.add(1)  # arrives during the block
+        kinds.append((m.kind, B(m).decode_seqs, m.held))
+        s.on_step_done(m, float(t))
+    assert kinds == [(DECODE, 1, True), (DECODE, 1, True), (DECODE, 1, False)]
+    m = s.schedule()  # the block is over: request 1's prefill
+    assert (m.kind, B(m).prefill_seqs) == (PREFILL, 1)
+    s.on_step_done(m, 5.0)
+    for t in range(6, 9):  # a block of both: 0 gets its last token at its first step, streamed at its end
+        m = s.schedule()
+        s.on_step_done(m, float(t))
+    assert log.finish_s.tolist() == [8.0, 8.0] and s.schedule() is None and s.drained

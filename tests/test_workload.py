@@ -1,13 +1,14 @@
 """Workload generation: distributions match their parameters, traces load, bad traces say why."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hwmodels.errors import InputError
 from simulator.serving.scenario import Workload
-from simulator.serving.workload import make_requests
+from simulator.serving.workload import make_requests, read_lengths
 
 
 def wl(**kw) -> Workload:
@@ -161,3 +162,54 @@ def test_bad_jsonl_line(tmp_path):
 def test_trace_lengths_need_a_trace():
     with pytest.raises(InputError, match="workload.prompt_len"):
         make_requests(wl(num_requests=3, prompt_len={"dist": "trace"}), 0, where="s.yaml")
+
+
+def test_empirical_pairs_come_from_one_row_each_without_replacement(tmp_path):
+    rows = [(p, 1000 + p) for p in range(1, 51)]  # output = 1000 + prompt: a pair is recognisable
+    f = tmp_path / "pairs.csv"
+    f.write_text("prompt_len,output_len\n" + "\n".join(f"{p},{o}" for p, o in rows) + "\n")
+    emp = {"dist": "empirical", "path": str(f)}
+    r = make_requests(wl(num_requests=120, prompt_len=emp, output_len=emp), seed=2)
+    assert np.all(r.output_len == 1000 + r.prompt_len)
+    # 120 requests of 50 rows: every row twice in the first 100, then 20 of a third shuffle
+    counts = np.bincount(r.prompt_len, minlength=51)[1:]
+    assert set(counts.tolist()) <= {2, 3} and counts.sum() == 120 and (counts == 3).sum() == 20
+    assert sorted(r.prompt_len[:50].tolist()) == list(range(1, 51))
+    one = make_requests(wl(num_requests=50, prompt_len=emp, output_len={"dist": "fixed", "value": 7}), seed=2)
+    assert sorted(one.prompt_len.tolist()) == list(range(1, 51)) and set(one.output_len.tolist()) == {7}
+
+
+def test_the_committed_sharegpt_like_files_have_the_stated_means():
+    d = Path(__file__).resolve().parent.parent / "scenarios" / "published" / "lengths"
+    qwen = d / "sharegpt-qwen3-chat.csv"
+    assert read_lengths(str(qwen), "prompt_len").sum() == 23_260  # R43-R45: 100 requests
+    assert read_lengths(str(qwen), "output_len").sum() == 22_061
+    llama = d / "sharegpt-llama3.csv"
+    out = read_lengths(str(llama), "output_len")
+    assert out.mean() == pytest.approx(194.0) and np.median(out) == pytest.approx(119, abs=5)
+    p = read_lengths(str(llama), "prompt_len")
+    assert p.max() <= 1024 and np.all(p + out <= 2048) and p.min() >= 4 and out.min() >= 4  # the clients' filters
+
+
+def test_bad_length_file_is_one_line(tmp_path):
+    f = tmp_path / "l.csv"
+    f.write_text("prompt_len,output_len\n5,0\n")
+    with pytest.raises(InputError, match="output_len .line 2."):
+        make_requests(wl(output_len={"dist": "empirical", "path": str(f)}), seed=0)
+    g = tmp_path / "other.csv"
+    g.write_text("x,y\n1,2\n")
+    with pytest.raises(InputError, match="missing column"):
+        make_requests(wl(prompt_len={"dist": "empirical", "path": str(g)}), seed=0)
+
+
+def test_a_length_file_given_by_set_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    from simulator.serving.scenario import load_scenario
+
+    d = tmp_path / "here"
+    d.mkdir()
+    (d / "l.csv").write_text("prompt_len,output_len\n7,3\n")
+    sc = tmp_path / "s.yaml"
+    sc.write_text("model: llama-3.2-1b\nhardware: h100-sxm\n")
+    monkeypatch.chdir(d)
+    s = load_scenario(sc, ["workload.prompt_len={dist: empirical, path: l.csv}"])
+    assert s.workload.prompt_len.path == str(d / "l.csv")

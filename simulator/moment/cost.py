@@ -69,6 +69,34 @@ def check_parallelism(model: ModelSpec, hw: Hardware, tp: int, pp: int, ep: int 
 
 
 @dataclass(frozen=True)
+class Launch:
+    """How a serving stack launches a step (simulator/serving/stacks.py sets these per stack).
+
+    `sizes`: the batch sizes captured as CUDA graphs, in sequences for a decode-only step and in
+    tokens for a step with prefill tokens when `mixed` (vLLM V1's piecewise graphs). A batch is
+    padded to the next captured size (`padding`; without it only exact sizes replay a graph, as
+    TensorRT-LLM by default) and its dense ops and logits cost the padded size; attention costs
+    the real sequences (padding rows have no context). A batch above the largest size, or a
+    prefill step without `mixed`, runs eager: the host issues every kernel. `piecewise`: decode
+    graphs are piecewise too. A piecewise step replays a graph per layer and issues attention's
+    calls eagerly between them. Empty `sizes` with graphs: every step is one launch (a TensorRT
+    engine's enqueue).
+
+    `step_s + seq_s x sequences` is the stack's own host work per step (scheduling, inputs,
+    sampling, outputs), which the device waits for unless the stack overlaps it with the
+    previous step (StepModel.async_scheduling); with `steps` > 1 (vLLM V0 multi-step) a decode
+    step pays 1/steps of it."""
+
+    sizes: tuple[int, ...] = ()
+    padding: bool = True
+    mixed: bool = False
+    piecewise: bool = False
+    step_s: float = 0.0
+    seq_s: float = 0.0
+    steps: int = 1
+
+
+@dataclass(frozen=True)
 class StepCost:
     step_ms: float
     device_ms: float
@@ -115,7 +143,7 @@ class StepModel:
 
     def __init__(self, model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, mode: str = "graph",
                  dtypes: Dtypes = Dtypes(), async_scheduling: bool = False, ep: int = 1, moe_imbalance: float = 1.0,
-                 kernels: str = "fused"):
+                 kernels: str = "fused", launch: Launch | None = None):
         check_parallelism(model, hw, tp, pp, ep)
         if mode not in ("graph", "eager"):
             raise ValueError(f"mode {mode!r}; allowed: graph, eager")
@@ -143,6 +171,93 @@ class StepModel:
         self._lm_tot = np.zeros(0)
         self._attention_coefficients()
         self._grow(4096)
+        self.launch = launch
+        if launch is not None:
+            self._launch_tables(launch)
+
+    @property
+    def moment_s(self):
+        """The engine's cost of a moment from its batch aggregates: step_agg, or with a serving
+        stack's launch (graph sizes, its host work) step_launched (read once per engine)."""
+        return self.step_agg if self.launch is None else self.step_launched
+
+    def _launch_tables(self, ln: Launch) -> None:
+        """Padding lookups and host costs of a stack's launches (see Launch)."""
+        graphs = self.graph
+        sizes = sorted(ln.sizes) if graphs else []
+        self._gmax = (sizes[-1] if sizes else (1 << 62)) if graphs else -1  # every step one launch: no cap
+        pad = [0] * ((sizes[-1] if sizes else 0) + 1)  # batch -> the graph it replays (0: eager)
+        if sizes:
+            if ln.padding:
+                j = 0
+                for b in range(1, len(pad)):
+                    while sizes[j] < b:
+                        j += 1
+                    pad[b] = sizes[j]
+            else:
+                for b in sizes:
+                    pad[b] = b
+        self._pad = pad
+        self._whole = graphs and not sizes  # every step one launch
+        host = self.hw.host
+        act = DTYPE_BYTES[self.dtypes.act]
+        per_layer_attn = sum(host.call_us(c.host_op(act)) for c in kn.calls(self.impl, "attention"))
+        layers = self.model.num_hidden_layers / self.pp
+        # an eager step's kernels have eager floors (a launch gap each): the eager twin's tables
+        self._eager = self if not graphs else step_model(self.model, self.hw, self.tp, self.pp, "eager", self.dtypes,
+                                                         self.async_scheduling, self.ep, self.moe_imbalance, self.impl)
+        self._eager_s = kn.host_seconds(self.calls, host.call_us)
+        self._graph_s = host.graph_launch_us * 1e-6 * self.pp
+        self._piece_s = (host.graph_launch_us * (layers + 1) + per_layer_attn * layers) * 1e-6 * self.pp
+        self._decode_graph_s = self._piece_s if ln.piecewise else self._graph_s
+        self._host_step = ln.step_s
+        self._host_seq = ln.seq_s
+        self._steps = ln.steps
+        self._mixed = ln.mixed and graphs
+
+    def host_busy_s(self, moments: int, seqs: int) -> float:
+        """The host's seconds over `moments` steps holding `seqs` sequences in all: each step's
+        issue and per-step work (with a stack's launch, as if every step replayed a graph: eager
+        steps issue more, multi-step decodes schedule less; an estimate for host_busy_frac)."""
+        if self.launch is None:
+            return moments * (self.issue_s + self.overhead_s)
+        issue = self._graph_s if self.graph else self._eager_s
+        return moments * (issue + self._host_step) + self._host_seq * seqs
+
+    def step_launched(self, ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int) -> float:
+        """step_s from the batch aggregates with a serving stack's launch (Launch): the padded
+        graph, or eager issue, and the stack's host work; the engine's hot path then."""
+        tok = ds + pt
+        m = self
+        if pt == 0:
+            if self._whole:
+                issue = self._graph_s
+            elif ds <= self._gmax and self._pad[ds]:
+                tok = lg = self._pad[ds]  # padded rows run every dense op and the logits
+                issue = self._decode_graph_s
+            else:
+                m = self._eager
+        elif self._whole:
+            issue = self._graph_s
+        elif self._mixed and tok <= self._gmax and self._pad[tok]:
+            tok = self._pad[tok]
+            issue = self._piece_s
+        else:
+            m = self._eager
+        if tok >= m._size or lg >= m._size:
+            m._grow(max(tok, lg))
+        dev = m._dense_l[tok] + m._lm_l[lg] + m.attention_s(ds, dc, pt, pairs, pc, ps)
+        if m is not self or not self.graph:  # eager: the host issues every call, then the device finishes
+            issue = self._eager_s + m._tail_l[lg]
+        host = self._host_step + self._host_seq * (ds + ps)
+        if pt == 0 and self._steps > 1:
+            host /= self._steps
+        if self.cpu:
+            return dev + issue + host
+        if self.async_scheduling:
+            issue += host
+            return dev if dev > issue else issue
+        return (dev if dev > issue else issue) + host
 
     def ops(self, tokens, logits) -> list[Op]:
         """The token-count dependent ops as this implementation runs them."""
@@ -255,6 +370,41 @@ class StepModel:
                 t += soft(keys * g.d_c, t_m) + ds * g.d_seq + ds * g.kv_tok + g.floor
         return t
 
+    def verify_attention_s(self, ds: int, dc: float, q: int) -> float:
+        """Decode attention of ds sequences (dc cached tokens in all) that each run q new tokens
+        through it in one pass (a speculative verify: q = k + 1): each sequence's KV is read once,
+        its q queries see their cache plus the new tokens before them (q dc + ds q (q + 1) / 2
+        query-key pairs), q query and output rows and q cache writes per sequence. q = 1 is
+        attention_s's decode."""
+        if not ds:
+            return 0.0
+        t = 0.0
+        soft = self._soft
+        for g in self._groups:
+            keys = dc + q * ds  # read: the cache plus the new tokens' K and V
+            pairs = q * dc + ds * q * (q + 1) / 2
+            if keys > ds * g.cap:
+                keys = ds * g.cap
+            if pairs > q * ds * g.cap:
+                pairs = q * ds * g.cap
+            t_m = keys * g.d_m + q * ds * g.d_q
+            if self.ramp > 0:
+                t_m += self.ramp * g.layers * -math.expm1(-t_m / (self.ramp * g.layers))
+            t += soft(pairs * g.d_c, t_m) + ds * g.d_seq + q * ds * g.kv_tok + g.floor
+        return t
+
+    def forward_s(self, ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int) -> float:
+        """step_agg without the per-step overhead (scheduling, inputs, sampling): one forward pass
+        of several in a moment, as a speculative draft's."""
+        tok = ds + pt
+        if tok >= self._size or lg >= self._size:
+            self._grow(max(tok, lg))
+        dev = self._dense_l[tok] + self._lm_l[lg] + self.attention_s(ds, dc, pt, pairs, pc, ps)
+        if self.cpu:
+            return dev + self.issue_s
+        issued = self.issue_s + self._tail_l[lg] * self._tail_weight
+        return dev if dev > issued else issued
+
     def step_agg(self, ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int) -> float:
         """step_s from the batch aggregates as plain numbers: the engine's hot path."""
         tok = ds + pt
@@ -349,7 +499,9 @@ class StepModel:
         per = self._dense[:, b.tokens] + self._lm[:, b.logit_rows]
         per[_ATTN] += self._attn_b(b)
         dev = float(per.sum())
-        step = self._combine(dev, self._tail_l[b.logit_rows])
+        step = self._combine(dev, self._tail_l[b.logit_rows]) if self.launch is None else \
+            self.step_launched(b.decode_seqs, b.decode_ctx, b.prefill_seqs, b.prefill_tokens, b.prefill_pairs,
+                               b.prefill_ctx, b.logit_rows)
         bd = {c: float(v) * 1e3 for c, v in zip(DEVICE_CATEGORIES, per, strict=True)}
         bd["host"] = (step - dev) * 1e3  # time the device waits on the host
         return StepCost(step * 1e3, dev * 1e3, (self.issue_s + self.overhead_s) * 1e3, bd)
@@ -360,13 +512,14 @@ _CACHE: dict[tuple, StepModel] = {}
 
 def step_model(model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, mode: str = "graph",
                dtypes: Dtypes = Dtypes(), async_scheduling: bool = False, ep: int = 1,
-               moe_imbalance: float = 1.0, kernels: str = "fused") -> StepModel:
+               moe_imbalance: float = 1.0, kernels: str = "fused", launch: Launch | None = None) -> StepModel:
     """A shared StepModel per configuration (specs hold dicts, so key on their JSON)."""
     key = (model.model_dump_json(), hw.model_dump_json(), tp, pp, mode, dtypes, async_scheduling, ep, moe_imbalance,
-           kernels)
+           kernels, launch)
     sm = _CACHE.get(key)
     if sm is None:
         if len(_CACHE) > 256:
             _CACHE.clear()
-        sm = _CACHE[key] = StepModel(model, hw, tp, pp, mode, dtypes, async_scheduling, ep, moe_imbalance, kernels)
+        sm = _CACHE[key] = StepModel(model, hw, tp, pp, mode, dtypes, async_scheduling, ep, moe_imbalance, kernels,
+                                     launch)
     return sm

@@ -26,23 +26,33 @@ class Footprint:
 
 
 def footprint(model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, dt: Dtypes = Dtypes(),
-              utilization: float = 0.9, reserve_gb: float = 1.0, ep: int = 1) -> Footprint:
+              utilization: float = 0.9, reserve_gb: float = 1.0, ep: int = 1, fraction_of: str = "total",
+              extra_weight_bytes: float = 0.0, extra_kv_bytes: float = 0.0) -> Footprint:
     """Per device. The KV capacity is what is left of `utilization` x memory after weights and
-    an activation reserve, as vLLM's gpu_memory_utilization does."""
+    an activation reserve, as vLLM's gpu_memory_utilization does; with fraction_of "free",
+    `utilization` x what weights and the reserve leave (TensorRT-LLM's free_gpu_memory_fraction).
+    extra_*: what a speculative draft adds per device (its weights, its KV per token beside the
+    target's)."""
     mem = hw.device.memory_bytes
-    usable = mem * utilization
-    w = model.weight_bytes(dt.weight, tp, pp, ep, dt.experts)
-    kv_tok = model.kv_bytes_per_token(dt.kv, tp, pp)
-    free = usable - w - reserve_gb * GB
+    w = model.weight_bytes(dt.weight, tp, pp, ep, dt.experts) + extra_weight_bytes
+    kv_tok = model.kv_bytes_per_token(dt.kv, tp, pp) + extra_kv_bytes
+    if fraction_of == "free":
+        free = utilization * (mem - w - reserve_gb * GB)
+        usable = w + reserve_gb * GB + max(free, 0.0)
+    else:
+        usable = mem * utilization
+        free = usable - w - reserve_gb * GB
     cap = int(free // kv_tok) if free > 0 else 0
     return Footprint(mem / GB, usable / GB, w / GB, reserve_gb, kv_tok, cap)
 
 
 def check_fits(model: ModelSpec, hw: Hardware, tp: int = 1, pp: int = 1, dt: Dtypes = Dtypes(),
                utilization: float = 0.9, reserve_gb: float = 1.0, min_tokens: int = 1,
-               where: str = "model", ep: int = 1) -> Footprint:
+               where: str = "model", ep: int = 1, fraction_of: str = "total", extra_weight_bytes: float = 0.0,
+               extra_kv_bytes: float = 0.0) -> Footprint:
     """Raise a one-line InputError that says what is needed and what would fit."""
-    fp = footprint(model, hw, tp, pp, dt, utilization, reserve_gb, ep)
+    fp = footprint(model, hw, tp, pp, dt, utilization, reserve_gb, ep, fraction_of, extra_weight_bytes,
+                   extra_kv_bytes)
     if fp.kv_capacity_tokens >= min_tokens:
         return fp
     need = fp.weights_gb + reserve_gb + min_tokens * fp.kv_bytes_per_token / GB

@@ -89,14 +89,24 @@ def write_page(path: Path, title: str, blocks: Iterable[str]) -> Path:
 
 
 # -- one run --------------------------------------------------------------------------------------
-LATENCIES = (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("E2E", "e2e_ms"))
+LATENCIES = (("TTFT", "ttft_ms"), ("of which queue", "ttft_split_ms.queue"), ("of which prefill", "ttft_split_ms.prefill"),
+             ("of which front end", "ttft_split_ms.overheads"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"),
+             ("E2E", "e2e_ms"))
+
+
+def _at(s: dict[str, Any], path: str) -> Any:
+    """The value at a dotted path of the summary (None if a part is missing)."""
+    for part in path.split("."):
+        s = s.get(part) if isinstance(s, dict) else None
+    return s
 
 
 def run_report(s: dict[str, Any], plots: Sequence[Path], path: Path) -> Path:
     """`momentsim run --out`: the summary, latency and moment tables, where the time goes, the plots."""
     c, req = s.get("config", {}), s["requests"]
     title = f"{c.get('scenario', 'run')}: {c.get('model', '?')} on {c.get('hardware', '?')}"
-    setup = (f"tp={c.get('tp', '?')}, pp={c.get('pp', '?')}, replicas={c.get('replicas', '?')}, "
+    stack = f"stack {c['stack']['name']}, " if isinstance(c.get("stack"), dict) else ""
+    setup = (f"{stack}tp={c.get('tp', '?')}, pp={c.get('pp', '?')}, replicas={c.get('replicas', '?')}, "
              f"{c.get('scheduler', '?')} batching, {c.get('mode', '?')} mode, seed {c.get('seed', '?')}")
     status = "OVERLOADED" if s.get("overloaded") else "no completed request" if not req["completed"] else "ok"
     summary = [
@@ -116,7 +126,8 @@ def run_report(s: dict[str, Any], plots: Sequence[Path], path: Path) -> Path:
     g = s["goodput"]
     if g["slo"]:
         summary.append(("goodput [requests/s within SLO]", cell(g["requests_per_s"], "goodput.requests_per_s")))
-    lat = [[name, *(cell(s[key][k], f"{key}.{k}") for k in ("mean", "p50", "p90", "p99"))] for name, key in LATENCIES]
+    lat = [[name, *(cell(_at(s, f"{key}.{k}"), f"{key}.{k}") for k in ("mean", "p50", "p90", "p99"))]
+           for name, key in LATENCIES if isinstance(_at(s, key), dict)]
     mk = s["moments_by_kind"]
     moments = [[kind, cell(mk[kind]["count"], f"moments_by_kind.{kind}.count"),
                 cell(mk[kind]["mean"], f"moments_by_kind.{kind}.mean"),

@@ -5,7 +5,8 @@ the result is JSON-safe: numpy scalars become Python numbers and NaN/inf become 
 because a summary of an empty set (no completed request, no decode moment) is "unknown",
 not a number.
 
-Keys beyond the contract: moments_by_kind (prefill = moments with any prompt tokens, i.e.
+Keys beyond the contract: ttft_split_ms (queue, prefill, the stack's front-end overheads),
+prefix_cache (hit rate of admitted prompt tokens), moments_by_kind (prefill = moments with any prompt tokens, i.e.
 prefill-only and mixed; decode = decode-only; each also in device clock cycles), breakdown_share_by_kind,
 mfu / mbu (over all devices of all replicas for the makespan; mfu counts useful work only, not
 the prefill of tokens whose KV a preemption dropped), gpu_busy_frac / host_busy_frac
@@ -14,7 +15,10 @@ stages busy for dur / pp, so gpu_busy_frac is sum(dur) / pp per replica, at most
 from the moments, mean from the time series), preemptions (with the tokens computed again after
 recompute preemptions: recomputed_tokens), goodput (requests/s meeting every
 per-request SLO bound; whether the p99 SLOs hold), queue (from the time series, whose points
-are interval averages), output_tokens and config.
+are interval averages), output_tokens, classes (per_class: each request class's latency and
+goodput, with request classes or priorities), disaggregated (each pool and the KV transfers of
+a disaggregated run), kv_offload (cache_summary: CPU-tier hits, copies and transfer seconds), energy (energy_summary: J per output token, the run's
+energy, a replica's average and peak power; simulator/moment/power.py) and config.
 
 Overload (`overloaded`, `overload`, see `overload`): a finite run always ends, so a server that
 cannot keep up still reports percentiles; they then measure how long the run was, not the
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simulator.serving.engine import R_CONTEXT, R_KV, R_QUEUE, R_TOKENS
+from simulator.serving.engine import R_CONTEXT, R_KV, R_LEN, R_QUEUE, R_TOKENS
 
 if TYPE_CHECKING:  # the engine is only needed for the type; summaries work on any such result
     from simulator.serving.result import SimResult
@@ -125,6 +129,154 @@ def per_request(r: SimResult) -> dict[str, np.ndarray]:
     return {"ttft_ms": ttft, "tpot_ms": tpot, "e2e_ms": e2e, "completed": done}
 
 
+def _within(lat: dict[str, np.ndarray], bounds: dict[str, float | None]) -> np.ndarray:
+    """Requests that completed within every bound that is set (ms)."""
+    ok = lat["completed"].copy()
+    for key, bound in bounds.items():
+        if bound is not None:
+            ok &= ~(lat[key] > bound)  # NaN (no TPOT) passes; a missing TTFT/E2E is already not completed
+    return ok
+
+
+def per_class(r: SimResult, lat: dict[str, np.ndarray], makespan: float) -> dict[str, Any] | None:
+    """Latency and goodput of each request class (workload.classes, or a trace's priority levels):
+    count, completed, priority, TTFT/TPOT/E2E percentiles, and the share within the class's own
+    SLO (its bounds, else the scenario's). None for a workload of one class."""
+    q = r.requests
+    if "class" not in q:
+        return None
+    sc = getattr(r, "scenario", None)
+    defined = (sc.workload.classes or []) if sc is not None else []
+    names = getattr(r, "class_names", None) or [c.name for c in defined]
+    slo = getattr(sc, "slo", None)
+    klass, priority = np.asarray(q["class"]), np.asarray(q["priority"])
+    out = {}
+    for k, name in enumerate(names):
+        sel = klass == k
+        own = defined[k].slo if k < len(defined) else None
+        bounds = {b: (getattr(own, b, None) if own is not None else None) or getattr(slo, b, None)
+                  for b in ("ttft_ms", "tpot_ms", "e2e_ms")}
+        ok = _within(lat, bounds) & sel
+        n = int(sel.sum())
+        sub = {key: v[sel] for key, v in lat.items()}
+        out[name] = {
+            "requests": n, "completed": int(sub["completed"].sum()),
+            "priority": int(priority[sel][0]) if n else None,
+            "ttft_ms": latency_stats(sub["ttft_ms"]), "tpot_ms": latency_stats(sub["tpot_ms"]),
+            "e2e_ms": latency_stats(sub["e2e_ms"]),
+            "goodput": {"fraction": int(ok.sum()) / n if n else None,
+                        "requests_per_s": int(ok.sum()) / makespan if makespan > 0 else None,
+                        "slo": {b: v for b, v in bounds.items() if v is not None}},
+        }
+    return out
+
+
+CHUNK = 1 << 18  # memory: long passes over per-moment arrays go a chunk at a time
+
+
+def weighted_stats(values: np.ndarray, weights: np.ndarray, scale: float = 1.0) -> dict[str, float | None]:
+    """mean, p50, p90, p99 of values each counted `weights` times, times `scale`: the percentiles
+    of the pooled samples (the smallest value whose cumulative weight reaches q of the total).
+    One argsort and one cumulative sum: a run may pool millions of values."""
+    v = np.asarray(values, dtype=float)
+    w = np.asarray(weights)
+    if not (np.isfinite(v).all() and (w > 0).all()):
+        ok = np.isfinite(v) & (w > 0)
+        v, w = v[ok], w[ok]
+    if v.size == 0:
+        return {"mean": None, "p50": None, "p90": None, "p99": None}
+    # memory: the weighted sum a chunk at a time (no float copy of every weight)
+    weighted = sum(float(np.dot(v[i:i + CHUNK], w[i:i + CHUNK])) for i in range(0, v.size, CHUNK))
+    total = int(w.sum(dtype=np.int64))
+    o = np.argsort(v)  # in place, no buffer: ties are equal values, so their order does not matter
+    want = [0.5 * total, 0.9 * total, 0.99 * total]
+    ranks: list[int] = []
+    run = 0
+    for i in range(0, v.size, CHUNK):  # the cumulative weight a chunk at a time: no copy of every weight
+        cw = np.cumsum(w[o[i:i + CHUNK]], dtype=np.int64)
+        cw += run
+        while len(ranks) < 3 and cw[-1] >= want[len(ranks)]:
+            ranks.append(i + int(np.searchsorted(cw, want[len(ranks)], side="left")))
+        run = int(cw[-1])
+    p50, p90, p99 = (float(v[o[min(k, v.size - 1)]]) * scale for k in ranks)
+    return {"mean": weighted / total * scale, "p50": p50, "p90": p90, "p99": p99}
+
+
+def itl_samples(m: dict[str, np.ndarray], pp: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The gaps between a request's consecutive streamed tokens, pooled over all requests, as
+    (gap seconds, how many tokens had it), from the moment log alone (O(moments), no per-token
+    record): `vllm bench serve`'s ITL.
+
+    On one engine all decoding sequences get a token at the end of each moment with decodes
+    (a multi-step block streams them at its last step only: `held` moments give none). A
+    sequence that decoded in the previous such moment J waited end_k - end_J, stalls of
+    prefill-only moments between them included; one whose prefill ended in a moment p since
+    (`firsts`, its first token) waited end_k - end_p. So moment k gives decodes_k - (firsts in
+    J..k-1) gaps of end_k - end_J, and each moment p with firsts gives firsts_p gaps of
+    end_N - end_p, N the next streaming moment. Not counted: a request's gap across a
+    recompute preemption (from its last token before it to its re-prefill). Arrays are made
+    only at the streaming moments and freed as they go: a run may have millions of moments."""
+    start = np.asarray(m["start_s"], dtype=float)
+    if start.size == 0 or "decodes" not in m:
+        return np.zeros(0), np.zeros(0, dtype=np.int32)
+    dur = np.asarray(m["dur_s"], dtype=float)
+    dec, first, held = m["decodes"], m["firsts"], m["held"]
+    replica, engine = np.asarray(m["replica"]), np.asarray(m["engine"])
+    one = not (replica.any() or engine.any())
+    gaps, weights = [], []
+    for u in ([None] if one else np.unique(replica.astype(np.int64) * pp + engine)):
+        sel = None if u is None else np.flatnonzero(replica.astype(np.int64) * pp + engine == u)
+        d = dec if sel is None else dec[sel]
+        stream = np.flatnonzero((d > 0) & ~(held if sel is None else held[sel]))  # this engine's streaming moments
+        if stream.size == 0:
+            continue
+        at = stream if sel is None else sel[stream]
+        es = start[at]
+        es += dur[at]
+        f = first if sel is None else first[sel]
+        p = np.flatnonzero(f)  # moments where prefills ended: few, except in prefill-heavy runs
+        w = d[stream[1:]].astype(np.int32)  # the sequences of each streaming moment after the first...
+        if p.size:
+            fp = f[p].astype(np.int32)
+            nxt = np.searchsorted(stream, p, side="right")  # the streaming moment after each: newcomers' gap
+            ok = nxt < stream.size
+            pa = p[ok] if sel is None else sel[p[ok]]
+            gaps.append(es[nxt[ok]] - (start[pa] + dur[pa]))
+            weights.append(fp[ok])
+            j = nxt[ok] - 1  # ...less the newcomers among them (w[j] belongs to stream[j + 1])
+            has = j >= 0
+            np.subtract.at(w, j[has], fp[ok][has])
+            np.maximum(w, 0, out=w)
+        del stream
+        gaps.append(np.diff(es))
+        del es
+        weights.append(w)
+    if not gaps:
+        return np.zeros(0), np.zeros(0, dtype=np.int32)
+    if len(gaps) == 1:
+        return gaps[0], weights[0]
+    return np.concatenate(gaps), np.concatenate(weights)
+
+
+def ttft_split(r: SimResult) -> dict[str, dict[str, float | None]]:
+    """TTFT in three parts, each over completed requests (ms): queue (reaching the engine to the
+    start of the moment that began its prefill), prefill (from there to its first token on the
+    engine: its chunks, the steps between them, any restart) and overheads (the stack's front end,
+    in and out)."""
+    q = r.requests
+    stats = getattr(r, "stats", {}) or {}
+    t_out = float(stats.get("request_out_s", 0.0))
+    done = np.asarray(q["status"]) == STATUS_COMPLETED
+    arrival = np.asarray(q["arrival_s"], dtype=float)
+    first = np.asarray(q["first_token_s"], dtype=float)
+    started = np.asarray(q.get("started_s", np.full(arrival.size, np.nan)), dtype=float)
+    reached = np.asarray(q.get("reached_s", arrival), dtype=float)
+    queue = np.where(done, (started - reached) * 1e3, np.nan)
+    prefill = np.where(done, (first - t_out - started) * 1e3, np.nan)
+    over = np.where(done, (reached - arrival + t_out) * 1e3, np.nan)
+    return {"queue": latency_stats(queue), "prefill": latency_stats(prefill), "overheads": latency_stats(over)}
+
+
 def _goodput(r: SimResult, lat: dict[str, np.ndarray], makespan: float) -> dict[str, Any]:
     """Requests per second that meet every per-request SLO bound, and whether the p99 SLOs hold.
 
@@ -132,11 +284,7 @@ def _goodput(r: SimResult, lat: dict[str, np.ndarray], makespan: float) -> dict[
     set; a request of one output token has no TPOT and so cannot miss a TPOT bound."""
     slo = getattr(getattr(r, "scenario", None), "slo", None)
     bounds = {k: getattr(slo, k, None) for k in ("ttft_ms", "tpot_ms", "e2e_ms")} if slo else {}
-    ok = lat["completed"].copy()
-    for key, bound in bounds.items():
-        if bound is not None:
-            v = lat[key]
-            ok &= ~(v > bound)  # NaN (no TPOT) passes; a missing TTFT/E2E is already not completed
+    ok = _within(lat, bounds)
     n = ok.size
     good = int(ok.sum())
     p99 = {}
@@ -220,12 +368,13 @@ def overload(r: SimResult) -> dict[str, Any]:
 
 
 REJECT_ADVICE = {  # the engine's reasons, and what a user can change
-    R_TOKENS: "the continuous scheduler cannot split a prompt: raise serving.max_batched_tokens "
+    R_TOKENS: "the continuous and mixed schedulers cannot split a prompt: raise serving.max_batched_tokens "
               "or use scheduler: chunked",
     R_KV: "prompt + output exceed one replica's KV cache: more tp, a smaller kv_dtype or shorter requests",
     R_QUEUE: "serving.max_queue requests were already waiting",
     R_CONTEXT: "the model serves no longer sequences (its config's max_position_embeddings): shorter requests "
                "or a model with a longer context",
+    R_LEN: "prompt + output exceed serving.max_model_len: raise it (up to the model's context) or shorter requests",
 }
 
 
@@ -270,11 +419,20 @@ def summarize(r: SimResult) -> dict[str, Any]:
         for c, s in part.items():
             all_cats[c] = all_cats.get(c, 0.0) + float(s)
 
+    pools = getattr(r, "pools", None) or []
     devices = int(r.replicas) * int(r.devices_per_replica)
     busy = float(dur.sum()) / int(getattr(r, "pp", 1))  # pp > 1: each moment keeps each stage busy dur / pp
     capacity = makespan * int(r.replicas)
     kv_used = np.asarray(m["kv_blocks_used"], dtype=float)
     kv_cap = float(r.kv_capacity_blocks)
+    peak_rate, bw_rate = float(r.peak_flops) * devices, float(r.mem_bw) * devices
+    if pools:  # disaggregated: devices, peaks and busy time of both pools; KV as a share of each pool's
+        devices = sum(p["replicas"] * p["devices_per_replica"] for p in pools)
+        busy = sum(p["busy_s"] for p in pools)
+        peak_rate = sum(p["peak_flops"] * p["replicas"] * p["devices_per_replica"] for p in pools)
+        bw_rate = sum(p["mem_bw"] * p["replicas"] * p["devices_per_replica"] for p in pools)
+        caps = np.asarray([p["kv_capacity_blocks"] for p in pools], dtype=float)[np.asarray(m["pool"])]
+        kv_used, kv_cap = kv_used / caps, 1.0
     kv_ts = np.asarray(r.timeseries.get("kv_used_frac", ()), dtype=float)
     pre = np.asarray(q["preemptions"])
     clock = float(r.clock_ghz)
@@ -288,9 +446,11 @@ def summarize(r: SimResult) -> dict[str, Any]:
         "ttft_ms": latency_stats(lat["ttft_ms"]),
         "tpot_ms": latency_stats(lat["tpot_ms"]),
         "e2e_ms": latency_stats(lat["e2e_ms"]),
+        "itl_ms": weighted_stats(*itl_samples(m, int(getattr(r, "pp", 1))), scale=1e3),
         "moment_ms": moment_stats(dur),
         "breakdown_share": shares(all_cats),
         "overloaded": False,  # set below (a contract key since turn 2)
+        "energy_j_per_token": None,  # set below (a contract key since turn 2: energy is modelled)
         # -- beyond the contract ----------------------------------------------------------------
         "latency_of": {"requests": "completed", "count": completed},
         "overload": {},
@@ -301,9 +461,9 @@ def summarize(r: SimResult) -> dict[str, Any]:
             "mixed_count": int((kind == 2).sum()),
         },
         "breakdown_share_by_kind": {k: shares(v) for k, v in cats.items()},
-        "mfu": float(r.total_flops - r.recomputed_flops) / (makespan * float(r.peak_flops) * devices)
+        "mfu": float(r.total_flops - getattr(r, "recomputed_flops", 0.0)) / (makespan * peak_rate)
         if makespan > 0 else None,
-        "mbu": float(r.total_bytes) / (makespan * float(r.mem_bw) * devices) if makespan > 0 else None,
+        "mbu": float(r.total_bytes) / (makespan * bw_rate) if makespan > 0 else None,
         "gpu_busy_frac": busy / capacity if capacity > 0 else None,
         "host_busy_frac": float(r.host_busy_s) / capacity if capacity > 0 else None,
         "kv": {
@@ -313,6 +473,8 @@ def summarize(r: SimResult) -> dict[str, Any]:
             "peak_frac": float(kv_used.max()) / kv_cap if kv_used.size and kv_cap > 0 else None,
             "mean_frac": float(kv_ts.mean()) if kv_ts.size else None,
         },
+        "ttft_split_ms": ttft_split(r),
+        "prefix_cache": _prefix_cache(r),
         "preemptions": {"total": int(pre.sum()), "requests": int((pre > 0).sum()),
                         "recomputed_tokens": int(r.recomputed_tokens)},
         "goodput": _goodput(r, lat, makespan),
@@ -320,11 +482,96 @@ def summarize(r: SimResult) -> dict[str, Any]:
         "output_tokens": out_tokens,
         "config": _config(r, devices),
     }
+    if pools:
+        out["disaggregated"] = disaggregated_summary(r, pools, makespan)
+    cache = cache_summary(r)
+    if cache:
+        out.update(cache)
+    classes = per_class(r, lat, makespan)
+    if classes is not None:
+        out["classes"] = classes
+    out["energy"] = energy_summary(getattr(r, "energy", None) or {}, out_tokens, makespan)
+    out["energy_j_per_token"] = out["energy"]["j_per_output_token"]
     ov = overload(r)
     out["overloaded"] = ov.pop("overloaded")
     out["overload"] = ov
     out["warnings"] = warnings(out)
     return clean(out)
+
+
+def disaggregated_summary(r: SimResult, pools: list[dict[str, Any]], makespan: float) -> dict[str, Any]:
+    """Each pool of a disaggregated run (role, hardware, tp, pp, replicas, devices, its busy share,
+    MFU, peak KV use, energy) and the KV transfers (from prefill end to decode arrival, ms)."""
+    m, q = r.moments, r.requests
+    out: dict[str, Any] = {"pools": []}
+    for k, p in enumerate(pools):
+        sel = np.asarray(m["pool"]) == k
+        devices = p["replicas"] * p["devices_per_replica"]
+        kv = np.asarray(m["kv_blocks_used"], dtype=float)[sel]
+        e = p["energy"]
+        out["pools"].append({
+            "role": p["role"], "hardware": p["hardware"], "tp": p["tp"], "pp": p["pp"], "replicas": p["replicas"],
+            "devices": devices, "scheduler": p["scheduler"], "max_batch_size": p["max_batch_size"],
+            "moments": int(sel.sum()),
+            "gpu_busy_frac": p["busy_s"] / (makespan * p["replicas"]) if makespan > 0 else None,
+            "mfu": p["total_flops"] / (makespan * p["peak_flops"] * devices) if makespan > 0 else None,
+            "kv_peak_frac": float(kv.max()) / p["kv_capacity_blocks"] if kv.size and p["kv_capacity_blocks"] else None,
+            "energy_j": e["total_j"] if e["known"] else None,
+            "avg_power_w_per_replica": float(np.mean(e["avg_power_w"])) if e["known"] else None,
+            "peak_power_w_per_replica": float(np.max(e["peak_power_w"])) if e["known"] else None,
+        })
+    out["kv_transfer_ms"] = latency_stats(np.asarray(q.get("kv_transfer_s", []), dtype=float) * 1e3)
+    out["transferred"] = int(np.isfinite(np.asarray(q.get("kv_transfer_s", []), dtype=float)).sum())
+    return out
+
+
+def cache_summary(r: SimResult) -> dict[str, Any]:
+    """kv_offload (with serving.kv_offload): the requests that looked up a shared prefix and found
+    it (on the device or in the CPU tier), those served from the CPU tier, its copies and transfer
+    seconds (prefix_cache has the hit rate in tokens)."""
+    sc, st = getattr(r, "scenario", None), getattr(r, "cache_stats", None) or {}
+    sv = getattr(sc, "serving", None)
+    out: dict[str, Any] = {}
+    if sv is None or not st:
+        return out
+    looked, hits = st.get("prefix_lookups", 0), st.get("prefix_hits", 0)
+    if sv.kv_offload is not None:
+        host = st.get("prefix_host_hits", 0)
+        out["kv_offload"] = {
+            "cpu_gb": sv.kv_offload.cpu_gb, "host_capacity_blocks": st.get("host_capacity_blocks", 0),
+            "prefix_lookups": looked, "prefix_hit_rate": hits / looked if looked else None,
+            "prefix_host_hits": host, "host_hit_rate": host / looked if looked else None,
+            "copied_in_blocks": st.get("copied_in_blocks", 0), "stored_blocks": st.get("stored_blocks", 0),
+            "swapped_out_blocks": st.get("swapped_out_blocks", 0), "swap_fallbacks": st.get("swap_fallbacks", 0),
+            "transfer_s": st.get("transfer_s", 0.0),
+        }
+    return out
+
+
+def energy_summary(e: dict[str, Any], out_tokens: float, makespan: float) -> dict[str, Any]:
+    """The devices' energy (SimResult.energy) for the JSON: totals, J per output token, and the
+    average and peak power of a replica (the mean of the replicas' averages, the highest peak);
+    all None when the hardware has no power figures (hwmodels.spec.Power)."""
+    if not e.get("known"):
+        return {"j_per_output_token": None, "total_j": None, "note": "no power figures for this hardware "
+                "(hardware.device.power: tdp_w, idle_w)"}
+    avg, peak = np.asarray(e["avg_power_w"], dtype=float), np.asarray(e["peak_power_w"], dtype=float)
+    return {
+        "j_per_output_token": e["total_j"] / out_tokens if out_tokens > 0 else None,
+        "total_j": e["total_j"], "idle_j": e["idle_j"], "dynamic_j": e["dynamic_j"],
+        "kwh": e["total_j"] / 3.6e6,
+        "avg_power_w": e["total_j"] / makespan if makespan > 0 else None,
+        "avg_power_w_per_replica": float(avg.mean()) if avg.size else None,
+        "peak_power_w_per_replica": float(peak.max()) if peak.size else None,
+        "idle_power_w_per_replica": e["idle_power_w"], "tdp_w_per_replica": e["tdp_w"],
+    }
+
+
+def _prefix_cache(r: SimResult) -> dict[str, Any]:
+    """Prompt tokens found in the prefix cache over those admitted (a recompute looks up again)."""
+    stats = getattr(r, "stats", {}) or {}
+    looked, hit = int(stats.get("prompt_tokens_admitted", 0)), int(stats.get("prefix_hit_tokens", 0))
+    return {"hit_rate": hit / looked if looked else None, "hit_tokens": hit, "prompt_tokens": looked}
 
 
 def _config(r: SimResult, devices: int) -> dict[str, Any]:
@@ -337,4 +584,10 @@ def _config(r: SimResult, devices: int) -> dict[str, Any]:
         cfg = {"scenario": sc.name, "model": sc.model, "hardware": sc.hardware,
                "scheduler": sc.serving.scheduler, "tp": sc.serving.tp, "pp": sc.serving.pp,
                "mode": sc.serving.mode, "seed": sc.seed, **cfg}
+        if sc.serving.stack is not None:  # what the preset set, as it ran
+            sv = sc.serving
+            cfg["stack"] = {"name": sv.stack, **sv.model_dump(include={
+                "max_batch_size", "max_batched_tokens", "block_size", "gpu_memory_utilization", "prefix_caching",
+                "async_scheduling", "num_scheduler_steps", "guaranteed_no_evict", "cuda_graph_padding",
+                "graph_mixed", "overheads"}), "cuda_graph_max": max(sv.cuda_graph_sizes or [0]) or None}
     return cfg

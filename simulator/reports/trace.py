@@ -38,9 +38,11 @@ def _trace(r: SimResult, max_events: int) -> tuple[list[dict[str, Any]], dict[st
     replicas = int(r.replicas)
     cluster_pid = replicas  # the counters' process, after the replicas
     meta: list[dict[str, Any]] = []
-    engines = int(getattr(r, "pp", 1) or 1)  # pipeline virtual engines: one track each
+    engines = max([int(getattr(r, "pp", 1) or 1)] + [x["pp"] for x in getattr(r, "pools", None) or []])
+    role = {x["replica_offset"] + k: x["role"] + " " for x in getattr(r, "pools", None) or [] for k in range(x["replicas"])}
     for p in range(replicas):
-        meta.append({"ph": "M", "name": "process_name", "pid": p, "tid": 0, "args": {"name": f"replica {p}"}})
+        meta.append({"ph": "M", "name": "process_name", "pid": p, "tid": 0,
+                     "args": {"name": f"{role.get(p, '')}replica {p}"}})
         meta.append({"ph": "M", "name": "process_sort_index", "pid": p, "tid": 0, "args": {"sort_index": p}})
         for e in range(engines):
             name = "GPU" if engines == 1 else f"GPUs, pipeline engine {e}"

@@ -18,8 +18,9 @@ from simulator.serving.scenario import Scenario
 
 # Measured with benchmarks/bench_memory.py: peak RSS of simulate + summarize + write_outputs
 # (as run --out), less the interpreter's and the libraries', per request and per moment.
-BYTES_PER_REQUEST = 117
-BYTES_PER_MOMENT = 83
+BYTES_PER_REQUEST = 136  # 117 before the TTFT split's two times and the priorities and classes per request
+BYTES_PER_MOMENT = 108   # 83 before the gaps between tokens' three columns (decodes, firsts, held) and energy's
+#                          two (decode context, energy); a moment with prefill logs 32 bytes more
 BYTES_PER_ENGINE = 64 * 1024  # one replica's (or virtual engine's) scheduler state, its block residues
 
 
@@ -35,6 +36,9 @@ def least_moments(sc: Scenario) -> int:
 def needed_bytes(sc: Scenario) -> int:
     s = sc.serving
     engines = s.replicas * s.pp
+    if s.disaggregated is not None:  # both pools' engines
+        engines = sum((part.replicas or s.replicas) * (part.pp or s.pp)
+                      for part in (s.disaggregated.prefill, s.disaggregated.decode))
     return (sc.workload.num_requests * BYTES_PER_REQUEST + least_moments(sc) * BYTES_PER_MOMENT
             + engines * (BYTES_PER_ENGINE + 8 * s.block_size))
 

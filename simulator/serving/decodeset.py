@@ -6,11 +6,14 @@ cached has c0 + (step - s0) cached later and finishes at a step known on entry, 
 (only finishers are popped). The sum of cached tokens is `base + seqs * step` (base = sum of
 c0 - s0). A sequence needs a new KV block at a step exactly when (s0 - c0) % block_size ==
 step % block_size, so a count per residue gives the step's new blocks in one lookup.
+SpecDecodeSet (speculative decoding) counts tokens instead of steps.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
+import random
 from typing import NamedTuple
 
 NOBODY: tuple[int, ...] = ()  # speed: advance() when no one finishes (most steps) builds no list
@@ -90,3 +93,47 @@ class DecodeSet:
             if e is not None and e.token == token:  # else preempted since
                 done.append(i)
         return done
+
+
+class SpecDecodeSet(DecodeSet):
+    """Speculative decoding: each step gives every sequence the same drawn number of tokens a
+    (1 .. k + 1: the accepted drafts and the target's own token), so the closed-form bookkeeping
+    holds with `step` counting tokens instead of steps: a request entering at counter s0 with c0
+    cached has c0 + (step - s0) cached later, the finish heap is keyed by the counter at which it
+    has its last token (it may overshoot that within its last step: the extra tokens are dropped,
+    their KV slots freed with the rest), and a step opens one block for each sequence whose cache
+    crosses a block boundary within its a new tokens: the sum of the residue counts over the
+    window step .. step + a - 1 (O(a) per step).
+
+    One draw per step for all sequences (`a` is drawn when the previous step ends, so the
+    scheduler can allocate the step's blocks first): each request's own sequence of a's has the
+    right distribution, so its token rate, TPOT and their spread across requests are right; what
+    is lost is the independence between requests of one batch (they advance together), so the
+    KV a batch grows by per step varies more than it would. The step's cost does not depend on
+    a (every sequence verifies k + 1 tokens).
+    """
+
+    __slots__ = ("a", "_cdf", "_random")
+
+    def __init__(self, block_size: int, probs: list[float], seed: int):
+        super().__init__(block_size)
+        acc, cdf = 0.0, []
+        for p in probs[:-1]:
+            acc += p
+            cdf.append(acc)
+        self._cdf = cdf                          # P(A <= a) for a = 1 .. k
+        self._random = random.Random(seed).random
+        self.a = self._draw()                    # tokens per sequence of the next step
+
+    def _draw(self) -> int:
+        return bisect.bisect_right(self._cdf, self._random()) + 1
+
+    def new_blocks(self) -> int:
+        due, bs, s = self.due, self.block_size, self.step
+        return sum(due[(s + j) % bs] for j in range(self.a))
+
+    def advance(self) -> list[int] | tuple[int, ...]:
+        """A step ran: every sequence got `a` tokens; the requests that got their last one."""
+        self.step += self.a - 1  # DecodeSet.advance counts the last of them and pops the finishers
+        self.a = self._draw()
+        return super().advance()

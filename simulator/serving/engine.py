@@ -9,9 +9,12 @@ replica's GPUs are busy; step_agg already includes the host's issue time and per
 overhead), then `scheduler.on_step_done` hands out tokens and KV blocks. An idle engine waits on
 an event that the next arrival routed to it triggers: no polling.
 
-A pool is a set of identical replicas (model, hardware, tp, pp, scheduler, router). A run has one
-pool today; disaggregated serving would add a second (prefill and decode pools), each with its
-own hardware, parallelism and replica count, and a KV transfer between them.
+A pool (pool.py) is a set of identical replicas (model, hardware, tp, pp, scheduler, router). A
+run has one pool, or with `serving.disaggregated` a prefill pool and a decode pool, each with its
+own hardware, parallelism and replica count, and a KV transfer between them (disaggregated.py).
+Features that change how a replica schedules (priorities, a CPU KV tier, speculative decoding)
+are scheduler mixins (schedulers/); speculative decoding also swaps the moment's cost
+(moment/speculative.py).
 
 Pipeline parallelism (pp > 1) is modelled as vLLM runs it: each replica runs pp virtual engines,
 each a process of the same loop with its own scheduler, queue and 1/pp of the replica's KV cache
@@ -39,15 +42,29 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import simpy
+from pydantic import ValidationError
 
-from hwmodels.errors import InputError, open_regular
+from hwmodels.errors import InputError, from_validation, open_regular
 from hwmodels.load import load_hardware
 from hwmodels.spec import Hardware
-from simulator.moment.cost import StepModel, check_parallelism, step_model
+from simulator.moment.cost import Launch, check_parallelism, step_model
 from simulator.moment.memory import check_fits, footprint
 from simulator.moment.model import ModelSpec, load_model
 from simulator.moment.ops import Dtypes
+from simulator.moment.power import MomentPower
+from simulator.moment.speculative import Draft, SpecPower, Speculation, draft_of
 from simulator.serving.budget import check_memory
+from simulator.serving.disaggregated import Disaggregation, transfer_path
+from simulator.serving.pool import (
+    R_CONTEXT,
+    R_KV,
+    R_LEN,
+    R_QUEUE,
+    R_TOKENS,
+    Pool,
+    PoolModel,
+    Replica,
+)
 from simulator.serving.result import (
     COMPLETED,
     REJECTED,
@@ -56,125 +73,87 @@ from simulator.serving.result import (
     SimResult,
     build_result,
 )
-from simulator.serving.routers import ROUTERS
-from simulator.serving.scenario import Scenario, Serving
-from simulator.serving.schedulers import DECODE, MIXED, PREFILL, SCHEDULERS, Scheduler
+from simulator.serving.scenario import Scenario, Serving, pool_serving
+from simulator.serving.schedulers import DECODE, MIXED, PREFILL
+from simulator.serving.stacks import resolve
 from simulator.serving.workload import make_requests
 
-PCIE_BW = 25e9  # bytes/s host<->device for swap preemption (PCIe 4/5 x16, achieved)
 INF = float("inf")
 ARRIVAL_CHUNK = 65_536
-
-R_KV = "exceeds kv capacity"                    # prompt + output can never fit a replica's KV cache
-R_TOKENS = "prompt > max_batched_tokens"        # continuous (vLLM v0) cannot chunk a prompt
-R_QUEUE = "queue full"                          # serving.max_queue requests already waiting
-R_CONTEXT = "exceeds max_position_embeddings"   # prompt + output longer than the model serves (vLLM: max_model_len)
+FRONT_SPREAD = 1.0  # a request's way in through the front end: uniform on [0, 2 x its mean] (front_end)
 
 
-class Replica:
-    """One replica, or one virtual engine of a pp > 1 replica: a scheduler and the SimPy process
-    that runs its moments."""
-
-    def __init__(self, rid: int, eng: int, pp: int, scheduler: Scheduler):
-        self.rid, self.eng = rid, eng
-        self.unit = rid * pp + eng  # the moment log's id (= rid when pp = 1)
-        self.name = f"replica {rid}" + (f" engine {eng}" if pp > 1 else "")
-        self.scheduler = scheduler
-        self.idle = False
-        self.wake: simpy.Event | None = None
-
-    def arrive(self, i: int) -> None:
-        self.scheduler.add(i)
-        if self.idle:
-            self.idle = False
-            self.wake.succeed()
-
-    def run(self, env: simpy.Environment, cost: Callable[..., float], log: MomentLog) -> Iterator[simpy.Event]:
-        sched = self.scheduler
-        # speed: bound methods and attributes as locals, read once instead of once per moment
-        schedule, done, add, kv, unit = sched.schedule, sched.on_step_done, log.add, sched.kv, self.unit
-        timeout = env.timeout
-        while True:
-            m = schedule()
-            if m is None:
-                if sched.waiting or sched.prefilling:
-                    raise RuntimeError(f"{self.name} stalled with {len(sched.waiting)} waiting")
-                self.idle = True
-                self.wake = env.event()
-                yield self.wake
-                continue
-            dt = cost(*m.batch) + m.extra_s
-            if not 0.0 < dt < INF:  # simulated time must advance by a finite step (schema bounds keep it so)
-                raise InputError("hardware", "", f"a moment of {dt} s: simulated time would not advance; check "
-                                 "the hardware's and model's numbers")
-            add(unit, env.now, dt, m, kv.capacity - kv.free)  # KV used at its start (speed: kv.used inlined)
-            yield timeout(dt)
-            done(m, env.now)
-
-
-class Pool:
-    """Identical replicas (model, hardware, tp, pp, scheduler) behind one router; the KV capacity
-    and step cost are theirs. `submit(i)` is a request's way in."""
-
-    def __init__(self, env: simpy.Environment, serving: Serving, sm: StepModel, cap_blocks: int,
-                 requests: RequestLog, moments: MomentLog):
-        self.serving, self.sm, self.requests, self.moments = serving, sm, requests, moments
-        self.cap_blocks = cap_blocks                # per replica
-        pp = serving.pp
-        blocks = cap_blocks // pp                   # per virtual engine (vLLM: num_gpu_blocks // pp)
-        kv_bytes = sm.model.kv_bytes_per_token(serving.kv_dtype, serving.tp, pp)
-        swap_s_per_block = serving.block_size * kv_bytes / PCIE_BW
-        policy = SCHEDULERS[serving.scheduler]
-        self.engines = [Replica(r, e, pp, policy(serving, requests, blocks, swap_s_per_block))
-                        for e in range(pp) for r in range(serving.replicas)]  # engine-major
-        self.router = ROUTERS[serving.router]([r.scheduler for r in self.engines])
-        self.cap_tokens = blocks * serving.block_size  # a request lives on one virtual engine
-        self.max_len = sm.model.max_position_embeddings or 1 << 62
-        self.max_prompt_tokens = self.engines[0].scheduler.max_prompt_tokens
-        self.siblings = {r.rid: [e for e in self.engines if e.rid == r.rid] for r in self.engines}
-        for r in self.engines:
-            env.process(r.run(env, sm.step_agg, moments))
-
-    def submit(self, i: int) -> None:
-        """Reject request i if it can never run here or the queue is full; else route it."""
-        rq = self.requests
-        p = rq.prompt_len[i]
-        if p + rq.output_len[i] > self.max_len:
-            rq.reject(i, R_CONTEXT)
-        elif p + rq.output_len[i] > self.cap_tokens:
-            rq.reject(i, R_KV)
-        elif self.max_prompt_tokens is not None and p > self.max_prompt_tokens:
-            rq.reject(i, R_TOKENS)
-        else:
-            r = self.engines[self.router.route(i)]
-            rq.replica[i] = r.rid
-            if r.eng:  # the array starts at 0
-                rq.engine[i] = r.eng
-            cap = self.serving.max_queue
-            if cap is not None and sum(len(e.scheduler.waiting) for e in self.siblings[r.rid]) >= cap:
-                rq.reject(i, R_QUEUE)
-            else:
-                r.arrive(i)
-
-    def check_drained(self) -> None:
-        for r in self.engines:  # every block came back: only cached prefixes may stay resident
-            if not r.scheduler.drained:
-                raise RuntimeError(f"{r.name} ended holding KV blocks (engine bug)")
-
-
-def _arrivals(env: simpy.Environment, arrival_s: np.ndarray, submit: Callable[[int], None]) -> Iterator[simpy.Event]:
-    """Hand each request to the pool at its arrival time (all of one instant at once). The times
-    are read a chunk at a time: a list of 10M floats would hold 320 MB for the whole run."""
-    i = 0
+def _arrivals(env: simpy.Environment, arrival_s: np.ndarray, submit: Callable[[int], None],
+              order: np.ndarray | None = None) -> Iterator[simpy.Event]:
+    """Hand each request to the pool at its time (all of one instant at once); `arrival_s` are
+    the times the engine has them, taken in `order` (None: index order, the order of arrival).
+    They are read a chunk at a time: a list of 10M floats would hold 320 MB for the whole run."""
     instant = -INF
-    for lo in range(0, arrival_s.size, ARRIVAL_CHUNK):
-        for t in arrival_s[lo:lo + ARRIVAL_CHUNK].tolist():  # speed: Python floats, a chunk at a time
+    n = arrival_s.size
+    for lo in range(0, n, ARRIVAL_CHUNK):
+        if order is None:
+            ids: range | list[int] = range(lo, min(lo + ARRIVAL_CHUNK, n))
+            times = arrival_s[lo:lo + ARRIVAL_CHUNK].tolist()  # speed: Python floats, a chunk at a time
+        else:
+            part = order[lo:lo + ARRIVAL_CHUNK]
+            ids, times = part.tolist(), arrival_s[part].tolist()
+        for i, t in zip(ids, times, strict=True):
             if t > instant:  # a new instant: wait for it
                 instant = t
                 if t > env.now:
                     yield env.timeout(t - env.now)
             submit(i)
-            i += 1
+
+
+def front_end(requests: RequestLog, sv: Serving, hw: Hardware, seed: int) -> None:
+    """The stack's front end on `requests`: each request's way in is drawn uniformly within
+    +-FRONT_SPREAD of request_in_ms (seeded apart from the workload; 1: on [0, 2 x the mean]), the
+    way out is the same for every token. The spread is an assumption: a front end shares its host
+    with the other clients' streams, and without a spread of about a step a closed loop of
+    clients locks to the decode steps' grid (its requests would always reach the engine at the
+    same point of a step, and TTFT would jump by a step as request_in_ms crosses a multiple)."""
+    if not sv.api_server:
+        return
+    o, speed = sv.overheads, hw.host.speed
+    requests.out_delay = o.request_out_ms * 1e-3 / speed
+    if o.request_in_ms:
+        rng = np.random.default_rng([seed, 0x46524F4E54])  # "FRONT": a stream of its own, the workload's unchanged
+        mean = o.request_in_ms * 1e-3 / speed
+        requests.in_delay = (mean * rng.uniform(1 - FRONT_SPREAD, 1 + FRONT_SPREAD, len(requests))).tolist()
+
+
+class Clients:
+    """`workload.concurrency`: N clients as `vllm bench serve --max-concurrency N` runs them. Each
+    takes the next request in order, sends it at its planned arrival time or at once if that has
+    passed (a burst plans them all at 0: a closed loop), and waits for its last token (or its
+    rejection) and the think time before taking another. The time a request is sent is its
+    arrival (written into arrival_s); the engine has it the front end's delay later."""
+
+    def __init__(self, env: simpy.Environment, requests: RequestLog, submit: Callable[[int], None],
+                 clients: int, think_s: float, delay: list[float] | None):
+        self.env, self.submit, self.think_s, self.delay = env, submit, think_s, delay
+        self.arrival_s = requests.requests.arrival_s  # planned times in, send times out
+        self.reached_s = requests.reached_s
+        self.planned = self.arrival_s.tolist()
+        self.next = 0
+        requests.on_end = self.ended
+        for _ in range(min(clients, len(self.planned))):
+            self._take(0.0)
+
+    def _take(self, wait: float) -> None:
+        """A free client takes the next request and sends it after `wait` or at its planned time."""
+        i = self.next
+        if i >= len(self.planned):
+            return
+        self.next = i + 1
+        t = max(self.env.now + wait, self.planned[i])
+        self.arrival_s[i] = t
+        self.reached_s[i] = reach = t + (self.delay[i] if self.delay is not None else 0.0)
+        self.env.timeout(reach - self.env.now).callbacks.append(lambda _e: self.submit(i))
+
+    def ended(self, i: int, t: float) -> None:
+        """Request i's client has its response at time t (>= now): it sends again after thinking."""
+        self._take(t - self.env.now + self.think_s)
 
 
 # -- checks before simulating --------------------------------------------------------------------
@@ -196,12 +175,7 @@ def check_scenario(sc: Scenario, where: str = "scenario") -> tuple[ModelSpec, Ha
         hw = load_hardware(sc.hardware)
     except InputError as e:
         raise _nested(e, where, "hardware") from None
-    s = sc.serving
-    try:
-        check_parallelism(model, hw, s.tp, s.pp, s.ep)
-    except ValueError as e:
-        field = next((f"serving.{f}" for f in ("pp", "ep") if str(e).startswith(f"{f}=")), "serving.tp")
-        raise InputError(where, field, str(e)) from None
+    s = stack_serving(sc, hw, model, where)
     dt = Dtypes.of(model, s.weight_dtype, s.act_dtype, s.kv_dtype, plain="bf16")
     arr = sc.workload.arrival
     if arr.process == "trace" and arr.path:
@@ -209,32 +183,158 @@ def check_scenario(sc: Scenario, where: str = "scenario") -> tuple[ModelSpec, Ha
             open_regular(arr.path, "trace file").close()
         except InputError as e:
             raise InputError(where, "workload.arrival.path", f"{arr.path}: {e.message}") from None
-    check_fits(model, hw, s.tp, s.pp, dt, s.gpu_memory_utilization, s.activation_reserve_gb,
-               min_tokens=s.block_size * s.pp, where=f"{where}: model/hardware", ep=s.ep)
+    pools = pools_of(s, sc.hardware, hw, where)
+    for prefix, sv, part in pools:
+        check_pool(model, part, dt, sv, where, prefix)
+    if s.disaggregated is not None:
+        transfer_path(s.disaggregated.transfer, pools[0][2], where)
     check_memory(sc, where)
     return model, hw, dt
 
 
+def pools_of(s: Serving, hardware: str, hw: Hardware, where: str) -> list[tuple[str, Serving, Hardware]]:
+    """(field prefix, serving settings, hardware) of each pool: one, or a disaggregated pair."""
+    dis = s.disaggregated
+    if dis is None:
+        return [("serving", s, hw)]
+    out = []
+    for role, spec in (("prefill", dis.prefill), ("decode", dis.decode)):
+        field = f"serving.disaggregated.{role}"
+        part = hw
+        if spec.hardware is not None and spec.hardware != hardware:
+            try:
+                part = load_hardware(spec.hardware)
+            except InputError as e:
+                raise _nested(e, where, f"{field}.hardware") from None
+        out.append((field, pool_serving(s, spec), part))
+    return out
+
+
+def check_pool(model: ModelSpec, hw: Hardware, dt: Dtypes, s: Serving, where: str, prefix: str = "serving") -> None:
+    """tp/pp/ep of the model and a draft on this hardware, and their memory (one InputError line)."""
+    try:
+        check_parallelism(model, hw, s.tp, s.pp, s.ep)
+    except ValueError as e:
+        field = next((f"{prefix}.{f}" for f in ("pp", "ep") if str(e).startswith(f"{f}=")), f"{prefix}.tp")
+        raise InputError(where, field, str(e)) from None
+    draft = _draft(model, hw, dt, s, where, prefix)
+    extra = (draft.weight_bytes, draft.kv_bytes_per_token) if draft else (0.0, 0.0)
+    check_fits(model, hw, s.tp, s.pp, dt, s.gpu_memory_utilization, s.activation_reserve_gb,
+               min_tokens=s.block_size * s.pp, where=f"{where}: model/hardware" + ("" if prefix == "serving" else
+                                                                                   f" ({prefix})"),
+               ep=s.ep, fraction_of=s.memory_fraction_of, extra_weight_bytes=extra[0], extra_kv_bytes=extra[1])
+
+
+def _draft(model: ModelSpec, hw: Hardware, dt: Dtypes, s: Serving, where: str, prefix: str = "serving") -> Draft | None:
+    """The speculative draft of serving.speculative (None without it), on the pool's devices."""
+    sp = s.speculative
+    if sp is None:
+        return None
+    field = f"{prefix}.speculative.draft_model"
+    draft = None
+    if sp.method == "draft_model":
+        try:
+            draft = load_model(sp.draft_model)
+        except InputError as e:
+            raise _nested(e, where, field) from None
+        try:
+            check_parallelism(draft, hw, s.tp, s.pp)
+        except ValueError as e:
+            raise InputError(where, field, f"the draft: {e}") from None
+    return draft_of(model, hw, s.tp, s.pp, s.mode, dt, s.async_scheduling, s.kernels, draft, sp.head_layers)
+
+
+def pool_model(model: ModelSpec, hw: Hardware, dt: Dtypes, s: Serving, where: str = "scenario",
+               prefix: str = "serving") -> PoolModel:
+    """A pool's KV blocks per replica, moment cost and power (with a draft if speculative)."""
+    draft = _draft(model, hw, dt, s, where, prefix)
+    extra = (draft.weight_bytes, draft.kv_bytes_per_token) if draft else (0.0, 0.0)
+    fp = footprint(model, hw, s.tp, s.pp, dt, s.gpu_memory_utilization, s.activation_reserve_gb, s.ep,
+                   s.memory_fraction_of, *extra)
+    sm = step_model(model, hw, s.tp, s.pp, s.mode, dt, s.async_scheduling, s.ep, s.moe_imbalance, s.kernels,
+                    launch(s, hw))
+    power = MomentPower(sm, hw.device.power, s.max_batch_size)
+    if draft is None:
+        return PoolModel(s, hw, dt, fp.kv_capacity_tokens // s.block_size, sm, power)
+    k = s.speculative.k
+    spec_power = SpecPower(power, tuple((MomentPower(d, hw.device.power, s.max_batch_size), w) for d, w in draft.parts), k)
+    return PoolModel(s, hw, dt, fp.kv_capacity_tokens // s.block_size, Speculation(sm, draft, k), spec_power)
+
+
+def stack_serving(sc: Scenario, hw: Hardware, model: ModelSpec, where: str = "scenario") -> Serving:
+    """The scenario's serving settings under its stack's defaults (stacks.resolve), or one line."""
+    try:
+        return resolve(sc.serving, hw, model)
+    except ValidationError as e:
+        raise from_validation(e, f"{where} (serving.stack {sc.serving.stack})") from None
+
+
 # -- entry point ---------------------------------------------------------------------------------
+def launch(sv: Serving, hw: Hardware) -> Launch | None:
+    """A serving stack's launches and host work for the cost model (None: neither is set, and a
+    graph-mode step is one graph plus the hardware's per-step overhead, as without a stack)."""
+    o = sv.overheads
+    if sv.stack is None and sv.cuda_graph_sizes is None and o.step_us is None and not o.step_seq_us \
+            and sv.num_scheduler_steps == 1:
+        return None
+    speed = hw.host.speed
+    step_us = hw.host.step_overhead_us if o.step_us is None else o.step_us / speed
+    return Launch(tuple(sv.cuda_graph_sizes or ()), sv.cuda_graph_padding, sv.graph_mixed, sv.graph_piecewise,
+                  step_us * 1e-6, o.step_seq_us / speed * 1e-6, sv.num_scheduler_steps)
+
+
+def effective(scenario: Scenario) -> tuple[Scenario, ModelSpec, Hardware, Dtypes]:
+    """The scenario as it runs: a stack's defaults under the fields the file sets (stacks.resolve),
+    with its model, hardware and dtypes checked."""
+    model, hw, dt = check_scenario(scenario)
+    sv = stack_serving(scenario, hw, model)
+    if sv is scenario.serving:
+        return scenario, model, hw, dt
+    return scenario.model_copy(update={"serving": sv}), model, hw, dt
+
+
 def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None) -> SimResult:
     """Run a scenario to the end: every request completes or is rejected with a reason."""
     t_wall = time.perf_counter()
+    scenario, model, hw, dt = effective(scenario)
     sv = scenario.serving
-    model, hw, dt = check_scenario(scenario)
-    fp = footprint(model, hw, sv.tp, sv.pp, dt, sv.gpu_memory_utilization, sv.activation_reserve_gb, sv.ep)
-    cap_blocks = fp.kv_capacity_tokens // sv.block_size
-    sm = step_model(model, hw, sv.tp, sv.pp, sv.mode, dt, sv.async_scheduling, sv.ep, sv.moe_imbalance, sv.kernels)
-    req = make_requests(scenario.workload, scenario.seed, where="scenario")
+    wl = scenario.workload
+    req = make_requests(wl, scenario.seed, where="scenario")
     env = simpy.Environment()
     requests = RequestLog(req)
-    pool = Pool(env, sv, sm, cap_blocks, requests, MomentLog(sm, requests, progress))
-    env.process(_arrivals(env, req.arrival_s, pool.submit))
+    front_end(requests, sv, hw, scenario.seed)
+    if sv.disaggregated is not None:
+        pms = [pool_model(model, part, dt, s, prefix=prefix) for prefix, s, part in
+               pools_of(sv, scenario.hardware, hw, "scenario")]
+        deployment = Disaggregation(env, scenario, pms, requests, progress)
+        pools, submit = deployment.pools, deployment.submit
+    else:
+        pm = pool_model(model, hw, dt, sv)
+        pools = [Pool(env, pm, requests, MomentLog(pm.cost, requests, progress, pm.power), scenario.seed)]
+        submit = pools[0].submit
+    if wl.concurrency is not None:
+        Clients(env, requests, submit, wl.concurrency, wl.think_ms * 1e-3, requests.in_delay)
+    elif requests.in_delay is None:
+        requests.reached_s[:] = req.arrival_s
+        env.process(_arrivals(env, req.arrival_s, submit))
+    else:
+        reach = req.arrival_s + np.asarray(requests.in_delay)
+        requests.reached_s[:] = reach
+        env.process(_arrivals(env, reach, submit, np.argsort(reach, kind="stable")))
     env.run()
     if progress is not None:
         progress(1.0)
-    pool.check_drained()
-    return build_result(scenario, requests, pool.moments, hw, dt, cap_blocks, time.perf_counter() - t_wall)
+    for pool in pools:
+        pool.check_drained()
+    engines = [e.scheduler for pool in pools for e in pool.engines]
+    prefix = {"prompt_tokens_admitted": sum(s.lookup_tokens for s in engines),
+              "prefix_hit_tokens": sum(s.hit_tokens for s in engines)}
+    r = build_result(scenario, requests, [p.run_record() for p in pools], time.perf_counter() - t_wall, prefix)
+    stats = [p.kv_stats() for p in pools]
+    r.cache_stats = {k: sum(st.get(k, 0) for st in stats) for k in stats[0] | stats[-1]}
+    return r
 
 
-__all__ = ["SimResult", "simulate", "check_scenario", "Pool", "Replica", "PREFILL", "DECODE", "MIXED",
-           "COMPLETED", "REJECTED"]
+__all__ = ["SimResult", "simulate", "check_scenario", "effective", "pool_model", "Pool", "PoolModel", "Replica",
+           "Clients", "PREFILL", "DECODE", "MIXED", "COMPLETED", "REJECTED", "R_KV", "R_QUEUE", "R_TOKENS",
+           "R_CONTEXT", "R_LEN"]

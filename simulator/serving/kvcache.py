@@ -20,7 +20,7 @@ HIT, MISS, FAIL = 1, 0, -1
 class KVCache:
     """Block counts of one replica: free, and shared prefixes (in use or cached for reuse)."""
 
-    __slots__ = ("capacity", "block_size", "free", "evictable", "_prefix", "_lru")
+    __slots__ = ("capacity", "block_size", "free", "evictable", "_prefix", "_lru", "lookups", "hits")
 
     def __init__(self, capacity: int, block_size: int):
         self.capacity = int(capacity)
@@ -29,6 +29,8 @@ class KVCache:
         self.evictable = 0                       # blocks of resident prefixes nobody uses
         self._prefix: dict[int, list[int]] = {}  # prefix id -> [blocks, refcount]
         self._lru: OrderedDict[int, int] = OrderedDict()  # refcount-0 prefixes, oldest first
+        self.lookups = 0                         # acquire_prefix calls (requests that carry a prefix)
+        self.hits = 0                            # ... that found it computed (its KV reused)
 
     @property
     def used(self) -> int:
@@ -57,8 +59,12 @@ class KVCache:
             del pref[pid]
             self.free += b
             self.evictable -= b
+            self.evicted(pid, b)
         self.free -= n
         return True
+
+    def evicted(self, pid: int, blocks: int) -> None:
+        """A cached prefix left the device (a lower tier may keep it: offload.TieredKVCache)."""
 
     def release(self, n: int) -> None:
         self.free += n
@@ -70,12 +76,14 @@ class KVCache:
     def acquire_prefix(self, pid: int, blocks: int) -> int:
         """Use prefix `pid` (of `blocks` full blocks): HIT if resident (its KV is reused), MISS if
         it was allocated now (the request computes it), FAIL if there is no room."""
+        self.lookups += 1
         ent = self._prefix.get(pid)
         if ent is not None:
             if ent[1] == 0:
                 del self._lru[pid]
                 self.evictable -= ent[0]
             ent[1] += 1
+            self.hits += 1
             return HIT
         if not self.alloc(blocks):
             return FAIL

@@ -2,9 +2,9 @@
 
 `RequestLog` is the one place a request's life is written (routed, first token, preempted,
 finished, rejected): a front-end delay or a closed-loop client hooks in there. `MomentLog` takes
-one call per moment: compact columns, running sums of the batch aggregates (total FLOPs and
-bytes) and sampled category seconds. `build_result` turns both into arrays, exact time series
-and totals once the run is over.
+one call per moment: compact columns (with the batch aggregates that energy and the total FLOPs
+and bytes need) and sampled category seconds. `build_result` turns both into arrays, exact time
+series, totals and energy once the run is over.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from simulator.moment.cost import DEVICE_CATEGORIES, StepModel
 from simulator.moment.ops import Batch, Dtypes, attention_ops, dense_ops
+from simulator.moment.power import MomentPower, peak_power
 from simulator.serving.scenario import Scenario, Serving
 from simulator.serving.schedulers.base import DECODE, Moment
 from simulator.serving.workload import Requests
@@ -35,7 +37,12 @@ class SimResult:
     requests: per request index (the order of arrival): arrival_s, prompt_len, output_len,
       first_token_s (nan if none), finish_s (nan if not completed), replica (-1 if rejected
       before routing), engine (the virtual engine within the replica, 0 when pp = 1 or when
-      rejected before routing), status (0 completed, 1 rejected), preemptions.
+      rejected before routing), status (0 completed, 1 rejected), preemptions, reached_s (when the engine had it:
+      arrival_s plus the front end's way in), started_s (the start of the moment that began its
+      prefill; nan if never). first_token_s and finish_s are when the client has the token (the
+      engine's time + stats["request_out_s"]). With request classes or priorities also class
+      (index into scenario.workload.classes, or the trace's priority levels in order) and
+      priority; disaggregated, decode_replica and kv_transfer_s (disaggregated.py).
     moments: one entry per moment: start_s, dur_s, replica (the physical replica), engine (the
       virtual engine within it that ran the moment: 0 .. pp-1, all 0 when pp = 1), kind
       (0 prefill-only, 1 decode-only, 2 mixed), tokens, batch (sequences in the step),
@@ -43,7 +50,10 @@ class SimResult:
       allocations: the sum over its virtual engines), kv_blocks_engine (the same for the
       moment's virtual engine alone, at most kv_capacity_blocks // pp; the same array as
       kv_blocks_used when pp = 1), running (requests holding KV on the moment's virtual engine
-      during the moment).
+      during the moment), decodes (sequences that got a token), firsts (prefills that ended in
+      it: first tokens, or the next token after a recompute), held (its tokens wait for a later
+      moment: the earlier steps of a multi-step block), energy_j (its dynamic energy over its
+      replica's devices, see energy); disaggregated, pool (the index into pools).
     pp > 1 (see the engine's docstring): a replica runs pp virtual engines concurrently, each
       moment lasting the full pipeline latency step_s of its batch: the balanced-pipeline
       approximation vLLM's design assumes, no stage imbalance or bubbles. Moments of one
@@ -57,8 +67,19 @@ class SimResult:
       (busy_frac: the devices' busy fraction, sum(dur_s) / pp per replica, at most 1).
     kv_capacity_blocks: the blocks of one replica (all its virtual engines together).
     pp: virtual engines per replica (serving.pp).
-    total_flops, total_bytes: device work of all devices of all replicas, from running sums of
-      the batch aggregates (see _work).
+    total_flops, total_bytes: device work of all devices of all replicas, from the sums of the
+      batch aggregates (see _work, MomentLog.totals).
+    energy: the devices' energy (simulator/moment/power.py): known (False: the hardware has no
+      power figures and the numbers are 0), total_j, idle_j, dynamic_j; per replica (arrays by
+      replica) replica_j, avg_power_w (its energy over the makespan) and peak_power_w (idle plus
+      the highest dynamic power its moments draw at once); idle_power_w and tdp_w of one replica.
+      timeseries then also holds power_w (all replicas' devices, interval averages).
+    class_names: the request classes' names, by requests["class"] ("all" when there is one).
+    cache_stats: prefix_lookups and prefix_hits (requests that carried a shared prefix, and those
+      that found its KV computed); with serving.kv_offload also host_capacity_blocks (all
+      engines), prefix_host_hits (hits served from CPU memory), copied_in_blocks (for them),
+      swapped_out_blocks, swap_fallbacks (swap-outs without room: recomputed), stored_blocks
+      (evicted prefixes kept in CPU memory) and transfer_s (host<->device copy seconds charged).
     recomputed_tokens, recomputed_flops: prefill tokens computed again because a recompute
       preemption dropped their KV, and their FLOPs (part of total_flops; not useful work).
     """
@@ -83,6 +104,10 @@ class SimResult:
     wall_s: float = 0.0
     stats: dict[str, float] = field(default_factory=dict)
     pp: int = 1
+    energy: dict = field(default_factory=dict)
+    class_names: tuple[str, ...] = ()
+    cache_stats: dict[str, float] = field(default_factory=dict)
+    pools: list[dict] = field(default_factory=list)
     recomputed_tokens: int = 0
     recomputed_flops: float = 0.0
 
@@ -92,12 +117,14 @@ class RequestLog:
 
     def __init__(self, req: Requests):
         n = len(req)
+        self.extra: dict[str, np.ndarray] = {}  # more per-request arrays a deployment records (results.requests)
         self.requests = req
         # speed: lists, as a Python int from a list is faster to read one at a time than from numpy
         self.prompt_len: list[int] = req.prompt_len.tolist()
         self.output_len: list[int] = req.output_len.tolist()
         self.prefix_id: list[int] = req.prefix_id.tolist()
         self.prefix_len: list[int] = req.prefix_len.tolist()
+        self.priority: list[int] = req.priority.tolist()
         self.first_token_s = np.full(n, np.nan)
         self.finish_s = np.full(n, np.nan)
         # compact dtypes: a run may hold 10M requests (replicas <= 100k, pp <= 1024)
@@ -105,22 +132,31 @@ class RequestLog:
         self.engine = np.zeros(n, dtype=np.int16)  # written only when pp > 1
         self.status = np.full(n, UNFINISHED, dtype=np.int8)
         self.preemptions = np.zeros(n, dtype=np.int32)
+        self.started_s = np.full(n, np.nan)  # the start of the moment that began its prefill
         self.reasons: dict[str, int] = {}
         self.done = 0  # completed or rejected
         # prefill work done twice: chunks, tokens, causal pairs and cached tokens before them (the
         # prefill sums of MomentLog, for the tokens whose KV a recompute preemption had dropped)
         self.recomputed = [0, 0, 0.0, 0]
+        self.in_delay: list[float] | None = None  # the stack's front end: client to engine, per request (s)...
+        self.out_delay = 0.0                       # ...and engine to client, for every token
+        self.reached_s = np.full(n, np.nan)        # when the engine had it (arrival + its in_delay)
+        self.on_end: Callable[[int, float], None] | None = None  # a client hears request i ended at a time
 
     def __len__(self) -> int:
         return len(self.prompt_len)
 
     def first_token(self, i: int, now: float) -> None:
-        self.first_token_s[i] = now
+        """The engine produced request i's first token at `now`; the client has it out_delay later."""
+        self.first_token_s[i] = now + self.out_delay
 
     def finish(self, i: int, now: float) -> None:
-        self.finish_s[i] = now
+        """The engine produced request i's last token at `now`."""
+        t = self.finish_s[i] = now + self.out_delay
         self.status[i] = COMPLETED
         self.done += 1
+        if self.on_end is not None:
+            self.on_end(i, t)
 
     def preempted(self, i: int) -> None:
         self.preemptions[i] += 1
@@ -133,29 +169,39 @@ class RequestLog:
         rc[2] += tokens * cached + tokens * (tokens + 1) / 2
         rc[3] += cached
 
-    def reject(self, i: int, reason: str) -> None:
+    def reject(self, i: int, reason: str, now: float = 0.0) -> None:
         self.status[i] = REJECTED
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
         self.done += 1
+        if self.on_end is not None:
+            self.on_end(i, now)
 
 
 class MomentLog:
     """The moments of a pool's engines, in the order they start, as growable columns; `unit` is
     the engine's id, replica * pp + engine (the replica when pp = 1)."""
 
-    def __init__(self, sm: StepModel, requests: RequestLog, progress: Callable[[float], None] | None):
+    def __init__(self, sm: StepModel, requests: RequestLog, progress: Callable[[float], None] | None,
+                 power: MomentPower | None = None):
         self.sm = sm
         self.requests = requests
+        self.power = power or MomentPower(sm, None)
         self.start, self.dur = array("d"), array("d")
         self.unit, self.kind, self.batch, self.running = array("i"), array("b"), array("i"), array("i")
         self.tokens, self.kv_used = array("q"), array("q")
+        # the batch aggregates energy needs beyond tokens and batch (MomentPower.demand_array, after the
+        # run): every moment's decode context, and for a moment with prefill its causal pairs, cached
+        # tokens before its chunks, logit rows and decode sequences (a decode-only moment's are 0, its
+        # tokens, its tokens and its tokens)
+        self.decode_ctx = array("q")
+        self.prefill_aggs = array("d")
+        self.held_at = array("q")  # moments whose tokens are held back (a multi-step block's earlier steps)
         # speed: the columns' bound appends, looked up once instead of twice per moment
         self.ap_start, self.ap_dur, self.ap_unit = self.start.append, self.dur.append, self.unit.append
         self.ap_kind, self.ap_tokens, self.ap_batch = self.kind.append, self.tokens.append, self.batch.append
         self.ap_kv_used, self.ap_running = self.kv_used.append, self.running.append
-        # running sums of batch aggregates (see _work): moments, logits, decode seqs and ctx,
-        # prefill seqs, tokens, pairs and ctx
-        self.sums = [0] * 4 + [0, 0, 0.0, 0]
+        self.ap_ctx, self.ap_prefill = self.decode_ctx.append, self.prefill_aggs.append
+        self.sums = [0]  # moments (the other sums of the batch aggregates: totals(), after the run)
         self.kind_s = [0.0, 0.0]  # index: 0 moments with prefill, 1 decode-only
         self.kind_n = [0, 0]
         self.stride = [1, 1]
@@ -169,8 +215,23 @@ class MomentLog:
         """Moments logged."""
         return self.sums[0]
 
+    def totals(self, kind: np.ndarray, tokens: np.ndarray, batch: np.ndarray) -> list:
+        """The sums of the batch aggregates over all moments (_work's order: moments, logit rows,
+        decode sequences and context, prefill chunks, tokens, pairs and cached tokens), from the
+        columns. A decode-only moment's logit rows and decode sequences are its tokens; the pairs
+        add in moment order (a cumulative sum: the same float as adding them one by one)."""
+        pre = np.flatnonzero(kind != DECODE)  # moments with prefill (fewer than decode-only ones)
+        pairs, pc, lg, ds = np.frombuffer(self.prefill_aggs, dtype=np.float64).reshape(-1, 4).T
+        pre_tokens = _exact_sum(tokens[pre])
+        dec_tokens = _exact_sum(tokens) - pre_tokens
+        pre_ds = int(ds.sum())  # whole numbers below 2^53: exact in float64
+        return [self.count, dec_tokens + int(lg.sum()), dec_tokens + pre_ds,
+                _exact_sum(np.frombuffer(self.decode_ctx, dtype=np.int64)),
+                _exact_sum(batch[pre]) - pre_ds, pre_tokens - pre_ds,
+                float(np.cumsum(pairs)[-1]) if pairs.size else 0.0, int(pc.sum())]
+
     def add(self, unit: int, start: float, dt: float, m: Moment, kv_used: int) -> None:
-        """One call per moment: log it, add to the sums, maybe sample its breakdown, report progress."""
+        """One call per moment: log it, count it, maybe sample its breakdown, report progress."""
         ds, dc, ps, pt, pairs, pc, lg = m.batch
         kind = m.kind
         self.ap_start(start)
@@ -181,21 +242,22 @@ class MomentLog:
         self.ap_batch(ds + ps)
         self.ap_kv_used(kv_used)
         self.ap_running(m.running)
+        self.ap_ctx(dc)
         s = self.sums
-        s[0] += 1
-        s[1] += lg
-        s[2] += ds
-        s[3] += dc
-        if ps:
-            s[4] += ps
-            s[5] += pt
-            s[6] += pairs
-            s[7] += pc
+        if ps:  # a moment with prefill (kind != DECODE)
+            ap = self.ap_prefill  # speed: four appends (extend of a tuple takes twice as long)
+            ap(pairs)
+            ap(pc)
+            ap(lg)
+            ap(ds)
+        elif m.held:
+            self.held_at.append(s[0])
+        s[0] += 1  # the other sums come from the columns after the run (totals)
+        k = 1 if kind == DECODE else 0
         # speed: category seconds without a breakdown per moment: the exact breakdown (sm.cost) of every
         # moment of a kind until CATEGORY_SAMPLES were taken, then of every 2nd, 4th, ... (the
         # stride doubles each CATEGORY_SAMPLES samples), each weighted by its stride. The shares
         # are then scaled to the kind's exact total seconds (see build_result).
-        k = 1 if kind == DECODE else 0
         self.kind_s[k] += dt
         i = self.kind_n[k]
         self.kind_n[k] = i + 1
@@ -217,15 +279,24 @@ class MomentLog:
 
 # -- after the run ---------------------------------------------------------------------------------
 
-def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtypes, cap_blocks: int,
-                 wall: float) -> SimResult:
-    """Arrays, category seconds, work and time series of a finished run of one pool."""
-    req = log.requests
-    left = int(np.sum(log.status == UNFINISHED))
-    if left:
-        raise RuntimeError(f"{left} requests neither completed nor rejected (engine bug)")
-    sv = sc.serving
-    pp = sv.pp
+@dataclass
+class PoolRun:
+    """What build_result needs of one pool: its role (all: serves whole requests; prefill; decode),
+    its effective serving settings, hardware, dtypes, KV blocks per replica and moment log, and
+    the global id of its first replica."""
+
+    role: str
+    serving: Serving
+    hw: Any
+    dt: Dtypes
+    cap_blocks: int
+    moments: MomentLog
+    replica_offset: int = 0
+
+
+def _pool_moments(pool: PoolRun) -> dict[str, np.ndarray]:
+    """A pool's moment columns as arrays (replicas numbered globally)."""
+    moments, pp = pool.moments, pool.serving.pp
     # the columns as stored (views of the log's memory, no copies: a run may have 30M moments)
     unit = np.frombuffer(moments.unit, dtype=np.int32)
     start = np.frombuffer(moments.start, dtype=np.float64)
@@ -236,10 +307,10 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
     else:
         replica, engine = unit.astype(np.int64) // pp, (unit % pp).astype(np.int32)
         kv_rep = _replica_kv(start, dur, replica, engine, kv_eng, pp)
-    m = {
+    out = {
         "start_s": start,
         "dur_s": dur,
-        "replica": replica,
+        "replica": replica + pool.replica_offset if pool.replica_offset else replica,
         "engine": engine,
         "kind": np.frombuffer(moments.kind, dtype=np.int8),
         "tokens": np.frombuffer(moments.tokens, dtype=np.int64),
@@ -248,32 +319,160 @@ def build_result(sc: Scenario, log: RequestLog, moments: MomentLog, hw, dt: Dtyp
         "kv_blocks_engine": kv_eng,
         "running": np.frombuffer(moments.running, dtype=np.int32),
     }
-    end = float(np.max(m["start_s"] + m["dur_s"])) if m["start_s"].size else 0.0
-    makespan = max(end, float(req.arrival_s[-1]) if len(req) else 0.0)
+    out["decodes"], out["firsts"], out["held"] = _token_columns(moments, out["kind"], out["batch"])
+    return out
+
+
+def _token_columns(moments: MomentLog, kind: np.ndarray, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+    """For the gaps between tokens (metrics.itl): each moment's decode sequences, prefills that
+    ended in it (first tokens; a decode-only moment's decodes are its batch), and whether its
+    tokens are held back (a multi-step block's earlier steps)."""
+    decodes = np.where(kind == DECODE, batch, 0).astype(np.int32, copy=False)  # compact, as the log's columns
+    firsts = np.zeros(kind.size, dtype=np.int32)
+    at = np.flatnonzero(kind != DECODE)
+    if at.size:
+        _pairs, _pc, lg, ds = np.frombuffer(moments.prefill_aggs, dtype=np.float64).reshape(-1, 4).T
+        decodes[at] = ds
+        firsts[at] = lg - ds
+    held = np.zeros(kind.size, dtype=bool)
+    held[np.frombuffer(moments.held_at, dtype=np.int64)] = True
+    return decodes, firsts, held
+
+
+def build_result(sc: Scenario, log: RequestLog, pools: list[PoolRun], wall: float,
+                 prefix: dict[str, int] | None = None) -> SimResult:
+    """Arrays, category seconds, work, energy and time series of a finished run. Several pools
+    (disaggregated prefill and decode): their moments merged in order of start, with a pool
+    column (the index into SimResult.pools), replicas numbered across pools. `prefix`: the
+    prompt tokens admitted and those found in the prefix cache (stats)."""
+    req = log.requests
+    left = int(np.sum(log.status == UNFINISHED))
+    if left:
+        raise RuntimeError(f"{left} requests neither completed nor rejected (engine bug)")
+    parts = [_pool_moments(p) for p in pools]
+    ends = [float(np.max(m["start_s"] + m["dur_s"])) for m in parts if m["start_s"].size]
+    done = log.finish_s[np.isfinite(log.finish_s)]
+    makespan = max(max(ends, default=0.0), float(req.arrival_s[-1]) if len(req) else 0.0,
+                   float(done.max()) if done.size else 0.0)
     requests = {
         "arrival_s": req.arrival_s, "prompt_len": req.prompt_len, "output_len": req.output_len,
         "first_token_s": log.first_token_s, "finish_s": log.finish_s, "replica": log.replica,
-        "engine": log.engine, "status": log.status, "preemptions": log.preemptions,
+        "engine": log.engine, "status": log.status, "preemptions": log.preemptions, "started_s": log.started_s,
+        "reached_s": log.reached_s,
     }
-    cats = {}
-    for k, name in ((0, "prefill"), (1, "decode")):
-        est = moments.cat_est[k]
-        tot = float(est.sum())
-        scale = moments.kind_s[k] / tot if tot > 0 else 0.0
-        names = list(DEVICE_CATEGORIES) + ["host"]
-        cats[name] = {c: float(v) * scale for c, v in zip(names, est, strict=True)}
-    sm = moments.sm
-    flops, bytes_ = _work(moments.sums, sm.model, dt, sv)
-    re_flops = _recompute_flops(log.recomputed, sm.model, dt, sv)
-    ts = _timeseries(log, m, makespan, sv.replicas, pp, cap_blocks)
+    if len(req.class_names) > 1 or np.any(req.priority):  # a workload with classes or priorities
+        requests.update({"class": req.klass, "priority": req.priority})
+    requests.update(log.extra)
+    names = list(DEVICE_CATEGORIES) + ["host"]
+    cats = {"prefill": dict.fromkeys(names, 0.0), "decode": dict.fromkeys(names, 0.0)}
+    infos, watts_of = [], []
+    for pool, m in zip(pools, parts, strict=True):
+        moments, sv = pool.moments, pool.serving
+        for k, name in ((0, "prefill"), (1, "decode")):
+            est = moments.cat_est[k]
+            tot = float(est.sum())
+            scale = moments.kind_s[k] / tot if tot > 0 else 0.0
+            for c, v in zip(names, est, strict=True):
+                cats[name][c] += float(v) * scale
+        sm = moments.sm
+        sums = moments.totals(m["kind"], m["tokens"], m["batch"])
+        flops, bytes_ = _work(sums, sm, pool.dt, sv)
+        energy, m["energy_j"], watts = _energy(moments.power, _demand(moments, m), m, makespan, sv.replicas, sv.pp,
+                                               pool.replica_offset)
+        watts_of.append(watts)
+        dev = pool.hw.device
+        infos.append({
+            "role": pool.role, "hardware": pool.hw.name, "tp": sv.tp, "pp": sv.pp, "replicas": sv.replicas,
+            "replica_offset": pool.replica_offset, "devices_per_replica": sv.tp * sv.pp,
+            "kv_capacity_blocks": pool.cap_blocks, "block_size": sv.block_size, "scheduler": sv.scheduler,
+            "max_batch_size": sv.max_batch_size, "clock_ghz": dev.clock_ghz,
+            "peak_flops": dev.peak_flops(pool.dt.compute), "mem_bw": dev.bandwidth, "total_flops": flops,
+            "total_bytes": bytes_, "host_busy_s": sm.host_busy_s(moments.count, sums[2] + sums[4]),
+            "busy_s": float(m["dur_s"].sum()) / sv.pp, "moments": moments.count, "energy": energy,
+        })
+    if len(pools) == 1:
+        m, watts, busy_w = parts[0], watts_of[0], None
+    else:
+        pool_of = np.concatenate([np.full(x["start_s"].size, k, dtype=np.int64) for k, x in enumerate(parts)])
+        order = np.argsort(np.concatenate([x["start_s"] for x in parts]), kind="stable")
+        m = {key: np.concatenate([x[key] for x in parts])[order] for key in parts[0]}
+        m["pool"] = pool_of[order]
+        watts = np.concatenate(watts_of)[order]
+        busy_w = (1.0 / np.asarray([p.serving.pp for p in pools], dtype=float))[m["pool"]]
+    first, sv0 = infos[0], pools[0].serving
+    replicas = sum(p.serving.replicas for p in pools)
+    energy = _total_energy([x["energy"] for x in infos]) if len(pools) > 1 else infos[0]["energy"]
+    ts = _timeseries(log, m, makespan, replicas, sv0.pp, first["kv_capacity_blocks"],
+                     watts if energy["known"] else None, energy["idle_power_w"] * replicas if len(pools) == 1
+                     else sum(x["energy"]["idle_power_w"] * x["replicas"] for x in infos),
+                     busy_w, sum(x["kv_capacity_blocks"] * x["replicas"] for x in infos))
     return SimResult(
         requests=requests, reject_reasons=dict(log.reasons), moments=m, category_s=cats, timeseries=ts,
-        makespan_s=makespan, kv_capacity_blocks=cap_blocks, block_size=sv.block_size, replicas=sv.replicas,
-        devices_per_replica=sv.tp * sv.pp, clock_ghz=hw.device.clock_ghz, peak_flops=hw.device.peak_flops(dt.compute),
-        mem_bw=hw.device.bandwidth, total_flops=flops, total_bytes=bytes_,
-        host_busy_s=moments.count * (sm.issue_s + sm.overhead_s), scenario=sc, wall_s=wall,
-        stats={"moments": moments.count}, pp=pp, recomputed_tokens=int(log.recomputed[1]), recomputed_flops=re_flops,
+        makespan_s=makespan, kv_capacity_blocks=first["kv_capacity_blocks"], block_size=sv0.block_size,
+        replicas=replicas, devices_per_replica=sv0.tp * sv0.pp, clock_ghz=first["clock_ghz"],
+        peak_flops=first["peak_flops"], mem_bw=first["mem_bw"], total_flops=sum(x["total_flops"] for x in infos),
+        total_bytes=sum(x["total_bytes"] for x in infos), host_busy_s=sum(x["host_busy_s"] for x in infos),
+        scenario=sc, wall_s=wall, pp=sv0.pp, energy=energy,
+        stats={"moments": sum(x["moments"] for x in infos), "request_out_s": log.out_delay, **(prefix or {})},
+        class_names=req.class_names, pools=infos if len(pools) > 1 else [],
+        recomputed_tokens=int(log.recomputed[1]),
+        recomputed_flops=_recompute_flops(log.recomputed, pools[0].moments.sm.model, pools[0].dt, sv0),
     )
+
+
+def _total_energy(parts: list[dict]) -> dict:
+    """The energy of several pools together (per replica arrays concatenated in replica order)."""
+    cat = lambda key: np.concatenate([e[key] for e in parts])  # noqa: E731
+    return {"known": all(e["known"] for e in parts), "total_j": sum(e["total_j"] for e in parts),
+            "idle_j": sum(e["idle_j"] for e in parts), "dynamic_j": sum(e["dynamic_j"] for e in parts),
+            "replica_j": cat("replica_j"), "avg_power_w": cat("avg_power_w"), "peak_power_w": cat("peak_power_w"),
+            "idle_power_w": sum(e["idle_power_w"] * e["replica_j"].size for e in parts) / sum(e["replica_j"].size for e in parts),
+            "tdp_w": sum(e["tdp_w"] * e["replica_j"].size for e in parts) / sum(e["replica_j"].size for e in parts)}
+
+
+def _exact_sum(x: np.ndarray, chunk: int = 1 << 20) -> int:
+    """The sum of integers as a Python int, in int64 chunks (each far from overflow)."""
+    return sum(int(x[lo:lo + chunk].sum(dtype=np.int64)) for lo in range(0, x.size, chunk))
+
+
+def _demand(moments: MomentLog, m: dict[str, np.ndarray]) -> np.ndarray:
+    """Each moment's energy demand (MomentPower.demand_array) from the logged aggregates: a
+    decode-only moment's batch is its sequences (m["tokens"]) and its context; a moment with
+    prefill logged its pairs, cached tokens, logit rows and decode sequences."""
+    kind, tokens = m["kind"], m["tokens"]
+    ctx = np.frombuffer(moments.decode_ctx, dtype=np.int64)
+    out = np.empty(kind.size)
+    dec = np.flatnonzero(kind == DECODE)
+    if dec.size:
+        ds = tokens[dec]
+        out[dec] = moments.power.demand_array(ds, ctx[dec], 0, 0, 0.0, 0.0, ds)
+        del ds
+    pre = np.flatnonzero(kind != DECODE)
+    if pre.size:
+        pairs, pc, lg, ds = np.frombuffer(moments.prefill_aggs, dtype=np.float64).reshape(-1, 4).T
+        ds, lg = ds.astype(np.int64), lg.astype(np.int64)
+        out[pre] = moments.power.demand_array(ds, ctx[pre], m["batch"][pre] - ds, tokens[pre] - ds, pairs, pc, lg)
+    return out
+
+
+def _energy(power: MomentPower, demand: np.ndarray, m: dict[str, np.ndarray], makespan: float,
+            replicas: int, pp: int, offset: int = 0) -> tuple[dict, np.ndarray]:
+    """A pool's energy (see SimResult.energy), each moment's dynamic energy (J) and its dynamic
+    power in W over its replica's devices (its dynamic energy over its length)."""
+    start, dur, replica = m["start_s"], m["dur_s"], m["replica"] - offset if offset else m["replica"]
+    e = power.energy(demand, dur)
+    del demand
+    watts = np.divide(e, dur, out=np.zeros_like(e), where=dur > 0)
+    idle = power.idle_w * makespan
+    replica_j = np.bincount(replica, weights=e, minlength=replicas)[:replicas] + idle
+    dynamic = float(e.sum())
+    return {
+        "known": power.known, "total_j": idle * replicas + dynamic, "idle_j": idle * replicas, "dynamic_j": dynamic,
+        "replica_j": replica_j, "avg_power_w": replica_j / makespan if makespan > 0 else np.zeros(replicas),
+        "peak_power_w": power.idle_w + (np.array([watts.max(initial=0.0)]) if replicas == 1 and pp == 1 else
+                                        peak_power(start, start + dur, watts, replica, replicas, overlap=pp > 1)),
+        "idle_power_w": power.idle_w, "tdp_w": power.tdp_w,
+    }, e, watts
 
 
 def _replica_kv(start: np.ndarray, dur: np.ndarray, replica: np.ndarray, engine: np.ndarray,
@@ -306,7 +505,21 @@ def _replica_kv(start: np.ndarray, dur: np.ndarray, replica: np.ndarray, engine:
     return total
 
 
-def _work(sums: list, model, dt: Dtypes, sv: Serving) -> tuple[float, float]:
+def _work(sums: list, sm, dt: Dtypes, sv: Serving) -> tuple[float, float]:
+    """Total FLOPs and bytes of a pool's devices (_sums_work); with speculative decoding the
+    target's verify passes and the draft's passes (moment/speculative.Speculation.work_sums)."""
+    if not hasattr(sm, "work_sums"):
+        return _sums_work(sums, sm.model, dt, sv)
+    flops_sums, bytes_sums, drafts = sm.work_sums(sums)
+    flops = _sums_work(flops_sums, sm.model, dt, sv)[0]
+    bytes_ = _sums_work(bytes_sums, sm.model, dt, sv)[1]
+    for model, w, ds in drafts:
+        f, b = _sums_work(ds, model, dt, sv)
+        flops, bytes_ = flops + w * f, bytes_ + w * b
+    return flops, bytes_
+
+
+def _sums_work(sums: list, model, dt: Dtypes, sv: Serving) -> tuple[float, float]:
     """Total FLOPs and bytes of all devices from the running sums of batch aggregates.
 
     The ops' FLOPs are linear in the aggregates (tokens, logit rows, prefill pairs, decode
@@ -362,8 +575,12 @@ def _integral(t: np.ndarray, starts: np.ndarray, ends: np.ndarray, w: np.ndarray
 
 
 def _timeseries(log: RequestLog, m: dict[str, np.ndarray], makespan: float, replicas: int, pp: int,
-                cap_blocks: int) -> dict[str, np.ndarray]:
-    """Interval averages on a fixed grid, exact: integrals of step functions via sorted prefix sums."""
+                cap_blocks: int, watts: np.ndarray | None = None, idle_w: float = 0.0,
+                busy_w: np.ndarray | None = None, kv_blocks: int | None = None) -> dict[str, np.ndarray]:
+    """Interval averages on a fixed grid, exact: integrals of step functions via sorted prefix sums.
+    With `watts` (each moment's dynamic power) also power_w: all devices' average power, idle_w
+    (all replicas') included. Pools of different pp: busy_w is each moment's 1 / pp, kv_blocks
+    all replicas' blocks."""
     n = TIMESERIES_POINTS
     span = makespan if makespan > 0 else 1.0
     edges = np.linspace(0.0, span, n + 1)
@@ -375,19 +592,22 @@ def _timeseries(log: RequestLog, m: dict[str, np.ndarray], makespan: float, repl
     st = m["start_s"]
     en = st + m["dur_s"]
     run_i = _integral(edges, st, en, m["running"])
-    busy_i = _integral(edges, st, en, 1.0 / pp)  # each of pp stages: dur / pp
+    busy_i = _integral(edges, st, en, 1.0 / pp if busy_w is None else busy_w)  # each of pp stages: dur / pp
     kv_i = _integral(edges, st, en, m["kv_blocks_engine"])  # engines overlap: their sum
     avg = lambda x: np.diff(x) / width
     outstanding = avg(out_i)
     running = avg(run_i)
-    return {
+    out = {
         "t_s": edges[:-1].copy(),
         "queue_len": np.maximum(outstanding - running, 0.0),
         "running": running,
-        "kv_used_frac": avg(kv_i) / max(cap_blocks * replicas, 1),
+        "kv_used_frac": avg(kv_i) / max(cap_blocks * replicas if kv_blocks is None else kv_blocks, 1),
         "busy_frac": avg(busy_i) / replicas,
         "outstanding": outstanding,
     }
+    if watts is not None:
+        out["power_w"] = avg(_integral(edges, st, en, watts)) + idle_w
+    return out
 
 
-__all__ = ["SimResult", "RequestLog", "MomentLog", "build_result", "COMPLETED", "REJECTED"]
+__all__ = ["SimResult", "RequestLog", "MomentLog", "PoolRun", "build_result", "COMPLETED", "REJECTED"]

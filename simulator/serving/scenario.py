@@ -18,6 +18,9 @@ MAX_TOKENS = 10_000_000  # tokens of one request: the longest context of any rel
 MAX_REQUESTS = 100_000_000
 MAX_SEED = 2**63 - 1
 MAX_SLO_MS = 1e9  # about 11.6 days
+MAX_PRIORITY = 1_000_000  # request priorities: 0 (first) .. this
+STACK_NAMES = ("vllm", "vllm-v1", "vllm-v0", "sglang", "sglang-v0.4", "sglang-v0.3", "trtllm", "trtllm-v0")
+SCHEDULER_NAMES = ("static", "continuous", "chunked", "prefill_first", "mixed")  # schedulers.SCHEDULERS
 
 
 class Strict(BaseModel):
@@ -67,7 +70,22 @@ class FromTrace(Strict):
         return None  # known only once the trace is read
 
 
-Length = Annotated[Fixed | Uniform | Lognormal | FromTrace, Field(discriminator="dist")]
+class Empirical(Strict):
+    """Lengths read from a file of measured (prompt, output) pairs, e.g. a benchmark's dataset:
+    a CSV with the columns prompt_len,output_len (or a JSONL of such objects). When prompt_len
+    and output_len name the same file, each request takes both lengths from one row, so the
+    pairs keep their correlation. Rows are drawn without replacement (a shuffle by the seed,
+    repeated if more requests than rows), as `vllm bench serve` samples its dataset."""
+
+    dist: Literal["empirical"]
+    path: str = Field(max_length=4096, description="CSV (prompt_len,output_len) or JSONL file, relative to the "
+                      "scenario file")
+
+    def expected(self) -> float | None:
+        return None  # known only once the file is read (which column is asked is not known here)
+
+
+Length = Annotated[Fixed | Uniform | Lognormal | FromTrace | Empirical, Field(discriminator="dist")]
 
 
 class Arrival(Strict):
@@ -94,16 +112,154 @@ class Prefix(Strict):
     fraction: float = Field(default=1.0, ge=0, le=1, description="share of requests that carry one")
 
 
+class ClassSlo(Strict):
+    """Per-request bounds of one request class (its goodput); unset ones fall back to the scenario's slo."""
+
+    ttft_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
+    tpot_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
+    e2e_ms: float | None = Field(default=None, gt=0, le=MAX_SLO_MS)
+
+
+class RequestClass(Strict):
+    """A kind of request (interactive chat, batch summarisation, ...): its share of the arrivals,
+    its priority, and optionally its own lengths and SLO."""
+
+    name: str = Field(min_length=1, max_length=64)
+    share: float = Field(gt=0, le=1, description="share of the requests in this class (the shares sum to 1)")
+    priority: int = Field(default=0, ge=0, le=MAX_PRIORITY, description="0 is served first; larger numbers later "
+                          "(with serving.queue: priority)")
+    prompt_len: Length | None = Field(default=None, description="this class's prompt lengths; none: the workload's")
+    output_len: Length | None = Field(default=None, description="this class's output lengths; none: the workload's")
+    slo: ClassSlo | None = None
+
+
 class Workload(Strict):
     num_requests: int = Field(default=1000, gt=0, le=MAX_REQUESTS)
     arrival: Arrival = Arrival(process="burst")
     prompt_len: Length = Fixed(dist="fixed", value=512)
     output_len: Length = Fixed(dist="fixed", value=128)
     prefix: Prefix | None = None
+    classes: list[RequestClass] | None = Field(default=None, min_length=1, max_length=64, description=(
+        "request classes, each request drawn into one by share; a trace may instead carry a priority column"))
+
+    concurrency: int | None = Field(
+        default=None, gt=0, le=1_000_000,
+        description="clients as `vllm bench serve --max-concurrency N` runs them: at most N requests in flight, "
+        "a client sending its next request when its last one ends (arrival burst: a closed loop of N clients; "
+        "poisson/gamma/trace: each request is sent at its arrival time or when a client frees, whichever is later)")
+    think_ms: float = Field(default=0.0, ge=0, le=3.6e6,
+                            description="with concurrency: a client's pause between a response and its next request")
+
+    @model_validator(mode="after")
+    def _shares(self) -> Workload:
+        if self.classes:
+            total = sum(c.share for c in self.classes)
+            if abs(total - 1.0) > 1e-6:
+                raise ValueError(f"classes: the shares sum to {total:g}; they must sum to 1")
+            names = [c.name for c in self.classes]
+            if len(set(names)) < len(names):
+                raise ValueError("classes: each class needs its own name")
+        return self
+
+
+class KVOffload(Strict):
+    """A CPU-memory tier for KV blocks (simulator/serving/offload.py): swapped-out sequences and
+    prefixes the device cache evicts (as LMCache's CPU backend)."""
+
+    cpu_gb: float = Field(gt=0, le=100_000, description="host memory for KV blocks per replica, GB")
+    pcie_gbps: float = Field(default=25.0, gt=0, le=10_000, description=(
+        "host<->device copy bandwidth of each device, GB/s (PCIe 4/5 x16 reaches about 25); also sets swaps'"))
+
+
+class Speculative(Strict):
+    """Speculative decoding (simulator/moment/speculative.py): each step a draft proposes k tokens
+    per sequence and one target pass of k + 1 tokens verifies them."""
+
+    method: Literal["draft_model", "heads"] = Field(description=(
+        "draft_model: a separate small model (draft_model); heads: draft heads on the target's hidden states "
+        "(EAGLE, MTP) of head_layers target layers"))
+    draft_model: str | None = Field(default=None, description="draft_model: a model preset or config path")
+    head_layers: float = Field(default=1.0, gt=0, le=16, description=(
+        "heads: the head's size in target layers (EAGLE, EAGLE-3 and DeepSeek's MTP: 1; a lighter head: a fraction)"))
+    k: int = Field(ge=1, le=16, description="tokens proposed per sequence per step")
+    acceptance: Annotated[float, Field(ge=0, le=1)] | list[Annotated[float, Field(ge=0, le=1)]] = Field(description=(
+        "alpha, the chance a proposed token is accepted (0..1), or one per position j: the chance it is "
+        "accepted given the ones before it were; a step yields (1 - alpha^(k+1)) / (1 - alpha) tokens on average"))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Speculative:
+        if isinstance(self.acceptance, list) and len(self.acceptance) != self.k:
+            raise ValueError(f"acceptance lists one rate per proposed token: {self.k} for k={self.k}, "
+                             f"got {len(self.acceptance)}")
+        if self.method == "draft_model" and not self.draft_model:
+            raise ValueError("method draft_model needs draft_model: a model preset or config path")
+        return self
+
+
+class PoolSpec(Strict):
+    """One pool of a disaggregated deployment: what differs from the scenario's serving settings
+    (unset fields keep them)."""
+
+    hardware: str | None = Field(default=None, description="preset or path; none: the scenario's hardware")
+    tp: int | None = Field(default=None, ge=1, le=1024)
+    pp: int | None = Field(default=None, ge=1, le=1024)
+    replicas: int | None = Field(default=None, ge=1, le=100_000)
+    scheduler: Literal[SCHEDULER_NAMES] | None = None  # type: ignore[valid-type]
+    max_batch_size: int | None = Field(default=None, gt=0, le=65536)
+    max_batched_tokens: int | None = Field(default=None, gt=0, le=1_048_576)
+
+
+class KVTransferSpec(Strict):
+    """How a prompt's KV cache moves from its prefill replica to a decode replica."""
+
+    path: Literal["network", "link"] = Field(default="network", description=(
+        "network: between nodes (the prefill hardware's network: one NIC per device); link: within a node "
+        "(its device link, NVLink)"))
+    bw_gbps: float | None = Field(default=None, gt=0, le=100_000, description=(
+        "per device per direction, GB/s; none: the path's (a device's share of it)"))
+    latency_us: float | None = Field(default=None, ge=0, le=1e7, description="per transfer; none: the path's")
+
+
+class Disaggregated(Strict):
+    """Disaggregated prefill and decode (DistServe, Splitwise, vLLM/SGLang P/D, Dynamo): prompts run
+    in a prefill pool, their KV moves to a decode pool, which generates the rest."""
+
+    prefill: PoolSpec = PoolSpec()
+    decode: PoolSpec = PoolSpec()
+    transfer: KVTransferSpec = KVTransferSpec()
+
+    @model_validator(mode="after")
+    def _decode_scheduler(self) -> Disaggregated:
+        if self.decode.scheduler == "static":
+            raise ValueError("decode.scheduler: a decode pool admits requests as their KV arrives: continuous or "
+                             "chunked, not static")
+        return self
+
+
+class Overheads(Strict):
+    """A serving stack's own host-CPU work (simulator/serving/stacks.py has each stack's values and
+    how they were obtained). Times are on the reference host; a host with `speed` s (hwmodels.spec.Host)
+    takes 1/s of them. Without a stack every field is 0 and the step overhead is the hardware's
+    host.step_overhead_us."""
+
+    request_in_ms: float = Field(default=0.0, ge=0, le=60_000, description="per request, on its way in: HTTP, "
+                                 "chat template, tokenisation, hand-over to the engine (api_server only); each "
+                                 "request's is drawn uniformly on [0, 2 x this]")
+    request_out_ms: float = Field(default=0.0, ge=0, le=60_000, description="per token delivered, on its way out: "
+                                  "hand-back, detokenisation, streaming to the client (api_server only); a delay, "
+                                  "so it moves TTFT and E2E but not the gaps between tokens")
+    step_us: float | None = Field(default=None, ge=0, le=1e6, description="per step the device waits for: "
+                                  "scheduling, input preparation, sampling, output processing; None: the "
+                                  "hardware's host.step_overhead_us")
+    step_seq_us: float = Field(default=0.0, ge=0, le=1e5, description="per sequence in a step, added to step_us "
+                               "(the scheduler's and sampler's per-request work)")
 
 
 class Serving(Strict):
-    scheduler: Literal["static", "continuous", "chunked"] = "continuous"
+    stack: Literal[STACK_NAMES] | None = Field(  # type: ignore[valid-type]
+        default=None, description="a serving stack's defaults (simulator/serving/stacks.py): scheduler, limits, "
+        "memory, CUDA graphs, overlap and overheads; any field set here overrides the preset")
+    scheduler: Literal[SCHEDULER_NAMES] = "continuous"  # type: ignore[valid-type]
     max_batch_size: int = Field(default=64, gt=0, le=65536)
     max_batched_tokens: int = Field(default=8192, gt=0, le=1_048_576)
     tp: int = Field(default=1, ge=1, le=1024)
@@ -132,9 +288,62 @@ class Serving(Strict):
                                  "routed tokens over the mean from skewed expert popularity (1: uniform; the "
                                  "spread of random routing in small batches is added on top)")
     max_queue: int | None = Field(default=None, gt=0, le=MAX_REQUESTS, description="reject arrivals beyond this queue length")
+    kv_offload: KVOffload | None = Field(default=None, description="a CPU-memory tier under the KV cache")
+    speculative: Speculative | None = Field(default=None, description="speculative decoding")
+    disaggregated: Disaggregated | None = Field(default=None, description="separate prefill and decode pools")
+    queue: Literal["fcfs", "priority", "shortest_first"] = Field(
+        default="fcfs", description="the waiting queue's order: fcfs (arrival), priority (the request's class "
+        "priority, 0 first, then arrival) or shortest_first (prompt + output tokens, known in advance: an oracle)")
+    priority_preemption: bool = Field(
+        default=False, description="with queue: priority, a waiting request that lacks KV blocks or a batch seat "
+        "preempts running ones of a lower priority (a larger number), newest first; KV pressure preempts the "
+        "lowest priority first too")
     async_scheduling: bool = Field(
-        default=False, description="the host prepares the next step while the device runs this one (vLLM v1)"
+        default=False, description="the host prepares the next step while the device runs this one (vLLM's "
+        "async scheduling, SGLang's and TensorRT-LLM's overlap schedulers)"
     )
+    cuda_graph_sizes: list[Annotated[int, Field(gt=0, le=1_048_576)]] | None = Field(
+        default=None, max_length=4096, description="with mode graph: the batch sizes captured as CUDA graphs "
+        "(decode sequences; tokens for graph_mixed steps); a smaller batch is padded to the next size, a larger "
+        "one runs eager; None: every step runs as one graph")
+    cuda_graph_padding: bool = Field(default=True, description="pad a batch to the next captured size; false: "
+                                     "only batches of exactly a captured size use a graph (TensorRT-LLM)")
+    graph_mixed: bool = Field(default=False, description="steps with prefill tokens also run captured graphs, "
+                              "piecewise around attention (vLLM V1); false: they run eager")
+    graph_piecewise: bool = Field(default=False, description="decode steps run piecewise graphs too (vLLM V1 "
+                                  "before full decode graphs): a replay per layer plus attention's eager calls")
+    num_scheduler_steps: int = Field(default=1, ge=1, le=1024, description="vLLM V0 multi-step scheduling: a "
+                                     "decode batch runs this many steps with one scheduling, admitting nobody in "
+                                     "between, and streams their tokens at the end")
+    guaranteed_no_evict: bool = Field(default=False, description="admission reserves KV for prompt and whole "
+                                      "output (TensorRT-LLM's GUARANTEED_NO_EVICT): nothing is ever preempted")
+    memory_fraction_of: Literal["total", "free"] = Field(
+        default="total", description="gpu_memory_utilization is a share of the device's memory for weights + KV "
+        "(vLLM, SGLang) or of the memory left free after the weights, for KV (TensorRT-LLM)")
+    max_model_len: int | None = Field(default=None, gt=0, le=MAX_TOKENS, description="longest prompt + output "
+                                      "served (longer requests are rejected); None: the model's context length")
+    api_server: bool = Field(default=True, description="requests come through the stack's HTTP server (its "
+                             "request_in_ms/request_out_ms); false: an offline engine (vLLM's LLM class, "
+                             "gptManagerBenchmark)")
+    overheads: Overheads = Overheads()
+
+    @model_validator(mode="after")
+    def _together(self) -> Serving:
+        if self.priority_preemption and self.queue != "priority":
+            raise ValueError("priority_preemption needs queue: priority")
+        if self.priority_preemption and self.scheduler == "static":
+            raise ValueError("priority_preemption needs a scheduler that preempts: continuous or chunked")
+        if self.disaggregated is not None and self.disaggregated.decode.scheduler is None \
+                and self.scheduler == "static":
+            raise ValueError("disaggregated: the decode pool needs scheduler continuous or chunked "
+                             "(set disaggregated.decode.scheduler)")
+        return self
+
+
+def pool_serving(serving: Serving, spec: PoolSpec) -> Serving:
+    """The serving settings of one pool of a disaggregated deployment."""
+    update = {k: v for k, v in spec.model_dump(exclude={"hardware"}).items() if v is not None}
+    return serving.model_copy(update={**update, "disaggregated": None})
 
 
 class Slo(Strict):
@@ -172,9 +381,19 @@ def resolve_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     for key in ("model", "hardware"):
         if key in d:
             d[key] = local_path(d[key], base_dir)
-    arr = d.get("workload", {}).get("arrival") if isinstance(d.get("workload"), dict) else None
-    if isinstance(arr, dict) and isinstance(arr.get("path"), str) and not Path(arr["path"]).is_absolute():
-        arr["path"] = str(base_dir / arr["path"])
+    sv = d.get("serving") if isinstance(d.get("serving"), dict) else {}
+    spec = sv.get("speculative")
+    if isinstance(spec, dict) and "draft_model" in spec:
+        spec["draft_model"] = local_path(spec["draft_model"], base_dir)
+    dis = sv.get("disaggregated")
+    for role in ("prefill", "decode"):
+        part = dis.get(role) if isinstance(dis, dict) else None
+        if isinstance(part, dict) and "hardware" in part:
+            part["hardware"] = local_path(part["hardware"], base_dir)
+    wl = d.get("workload") if isinstance(d.get("workload"), dict) else {}
+    for part in (wl.get("arrival"), wl.get("prompt_len"), wl.get("output_len")):
+        if isinstance(part, dict) and isinstance(part.get("path"), str) and not Path(part["path"]).is_absolute():
+            part["path"] = str(base_dir / part["path"])
     return d
 
 
@@ -241,7 +460,9 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
-PATH_FIELDS = ("model", "hardware", "workload.arrival.path")  # values that name files
+PATH_FIELDS = ("model", "hardware", "workload.arrival.path", "workload.prompt_len.path", "workload.output_len.path",
+               "serving.speculative.draft_model", "serving.disaggregated.prefill.hardware",
+               "serving.disaggregated.decode.hardware")  # values that name files
 
 
 def apply_sets(data: dict[str, Any], sets: Sequence[str], where: str) -> dict[str, Any]:
@@ -260,6 +481,8 @@ def apply_sets(data: dict[str, Any], sets: Sequence[str], where: str) -> dict[st
         except yaml.YAMLError:
             raise InputError(where, f"--set {path}", f"{raw!r} is not a YAML value") from None
         if path in PATH_FIELDS and isinstance(value, str):
-            value = local_path(value, Path.cwd()) if path != "workload.arrival.path" else str(Path(value).absolute())
+            value = local_path(value, Path.cwd()) if not path.endswith(".path") else str(Path(value).absolute())
+        elif f"{path}.path" in PATH_FIELDS and isinstance(value, dict) and isinstance(value.get("path"), str):
+            value = {**value, "path": str(Path(value["path"]).absolute())}  # a mapping's file, as above
         set_path(data, path, value)
     return data

@@ -1,9 +1,11 @@
-"""Requests of a scenario's workload: arrival times, prompt and output lengths, shared prefixes.
+"""Requests of a scenario's workload: arrival times, prompt and output lengths, shared prefixes,
+request classes and priorities.
 
 Everything is drawn at once with numpy (vectorised, one `default_rng(seed)`), so a million
 requests cost milliseconds and the engine's hot loop only reads arrays. Draws happen in a
-fixed order (arrivals, prompt lengths, output lengths, prefixes) so that a seed gives the same
-requests whatever the engine does with them.
+fixed order (arrivals, prompt lengths, output lengths, classes and their own lengths, prefixes)
+so that a seed gives the same requests whatever the engine does with them; a workload without
+classes draws nothing for them.
 """
 
 from __future__ import annotations
@@ -20,12 +22,22 @@ from typing import IO
 import numpy as np
 
 from hwmodels.errors import InputError, open_regular
-from simulator.serving.scenario import MAX_TOKENS, Fixed, FromTrace, Lognormal, Uniform, Workload
+from simulator.serving.scenario import (
+    MAX_PRIORITY,
+    MAX_TOKENS,
+    Empirical,
+    Fixed,
+    FromTrace,
+    Lognormal,
+    Uniform,
+    Workload,
+)
 
 # Column names a trace may use: ours, then the Azure LLM inference trace's.
 ARRIVAL_COLS = ("arrival_s", "TIMESTAMP")
 PROMPT_COLS = ("prompt_len", "ContextTokens")
 OUTPUT_COLS = ("output_len", "GeneratedTokens")
+PRIORITY_COLS = ("priority",)
 MAX_TRACE_S = 1e9         # a trace spans at most ~32 years of arrivals
 MAX_LINE_BYTES = 1 << 20  # one row of a trace
 
@@ -39,6 +51,14 @@ class Requests:
     output_len: np.ndarray   # int32, tokens to generate (>= 1)
     prefix_id: np.ndarray    # int32, shared-prefix group or -1
     prefix_len: np.ndarray   # int32, tokens of the shared prefix (0 if none)
+    priority: np.ndarray | None = None   # int32, 0 first (serving.queue: priority); None: all 0
+    klass: np.ndarray | None = None      # int32, index into class_names; None: all 0
+    class_names: tuple[str, ...] = ("all",)
+
+    def __post_init__(self) -> None:
+        for name in ("priority", "klass"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros(self.arrival_s.size, dtype=np.int32))
 
     def __len__(self) -> int:
         return int(self.arrival_s.size)
@@ -51,6 +71,7 @@ class Trace:
     arrival_s: np.ndarray
     prompt_len: np.ndarray | None
     output_len: np.ndarray | None
+    priority: np.ndarray | None = None
 
 
 def _pick(header: list[str], names: tuple[str, ...]) -> str | None:
@@ -140,7 +161,37 @@ def read_trace(path: str, limit: int | None = None) -> Trace:
         return _read_rows(_lines(f, path), path, Path(path).suffix.lower(), limit)
 
 
-def _read_rows(numbered: Iterator[tuple[int, str]], path: str, suffix: str, limit: int | None) -> Trace:
+def read_lengths(path: str, which: str) -> np.ndarray:
+    """The `which` column (prompt_len or output_len; also the Azure names) of a length file of
+    (prompt, output) pairs, CSV or JSONL, each length >= 1."""
+    with open_regular(path, "length file") as f:
+        rows, lines, header = _parse(_lines(f, path), path, Path(path).suffix.lower(), None, "length file")
+    names = PROMPT_COLS if which == "prompt_len" else OUTPUT_COLS
+    if not rows:
+        raise InputError(path, "", "empty length file: needs a header and rows of prompt_len,output_len")
+    c = _pick(header, names)
+    if c is None:
+        raise InputError(path, which, f"missing column; allowed: {' or '.join(names)} (found: {', '.join(header[:8])})")
+    x = _numbers(path, c, _column(path, rows, lines, c), lines, integer=True, hi=MAX_TOKENS).astype(np.int64)
+    if np.any(x < 1):
+        ln = lines[int(np.argmax(x < 1))]
+        raise InputError(path, f"{c} (line {ln})", "got 0; a length must be >= 1")
+    return x
+
+
+def _column(path: str, rows: list[dict], lines: list[int], col: str) -> list:
+    out = []
+    for r, ln in zip(rows, lines, strict=True):
+        if col not in r:
+            raise InputError(path, f"{col} (line {ln})", "missing value")
+        out.append(r[col])
+    return out
+
+
+def _parse(numbered: Iterator[tuple[int, str]], path: str, suffix: str, limit: int | None,
+           what: str = "trace") -> tuple[list[dict], list[int], list[str]]:
+    """The rows of a CSV (header row) or JSONL (one object per line) file, their line numbers and
+    the column names; the first `limit` rows."""
     rows: list[dict] = []
     lines: list[int] = []
     first = next(((ln, t) for ln, t in numbered if t.strip()), None)  # leading blank lines skipped
@@ -154,9 +205,10 @@ def _read_rows(numbered: Iterator[tuple[int, str]], path: str, suffix: str, limi
             try:
                 obj = json.loads(line)
             except (json.JSONDecodeError, RecursionError):
-                raise InputError(path, f"line {ln}", "not a JSON object; a JSONL trace has one object per line") from None
+                raise InputError(path, f"line {ln}", f"not a JSON object; a JSONL {what} has one object per line") \
+                    from None
             if not isinstance(obj, dict):
-                raise InputError(path, f"line {ln}", "not a JSON object; a JSONL trace has one object per line")
+                raise InputError(path, f"line {ln}", f"not a JSON object; a JSONL {what} has one object per line")
             rows.append(obj)
             lines.append(ln)
         header = list(rows[0].keys()) if rows else []
@@ -183,6 +235,11 @@ def _read_rows(numbered: Iterator[tuple[int, str]], path: str, suffix: str, limi
                 lines.append(ln)
         except csv.Error as e:
             raise InputError(path, f"line {at[0]}", f"not valid CSV: {e}") from None
+    return rows, lines, header
+
+
+def _read_rows(numbered: Iterator[tuple[int, str]], path: str, suffix: str, limit: int | None) -> Trace:
+    rows, lines, header = _parse(numbered, path, suffix, limit)
     if not rows:
         raise InputError(path, "", "empty trace: no requests; needs a header and rows with "
                          "arrival_s,prompt_len,output_len (or TIMESTAMP,ContextTokens,GeneratedTokens)")
@@ -192,26 +249,32 @@ def _read_rows(numbered: Iterator[tuple[int, str]], path: str, suffix: str, limi
                          f"(found: {', '.join(header[:8])})")
 
     def column(col: str) -> list:
-        out = []
-        for r, ln in zip(rows, lines, strict=True):
-            if col not in r:
-                raise InputError(path, f"{col} (line {ln})", "missing value")
-            out.append(r[col])
-        return out
+        return _column(path, rows, lines, col)
 
     t = _times(path, a_col, column(a_col), lines)
     lens = []
-    for cols in (PROMPT_COLS, OUTPUT_COLS):
+    for cols in (PROMPT_COLS, OUTPUT_COLS, PRIORITY_COLS):
         c = _pick(header, cols)
+        hi = MAX_TOKENS if cols is not PRIORITY_COLS else MAX_PRIORITY
         lens.append(None if c is None else
-                    _numbers(path, c, column(c), lines, integer=True, hi=MAX_TOKENS).astype(np.int64))
-    return Trace(t - t.min(), lens[0], lens[1])
+                    _numbers(path, c, column(c), lines, integer=True, hi=hi).astype(np.int64))
+    return Trace(t - t.min(), lens[0], lens[1], lens[2])
 
 
 # -- sampling ------------------------------------------------------------------------------------
 
+def _rows(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """n row indices of a file of `size` rows: shuffles of all rows, one after another (every
+    row once before any twice, as a benchmark client samples its dataset)."""
+    reps = -(-n // size)
+    return np.concatenate([rng.permutation(size) for _ in range(reps)])[:n]
+
+
 def _lengths(spec, n: int, rng: np.random.Generator, trace: Trace | None, which: str, where: str,
-             trace_path: str = "") -> np.ndarray:
+             trace_path: str = "", rows: np.ndarray | None = None) -> np.ndarray:
+    if isinstance(spec, Empirical):
+        col = read_lengths(spec.path, which)
+        return col[rows if rows is not None else _rows(n, col.size, rng)]
     if isinstance(spec, Fixed):
         return np.full(n, spec.value, dtype=np.int64)
     if isinstance(spec, Uniform):
@@ -256,8 +319,31 @@ def make_requests(workload: Workload, seed: int, where: str = "workload") -> Req
         t = np.cumsum(rng.gamma(k, 1.0 / (arr.rate * k), size=n))
     if not np.all(np.isfinite(t)):  # the schema's bounds keep times finite; the engine relies on it
         raise InputError(where, "workload.arrival", "arrival times overflow; use a higher rate or a smaller time_scale")
-    prompt = _lengths(workload.prompt_len, n, rng, trace, "prompt_len", where, str(arr.path))
-    output = _lengths(workload.output_len, n, rng, trace, "output_len", where, str(arr.path))
+    pl, ol = workload.prompt_len, workload.output_len
+    rows = None  # one file of pairs for both: each request takes both lengths from one row
+    if isinstance(pl, Empirical) and isinstance(ol, Empirical) and Path(pl.path).resolve() == Path(ol.path).resolve():
+        rows = _rows(n, read_lengths(pl.path, "prompt_len").size, rng)
+    prompt = _lengths(pl, n, rng, trace, "prompt_len", where, str(arr.path), rows)
+    output = _lengths(ol, n, rng, trace, "output_len", where, str(arr.path), rows)
+    klass = priority = None
+    names: tuple[str, ...] = ("all",)
+    if workload.classes:
+        cls = workload.classes
+        klass = rng.choice(len(cls), size=n, p=np.asarray([c.share for c in cls]) / sum(c.share for c in cls))
+        for k, c in enumerate(cls):
+            for spec, which in ((c.prompt_len, "prompt_len"), (c.output_len, "output_len")):
+                if spec is not None:
+                    own = _lengths(spec, n, rng, trace, which, where, str(arr.path))
+                    if which == "prompt_len":
+                        prompt = np.where(klass == k, own, prompt)
+                    else:
+                        output = np.where(klass == k, own, output)
+        priority = np.asarray([c.priority for c in cls], dtype=np.int64)[klass]
+        names = tuple(c.name for c in cls)
+    elif trace is not None and trace.priority is not None:  # the trace's priority column: a class per level
+        priority = trace.priority[:n]
+        levels, klass = np.unique(priority, return_inverse=True)
+        names = tuple(f"priority {p}" for p in levels.tolist())
     prefix_id = np.full(n, -1, dtype=np.int64)
     prefix_len = np.zeros(n, dtype=np.int64)
     pf = workload.prefix
@@ -270,9 +356,12 @@ def make_requests(workload: Workload, seed: int, where: str = "workload") -> Req
     order = np.argsort(t, kind="stable")
     if np.any(order != np.arange(n)):
         t, prompt, output, prefix_id, prefix_len = (x[order] for x in (t, prompt, output, prefix_id, prefix_len))
+        klass, priority = (None if x is None else x[order] for x in (klass, priority))
     # int32: lengths are at most MAX_TOKENS (10M), and 10M requests take 40 MB less than as int64
     return Requests(np.ascontiguousarray(t, dtype=np.float64), prompt.astype(np.int32), output.astype(np.int32),
-                    prefix_id.astype(np.int32), prefix_len.astype(np.int32))
+                    prefix_id.astype(np.int32), prefix_len.astype(np.int32),
+                    None if priority is None else priority.astype(np.int32),
+                    None if klass is None else np.asarray(klass, dtype=np.int32), names)
 
 
-__all__ = ["Requests", "Trace", "make_requests", "read_trace"]
+__all__ = ["Requests", "Trace", "make_requests", "read_trace", "read_lengths"]

@@ -20,6 +20,11 @@ Simulations are the expensive part, so the search avoids them wherever theory de
 - monotonicity: if N replicas meet the SLO so do more, so the fewest replicas are found by
   galloping then bisection; configurations are visited cheapest-bound first and dropped when
   their lower-bound cost cannot beat the best found.
+
+`search.pd_ratios: ["1:1", "1:2"]` adds disaggregated configurations: x units of P prefill and D
+decode replicas of the part (serving.disaggregated; the replica count searched is then x, and the
+decode bound counts the D x decoding replicas). `electricity_usd_per_kwh` prices the energy the
+runs draw beside the devices' hourly price.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from simulator.moment.model import ModelSpec, load_model
 from simulator.moment.ops import Batch, Dtypes
 from simulator.reports.progress import Progress
 from simulator.serving.scenario import (
+    Disaggregated,
+    PoolSpec,
     Scenario,
     Serving,
     local_path,
@@ -120,6 +127,7 @@ class Config:
     pp: int
     max_batch_size: int
     scheduler: str
+    pd: tuple[int, int] | None = None  # disaggregated: a unit of P prefill and D decode replicas
     status: ConfigStatus = ConfigStatus.PENDING
     reason: str = ""
     replicas: int | None = None   # fewest that meet the SLO
@@ -133,7 +141,16 @@ class Config:
     @property
     def label(self) -> str:
         pp = f" pp{self.pp}" if self.pp > 1 else ""
-        return f"tp{self.tp}{pp} bs{self.max_batch_size} {self.scheduler}"
+        pd = f" P:D {self.pd[0]}:{self.pd[1]}" if self.pd else ""
+        return f"tp{self.tp}{pp} bs{self.max_batch_size} {self.scheduler}{pd}"
+
+    def devices(self, replicas: int) -> int:
+        """Devices of `replicas` replicas (disaggregated: units of P + D replicas)."""
+        return self.tp * self.pp * replicas * (sum(self.pd) if self.pd else 1)
+
+    def decoders(self, replicas: int) -> int:
+        """Replicas that decode: all of them, or D per unit."""
+        return replicas * (self.pd[1] if self.pd else 1)
 
 
 @dataclass
@@ -141,6 +158,8 @@ class CandidateResult:
     hardware: str
     name: str
     price_per_hour: float
+    usd_per_kwh: float = 0.0      # electricity (plan.electricity_usd_per_kwh; 0: not priced)
+    idle_kw: float = 0.0          # one device's idle power: the least its electricity can cost
     best: Config | None = None
     devices: int | None = None
     cost_per_hour: float | None = None
@@ -154,6 +173,22 @@ class CandidateResult:
     @property
     def simulations(self) -> int:
         return sum(len(ck.seeds) for ck in self.runs)
+
+    def bound_per_hour(self, devices: int) -> float:
+        """The least `devices` can cost an hour: their price and, if electricity is priced, idle power."""
+        return devices * (self.price_per_hour + self.idle_kw * self.usd_per_kwh)
+
+    def electricity_per_hour(self, ck: Check | None) -> float:
+        """USD an hour for the energy a check's runs drew (their mean average power over the seeds)."""
+        if not self.usd_per_kwh or ck is None:
+            return 0.0
+        watts = [_get(m, "energy", "avg_power_w") for m in ck.by_seed]
+        watts = [w for w in watts if isinstance(w, (int, float))]
+        return sum(watts) / len(watts) / 1e3 * self.usd_per_kwh if watts else 0.0
+
+    def cost_per_hour_of(self, c: Config, ck: Check) -> float:
+        """A simulated configuration's hourly cost: its devices' price plus the electricity it drew."""
+        return self.price_per_hour * c.devices(ck.replicas) + self.electricity_per_hour(ck)
 
     def summary(self) -> dict[str, Any]:
         """The answer for this part: p99s and goodput are the worst over its seeds (`spread`: their
@@ -170,6 +205,9 @@ class CandidateResult:
             "feasible": b is not None, "tp": b.tp if b else None, "pp": b.pp if b else None,
             "replicas": b.replicas if b else None, "max_batch_size": b.max_batch_size if b else None,
             "scheduler": b.scheduler if b else None, "devices": self.devices, "cost_per_hour": self.cost_per_hour,
+            "electricity_per_hour": self.electricity_per_hour(ck) if ck and self.usd_per_kwh else None,
+            "avg_power_w": _mean_of(ck, "energy", "avg_power_w") if ck else None,
+            "energy_j_per_token": _mean_of(ck, "energy_j_per_token", None) if ck else None,
             "cost_per_m_output_tokens": self.cost_per_m_output_tokens,
             "output_tokens_per_s": (spread.get("output_tokens_per_s") or {}).get("mean"),
             "p99_ttft_ms": worst.get("p99_ttft_ms"), "p99_tpot_ms": worst.get("p99_tpot_ms"),
@@ -187,6 +225,12 @@ def _get(m: dict[str, Any], a: str, b: str | None) -> Any:
     if b is None:
         return v
     return v.get(b) if isinstance(v, dict) else None
+
+
+def _mean_of(ck: Check, a: str, b: str | None) -> float | None:
+    """The mean over a check's seeds of a metric (None where no seed has it)."""
+    v = [x for x in (_get(m, a, b) for m in ck.by_seed) if isinstance(x, (int, float))]
+    return sum(v) / len(v) if v else None
 
 
 def _f(v: Any, spec: str) -> str:
@@ -265,11 +309,17 @@ class _Search:
         self.output = mean_len(plan.workload.output_len)
         self.slo = plan.slo.scenario_slo()
         self.cache: dict[tuple, Check] = {}
-        self.result = CandidateResult(cand.hardware, self.hw.name, self.price)
+        power = self.hw.device.power
+        self.result = CandidateResult(cand.hardware, self.hw.name, self.price, plan.electricity_usd_per_kwh or 0.0,
+                                      power.idle_w / 1e3 if power else 0.0)
 
     def scenario(self, c: Config, replicas: int, rate: float, seed: int) -> Scenario:
         s = self.serving.model_copy(update={"tp": c.tp, "pp": c.pp, "replicas": replicas,
                                             "max_batch_size": c.max_batch_size, "scheduler": c.scheduler})
+        fixed = self.serving.disaggregated  # the plan's serving may fix the transfer of its P/D configurations
+        s = s.model_copy(update={"disaggregated": Disaggregated(
+            prefill=PoolSpec(replicas=c.pd[0] * replicas), decode=PoolSpec(replicas=c.pd[1] * replicas),
+            **({"transfer": fixed.transfer} if fixed else {})) if c.pd else None})
         arr = self.plan.workload.arrival.model_copy(update={"rate": rate})
         wl = self.plan.workload.model_copy(update={"arrival": arr})
         return Scenario(name=f"{self.plan.name}/{self.hw.name}/{c.label}/x{replicas}@{rate:.4g}",
@@ -279,7 +329,7 @@ class _Search:
     def check(self, c: Config, replicas: int, rate: float) -> Check:
         """Simulate under the plan's seeds in turn, stopping at the first that fails: a pass
         needs every seed, a failure one (so a miss costs one simulation, a pass `seeds`)."""
-        key = (c.tp, c.pp, c.max_batch_size, c.scheduler, replicas, round(rate, 9))
+        key = (c.tp, c.pp, c.max_batch_size, c.scheduler, c.pd, replicas, round(rate, 9))
         ck = self.cache.get(key)
         if ck is None:
             ck = self.cache[key] = Check(replicas, rate, c.label)
@@ -301,8 +351,9 @@ class _Search:
         for pp in sorted(set(sr.pp)):
             smaller_fail = False
             for tp in sorted(set(sr.tp), reverse=True):  # a smaller tp needs more memory per device
-                cs = [Config(tp, pp, mbs, sched) for mbs in sorted(set(sr.max_batch_size))
-                      for sched in dict.fromkeys(sr.scheduler)]
+                layouts = ([None] if sr.colocated else []) + sr.ratios
+                cs = [Config(tp, pp, mbs, sched, pd) for pd in layouts for mbs in sorted(set(sr.max_batch_size))
+                      for sched in dict.fromkeys(sr.scheduler) if not (pd and sched == "static")]
                 out += cs
                 why = ""
                 try:
@@ -337,8 +388,8 @@ class _Search:
                         c.reason = (f"a one-sequence decode step takes {step1 * 1e3:.2f} ms > {tpot_limit:.3g} ms "
                                     "(the p99 TPOT bound less the headroom)")
                         continue
-                    c.min_replicas = max(1, math.ceil(self.plan.rate * self.output / tok_s - 1e-9))
-                    c.lb_cost_per_hour = self.price * tp * pp * c.min_replicas
+                    c.min_replicas = max(1, math.ceil(self.plan.rate * self.output / (c.decoders(1) * tok_s) - 1e-9))
+                    c.lb_cost_per_hour = self.result.bound_per_hour(c.devices(c.min_replicas))
         return out
 
     def replica_options(self, lo: int) -> list[int]:
@@ -352,7 +403,7 @@ class _Search:
         counts whose cost stays within `budget`; None when none does, and whether the budget
         (rather than the search's replica limit) cut the search short."""
         every = self.replica_options(c.min_replicas)
-        opts = [r for r in every if self.price * c.tp * c.pp * r <= budget]
+        opts = [r for r in every if self.result.bound_per_hour(c.devices(r)) <= budget]
         cut = len(opts) < len(every)
         if not opts:
             return None, cut
@@ -445,16 +496,16 @@ class _Search:
                     c.reason = f"at {last.replicas} replicas (the most allowed): {self.describe(last)}"
                 continue
             c.status, c.replicas, c.check = ConfigStatus.OK, ck.replicas, ck
-            cost = self.price * c.tp * c.pp * ck.replicas
+            cost = res.cost_per_hour_of(c, ck)
             if cost < best_cost:
                 best, best_cost = c, cost
         if best is not None and best.check is not None:
             res.best = best
-            res.devices = best.tp * best.pp * (best.replicas or 1)
+            res.devices = best.devices(best.replicas or 1)
             res.cost_per_hour = best_cost
             res.cost_per_m_output_tokens = cost_per_m_tokens(
-                self.price, res.devices, best.check.spread()["output_tokens_per_s"]["mean"])
-            cap = (best.decode_tok_s or 0) * (best.replicas or 1) / max(self.output, 1.0)
+                best_cost / res.devices, res.devices, best.check.spread()["output_tokens_per_s"]["mean"])
+            cap = (best.decode_tok_s or 0) * best.decoders(best.replicas or 1) / max(self.output, 1.0)
             hi = max(cap, self.plan.rate * 1.01)
             res.max_rate, res.binding = self.max_rate(best, best.replicas or 1, self.plan.rate, hi,
                                                       self.plan.rate_steps)
@@ -489,7 +540,7 @@ def max_sustainable_rate(plan: Plan, cand: Candidate, base_dir: Path, tp: int, p
     c = next((k for k in s.configs() if (k.tp, k.pp, k.max_batch_size, k.scheduler) == (tp, pp, max_batch_size, scheduler)), None)
     if c is None or c.status != ConfigStatus.PENDING or not c.decode_tok_s:
         return 0.0
-    hi = c.decode_tok_s * replicas / max(s.output, 1.0)
+    hi = c.decode_tok_s * c.decoders(replicas) / max(s.output, 1.0)
     lo = hi / 256
     if not s.check(c, replicas, lo).ok:
         return 0.0

@@ -33,10 +33,11 @@ def _config_rows(res: PlanResult) -> list[dict[str, Any]]:
             m = ck.metrics if ck else {}
             rows.append({
                 "hardware": cr.name, "tp": c.tp, "pp": c.pp, "max_batch_size": c.max_batch_size,
-                "scheduler": c.scheduler, "status": c.status.value, "reason": c.reason, "replicas": c.replicas,
+                "scheduler": c.scheduler, "pd_ratio": f"{c.pd[0]}:{c.pd[1]}" if c.pd else None,
+                "status": c.status.value, "reason": c.reason, "replicas": c.replicas,
                 "min_replicas_bound": c.min_replicas, "decode_tok_s_bound": c.decode_tok_s,
                 "kv_tokens": c.kv_tokens, "lb_cost_per_hour": c.lb_cost_per_hour,
-                "cost_per_hour": cr.price_per_hour * c.tp * c.pp * c.replicas if c.replicas else None,
+                "cost_per_hour": cr.cost_per_hour_of(c, ck) if c.replicas and ck else None,
                 "checked_replicas": ck.replicas if ck else None, "seeds": len(ck.seeds) if ck else 0,
                 "p99_ttft_ms": _get(m, "ttft_ms", "p99"), "p99_tpot_ms": _get(m, "tpot_ms", "p99"),
                 "goodput": _get(m, "goodput", "fraction"), "output_tokens_per_s": m.get("output_tokens_per_s"),
@@ -191,7 +192,7 @@ def alternatives(res: PlanResult) -> list[list[str]]:
             for ck in (c.check, c.fewer):
                 if ck is None:
                     continue
-                cost = cr.price_per_hour * c.tp * c.pp * ck.replicas
+                cost = cr.cost_per_hour_of(c, ck)
                 if best is not None and ck is c.check and c is cr.best and cr is best:
                     verdict, group = "the answer", 0
                 elif ck.ok:
@@ -240,6 +241,10 @@ def conclusion(res: PlanResult) -> list[str]:
              f"binding: {d['nearest_limit']} at {rate:g} req/s uses {_pct(d['limit_used'].get(d['nearest_limit']))}"
              f" of its limit (worst of seeds {', '.join(map(str, d['seeds']))}); above {_f(d['max_rate'], '.1f')} "
              f"req/s {d['binding']} breaks first"]
+    if d["electricity_per_hour"] is not None:
+        lines.append(f"electricity: ${d['electricity_per_hour']:.2f}/hour of it ({_f(d['avg_power_w'], ',.0f')} W "
+                     f"average at ${res.plan.electricity_usd_per_kwh:g}/kWh; "
+                     f"{_f(d['energy_j_per_token'], '.3g')} J per output token)")
     fewer = d["one_replica_fewer"]
     if fewer:
         lines.append(f"with {fewer['replicas']} replica(s) it misses on {fewer['fails_on']} "

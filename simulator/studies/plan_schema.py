@@ -16,6 +16,7 @@ from simulator.moment.model import load_model
 from simulator.serving.scenario import (
     MAX_SEED,
     MAX_SLO_MS,
+    SCHEDULER_NAMES,
     FromTrace,
     Serving,
     Slo,
@@ -41,7 +42,26 @@ class Search(Strict):
         default=None, min_length=1, max_length=1000, description="replica counts to allow")
     max_replicas: int = Field(default=16, ge=1, le=100_000, description="when replicas is not listed: 1..max")
     max_batch_size: list[Annotated[int, Field(ge=1, le=65536)]] = Field(default=[64], min_length=1, max_length=64)
-    scheduler: list[Literal["static", "continuous", "chunked"]] = Field(default=["continuous"], min_length=1)
+    scheduler: list[Literal[SCHEDULER_NAMES]] = Field(default=["continuous"], min_length=1,  # type: ignore[valid-type]
+                                                      max_length=len(SCHEDULER_NAMES))
+    pd_ratios: list[Annotated[str, Field(max_length=16)]] = Field(default=[], max_length=32, description=(
+        "disaggregated prefill:decode replica ratios to try beside colocated serving, as \"P:D\" (\"1:2\": "
+        "x units of 1 prefill and 2 decode replicas); the replica count then counts units"))
+    colocated: bool = Field(default=True, description="also try colocated serving (prefill and decode on each replica)")
+
+    @model_validator(mode="after")
+    def _ratios(self) -> Search:
+        for r in self.pd_ratios:
+            p, _, d = r.partition(":")
+            if not (p.strip().isdigit() and d.strip().isdigit() and 1 <= int(p) <= 1000 and 1 <= int(d) <= 1000):
+                raise ValueError(f"pd_ratios: {r!r} is not P:D with whole numbers from 1 to 1000, e.g. \"1:2\"")
+        if not self.colocated and not self.pd_ratios:
+            raise ValueError("colocated: false needs pd_ratios to try")
+        return self
+
+    @property
+    def ratios(self) -> list[tuple[int, int]]:
+        return [(int(r.partition(":")[0]), int(r.partition(":")[2])) for r in self.pd_ratios]
 
 
 class PlanSlo(Strict):
@@ -83,6 +103,9 @@ class Plan(Strict):
     seeds: int = Field(default=3, ge=3, le=100, description=(
         "an answer must meet the SLO under each of the seeds seed, seed+1, ..., seed+seeds-1"))
     rate_steps: int = Field(default=5, ge=0, le=20, description="bisection steps for the highest sustainable rate")
+    electricity_usd_per_kwh: float | None = Field(default=None, ge=0, le=10, description=(
+        "price of electricity: a configuration then costs its devices' hourly price plus the energy its "
+        "simulated runs draw (their average power, simulator/moment/power.py) at this price"))
 
     @model_validator(mode="after")
     def _rate(self) -> Plan:

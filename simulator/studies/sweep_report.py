@@ -12,6 +12,7 @@ from typing import Any
 from hwmodels.load import load_hardware
 from simulator.moment.model import load_model
 from simulator.reports.tables import aligned, write_rows
+from simulator.serving.scenario import Scenario, pool_serving
 from simulator.studies.pareto import pareto_front
 from simulator.studies.sweep_schema import MEASURED, Point, Status, Sweep, SweepResult
 
@@ -70,13 +71,27 @@ def row_status(rec: dict[str, Any] | None) -> Status:
     return Status.OVERLOADED if m.get("overloaded") else Status.OK
 
 
+def _parts(sc: Scenario) -> list[tuple[Any, int]]:
+    """(hardware, devices) of each pool: one, or a disaggregated prefill and decode pool."""
+    s, dis = sc.serving, sc.serving.disaggregated
+    if dis is None:
+        return [(load_hardware(sc.hardware), s.tp * s.pp * s.replicas)]
+    out = []
+    for spec in (dis.prefill, dis.decode):
+        ps = pool_serving(s, spec)
+        out.append((load_hardware(spec.hardware or sc.hardware), ps.tp * ps.pp * ps.replicas))
+    return out
+
+
 def make_row(p: Point, rec: dict[str, Any] | None) -> dict[str, Any]:
     sc, s = p.scenario, p.scenario.serving
-    hw = load_hardware(sc.hardware)
-    devices = s.tp * s.pp * s.replicas
+    parts = _parts(sc)
+    hw = parts[0][0]
+    devices = sum(n for _, n in parts)
     row: dict[str, Any] = {
         "point": p.index, "status": row_status(rec).value, "error": (rec or {}).get("error"),
-        "model": load_model(sc.model).name, "hardware": hw.name, "tp": s.tp, "pp": s.pp,
+        "model": load_model(sc.model).name, "hardware": " + ".join(dict.fromkeys(h.name for h, _ in parts)),
+        "tp": s.tp, "pp": s.pp,
         "replicas": s.replicas, "devices": devices, "scheduler": s.scheduler,
         "max_batch_size": s.max_batch_size, "rate": sc.workload.arrival.rate, "seed": sc.seed,
     }
@@ -84,7 +99,9 @@ def make_row(p: Point, rec: dict[str, Any] | None) -> dict[str, Any]:
         if k not in SHORT:
             row[k] = _display(v)
     metrics = (rec or {}).get("metrics") or {}
-    row.update(cost_columns(hw.price_per_hour, devices, metrics.get("output_tokens_per_s")))
+    prices = [h.price_per_hour for h, _ in parts]
+    price = None if None in prices else sum(h.price_per_hour * n for h, n in parts) / devices  # per device
+    row.update(cost_columns(price if len(parts) > 1 else hw.price_per_hour, devices, metrics.get("output_tokens_per_s")))
     row["warnings"] = "; ".join(metrics.get("warnings") or ()) or None
     row["elapsed_s"] = (rec or {}).get("elapsed_s")
     row["cpu_s"] = (rec or {}).get("cpu_s")

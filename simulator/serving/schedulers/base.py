@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from simulator.moment.ops import Batch
 from simulator.serving.decodeset import DecodeSet
 from simulator.serving.kvcache import FAIL, KVCache
+from simulator.serving.queues import KeyedQueue, waiting_queue
 
 if TYPE_CHECKING:
     from simulator.serving.result import RequestLog
@@ -73,6 +74,8 @@ class Moment:
     """(prefill, its tokens in this moment) for each chunk."""
     extra_s: float = 0.0
     """Host<->device swap transfers charged to this moment."""
+    held: bool = False
+    """Its tokens are held back until a later moment streams them (a multi-step block's earlier steps)."""
 
     def as_batch(self) -> Batch:
         return Batch(*self.batch)
@@ -83,20 +86,27 @@ class Scheduler:
 
     preemptible = True      # running requests may be evicted when the KV cache runs out
     shares_prefixes = True  # prefix caching applies (a policy reserving whole requests cannot share)
+    in_flight = 0           # requests whose blocks wait on something outside (a KV transfer): nothing
+    #                         may be runnable until it ends (schedulers/disaggregated.py)
 
-    def __init__(self, serving: Serving, requests: RequestLog, blocks: int, swap_s_per_block: float):
+    def __init__(self, serving: Serving, requests: RequestLog, blocks: int, swap_s_per_block: float,
+                 kv: KVCache | None = None, seed: int = 0):
         self.requests = requests
+        self.seed = seed                          # for a policy's own draws (speculative acceptance)
         self.prompt_len, self.output_len = requests.prompt_len, requests.output_len
         self.max_batch_size = serving.max_batch_size
         self.max_batched_tokens = serving.max_batched_tokens
         self.max_prompt_tokens: int | None = None  # longer prompts are rejected on arrival
         self.block_size = serving.block_size
-        self.kv = KVCache(blocks, serving.block_size)
+        self.kv = kv if kv is not None else KVCache(blocks, serving.block_size)
         self.watermark = int(ADMIT_WATERMARK * blocks)
         self.swap = serving.preemption == "swap"
-        self.prefix_caching = serving.prefix_caching and self.shares_prefixes
+        # guaranteed_no_evict (TensorRT-LLM): admission reserves the prompt and the whole output, so
+        # a request never grows, never shares a prefix and is never preempted
+        self.reserve = serving.guaranteed_no_evict
+        self.prefix_caching = serving.prefix_caching and self.shares_prefixes and not self.reserve
         self.swap_s_per_block = swap_s_per_block
-        self.waiting: deque[int] = deque()
+        self.waiting: deque[int] | KeyedQueue = waiting_queue(serving.queue, requests)
         self.outstanding = 0                      # routed here and not finished
         self.decode = DecodeSet(serving.block_size)
         self.prefilling: dict[int, Prefill] = {}  # admitted, prompt not yet computed (chunked)
@@ -107,6 +117,11 @@ class Scheduler:
         self.admissions = 0                       # the last admission token handed out
         self.newest: list[tuple[int, int]] = []   # (token, request) in admission order: preemption victims
         self.swap_s = 0.0                         # transfers not yet charged to a moment
+        self.steps = serving.num_scheduler_steps  # vLLM V0 multi-step: decode steps per scheduling
+        self.block_left = 0                       # steps left in the current multi-step block
+        self.held: list[int] = []                 # finished in a block whose tokens are not yet streamed
+        self.lookup_tokens = 0                    # prompt tokens admitted (prefix cache lookups)...
+        self.hit_tokens = 0                       # ...and those found cached
 
     # -- the interface -------------------------------------------------------------------------------
     def add(self, i: int) -> None:
@@ -125,7 +140,18 @@ class Scheduler:
             for i in d.advance():
                 cached, _generated, pb, pid = d.leave(i)
                 self._release(i, cached, pb, pid)
-                self._finish(i, now)
+                if m.held:
+                    self.held.append(i)
+                    self.outstanding -= 1
+                else:
+                    self._finish(i, now)
+            if self.steps > 1:
+                if not d.seqs:  # the block ends with its last sequence
+                    self.block_left = 0
+                if self.held and not self.block_left:  # the block's tokens reach the client
+                    for i in self.held:
+                        self.requests.finish(i, now)
+                    self.held.clear()
         for st, tokens in m.prefills:
             st.done += tokens
             if st.done < st.target:
@@ -160,6 +186,9 @@ class Scheduler:
 
     def _release(self, i: int, cached: int, pb: int, pid: int) -> None:
         """Give back a request's blocks: its own, and its use of a shared prefix."""
+        if self.reserve:  # what admission reserved, whatever the request used
+            self.kv.release(self.kv.blocks(self.prompt_len[i] + self.output_len[i]))
+            return
         self.kv.release(self.kv.blocks(cached) - pb)
         if pid >= 0:
             self.kv.release_prefix(pid)
@@ -191,7 +220,12 @@ class Scheduler:
         pb, pid = self._prefix(i) if self.prefix_caching else NO_PREFIX  # speed: no call when off
         cached = pb * bs if pid >= 0 and kv.resident(pid) else 0
         room = kv.available - pb - (self.watermark if n_seq else 0)  # blocks for its own tokens
-        if chunk_room < 0:
+        if self.reserve:  # the prompt and the whole output, at once
+            ln = target if chunk_room < 0 else min(target, chunk_room)
+            own = kv.blocks(self.prompt_len[i] + self.output_len[i])
+            if (chunk_room < 0 and ln > whole_limit) or own > room:
+                return None
+        elif chunk_room < 0:
             ln = target - cached
             own = kv.blocks(target) - pb
             if ln > whole_limit or own > room:
@@ -206,6 +240,8 @@ class Scheduler:
         kv.alloc(own)
         self.waiting.popleft()
         self.recompute.pop(i, None)
+        self.lookup_tokens += target
+        self.hit_tokens += cached
         return Prefill(i, cached, target, g_prev, pb, pid), ln
 
     def _swap_in(self, i: int, n_seq: int) -> bool:
@@ -226,17 +262,79 @@ class Scheduler:
         self._enter_decode(i, cached, generated, pb, pid)
         return True
 
+    def _chunks(self, rest: int, decodes: int, split: bool = True) -> list[tuple[Prefill, int]]:
+        """This step's prompt chunks within `rest` tokens, with their blocks: prompts mid-prefill
+        continue first (oldest first; vLLM v1: the chunk the budget allows or none this step,
+        never a sliver of whatever blocks are free), then requests at the head of the queue start
+        while the step holds fewer than max_batch_size sequences (`decodes` of them decode). A
+        swapped-out request at the head, a multi-step block, or a step that had to preempt one
+        (vLLM v1: a new request would take the freed blocks and be the next victim) admits
+        nobody; without `split` a prompt starts only if it fits whole."""
+        kv, pre, w = self.kv, self.prefilling, self.waiting
+        chunks: list[tuple[Prefill, int]] = []
+        if not pre and not w:  # speed: nothing to prefill (most decode steps)
+            return chunks
+        for st in pre.values():
+            if rest <= 0:
+                break
+            done = st.done
+            ln = min(st.target - done, rest)
+            if not self.reserve and not kv.alloc(kv.blocks(done + ln) - kv.blocks(done)):
+                continue  # reserved at admission, or its blocks are not free
+            chunks.append((st, ln))
+            rest -= ln
+        n_seq = decodes + len(pre)
+        blocked = self.preempted and (decodes or chunks) or self.block_left
+        while rest > 0 and w and n_seq < self.max_batch_size and not blocked:
+            i = w[0]
+            if i in self.swapped:  # swapped requests rejoin first, as decodes
+                break
+            got = self._admit(i, n_seq, rest) if split else self._admit(i, n_seq, -1, rest)
+            if got is None:
+                break
+            st, ln = got
+            self.admissions = st.token = self.admissions + 1
+            pre[i] = st
+            self.newest.append((st.token, i))
+            chunks.append(got)
+            rest -= ln
+            n_seq += 1
+        return chunks
+
+    def _chunk_sums(self, chunks: list[tuple[Prefill, int]]) -> tuple[int, float, int, int]:
+        """A step's prompt chunks as batch aggregates: new tokens, causal query-key pairs, tokens
+        cached before them, and how many end their prefill (each a logit row); tokens computed
+        again after a preemption are counted (_recomputed)."""
+        pt = 0
+        pairs = 0.0
+        pc = 0
+        completing = 0
+        for st, ln in chunks:
+            c = st.done
+            pt += ln
+            pairs += ln * c + ln * (ln + 1) / 2
+            pc += c
+            completing += c + ln == st.target
+            if self.computed:
+                self._recomputed(st, ln)
+        return pt, pairs, pc, completing
+
     # -- KV pressure ---------------------------------------------------------------------------------
     def _grow_decode(self) -> None:
         """Blocks for this decode step's new tokens; preempt until they fit."""
+        if self.reserve:  # reserved at admission
+            return
         kv, d = self.kv, self.decode
         while not kv.alloc(d.due[d.step % self.block_size]):  # speed: d.new_blocks() inlined
             if not self._preempt_one():
                 raise RuntimeError("KV cache cannot hold the running requests")
-        if len(self.newest) > 2 * (d.seqs + len(self.prefilling)) + 64:  # drop stale entries
-            pre = self.prefilling
-            self.newest = [(t, i) for t, i in self.newest
-                           if d.holds(i, t) or (i in pre and pre[i].token == t)]
+        if len(self.newest) > 2 * (d.seqs + len(self.prefilling)) + 64:
+            self._drop_stale()
+
+    def _drop_stale(self) -> None:
+        """Forget preemption candidates that finished or were preempted since (their token moved on)."""
+        d, pre = self.decode, self.prefilling
+        self.newest = [(t, i) for t, i in self.newest if d.holds(i, t) or (i in pre and pre[i].token == t)]
 
     def _preempt_one(self) -> bool:
         """Preempt the most recently admitted running request (decoding or mid-prefill): free its
@@ -250,7 +348,7 @@ class Scheduler:
                 kv.release(own)
                 if pid >= 0:
                     kv.release_prefix(pid)
-                if self.swap:
+                if self.swap and self._swap_out(i, own + pb):
                     self.swapped[i] = (cached, generated)
                     self.swap_s += (own + pb) * self.swap_s_per_block  # copy out (prefix too, conservatively)
                 else:
@@ -270,8 +368,15 @@ class Scheduler:
             self.waiting.appendleft(i)
             self.requests.preempted(i)
             self.preempted = True
+            if not d.seqs:
+                self.block_left = 0
             return True
         return False
+
+    def _swap_out(self, i: int, blocks: int) -> bool:
+        """Room in host memory for a preempted sequence's blocks (unbounded here; a CPU tier,
+        schedulers/offload.py, may refuse, and the request is recomputed instead)."""
+        return True
 
     def _recomputed(self, st: Prefill, tokens: int) -> None:
         """Count the part of a prefill chunk (`tokens` after st.done) that the request had computed
@@ -292,8 +397,18 @@ class Scheduler:
         return s
 
     def _decode_moment(self) -> Moment:
-        """A moment of the decode set alone."""
+        """A moment of the decode set alone (with multi-step, one step of a block: nobody is admitted
+        until the block ends, and its tokens stream at its end)."""
         d = self.decode
         n = d.seqs
         extra, self.swap_s = self.swap_s, 0.0  # speed: _take_swap_s inlined (one moment per decode step)
+        if self.steps > 1:
+            return Moment(DECODE, (n, d.base + n * d.step, 0, 0, 0.0, 0, n), n, (), extra, self._held_step())
         return Moment(DECODE, (n, d.base + n * d.step, 0, 0, 0.0, 0, n), n, (), extra)
+
+    def _held_step(self) -> bool:
+        """A decode step of a multi-step block: whether its tokens wait for a later step of the block."""
+        if self.steps == 1:
+            return False
+        self.block_left = (self.block_left or self.steps) - 1
+        return self.block_left > 0

@@ -4,13 +4,17 @@
 Requests mid-prefill keep their place (`prefilling`, oldest first) and continue next step; a
 prompt of any length runs, a chunk at a time. Every running decode must fit the budget, so the
 batch is capped at max_batched_tokens sequences.
+
+`MixedScheduler` is in-flight batching as TensorRT-LLM runs it without chunked context: the
+same steps, but a prompt joins a step only whole (`splits_prompts = False`), so one longer than
+the budget is rejected on arrival.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from simulator.serving.schedulers.base import DECODE, MIXED, PREFILL, Moment, Prefill, Scheduler
+from simulator.serving.schedulers.base import DECODE, MIXED, PREFILL, Moment, Scheduler
 
 if TYPE_CHECKING:
     from simulator.serving.result import RequestLog
@@ -18,13 +22,16 @@ if TYPE_CHECKING:
 
 
 class ChunkedScheduler(Scheduler):
-    def __init__(self, serving: Serving, requests: RequestLog, blocks: int, swap_s_per_block: float):
-        super().__init__(serving, requests, blocks, swap_s_per_block)
+    splits_prompts = True  # a prompt may be split over steps (else it joins a step whole)
+
+    def __init__(self, serving: Serving, requests: RequestLog, blocks: int, swap_s_per_block: float, **kw):
+        super().__init__(serving, requests, blocks, swap_s_per_block, **kw)
         self.max_batch_size = min(self.max_batch_size, self.max_batched_tokens)
+        if not self.splits_prompts:
+            self.max_prompt_tokens = self.max_batched_tokens
 
     def schedule(self) -> Moment | None:
-        kv, d, pre, w = self.kv, self.decode, self.prefilling, self.waiting
-        maxb = self.max_batch_size
+        d, pre, w, maxb = self.decode, self.prefilling, self.waiting, self.max_batch_size
         self.preempted = False
         while True:
             while w and w[0] in self.swapped and d.seqs + len(pre) < maxb:
@@ -33,52 +40,20 @@ class ChunkedScheduler(Scheduler):
             if d.seqs:
                 self._grow_decode()
             B = d.seqs
-            rest = self.max_batched_tokens - B
-            chunks: list[tuple[Prefill, int]] = []
-            for st in pre.values():  # continue prefills, oldest first
-                if rest <= 0:
-                    break
-                done = st.done
-                ln = min(st.target - done, rest)  # vLLM v1: the chunk the budget allows, or none this step
-                if not kv.alloc(kv.blocks(done + ln) - kv.blocks(done)):
-                    continue
-                chunks.append((st, ln))
-                rest -= ln
-            n_seq = B + len(pre)
-            # vLLM v1: no new request joins a step that had to preempt one (it would take the
-            # blocks just freed and be the next victim: thrashing), unless nothing else runs
-            blocked = self.preempted and (B or chunks)
-            while rest > 0 and w and n_seq < maxb and not blocked:  # then start new ones
-                i = w[0]
-                if i in self.swapped:  # swapped requests rejoin first, at the next step
-                    break
-                got = self._admit(i, n_seq, rest)
-                if got is None:
-                    break
-                st, ln = got
-                self.admissions = st.token = self.admissions + 1
-                pre[i] = st
-                self.newest.append((st.token, i))
-                chunks.append(got)
-                rest -= ln
-                n_seq += 1
+            chunks = self._chunks(self.max_batched_tokens - B, B, self.splits_prompts)
             if not B and not chunks:
                 if pre:  # mid-prefill requests starved of blocks: restart the newest
                     self._preempt_one()
                     continue
                 return None
-            pt = 0
-            pairs = 0.0
-            pc = 0
-            completing = 0
-            for st, ln in chunks:
-                c = st.done
-                pt += ln
-                pairs += ln * c + ln * (ln + 1) / 2
-                pc += c
-                completing += c + ln == st.target
-                if self.computed:
-                    self._recomputed(st, ln)
-            kind = DECODE if not chunks else (PREFILL if not B else MIXED)
-            return Moment(kind, (B, d.base + B * d.step, len(chunks), pt, pairs, pc, B + completing),
-                          B + len(pre), chunks, self._take_swap_s())
+            if not chunks:  # speed: a decode-only moment (most of them) needs no sums
+                extra, self.swap_s = self.swap_s, 0.0
+                return Moment(DECODE, (B, d.base + B * d.step, 0, 0, 0.0, 0, B), B + len(pre), chunks, extra,
+                              self.steps > 1 and self._held_step())
+            pt, pairs, pc, completing = self._chunk_sums(chunks)
+            return Moment(PREFILL if not B else MIXED, (B, d.base + B * d.step, len(chunks), pt, pairs, pc,
+                                                        B + completing), B + len(pre), chunks, self._take_swap_s())
+
+
+class MixedScheduler(ChunkedScheduler):
+    splits_prompts = False

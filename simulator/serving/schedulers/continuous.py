@@ -17,14 +17,14 @@ if TYPE_CHECKING:
 
 
 class ContinuousScheduler(Scheduler):
-    def __init__(self, serving: Serving, requests: RequestLog, blocks: int, swap_s_per_block: float):
-        super().__init__(serving, requests, blocks, swap_s_per_block)
+    def __init__(self, serving: Serving, requests: RequestLog, blocks: int, swap_s_per_block: float, **kw):
+        super().__init__(serving, requests, blocks, swap_s_per_block, **kw)
         self.max_prompt_tokens = self.max_batched_tokens
 
     def schedule(self) -> Moment | None:
         d, w, maxb = self.decode, self.waiting, self.max_batch_size
         while True:
-            if w and d.seqs < maxb:
+            if w and d.seqs < maxb and not self.block_left:
                 n_seq = d.seqs
                 admitted: list[tuple[Prefill, int]] = []
                 pt = 0

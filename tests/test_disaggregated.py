@@ -1,0 +1,177 @@
+"""Disaggregated prefill and decode: isolated requests take exactly a colocated replica's time
+plus their KV transfer (tokens x KV bytes / (devices x bandwidth) + latency, by hand; nothing as
+the link becomes infinitely fast), the link serves one prompt after another, the prefill replica
+holds a prompt's blocks until it is sent, rejections, the merged moment log and the checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hwmodels.errors import InputError
+from hwmodels.load import load_hardware
+from simulator.moment.model import load_model
+from simulator.reports.metrics import summarize
+from simulator.serving.engine import check_scenario, simulate
+from simulator.serving.scenario import Scenario
+
+KVB = load_model("llama-3.2-1b").kv_bytes_per_token("bf16")  # 32 KiB: 16 layers x 8 KV heads x 64 x 2 x 2 bytes
+
+
+def trace(tmp_path, rows: list[tuple[float, int, int]]) -> str:
+    p = tmp_path / "t.csv"
+    p.write_text("arrival_s,prompt_len,output_len\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    return str(p)
+
+
+def scen(path: str, dis: dict | None = None, hardware: str = "h100-sxm", **serving: Any) -> Scenario:
+    return Scenario.model_validate({
+        "model": "llama-3.2-1b", "hardware": hardware,
+        "serving": {"scheduler": "continuous", "disaggregated": dis, **serving},
+        "workload": {"arrival": {"process": "trace", "path": path},
+                     "prompt_len": {"dist": "trace"}, "output_len": {"dist": "trace"}}})
+
+
+@pytest.mark.parametrize("bw_gbps, latency_us", [(100_000.0, 0.0), (10.0, 20.0), (0.5, 1000.0)])
+def test_isolated_requests_take_a_colocated_replicas_time_plus_their_transfer(tmp_path, bw_gbps, latency_us):
+    # requests 30 s apart never meet: the prefill pool's moment is the colocated prefill, the
+    # decode pool's steps the colocated decode steps; only the transfer is added between them
+    rows = [(0.0, 700, 40), (30.0, 2000, 5), (60.0, 129, 300)]
+    path = trace(tmp_path, rows)
+    col = simulate(scen(path))
+    dis = simulate(scen(path, {"transfer": {"bw_gbps": bw_gbps, "latency_us": latency_us}}))
+    q0, q1 = col.requests, dis.requests
+    np.testing.assert_array_equal(q1["first_token_s"], q0["first_token_s"])
+    transfer = np.array([p for _a, p, _o in rows]) * KVB / (bw_gbps * 1e9) + latency_us * 1e-6  # tp 1: one lane
+    np.testing.assert_allclose(q1["kv_transfer_s"], transfer, rtol=1e-12)
+    np.testing.assert_allclose(q1["finish_s"] - q0["finish_s"], transfer, rtol=1e-9, atol=1e-9)
+    # the same moments, one pool each: prefill moments in pool 0 (replica 0), decode in pool 1 (replica 1)
+    m = dis.moments
+    assert sorted(m["dur_s"].tolist()) == pytest.approx(sorted(col.moments["dur_s"].tolist()), rel=1e-12)
+    assert set(m["replica"][m["pool"] == 0].tolist()) == {0} and set(m["replica"][m["pool"] == 1].tolist()) == {1}
+    assert (m["kind"][m["pool"] == 0] == 0).all() and (m["kind"][m["pool"] == 1] == 1).all()
+    assert q1["decode_replica"].tolist() == [1, 1, 1] and q1["replica"].tolist() == [0, 0, 0]
+    assert np.all(np.diff(m["start_s"]) >= 0)
+
+
+def test_the_link_sends_one_prompt_after_another(tmp_path):
+    # two prompts prefilled in one moment at t=0: the second waits for the first on the link
+    path = trace(tmp_path, [(0.0, 1000, 4), (0.0, 3000, 4)])
+    r = simulate(scen(path, {"transfer": {"bw_gbps": 2.0, "latency_us": 50.0}}, scheduler="chunked"))
+    s = KVB / 2e9
+    assert r.requests["first_token_s"][0] == r.requests["first_token_s"][1]
+    np.testing.assert_allclose(r.requests["kv_transfer_s"], [1000 * s + 50e-6, 4000 * s + 50e-6], rtol=1e-12)
+
+
+def test_tp_lanes_share_the_transfer(tmp_path):
+    # tp 2 on both sides: each device's NIC carries half the prompt's KV
+    path = trace(tmp_path, [(0.0, 1000, 4)])
+    r = simulate(scen(path, {"transfer": {"bw_gbps": 2.0, "latency_us": 0.0}}, tp=2))
+    assert r.requests["kv_transfer_s"][0] == pytest.approx(1000 * KVB / 2 / 2e9, rel=1e-12)
+    r = simulate(scen(path, {"decode": {"tp": 1}, "transfer": {"bw_gbps": 2.0, "latency_us": 0.0}}, tp=2))
+    assert r.requests["kv_transfer_s"][0] == pytest.approx(1000 * KVB / 2e9, rel=1e-12)  # one lane at the decode end
+
+
+def test_a_prefill_replica_holds_a_prompts_blocks_until_it_is_sent(tmp_path):
+    # 20 prompts at once over a slow link: they all sit in the prefill replica's KV while they
+    # wait for the link; over a fast one the blocks come back almost at once
+    path = trace(tmp_path, [(0.0, 800, 3)] * 20)
+    peak = {}
+    for bw in (0.05, 1000.0):
+        s = summarize(simulate(scen(path, {"transfer": {"bw_gbps": bw, "latency_us": 5.0}}, scheduler="chunked",
+                                    max_batched_tokens=2048)))
+        peak[bw] = s["disaggregated"]["pools"][0]["kv_peak_frac"]
+        assert s["requests"]["completed"] == 20
+    assert peak[0.05] > 2 * peak[1000.0]
+
+
+def test_requests_that_cannot_decode_are_rejected_on_arrival(tmp_path):
+    # the decode pool's KV is small (a larger tp on the prefill side holds more): a request whose
+    # prompt and output overflow a decode replica is turned away before its prefill
+    hw = tmp_path / "tiny.yaml"
+    m = load_model("llama-3.2-1b")
+    gb = (m.weight_bytes("bf16") + 1e9 + 4000.5 * KVB) / 0.9 / 1e9
+    hw.write_text(f"base: h100-sxm\nname: tiny\ndevice:\n  memory_gb: {gb!r}\n")
+    path = trace(tmp_path, [(0.0, 3000, 2000), (0.0, 100, 1), (0.0, 300, 20)])
+    r = simulate(scen(path, {"decode": {"hardware": str(hw)}}))
+    assert r.requests["status"].tolist() == [1, 0, 0] and r.reject_reasons == {"exceeds kv capacity": 1}
+    t = r.requests["kv_transfer_s"]
+    assert np.isnan(t[0]) and np.isnan(t[1]) and t[2] > 0  # a one-token reply ends at its prefill
+    assert r.requests["finish_s"][1] == r.requests["first_token_s"][1]
+
+
+def test_pools_of_different_parts_merge_into_one_run(tmp_path):
+    path = trace(tmp_path, [(0.01 * i, 500 + 37 * i, 20 + i) for i in range(60)])
+    r = simulate(scen(path, {"prefill": {"replicas": 2, "hardware": "h100-sxm"},
+                             "decode": {"replicas": 3, "hardware": "h200-sxm", "scheduler": "chunked"}}))
+    assert (r.requests["status"] == 0).all() and r.replicas == 5
+    assert set(r.requests["replica"].tolist()) <= {0, 1} and set(r.requests["decode_replica"].tolist()) <= {2, 3, 4}
+    assert [p["hardware"] for p in r.pools] == ["h100-sxm", "h200-sxm"]
+    assert r.energy["total_j"] == pytest.approx(sum(p["energy"]["total_j"] for p in r.pools))
+    assert r.stats["moments"] == r.moments["start_s"].size
+    s = summarize(r)
+    d = s["disaggregated"]
+    assert [p["devices"] for p in d["pools"]] == [2, 3] and d["transferred"] == 60
+    assert s["config"]["devices"] == 5
+    # every decode moment ran on a decode replica, every prefill on a prefill replica
+    assert set(r.moments["replica"][r.moments["kind"] == 0].tolist()) <= {0, 1}
+
+
+def test_disaggregated_settings_are_checked(tmp_path):
+    path = trace(tmp_path, [(0.0, 10, 2)])
+    with pytest.raises(ValueError, match="continuous or chunked"):
+        scen(path, {"decode": {"scheduler": "static"}})
+    with pytest.raises(InputError, match="disaggregated.prefill.hardware"):
+        check_scenario(scen(path, {"prefill": {"hardware": "no-such-part"}}))
+    with pytest.raises(InputError, match="disaggregated.decode.tp"):
+        check_scenario(scen(path, {"decode": {"tp": 3}}))
+    with pytest.raises(InputError, match="names no network"):
+        check_scenario(scen(path, {"prefill": {"hardware": "cpu"}}, hardware="cpu"))
+    assert load_hardware("h100-sxm").network is not None
+
+
+def test_a_plan_searches_the_prefill_decode_ratio(tmp_path):
+    # a stand-in simulator: colocated serving never meets the SLO, a disaggregated deployment does
+    # once it has at least 2 prefill and 4 decode replicas: 1:2 needs 2 units (6 devices), 1:1
+    # needs 4 units (8 devices), 2:3 needs 2 units (10 devices): the plan picks 1:2 x2
+    from pathlib import Path
+
+    from simulator.studies.plan import run_plan
+    from simulator.studies.plan_schema import Plan
+
+    seen: list[Scenario] = []
+
+    def run(sc: Scenario) -> dict[str, Any]:
+        seen.append(sc)
+        d = sc.serving.disaggregated
+        ok = d is not None and d.prefill.replicas >= 2 and d.decode.replicas >= 4
+        return {"output_tokens_per_s": 640.0, "ttft_ms": {"p99": 50.0 if ok else 5000.0}, "tpot_ms": {"p99": 5.0},
+                "goodput": {"fraction": 1.0}, "requests": {"rejected": 0}}
+
+    plan = Plan.model_validate({
+        "model": "llama-3.2-1b", "workload": {"num_requests": 50, "arrival": {"process": "poisson", "rate": 5.0}},
+        "slo": {"p99_ttft_ms": 200}, "candidates": [{"hardware": "h100-sxm"}],
+        "search": {"tp": [1], "max_replicas": 8, "max_batch_size": [16], "scheduler": ["chunked"],
+                   "pd_ratios": ["1:1", "1:2", "2:3"]},
+        "rate_steps": 0})
+    res = run_plan(plan, Path("."), runner=run, workers=1)
+    c = res.candidates[0]
+    assert c.best.pd == (1, 2) and c.best.replicas == 2 and c.devices == 6
+    assert c.cost_per_hour == pytest.approx(6 * load_hardware("h100-sxm").price_per_hour)
+    by = {cfg.pd: cfg for cfg in c.configs}
+    assert by[None].status == "infeasible" and by[(1, 1)].replicas in (None, 4)
+    d = [sc.serving.disaggregated for sc in seen if sc.serving.disaggregated is not None]
+    layouts = {(a * u, b * u) for a, b in ((1, 1), (1, 2), (2, 3)) for u in range(1, 9)}
+    assert d and all((x.prefill.replicas, x.decode.replicas) in layouts for x in d)
+    with pytest.raises(ValueError, match="P:D"):
+        Plan.model_validate({**plan.model_dump(), "search": {"pd_ratios": ["1-2"]}})
+
+
+def test_a_sweep_prices_both_pools():
+    from simulator.studies.sweep_report import _parts
+
+    sc = Scenario.model_validate({"model": "llama-3.2-1b", "hardware": "h100-sxm", "serving": {
+        "replicas": 7, "disaggregated": {"prefill": {"replicas": 1, "tp": 2}, "decode": {"replicas": 3, "hardware": "h200-sxm"}}}})
+    assert [(h.name, n) for h, n in _parts(sc)] == [("h100-sxm", 2), ("h200-sxm", 3)]

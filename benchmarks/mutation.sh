@@ -20,7 +20,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 scratch="${MUTATION_DIR:-/tmp/momentsim-mutation}"
 jobs="${JOBS:-2}"
 
-# module name -> "source file|test files" (the tests that check its numbers)
+# module name -> "source files|test files" (the tests that check its numbers)
 declare -A MODULES=(
   [roofline]="hwmodels/roofline.py|tests/test_roofline.py tests/test_cost.py"
   [model]="simulator/moment/model.py|tests/test_model.py tests/test_families.py"
@@ -28,7 +28,9 @@ declare -A MODULES=(
   [cost]="simulator/moment/cost.py|tests/test_cost.py tests/test_kernels.py tests/test_physical_limits.py"
   [kvcache]="simulator/serving/kvcache.py|tests/test_physical_limits.py tests/test_reference.py"
   [decodeset]="simulator/serving/decodeset.py|tests/test_reference.py tests/test_engine.py tests/test_schedulers.py"
-  [schedulers]="simulator/serving/schedulers/*|tests/test_reference.py tests/test_schedulers.py tests/test_engine.py"
+  # the policies the reference scheduler runs (the serving designs' own schedulers, disaggregated,
+  # offload, priority, speculative, have their own tests and are not mutated here)
+  [schedulers]="simulator/serving/schedulers/base.py simulator/serving/schedulers/static.py simulator/serving/schedulers/continuous.py simulator/serving/schedulers/chunked.py simulator/serving/schedulers/prefill_first.py|tests/test_schedulers.py tests/test_reference.py tests/test_engine.py"
   [engine]="simulator/serving/engine.py|tests/test_engine.py tests/test_reference.py tests/test_run_cli.py"
   [result]="simulator/serving/result.py|tests/test_engine.py tests/test_metrics.py"
   [metrics]="simulator/reports/metrics.py|tests/test_metrics.py tests/test_overload.py"
@@ -73,12 +75,15 @@ for name in "${names[@]}"; do
   existing=()
   for t in $tests; do [ -f "$dir/$t" ] && existing+=("\"$t\""); done
   sel="$(IFS=,; echo "${existing[*]}")"
+  srcs=()
+  for f in $src; do srcs+=("\"$f\""); done
+  only="$(IFS=,; echo "${srcs[*]}")"
   cat >> "$dir/pyproject.toml" <<EOF
 
 [tool.mutmut]
 source_paths = ["hwmodels", "simulator", "calibration"]
 also_copy = ["scenarios", "benchmarks", "docs", "README.md"]
-only_mutate = ["$src"]
+only_mutate = [$only]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
 pytest_add_cli_args_test_selection = [$sel]
 EOF
@@ -89,7 +94,7 @@ EOF
     # survivors once more, one at a time: a loaded machine can make a mutant's test run look clean
     # (or time out) by chance; a mutant kept as a survivor survived twice
     survivors=$(mutmut results 2>/dev/null | awk '$2 == "survived" {sub(":$", "", $1); print $1}')
-    if [ -n "$survivors" ]; then
+    if [ -n "$survivors" ] && [ "$jobs" -gt 1 ]; then  # (with JOBS=1 they already ran alone)
       # shellcheck disable=SC2086
       mutmut run --max-children 1 $survivors >> mutmut-run.log 2>&1 || true
     fi
@@ -99,7 +104,9 @@ import json, sys
 s = json.load(open("mutants/mutmut-cicd-stats.json"))
 killed = s["killed"] + s.get("timeout", 0) + s.get("caught_by_type_check", 0)
 total = s["total"] - s.get("skipped", 0)
-print(f"{sys.argv[1]:<11} {sys.argv[2]:<36} killed {killed:>5} / {total:<5} "
+src = sys.argv[2].split()
+label = src[0] if len(src) == 1 else f"{src[0].rsplit('/', 1)[0]}/ ({len(src)} files)"
+print(f"{sys.argv[1]:<11} {label:<36} killed {killed:>5} / {total:<5} "
       f"({100 * killed / max(total, 1):.1f} %)  survived {s['survived']}  no tests {s['no_tests']}  "
       f"suspicious {s.get('suspicious', 0)}")
 PY

@@ -136,6 +136,7 @@ class Reference:
         self.swap_s = 0.0
         self.preempted = False  # in the step being planned
         self.recomputed = 0     # prefill tokens computed again after a recompute preemption
+        self.redone = [0, 0, 0.0, 0]  # those tokens as prefill sums: chunks, tokens, pairs, cached before
         self.moments: list[tuple] = []
         self.sums = [0, 0, 0, 0, 0.0, 0, 0]  # the batch aggregates of all moments (ops.Batch's order)
 
@@ -466,7 +467,12 @@ class Reference:
                 self.finish_token(r, now)
             for r, n in step.chunks:
                 if r.had:  # tokens it had before a preemption dropped their KV: work done again
-                    self.recomputed += max(0, min(r.computed + n, r.had) - r.computed)
+                    again = max(0, min(r.computed + n, r.had) - r.computed)
+                    self.recomputed += again
+                    if again:
+                        c = r.computed
+                        self.redone = [a + b for a, b in zip(self.redone, (1, again, again * c + again * (again + 1) / 2, c),
+                                                               strict=True)]
                     if r.computed + n >= r.had:
                         r.had = 0
                 r.computed += n
@@ -497,6 +503,9 @@ def compare(sc: Scenario) -> tuple:
     if ref.moments:
         want = total_flops(step_ops(load_model(MODEL), Batch(*ref.sums)))
         assert got.total_flops == pytest.approx(want, rel=1e-9)
+    # the work done again: the recomputed tokens' prefill sums through the same ops, no logit rows
+    want = total_flops(step_ops(load_model(MODEL), Batch(0, 0, *ref.redone, 0))) if ref.recomputed else 0.0
+    assert got.recomputed_flops == pytest.approx(want, rel=1e-9)
     return got, ref
 
 

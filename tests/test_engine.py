@@ -51,6 +51,10 @@ def check(r, exact_tokens: bool = True) -> None:
     st_ = q["status"]
     pp = r.scenario.serving.pp
     assert r.pp == pp
+    # compact request columns (a run may hold 10M requests) and whole blocks
+    assert [q[k].dtype for k in ("replica", "engine", "status", "preemptions")] == [np.int32, np.int16, np.int8,
+                                                                                   np.int32]
+    assert m["kv_blocks_used"].dtype.kind == m["kv_blocks_engine"].dtype.kind == "i"
     assert set(np.unique(st_).tolist()) <= {0, 1}
     assert int((st_ == 1).sum()) == sum(r.reject_reasons.values())
     done = st_ == 0
@@ -371,12 +375,13 @@ def test_pipeline_invariants(sched):
     assert r.host_busy_s == pytest.approx(m["dur_s"].size * (sm_of(pp=2).issue_s + sm_of(pp=2).overhead_s))
 
 
-def test_pipeline_replica_kv_is_sum_over_virtual_engines(tmp_path):
+@pytest.mark.parametrize("pp", [2, 4])  # pp 4: a replica sums more than two engines
+def test_pipeline_replica_kv_is_sum_over_virtual_engines(tmp_path, pp):
     """kv_blocks_used of a moment = what every virtual engine of its replica holds at its start
     (brute force: the engine's moment running then, else nothing); the time series' KV is the
     engines' sum too, never above the replica's capacity."""
-    hw = tiny_hw(tmp_path, 4000, pp=2)
-    sc = scen(hardware=hw, serving__pp=2, serving__replicas=2, serving__scheduler="chunked",
+    hw = tiny_hw(tmp_path, 4000, pp=pp)
+    sc = scen(hardware=hw, serving__pp=pp, serving__replicas=2, serving__scheduler="chunked",
               serving__max_batched_tokens=512, workload__num_requests=150,
               workload__arrival={"process": "poisson", "rate": 60.0},
               workload__prompt_len={"dist": "uniform", "low": 50, "high": 600},
@@ -388,14 +393,24 @@ def test_pipeline_replica_kv_is_sum_over_virtual_engines(tmp_path):
     st_, en = m["start_s"], m["start_s"] + m["dur_s"]
     want = np.zeros(st_.size, dtype=np.int64)
     for j in range(st_.size):
-        for e in range(2):
+        for e in range(pp):
             cand = np.flatnonzero((m["replica"] == m["replica"][j]) & (m["engine"] == e) & (st_ <= st_[j]))
             if cand.size and en[cand[-1]] > st_[j]:
                 want[j] += m["kv_blocks_engine"][cand[-1]]
     assert np.array_equal(m["kv_blocks_used"], want)
     assert np.any(m["kv_blocks_used"] > m["kv_blocks_engine"])  # both engines hold KV at times
-    assert m["kv_blocks_engine"].max() <= r.kv_capacity_blocks // 2
+    assert m["kv_blocks_engine"].max() <= r.kv_capacity_blocks // pp
     assert r.timeseries["kv_used_frac"].max() <= 1.0 + 1e-9
+
+
+def test_a_pipeline_run_of_one_moment_holds_that_moments_kv():
+    """One request of one output token on pp = 2: one prefill moment, whose replica holds its
+    prompt's blocks, ceil(100 / 16) = 7 (the only engine that runs)."""
+    r = simulate(scen(serving__pp=2, workload__num_requests=1, workload__prompt_len={"dist": "fixed", "value": 100},
+                      workload__output_len={"dist": "fixed", "value": 1}))
+    m = r.moments
+    assert m["dur_s"].size == 1
+    assert m["kv_blocks_used"].tolist() == m["kv_blocks_engine"].tolist() == [7]
 
 
 def test_pipeline_rejects_what_exceeds_an_engines_share(tmp_path):

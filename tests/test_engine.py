@@ -10,13 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hwmodels.load import load_hardware
-from simulator.moment.cost import step_model
+from simulator.moment.cost import DEVICE_CATEGORIES, step_model
 from simulator.moment.memory import footprint
 from simulator.moment.model import load_model
 from simulator.moment.ops import Batch, Dtypes, step_ops, total_flops
 from simulator.reports.metrics import summarize
 from simulator.serving.engine import DECODE, MIXED, PREFILL, simulate
-from simulator.serving.result import TIMESERIES_POINTS
+from simulator.serving.result import CATEGORY_SAMPLES, TIMESERIES_POINTS
 from simulator.serving.scenario import Scenario
 
 MODEL = "llama-3.2-1b"
@@ -508,3 +508,33 @@ def test_timeseries_by_brute_force(pp, replicas):
     np.testing.assert_allclose(ts["kv_used_frac"], average(m["start_s"], end, m["kv_blocks_engine"].astype(float))
                                / (r.kv_capacity_blocks * replicas), rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(ts["t_s"], edges[:-1], rtol=1e-12, atol=1e-15)
+
+
+def test_category_seconds_are_the_moments_breakdowns_sampled_as_documented():
+    """One request, prompt 100, output 6,600: one prefill moment and 6,599 decode moments, the
+    j-th with context 100 + j. Written out plainly: every decode moment's breakdown until
+    CATEGORY_SAMPLES are taken, then every 2nd (weighted 2), then every 4th (weighted 4); the
+    shares scaled to each kind's seconds, which are the moments' own durations of that kind."""
+    P, OUT = 100, 6600
+    r = simulate(scen(workload__num_requests=1, workload__prompt_len={"dist": "fixed", "value": P},
+                      workload__output_len={"dist": "fixed", "value": OUT}))
+    m, sm = r.moments, sm_of()
+    assert (m["kind"] == DECODE).sum() == OUT - 1 > 3 * CATEGORY_SAMPLES
+    names = list(DEVICE_CATEGORIES) + ["host"]
+
+    def breakdown(b: Batch) -> np.ndarray:
+        c = sm.cost(b)
+        return np.array([c.breakdown_ms[x] for x in names])
+
+    est, stride, taken = np.zeros(len(names)), 1, 0
+    for j in range(OUT - 1):
+        if j % stride == 0:
+            est += breakdown(Batch(1, P + j, 0, 0, 0.0, 0, 1)) * stride
+            taken += 1
+            if taken == CATEGORY_SAMPLES:
+                stride, taken = stride * 2, 0
+    assert stride == 4
+    for kind, want, moments in (("prefill", breakdown(Batch(0, 0, 1, P, P * (P + 1) / 2, 0, 1)), m["kind"] != DECODE),
+                                ("decode", est, m["kind"] == DECODE)):
+        got = np.array([r.category_s[kind][x] for x in names])
+        np.testing.assert_allclose(got, want / want.sum() * m["dur_s"][moments].sum(), rtol=1e-9, atol=0)

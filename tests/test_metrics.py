@@ -12,7 +12,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from simulator.reports.metrics import clean, latency_stats, summarize
+from simulator.reports.metrics import (
+    _within,
+    clean,
+    latency_stats,
+    moment_stats,
+    num,
+    per_request,
+    shares,
+    summarize,
+)
 from simulator.reports.progress import Progress
 from simulator.serving.result import SimResult
 from simulator.serving.scenario import scenario_from_dict
@@ -274,3 +283,37 @@ def test_prefix_cache_hit_rate_counts_the_shared_tokens() -> None:
     assert s["prefix_cache"] == {"hit_rate": pytest.approx(19 * 256 / (20 * 300)), "hit_tokens": 19 * 256,
                                  "prompt_tokens": 20 * 300}
     assert "itl_ms" in s and s["itl_ms"]["p50"] > 0 and s["ttft_split_ms"]["queue"]["mean"] >= 0
+
+
+def test_numbers_for_people_change_format_exactly_at_1_10_and_100() -> None:
+    assert [num(x) for x in (1234.5, 100.0, 100.4, 99.96)] == ["1,234", "100", "100", "100.0"]
+    assert [num(x) for x in (10.0, 10.44, 9.994)] == ["10.0", "10.4", "9.99"]
+    assert [num(x) for x in (1.0, 1.5, 0.1234, -250.0)] == ["1.00", "1.50", "0.123", "-250"]
+
+
+def test_moment_stats_by_hand() -> None:
+    """1..100 ms: mean 50.5, p50 50.5, p99 99.01 (linear interpolation between 99 and 100), and
+    at a 1 GHz clock a millisecond is 1e6 cycles."""
+    s = moment_stats(np.arange(1, 101) * 1e-3, clock_ghz=1.0)
+    assert (s["mean"], s["p50"], s["p99"], s["count"]) == (pytest.approx(50.5, rel=1e-12),
+                                                           pytest.approx(50.5, rel=1e-12),
+                                                           pytest.approx(99.01, rel=1e-12), 100)
+    assert s["std"] == pytest.approx(math.sqrt((100**2 - 1) / 12), rel=1e-12)
+    assert s["mean_cycles"] == pytest.approx(50.5e6, rel=1e-12) and s["p50_cycles"] == pytest.approx(50.5e6, rel=1e-12)
+    assert moment_stats(np.zeros(0)) == {"mean": None, "std": None, "p50": None, "p99": None, "count": 0}
+
+
+def test_shares_of_nothing_are_zero_and_negative_seconds_count_as_none() -> None:
+    assert shares({"a": 0.0, "b": 0.0}) == {"a": 0.0, "b": 0.0}
+    assert shares({"a": 3.0, "b": 1.0, "c": -1.0}) == {"a": 0.75, "b": 0.25, "c": 0.0}
+
+
+def test_tpot_of_two_tokens_and_an_slo_met_exactly() -> None:
+    """Output 2: one gap, TPOT = finish - first. A request whose latency equals its bound meets it."""
+    r = fake_result()
+    q = r.requests
+    q["output_len"][0], q["first_token_s"][0], q["finish_s"][0] = 2, q["arrival_s"][0] + 0.1, q["arrival_s"][0] + 0.35
+    lat = per_request(r)
+    assert lat["tpot_ms"][0] == pytest.approx(250.0, rel=1e-9)
+    assert _within(lat, {"tpot_ms": float(lat["tpot_ms"][0]), "ttft_ms": None})[0]
+    assert not _within(lat, {"tpot_ms": float(lat["tpot_ms"][0]) * (1 - 1e-9), "ttft_ms": None})[0]

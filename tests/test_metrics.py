@@ -21,6 +21,7 @@ from simulator.reports.metrics import (
     per_request,
     shares,
     summarize,
+    ttft_split,
 )
 from simulator.reports.progress import Progress
 from simulator.serving.result import SimResult
@@ -317,3 +318,20 @@ def test_tpot_of_two_tokens_and_an_slo_met_exactly() -> None:
     assert lat["tpot_ms"][0] == pytest.approx(250.0, rel=1e-9)
     assert _within(lat, {"tpot_ms": float(lat["tpot_ms"][0]), "ttft_ms": None})[0]
     assert not _within(lat, {"tpot_ms": float(lat["tpot_ms"][0]) * (1 - 1e-9), "ttft_ms": None})[0]
+
+
+def test_ttft_split_by_hand() -> None:
+    """The fake's three completed requests with a front end: each reaches the engine 5 ms after
+    arriving, its prefill starts 20, 100 and 50 ms later, and every token reaches the client
+    2 ms after the engine made it (first_token_s includes it): TTFT 100, 300, 200 ms split into
+    queue 20/100/50, overheads 7 each, prefill the rest, 73/193/143."""
+    r = fake_result()
+    q = r.requests
+    q["reached_s"] = q["arrival_s"] + 0.005
+    q["started_s"] = q["reached_s"] + np.array([0.02, 0.1, 0.05, nan])
+    r.stats = {"request_out_s": 0.002}
+    s = ttft_split(r)
+    assert s["queue"]["mean"] == pytest.approx((20 + 100 + 50) / 3, rel=1e-9)
+    assert s["overheads"]["mean"] == pytest.approx(7.0, rel=1e-9) and s["overheads"]["p99"] == pytest.approx(7.0)
+    assert s["prefill"]["mean"] == pytest.approx((73 + 193 + 143) / 3, rel=1e-9)
+    assert s["prefill"]["p50"] == pytest.approx(143.0, rel=1e-9)

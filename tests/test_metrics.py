@@ -335,3 +335,17 @@ def test_ttft_split_by_hand() -> None:
     assert s["overheads"]["mean"] == pytest.approx(7.0, rel=1e-9) and s["overheads"]["p99"] == pytest.approx(7.0)
     assert s["prefill"]["mean"] == pytest.approx((73 + 193 + 143) / 3, rel=1e-9)
     assert s["prefill"]["p50"] == pytest.approx(143.0, rel=1e-9)
+
+
+def test_queue_block_is_the_time_series_means_and_maxima(summary: dict[str, Any]) -> None:
+    # queue_len 0 1 2 1 0, running 1 2 1 1 0, outstanding 1 3 3 2 0 (the fake's time series)
+    assert summary["queue"] == {"mean_len": pytest.approx(0.8), "max_len": 2.0, "mean_running": pytest.approx(1.0),
+                                "max_running": 2.0, "mean_outstanding": pytest.approx(1.8), "max_outstanding": 3.0}
+
+
+def test_goodput_names_its_bounds_and_a_p99_at_its_bound_holds(summary: dict[str, Any]) -> None:
+    assert summary["goodput"]["slo"] == {"ttft_ms": 250, "tpot_ms": 150}
+    r = fake_result()
+    ttft = per_request(r)["ttft_ms"]
+    r.scenario.slo.p99_ttft_ms = float(np.percentile(ttft[np.isfinite(ttft)], 99))  # ~298 ms, to the bit
+    assert summarize(r)["goodput"]["p99_ttft_ok"] is True

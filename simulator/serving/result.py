@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from simulator.serving.scenario import Scenario, Serving
 from simulator.serving.schedulers.base import DECODE, Moment
 from simulator.serving.workload import Requests
 
-CATEGORY_SAMPLES = 2000  # exact breakdowns per stride before the stride doubles (see MomentLog.add)
+CATEGORY_SAMPLES = 2000  # exact breakdowns per stride before the stride doubles (see MomentLog.categories)
 TIMESERIES_POINTS = 1000
 
 COMPLETED, REJECTED, UNFINISHED = 0, 1, 2  # requests["status"] (UNFINISHED never survives a run)
@@ -201,19 +201,15 @@ class MomentLog:
         self.ap_kind, self.ap_tokens, self.ap_batch = self.kind.append, self.tokens.append, self.batch.append
         self.ap_kv_used, self.ap_running = self.kv_used.append, self.running.append
         self.ap_ctx, self.ap_prefill = self.decode_ctx.append, self.prefill_aggs.append
-        self.sums = [0]  # moments (the other sums of the batch aggregates: totals(), after the run)
-        self.kind_s = [0.0, 0.0]  # index: 0 moments with prefill, 1 decode-only
-        self.kind_n = [0, 0]
-        self.stride = [1, 1]
-        self.taken = [0, 0]
-        self.cat_est = [np.zeros(len(DEVICE_CATEGORIES) + 1), np.zeros(len(DEVICE_CATEGORIES) + 1)]
         self.progress = progress
         self.t_prog = time.perf_counter()
+        if progress is not None:
+            self.add = self._add_and_report  # speed: the check for progress once, not per moment
 
     @property
     def count(self) -> int:
         """Moments logged."""
-        return self.sums[0]
+        return len(self.start)
 
     def totals(self, kind: np.ndarray, tokens: np.ndarray, batch: np.ndarray) -> list:
         """The sums of the batch aggregates over all moments (_work's order: moments, logit rows,
@@ -231,19 +227,18 @@ class MomentLog:
                 float(np.cumsum(pairs)[-1]) if pairs.size else 0.0, int(pc.sum())]
 
     def add(self, unit: int, start: float, dt: float, m: Moment, kv_used: int) -> None:
-        """One call per moment: log it, count it, maybe sample its breakdown, report progress."""
+        """One call per moment: its columns. Everything else (the sums of the batch aggregates,
+        category seconds, energy) comes from the columns after the run (totals, categories)."""
         ds, dc, ps, pt, pairs, pc, lg = m.batch
-        kind = m.kind
         self.ap_start(start)
         self.ap_dur(dt)
         self.ap_unit(unit)
-        self.ap_kind(kind)
+        self.ap_kind(m.kind)
         self.ap_tokens(ds + pt)
         self.ap_batch(ds + ps)
         self.ap_kv_used(kv_used)
         self.ap_running(m.running)
         self.ap_ctx(dc)
-        s = self.sums
         if ps:  # a moment with prefill (kind != DECODE)
             ap = self.ap_prefill  # speed: four appends (extend of a tuple takes twice as long)
             ap(pairs)
@@ -251,30 +246,70 @@ class MomentLog:
             ap(lg)
             ap(ds)
         elif m.held:
-            self.held_at.append(s[0])
-        s[0] += 1  # the other sums come from the columns after the run (totals)
-        k = 1 if kind == DECODE else 0
-        # speed: category seconds without a breakdown per moment: the exact breakdown (sm.cost) of every
-        # moment of a kind until CATEGORY_SAMPLES were taken, then of every 2nd, 4th, ... (the
-        # stride doubles each CATEGORY_SAMPLES samples), each weighted by its stride. The shares
-        # are then scaled to the kind's exact total seconds (see build_result).
-        self.kind_s[k] += dt
-        i = self.kind_n[k]
-        self.kind_n[k] = i + 1
-        st = self.stride[k]
-        if i % st == 0:
-            c = self.sm.cost(m.as_batch())
-            v = [c.breakdown_ms[x] for x in DEVICE_CATEGORIES] + [c.breakdown_ms["host"]]
-            self.cat_est[k] += np.asarray(v) * (st * 1e-3)
-            self.taken[k] += 1
-            if self.taken[k] >= CATEGORY_SAMPLES:
-                self.taken[k] = 0
-                self.stride[k] = st * 2
-        if self.progress is not None and not s[0] & 1023:
+            self.held_at.append(len(self.start) - 1)
+
+    def _add_and_report(self, unit: int, start: float, dt: float, m: Moment, kv_used: int) -> None:
+        """add, and the share of requests done to `progress` (at most every 0.1 s)."""
+        MomentLog.add(self, unit, start, dt, m, kv_used)
+        if not len(self.start) & 1023:
             now = time.perf_counter()
             if now - self.t_prog >= 0.1:
                 self.t_prog = now
                 self.progress(self.requests.done / len(self.requests))
+
+    def categories(self, kind: np.ndarray, tokens: np.ndarray, batch: np.ndarray) -> list[tuple[float, np.ndarray]]:
+        """Category seconds without a breakdown per moment, for the moments with prefill (index 0)
+        and the decode-only ones (1): their seconds (summed in moment order) and the exact
+        breakdown (sm.cost) of every moment of the kind until CATEGORY_SAMPLES were taken, then of
+        every 2nd, 4th, ... (the stride doubles each CATEGORY_SAMPLES samples), each weighted by
+        its stride (build_result scales the shares to the seconds). Each sampled moment's batch
+        comes back from the columns, as in totals."""
+        dur = np.frombuffer(self.dur, dtype=np.float64)
+        ctx = np.frombuffer(self.decode_ctx, dtype=np.int64)
+        aggs = np.frombuffer(self.prefill_aggs, dtype=np.float64).reshape(-1, 4)
+        cost = self.sm.cost
+        out = []
+        for k in (0, 1):
+            mask = kind == DECODE if k else kind != DECODE
+            at = np.flatnonzero(mask)
+            est = np.zeros(len(DEVICE_CATEGORIES) + 1)
+            for j, st in _sampled(at.size):
+                i = int(at[j])
+                t = int(tokens[i])
+                if k:  # a decode-only moment: (n, its context, 0, 0, 0.0, 0, n)
+                    b = Batch(t, int(ctx[i]), 0, 0, 0.0, 0, t)
+                else:
+                    pairs, pc, lg, ds = aggs[j].tolist()
+                    b = Batch(int(ds), int(ctx[i]), int(batch[i]) - int(ds), t - int(ds), pairs, int(pc), int(lg))
+                c = cost(b)
+                v = [c.breakdown_ms[x] for x in DEVICE_CATEGORIES] + [c.breakdown_ms["host"]]
+                est += np.asarray(v) * (st * 1e-3)
+            del at
+            out.append((_ordered_sum(dur, mask), est))
+        return out
+
+
+def _sampled(n: int) -> Iterator[tuple[int, int]]:
+    """(index, stride) of the moments of a kind whose breakdown is sampled (MomentLog.categories)."""
+    j, st, taken = 0, 1, 0
+    while j < n:
+        yield j, st
+        taken += 1
+        if taken >= CATEGORY_SAMPLES:
+            taken = 0
+            st *= 2
+        j = (j // st + 1) * st  # the next multiple of the stride
+
+
+def _ordered_sum(x: np.ndarray, mask: np.ndarray, chunk: int = 1 << 20) -> float:
+    """The float sum of x[mask] added one by one in order from 0.0 (a cumulative sum, a chunk at a
+    time with the running total in front: the same float as a running sum during the run)."""
+    total = 0.0
+    for lo in range(0, x.size, chunk):
+        part = x[lo:lo + chunk][mask[lo:lo + chunk]]
+        if part.size:
+            total = float(np.cumsum(np.concatenate(([total], part)))[-1])
+    return total
 
 
 # -- after the run ---------------------------------------------------------------------------------
@@ -368,10 +403,10 @@ def build_result(sc: Scenario, log: RequestLog, pools: list[PoolRun], wall: floa
     infos, watts_of = [], []
     for pool, m in zip(pools, parts, strict=True):
         moments, sv = pool.moments, pool.serving
-        for k, name in ((0, "prefill"), (1, "decode")):
-            est = moments.cat_est[k]
+        for (kind_s, est), name in zip(moments.categories(m["kind"], m["tokens"], m["batch"]), ("prefill", "decode"),
+                                       strict=True):
             tot = float(est.sum())
-            scale = moments.kind_s[k] / tot if tot > 0 else 0.0
+            scale = kind_s / tot if tot > 0 else 0.0
             for c, v in zip(names, est, strict=True):
                 cats[name][c] += float(v) * scale
         sm = moments.sm

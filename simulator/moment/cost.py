@@ -200,7 +200,11 @@ class StepModel:
         p, negligible = self.p, self._negligible
         hard = p >= 64  # _soft is the plain max
         inv_p = 1.0 / p
-        expm1 = math.expm1
+        expm1, ceil = math.expm1, math.ceil
+        g = self._groups[0]
+        whole = full and not g.size  # a prefill-only moment of one unwindowed group: inline too
+        rows, tau, heads, layers, p_cc, p_cm, p_tm = g.rows, g.tau, g.heads, g.layers, g.p_cc, g.p_cm, g.p_tm
+        kv_tok, g_floor, units, tail_rows = g.kv_tok, g.floor, self.units, self.tail
 
         def agg(ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int) -> float:
             tok = ds + pt
@@ -211,7 +215,26 @@ class StepModel:
                 grow(max(tok, lg))
                 dev = dense_l[tok] + lm_l[lg]
                 tail = tail_l[lg]
-            if pt or not full:
+            if pt and whole and not ds:  # attention_s's loop for one group without a window, prefill only
+                n = ps if ps > 0 else 1
+                ctx = pc / n
+                tiles = ceil(pt / n / rows)
+                padded = rows * tiles * ctx + rows * rows * tiles * (tiles + 1) / 2
+                longest = rows * (ctx + tiles * rows)
+                longest = (padded if padded < longest else longest) * tau  # min(longest, padded)
+                exact = pairs / n if pairs > n else 1.0
+                pad = padded / exact if padded > exact else 1.0
+                work = heads * pairs * pad * tau / units
+                c = ((work if work > longest else longest) + tail_rows * longest) * layers + pc * p_cc
+                mem = pc * p_cm + pt * p_tm
+                if mem < negligible * c:
+                    dev += c + pt * kv_tok + g_floor
+                else:
+                    hi = c if c > mem else mem
+                    if not hard and hi > 0.0:
+                        hi = hi * ((c / hi) ** p + (mem / hi) ** p) ** inv_p
+                    dev += hi + pt * kv_tok + g_floor
+            elif pt or not full:
                 dev += attention_s(ds, dc, pt, pairs, pc, ps)
             elif ds:  # attention_s's decode-only branch, _soft inline
                 keys = dc + ds

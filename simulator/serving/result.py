@@ -142,18 +142,23 @@ class RequestLog:
         self.out_delay = 0.0                       # ...and engine to client, for every token
         self.reached_s = np.full(n, np.nan)        # when the engine had it (arrival + its in_delay)
         self.on_end: Callable[[int, float], None] | None = None  # a client hears request i ended at a time
+        # speed: the arrays written once or twice per request, as memoryviews (a Python number in
+        # and out: a third of numpy's time for one element)
+        self.first_token_v, self.finish_v, self.status_v = (memoryview(a) for a in (self.first_token_s,
+                                                                                    self.finish_s, self.status))
+        self.replica_v, self.started_v = memoryview(self.replica), memoryview(self.started_s)
 
     def __len__(self) -> int:
         return len(self.prompt_len)
 
     def first_token(self, i: int, now: float) -> None:
         """The engine produced request i's first token at `now`; the client has it out_delay later."""
-        self.first_token_s[i] = now + self.out_delay
+        self.first_token_v[i] = now + self.out_delay
 
     def finish(self, i: int, now: float) -> None:
         """The engine produced request i's last token at `now`."""
-        t = self.finish_s[i] = now + self.out_delay
-        self.status[i] = COMPLETED
+        t = self.finish_v[i] = now + self.out_delay
+        self.status_v[i] = COMPLETED
         self.done += 1
         if self.on_end is not None:
             self.on_end(i, t)

@@ -72,6 +72,28 @@ def _resolve(args: argparse.Namespace):
     return model, hw, dt
 
 
+def cmd_curves(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from simulator.reports.outdir import out_dir, write_error
+    from simulator.studies.curves import compute, parse_list, plot, table, write_csv
+
+    lists = [parse_list(getattr(args, f), f"--{f}") for f in ("batch", "context", "prompt")]
+    model, hw, dt = _resolve(args)
+    with out_dir(Path(args.out) if args.out else None) as out:  # a bad --out fails before the work
+        res = compute(model, hw, args.tp, args.pp, args.mode, dt, *lists, kernels=getattr(args, "kernels", "fused"))
+        if out is not None:
+            try:
+                write_csv(res, out / "curves.csv")
+                plot(res, out / "curves.png")
+            except OSError as e:
+                raise write_error(e, out) from None
+    print(json.dumps(res) if args.json else table(res))
+    if args.out and not args.json:
+        print(f"\nwrote {out / 'curves.csv'} and {out / 'curves.png'}")
+    return 0
+
+
 def cmd_step(args: argparse.Namespace) -> int:
     model, hw, dt = _resolve(args)
     decode = [parse_shape(s, "--decode") for s in args.decode]
@@ -223,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="128,256,512,1024,2048,4096,8192,16384",
                    help="prefill prompt lengths (batch 1), comma-separated")
     p.add_argument("--out", help="folder for curves.csv and curves.png")
-    p.set_defaults(func=_lazy("simulator.studies.curves", "cmd_curves"))
+    p.set_defaults(func=cmd_curves)
 
     p = sub.add_parser("run", help="simulate a serving scenario")
     p.add_argument("scenario", help="scenario YAML (fields: simulator/serving/scenario.py)")

@@ -11,20 +11,16 @@ numbers, so it cannot be mistaken for one.
 
 from __future__ import annotations
 
-import argparse
-import json
 import textwrap
 from pathlib import Path
 from typing import Any
 
 from hwmodels.errors import InputError
 from hwmodels.spec import Hardware
-from simulator.cli import _resolve
 from simulator.moment.cost import StepModel, step_model
 from simulator.moment.memory import check_fits
 from simulator.moment.model import ModelSpec
 from simulator.moment.ops import CATEGORIES, Batch, Dtypes
-from simulator.reports.outdir import out_dir, write_error
 from simulator.reports.tables import write_rows
 
 MAX_VALUE = 1 << 20  # a larger prompt or batch would only build huge cost tables, never a real step
@@ -205,20 +201,3 @@ def plot(res: dict[str, Any], path: Path) -> None:
                  "tokens) are left out", fontsize=11)
     fig.tight_layout()
     save(fig, path)
-
-
-def cmd_curves(args: argparse.Namespace) -> int:
-    lists = [parse_list(getattr(args, f), f"--{f}") for f in ("batch", "context", "prompt")]
-    model, hw, dt = _resolve(args)
-    with out_dir(Path(args.out) if args.out else None) as out:  # a bad --out fails before the work
-        res = compute(model, hw, args.tp, args.pp, args.mode, dt, *lists, kernels=getattr(args, "kernels", "fused"))
-        if out is not None:
-            try:
-                write_csv(res, out / "curves.csv")
-                plot(res, out / "curves.png")
-            except OSError as e:
-                raise write_error(e, out) from None
-    print(json.dumps(res) if args.json else table(res))
-    if args.out and not args.json:
-        print(f"\nwrote {out / 'curves.csv'} and {out / 'curves.png'}")
-    return 0

@@ -2,9 +2,9 @@
 
 `RequestLog` is the one place a request's life is written (routed, first token, preempted,
 finished, rejected): a front-end delay or a closed-loop client hooks in there. `MomentLog` takes
-one call per moment: compact columns (with the batch aggregates that energy and the total FLOPs
-and bytes need) and sampled category seconds. `build_result` turns both into arrays, exact time
-series, totals and energy once the run is over.
+one call per moment: compact columns (with the batch aggregates that energy, the total FLOPs and
+bytes and the sampled category seconds need). `build_result` turns both into arrays, exact time
+series, totals, category seconds and energy once the run is over.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class SimResult:
       replica's different virtual engines overlap in time; each moment keeps each of the pp
       stages busy for dur_s / pp, so a replica's devices are busy sum(dur_s) / pp of the time.
     category_s: {"prefill": moments with prefill, "decode": decode-only moments} -> category ->
-      seconds (the cost model's breakdown; sampled, see MomentLog.add).
+      seconds (the cost model's breakdown; sampled, see MomentLog.categories).
     timeseries: on a grid of TIMESERIES_POINTS equal intervals over [0, makespan]: t_s (interval
       start) and the time average over each interval of queue_len, running, kv_used_frac,
       busy_frac, outstanding (all replicas together), computed exactly from requests and moments

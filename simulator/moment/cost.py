@@ -188,11 +188,12 @@ class StepModel:
 
     def _agg_closure(self) -> Callable[[int, float, int, int, float, float, int], float]:
         """step_agg as a closure over this model's constants and tables (which _grow fills in
-        place), with a decode-only moment of one full-attention group (attention_s's first
-        branch, _soft and _combine) inline: the same operations in the same order, so the same
-        floats, without five attribute lookups and three calls per moment (the engine's hot path:
-        most moments are decode-only)."""
+        place), with the engine's common moments inline: a decode-only one of one full-attention
+        group (attention_s's first branch and _soft) and a prefill-only one of one unwindowed
+        group (its loop), and _combine. The same operations in the same order, so the same floats
+        (tests/test_cost.py checks), without the attribute lookups and three calls per moment."""
         dense_l, lm_l, tail_l, grow, attention_s = self._dense_l, self._lm_l, self._tail_l, self._grow, self.attention_s
+        soft = self._soft
         cpu, asyn, issue_s, overhead_s, tail_weight = (self.cpu, self.async_scheduling, self.issue_s, self.overhead_s,
                                                        self._tail_weight)
         full = self._full is not None
@@ -227,13 +228,7 @@ class StepModel:
                 work = heads * pairs * pad * tau / units
                 c = ((work if work > longest else longest) + tail_rows * longest) * layers + pc * p_cc
                 mem = pc * p_cm + pt * p_tm
-                if mem < negligible * c:
-                    dev += c + pt * kv_tok + g_floor
-                else:
-                    hi = c if c > mem else mem
-                    if not hard and hi > 0.0:
-                        hi = hi * ((c / hi) ** p + (mem / hi) ** p) ** inv_p
-                    dev += hi + pt * kv_tok + g_floor
+                dev += (c if mem < negligible * c else soft(c, mem)) + pt * kv_tok + g_floor  # compute-bound, mostly
             elif pt or not full:
                 dev += attention_s(ds, dc, pt, pairs, pc, ps)
             elif ds:  # attention_s's decode-only branch, _soft inline
@@ -249,8 +244,6 @@ class StepModel:
                     if not hard and hi > 0.0:
                         hi = hi * ((t_c / hi) ** p + (t_m / hi) ** p) ** inv_p
                     dev += hi + ds * d_seq + floor
-            else:
-                dev += 0.0
             if cpu:  # _combine
                 return dev + issue_s + overhead_s
             issued = issue_s + tail * tail_weight

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,38 +272,41 @@ class MomentLog:
         dur = np.frombuffer(self.dur, dtype=np.float64)
         ctx = np.frombuffer(self.decode_ctx, dtype=np.int64)
         aggs = np.frombuffer(self.prefill_aggs, dtype=np.float64).reshape(-1, 4)
-        cost = self.sm.cost
+        names = (*DEVICE_CATEGORIES, "host")
         out = []
         for k in (0, 1):
             mask = kind == DECODE if k else kind != DECODE
-            at = np.flatnonzero(mask)
-            est = np.zeros(len(DEVICE_CATEGORIES) + 1)
-            for j, st in _sampled(at.size):
-                i = int(at[j])
-                t = int(tokens[i])
-                if k:  # a decode-only moment: (n, its context, 0, 0, 0.0, 0, n)
-                    b = Batch(t, int(ctx[i]), 0, 0, 0.0, 0, t)
-                else:
-                    pairs, pc, lg, ds = aggs[j].tolist()
-                    b = Batch(int(ds), int(ctx[i]), int(batch[i]) - int(ds), t - int(ds), pairs, int(pc), int(lg))
-                c = cost(b)
-                v = [c.breakdown_ms[x] for x in DEVICE_CATEGORIES] + [c.breakdown_ms["host"]]
-                est += np.asarray(v) * (st * 1e-3)
-            del at
+            js, strides = _sampled(int(np.count_nonzero(mask)))
+            at = np.flatnonzero(mask)[js]
+            toks, ctxs = tokens[at].tolist(), ctx[at].tolist()
+            if k:  # a decode-only moment: (n, its context, 0, 0, 0.0, 0, n)
+                batches = [Batch(t, c, 0, 0, 0.0, 0, t) for t, c in zip(toks, ctxs, strict=True)]
+            else:  # a moment with prefill: its row of prefill aggregates (the j-th such moment)
+                batches = [Batch(int(ds), c, b - int(ds), t - int(ds), pairs, int(pc), int(lg))
+                           for t, c, b, (pairs, pc, lg, ds) in zip(toks, ctxs, batch[at].tolist(), aggs[js].tolist(),
+                                                                   strict=True)]
+            rows = [[c.breakdown_ms[x] for x in names] for c in map(self.sm.cost, batches)]
+            # each sample weighted by its stride, added in order (a cumulative sum from a row of
+            # zeros: the same floats as adding them one by one)
+            weighted = np.asarray(rows).reshape(-1, len(names)) * (np.asarray(strides, dtype=np.int64) * 1e-3)[:, None]
+            est = np.cumsum(np.concatenate((np.zeros((1, len(names))), weighted)), axis=0)[-1]
             out.append((_ordered_sum(dur, mask), est))
         return out
 
 
-def _sampled(n: int) -> Iterator[tuple[int, int]]:
-    """(index, stride) of the moments of a kind whose breakdown is sampled (MomentLog.categories)."""
+def _sampled(n: int) -> tuple[list[int], list[int]]:
+    """Indices and strides of the moments of a kind whose breakdown is sampled (MomentLog.categories)."""
+    js, strides = [], []
     j, st, taken = 0, 1, 0
     while j < n:
-        yield j, st
+        js.append(j)
+        strides.append(st)
         taken += 1
         if taken >= CATEGORY_SAMPLES:
             taken = 0
             st *= 2
         j = (j // st + 1) * st  # the next multiple of the stride
+    return js, strides
 
 
 def _ordered_sum(x: np.ndarray, mask: np.ndarray, chunk: int = 1 << 20) -> float:

@@ -333,8 +333,9 @@ class Scheduler:
 
     def _drop_stale(self) -> None:
         """Forget preemption candidates that finished or were preempted since (their token moved on)."""
-        d, pre = self.decode, self.prefilling
-        self.newest = [(t, i) for t, i in self.newest if d.holds(i, t) or (i in pre and pre[i].token == t)]
+        entries, pre = self.decode.entries, self.prefilling  # speed: DecodeSet.holds inline (~600 entries a pass)
+        self.newest = [(t, i) for t, i in self.newest
+                       if ((e := entries.get(i)) is not None and e.token == t) or (i in pre and pre[i].token == t)]
 
     def _preempt_one(self) -> bool:
         """Preempt the most recently admitted running request (decoding or mid-prefill): free its

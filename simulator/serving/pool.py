@@ -58,7 +58,7 @@ class Replica:
     def run(self, env: simpy.Environment, cost: Callable[..., float], log: MomentLog) -> Iterator[simpy.Event]:
         sched = self.scheduler
         # speed: bound methods and attributes as locals, read once instead of once per moment
-        schedule, done, add, kv, unit = sched.schedule, sched.on_step_done, log.add, sched.kv, self.unit
+        schedule, done, add, kv, unit = sched.schedule, sched.on_step_done, log.adder(), sched.kv, self.unit
         timeout, capacity, inf = env.timeout, kv.capacity, INF
         started = sched.requests.started_v
         now = env.now

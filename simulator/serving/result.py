@@ -201,15 +201,8 @@ class MomentLog:
         self.decode_ctx = array("q")
         self.prefill_aggs = array("d")
         self.held_at = array("q")  # moments whose tokens are held back (a multi-step block's earlier steps)
-        # speed: the columns' bound appends, looked up once instead of twice per moment
-        self.ap_start, self.ap_dur, self.ap_unit = self.start.append, self.dur.append, self.unit.append
-        self.ap_kind, self.ap_tokens, self.ap_batch = self.kind.append, self.tokens.append, self.batch.append
-        self.ap_kv_used, self.ap_running = self.kv_used.append, self.running.append
-        self.ap_ctx, self.ap_prefill = self.decode_ctx.append, self.prefill_aggs.append
         self.progress = progress
         self.t_prog = time.perf_counter()
-        if progress is not None:
-            self.add = self._add_and_report  # speed: the check for progress once, not per moment
 
     @property
     def count(self) -> int:
@@ -231,36 +224,48 @@ class MomentLog:
                 _exact_sum(batch[pre]) - pre_ds, pre_tokens - pre_ds,
                 float(np.cumsum(pairs)[-1]) if pairs.size else 0.0, int(pc.sum())]
 
-    def add(self, unit: int, start: float, dt: float, m: Moment, kv_used: int) -> None:
-        """One call per moment: its columns. Everything else (the sums of the batch aggregates,
-        category seconds, energy) comes from the columns after the run (totals, categories)."""
-        ds, dc, ps, pt, pairs, pc, lg = m.batch
-        self.ap_start(start)
-        self.ap_dur(dt)
-        self.ap_unit(unit)
-        self.ap_kind(m.kind)
-        self.ap_tokens(ds + pt)
-        self.ap_batch(ds + ps)
-        self.ap_kv_used(kv_used)
-        self.ap_running(m.running)
-        self.ap_ctx(dc)
-        if ps:  # a moment with prefill (kind != DECODE)
-            ap = self.ap_prefill  # speed: four appends (extend of a tuple takes twice as long)
-            ap(pairs)
-            ap(pc)
-            ap(lg)
-            ap(ds)
-        elif m.held:
-            self.held_at.append(len(self.start) - 1)
+    def adder(self) -> Callable[[int, float, float, Moment, int], None]:
+        """add(unit, start, dt, moment, kv_used): one call per moment (the engine's hot path), its
+        columns; everything else (the sums of the batch aggregates, category seconds, energy)
+        comes from the columns after the run (totals, categories). speed: a closure over the
+        columns' bound appends, no attribute lookups per moment."""
+        ap_start, ap_dur, ap_unit, ap_kind = self.start.append, self.dur.append, self.unit.append, self.kind.append
+        ap_tokens, ap_batch, ap_kv_used = self.tokens.append, self.batch.append, self.kv_used.append
+        ap_running, ap_ctx, ap_prefill = self.running.append, self.decode_ctx.append, self.prefill_aggs.append
+        held_at, start_col, progress = self.held_at, self.start, self.progress
 
-    def _add_and_report(self, unit: int, start: float, dt: float, m: Moment, kv_used: int) -> None:
-        """add, and the share of requests done to `progress` (at most every 0.1 s)."""
-        MomentLog.add(self, unit, start, dt, m, kv_used)
-        if not len(self.start) & 1023:
-            now = time.perf_counter()
-            if now - self.t_prog >= 0.1:
-                self.t_prog = now
-                self.progress(self.requests.done / len(self.requests))
+        def add(unit: int, start: float, dt: float, m: Moment, kv_used: int) -> None:
+            ds, dc, ps, pt, pairs, pc, lg = m.batch
+            ap_start(start)
+            ap_dur(dt)
+            ap_unit(unit)
+            ap_kind(m.kind)
+            ap_tokens(ds + pt)
+            ap_batch(ds + ps)
+            ap_kv_used(kv_used)
+            ap_running(m.running)
+            ap_ctx(dc)
+            if ps:  # a moment with prefill (kind != DECODE); speed: four appends (extend of a tuple takes twice as long)
+                ap_prefill(pairs)
+                ap_prefill(pc)
+                ap_prefill(lg)
+                ap_prefill(ds)
+            elif m.held:
+                held_at.append(len(start_col) - 1)
+
+        if progress is None:
+            return add
+
+        def add_and_report(unit: int, start: float, dt: float, m: Moment, kv_used: int) -> None:
+            """add, and the share of requests done to `progress` (at most every 0.1 s)."""
+            add(unit, start, dt, m, kv_used)
+            if not len(start_col) & 1023:
+                now = time.perf_counter()
+                if now - self.t_prog >= 0.1:
+                    self.t_prog = now
+                    progress(self.requests.done / len(self.requests))
+
+        return add_and_report
 
     def categories(self, kind: np.ndarray, tokens: np.ndarray, batch: np.ndarray) -> list[tuple[float, np.ndarray]]:
         """Category seconds without a breakdown per moment, for the moments with prefill (index 0)

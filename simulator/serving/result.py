@@ -282,18 +282,21 @@ class MomentLog:
         for k in (0, 1):
             mask = kind == DECODE if k else kind != DECODE
             js, strides = _sampled(int(np.count_nonzero(mask)))
-            at = np.flatnonzero(mask)[js]
+            at = _positions(mask, js)
             toks, ctxs = tokens[at].tolist(), ctx[at].tolist()
             if k:  # a decode-only moment: (n, its context, 0, 0, 0.0, 0, n)
-                batches = [Batch(t, c, 0, 0, 0.0, 0, t) for t, c in zip(toks, ctxs, strict=True)]
+                batches = (Batch(t, c, 0, 0, 0.0, 0, t) for t, c in zip(toks, ctxs, strict=True))
             else:  # a moment with prefill: its row of prefill aggregates (the j-th such moment)
-                batches = [Batch(int(ds), c, b - int(ds), t - int(ds), pairs, int(pc), int(lg))
+                batches = (Batch(int(ds), c, b - int(ds), t - int(ds), pairs, int(pc), int(lg))
                            for t, c, b, (pairs, pc, lg, ds) in zip(toks, ctxs, batch[at].tolist(), aggs[js].tolist(),
-                                                                   strict=True)]
-            rows = [[c.breakdown_ms[x] for x in names] for c in map(self.sm.cost, batches)]
+                                                                   strict=True))
+            rows = np.empty((len(js), len(names)))  # memory: numbers, not a list of Python floats
+            for r, c in enumerate(map(self.sm.cost, batches)):
+                bd = c.breakdown_ms
+                rows[r] = [bd[x] for x in names]
             # each sample weighted by its stride, added in order (a cumulative sum from a row of
             # zeros: the same floats as adding them one by one)
-            weighted = np.asarray(rows).reshape(-1, len(names)) * (np.asarray(strides, dtype=np.int64) * 1e-3)[:, None]
+            weighted = rows * (np.asarray(strides, dtype=np.int64) * 1e-3)[:, None]
             est = np.cumsum(np.concatenate((np.zeros((1, len(names))), weighted)), axis=0)[-1]
             out.append((_ordered_sum(dur, mask), est))
         return out
@@ -314,7 +317,19 @@ def _sampled(n: int) -> tuple[list[int], list[int]]:
     return js, strides
 
 
-def _ordered_sum(x: np.ndarray, mask: np.ndarray, chunk: int = 1 << 20) -> float:
+def _positions(mask: np.ndarray, js: list[int], chunk: int = 1 << 16) -> np.ndarray:
+    """The indices of the js-th True values of mask (js ascending), a chunk at a time (memory:
+    a run may have 30M moments)."""
+    out, want, seen = [], np.asarray(js, dtype=np.int64), 0
+    for lo in range(0, mask.size, chunk):
+        nz = np.flatnonzero(mask[lo:lo + chunk])
+        sel = want[(want >= seen) & (want < seen + nz.size)]
+        out.append(nz[sel - seen] + lo)
+        seen += nz.size
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _ordered_sum(x: np.ndarray, mask: np.ndarray, chunk: int = 1 << 16) -> float:
     """The float sum of x[mask] added one by one in order from 0.0 (a cumulative sum, a chunk at a
     time with the running total in front: the same float as a running sum during the run)."""
     total = 0.0

@@ -220,3 +220,21 @@ def test_a_fresh_step_model_grows_its_tables_for_any_step(entry):
             assert fresh.cost(Batch(n, n)).step_ms == grown.cost(Batch(n, n)).step_ms
         else:
             assert fresh.tail_s(n) == grown.tail_s(n)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["llama-3.2-1b", "llama-3-8b", "gemma-2-9b", "deepseek-v2-lite", "qwen3-30b-a3b"]),
+       st.sampled_from(["h100-sxm", "cpu", "mi300x"]), st.sampled_from(["graph", "eager"]), st.booleans(),
+       st.integers(0, 300), st.integers(0, 10**6), st.integers(0, 4), st.integers(0, 9000), st.integers(0, 10**5),
+       st.integers(0, 20000))
+def test_the_engines_step_cost_is_step_agg_to_the_bit(name, hw, mode, asy, ds, dc, ps, pt, pc, grow):
+    # moment_s (a closure with the common cases inline) must give step_agg's float exactly, also
+    # for counts beyond the tables (grown on the way) and for a model built after another grew
+    s = step_model(load_model(name), load_hardware(hw), mode=mode, async_scheduling=asy)
+    pt = pt if ps else 0
+    ds = ds if ds or pt else 1
+    args = (ds, dc if ds else 0, ps, pt, pt * (pt + 1) / 2 + pt * pc, pc if ps else 0, ds + ps)
+    fast = s.moment_s
+    big = (grow, grow * 700, 0, 0, 0.0, 0, grow) if grow else args
+    assert fast(*big) == s.step_agg(*big)
+    assert fast(*args) == s.step_agg(*args)

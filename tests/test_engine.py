@@ -538,3 +538,34 @@ def test_category_seconds_are_the_moments_breakdowns_sampled_as_documented():
                                 ("decode", est, m["kind"] == DECODE)):
         got = np.array([r.category_s[kind][x] for x in names])
         np.testing.assert_allclose(got, want / want.sum() * m["dur_s"][moments].sum(), rtol=1e-9, atol=0)
+
+
+def test_sampled_breakdowns_by_hand():
+    # CATEGORY_SAMPLES moments at stride 1, as many at stride 2, then stride 4: of 7,000 moments of
+    # a kind, 0..1999, 2000..5998 step 2 and 6000..6996 step 4 are sampled
+    from simulator.serving.result import CATEGORY_SAMPLES, _sampled
+
+    assert CATEGORY_SAMPLES == 2000
+    js, strides = _sampled(7000)
+    assert js == list(range(2000)) + list(range(2000, 6000, 2)) + list(range(6000, 7000, 4))
+    assert strides == [1] * 2000 + [2] * 2000 + [4] * 250
+    assert sum(strides) == 7000  # each sample stands for its stride's moments: all of them, once
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.floats(1e-6, 10.0), st.booleans()), max_size=300), st.integers(1, 40))
+def test_post_run_sums_and_positions_are_the_running_ones(moments, chunk):
+    # the moment log's post-run helpers give what a running sum and a scan during the run would:
+    # the same float (added one by one from 0.0) and the positions of the j-th moments of a kind
+    from simulator.serving.result import _ordered_sum, _positions
+
+    x = np.array([d for d, _ in moments], dtype=float)
+    mask = np.array([k for _, k in moments], dtype=bool)
+    running = 0.0
+    for d, k in moments:
+        if k:
+            running += d
+    assert _ordered_sum(x, mask, chunk) == running
+    where = [i for i, (_, k) in enumerate(moments) if k]
+    js = list(range(0, len(where), 3))
+    assert _positions(mask, js, chunk).tolist() == [where[j] for j in js]

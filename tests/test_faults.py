@@ -205,7 +205,7 @@ def test_engine_refuses_a_moment_that_does_not_advance_time(monkeypatch: pytest.
     from simulator.moment.cost import StepModel
     from simulator.serving.engine import simulate
 
-    monkeypatch.setattr(StepModel, "step_agg", lambda self, *a: dt)
+    monkeypatch.setattr(StepModel, "moment_s", property(lambda self: lambda *a: dt))  # the engine's step cost
     with pytest.raises(InputError, match="would not advance"):
         simulate(load_scenario_from(TINY))
 

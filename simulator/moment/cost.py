@@ -9,6 +9,7 @@ so that the engine costs a step in O(1): a table lookup plus the attention terms
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,6 +170,9 @@ class StepModel:
         self._lm = np.zeros((len(DEVICE_CATEGORIES), 0))
         self._dense_tot = np.zeros(0)
         self._lm_tot = np.zeros(0)
+        self._dense_l: list[float] = []
+        self._lm_l: list[float] = []
+        self._tail_l: list[float] = []
         self._attention_coefficients()
         self._grow(4096)
         self.launch = launch
@@ -177,9 +181,78 @@ class StepModel:
 
     @property
     def moment_s(self):
-        """The engine's cost of a moment from its batch aggregates: step_agg, or with a serving
-        stack's launch (graph sizes, its host work) step_launched (read once per engine)."""
-        return self.step_agg if self.launch is None else self.step_launched
+        """The engine's cost of a moment from its batch aggregates: step_agg (as `_agg_closure`
+        computes it), or with a serving stack's launch (graph sizes, its host work) step_launched
+        (read once per engine)."""
+        return self._agg_closure() if self.launch is None else self.step_launched
+
+    def _agg_closure(self) -> Callable[[int, float, int, int, float, float, int], float]:
+        """step_agg as a closure over this model's constants and tables (which _grow fills in
+        place), with the engine's common moments inline: a decode-only one of one full-attention
+        group (attention_s's first branch and _soft) and a prefill-only one of one unwindowed
+        group (its loop), and _combine. The same operations in the same order, so the same floats
+        (tests/test_cost.py checks), without the attribute lookups and three calls per moment."""
+        dense_l, lm_l, tail_l, grow, attention_s = self._dense_l, self._lm_l, self._tail_l, self._grow, self.attention_s
+        soft = self._soft
+        cpu, asyn, issue_s, overhead_s, tail_weight = (self.cpu, self.async_scheduling, self.issue_s, self.overhead_s,
+                                                       self._tail_weight)
+        full = self._full is not None
+        d_c, d_m, d_q, d_seq, floor, ramp = self._full or (0.0,) * 6
+        p, negligible = self.p, self._negligible
+        hard = p >= 64  # _soft is the plain max
+        inv_p = 1.0 / p
+        expm1, ceil = math.expm1, math.ceil
+        g = self._groups[0]
+        whole = full and not g.size  # a prefill-only moment of one unwindowed group: inline too
+        rows, tau, heads, layers, p_cc, p_cm, p_tm = g.rows, g.tau, g.heads, g.layers, g.p_cc, g.p_cm, g.p_tm
+        kv_tok, g_floor, units, tail_rows = g.kv_tok, g.floor, self.units, self.tail
+
+        def agg(ds: int, dc: float, ps: int, pt: int, pairs: float, pc: float, lg: int) -> float:
+            tok = ds + pt
+            try:  # the tables hold every count seen so far; a larger one grows them
+                dev = dense_l[tok] + lm_l[lg]
+                tail = tail_l[lg]
+            except IndexError:
+                grow(max(tok, lg))
+                dev = dense_l[tok] + lm_l[lg]
+                tail = tail_l[lg]
+            if pt and whole and not ds:  # attention_s's loop for one group without a window, prefill only
+                n = ps if ps > 0 else 1
+                ctx = pc / n
+                tiles = ceil(pt / n / rows)
+                padded = rows * tiles * ctx + rows * rows * tiles * (tiles + 1) / 2
+                longest = rows * (ctx + tiles * rows)
+                longest = (padded if padded < longest else longest) * tau  # min(longest, padded)
+                exact = pairs / n if pairs > n else 1.0
+                pad = padded / exact if padded > exact else 1.0
+                work = heads * pairs * pad * tau / units
+                c = ((work if work > longest else longest) + tail_rows * longest) * layers + pc * p_cc
+                mem = pc * p_cm + pt * p_tm
+                dev += (c if mem < negligible * c else soft(c, mem)) + pt * kv_tok + g_floor  # compute-bound, mostly
+            elif pt or not full:
+                dev += attention_s(ds, dc, pt, pairs, pc, ps)
+            elif ds:  # attention_s's decode-only branch, _soft inline
+                keys = dc + ds
+                t_m = keys * d_m + ds * d_q
+                if ramp > 0:
+                    t_m -= ramp * expm1(-t_m / ramp)
+                t_c = keys * d_c
+                if t_c < negligible * t_m:
+                    dev += t_m + ds * d_seq + floor
+                else:
+                    hi = t_c if t_c > t_m else t_m
+                    if not hard and hi > 0.0:
+                        hi = hi * ((t_c / hi) ** p + (t_m / hi) ** p) ** inv_p
+                    dev += hi + ds * d_seq + floor
+            if cpu:  # _combine
+                return dev + issue_s + overhead_s
+            issued = issue_s + tail * tail_weight
+            if asyn:
+                issued += overhead_s
+                return dev if dev > issued else issued
+            return (dev if dev > issued else issued) + overhead_s
+
+        return agg
 
     def _launch_tables(self, ln: Launch) -> None:
         """Padding lookups and host costs of a stack's launches (see Launch)."""
@@ -434,9 +507,10 @@ class StepModel:
         self._lm = self._table(zero, t) - self._table(zero, zero)
         self._dense_tot = self._dense.sum(axis=0)
         self._lm_tot = self._lm.sum(axis=0)
-        self._dense_l = self._dense_tot.tolist()  # python floats: faster to index one at a time
-        self._lm_l = self._lm_tot.tolist()
-        self._tail_l = self._table(zero, t, TAIL_OPS).sum(axis=0).tolist()
+        # python floats: faster to index one at a time; filled in place (_agg_closure holds them)
+        self._dense_l[:] = self._dense_tot.tolist()
+        self._lm_l[:] = self._lm_tot.tolist()
+        self._tail_l[:] = self._table(zero, t, TAIL_OPS).sum(axis=0).tolist()
         self._size = len(self._dense_l)
 
     def tail_s(self, logit_rows: int) -> float:

@@ -4,9 +4,9 @@ A SimPy Environment runs a workload process that releases arrivals at their time
 each to a pool; the pool rejects what can never run, its router picks one of its engines, and
 that engine wakes if it is idle. Each engine is a process running the step loop of vLLM V1's
 EngineCore: its scheduler (a policy object from `schedulers.SCHEDULERS`) plans a Moment, the
-moment lasts `StepModel.step_agg(batch) + moment.extra_s` seconds (`yield env.timeout(dt)`: the
-replica's GPUs are busy; step_agg already includes the host's issue time and per-step
-overhead), then `scheduler.on_step_done` hands out tokens and KV blocks. An idle engine waits on
+moment lasts `StepModel.moment_s(*batch) + moment.extra_s` seconds (`yield env.timeout(dt)`: the
+replica's GPUs are busy; moment_s, step_agg as a closure, already includes the host's issue time
+and per-step overhead), then `scheduler.on_step_done` hands out tokens and KV blocks. An idle engine waits on
 an event that the next arrival routed to it triggers: no polling.
 
 A pool (pool.py) is a set of identical replicas (model, hardware, tp, pp, scheduler, router). A
@@ -31,8 +31,9 @@ devices are busy sum(dur) / pp of the time.
 Speed (the hot loop runs millions of moments) comes from never touching every running request
 in a step: the decode set (decodeset.py) advances all decoding requests at once, the KV cache
 (kvcache.py) keeps counts, per-request results go into preallocated arrays by request index and
-moments into compact growable arrays (result.py). The step cost is StepModel.step_agg: a table
-lookup over token counts plus attention in closed form.
+moments into compact growable arrays (result.py), everything derived from them (category
+seconds, energy, totals) after the run. The step cost is StepModel.moment_s: a table lookup over
+token counts plus attention in closed form, the common moments inline.
 """
 
 from __future__ import annotations

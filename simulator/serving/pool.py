@@ -58,9 +58,10 @@ class Replica:
     def run(self, env: simpy.Environment, cost: Callable[..., float], log: MomentLog) -> Iterator[simpy.Event]:
         sched = self.scheduler
         # speed: bound methods and attributes as locals, read once instead of once per moment
-        schedule, done, add, kv, unit = sched.schedule, sched.on_step_done, log.add, sched.kv, self.unit
-        timeout = env.timeout
-        started = sched.requests.started_s
+        schedule, done, add, kv, unit = sched.schedule, sched.on_step_done, log.adder(), sched.kv, self.unit
+        timeout, capacity, inf = env.timeout, kv.capacity, INF
+        started = sched.requests.started_v
+        now = env.now
         while True:
             m = schedule()
             if m is None:
@@ -69,19 +70,22 @@ class Replica:
                 self.idle = True
                 self.wake = env.event()
                 yield self.wake
+                now = env.now
                 continue
             if m.prefills:
                 for st, _ln in m.prefills:
                     i = st.request
-                    if started[i] != started[i]:  # nan: its first chunk (speed: no isnan call)
-                        started[i] = env.now
+                    t = started[i]
+                    if t != t:  # nan: its first chunk (speed: no isnan call)
+                        started[i] = now
             dt = cost(*m.batch) + m.extra_s
-            if not 0.0 < dt < INF:  # simulated time must advance by a finite step (schema bounds keep it so)
+            if not 0.0 < dt < inf:  # simulated time must advance by a finite step (schema bounds keep it so)
                 raise InputError("hardware", "", f"a moment of {dt} s: simulated time would not advance; check "
                                  "the hardware's and model's numbers")
-            add(unit, env.now, dt, m, kv.capacity - kv.free)  # KV used at its start (speed: kv.used inlined)
+            add(unit, now, dt, m, capacity - kv.free)  # KV used at its start (speed: kv.used inlined)
             yield timeout(dt)
-            done(m, env.now)
+            now = env.now  # speed: the clock read once per moment
+            done(m, now)
 
 
 @dataclass
@@ -135,6 +139,11 @@ class Pool:
         self.max_len = serving.max_model_len or pm.cost.model.max_position_embeddings or 1 << 62
         self.len_reason = R_LEN if serving.max_model_len else R_CONTEXT
         self.max_prompt_tokens = self.engines[0].scheduler.max_prompt_tokens
+        if self.max_prompt_tokens is None:
+            self.max_prompt_tokens = INF
+        # speed: what submit reads once per request, as attributes
+        self.prompt_only = role == "prefill"  # a prefill pool holds a prompt's KV only
+        self.route, self.max_queue = self.router.route, serving.max_queue
         self.siblings = {r.rid: [e for e in self.engines if e.rid == r.rid] for r in self.engines}
         for r in self.engines:
             env.process(r.run(env, pm.cost.moment_s, moments))
@@ -143,21 +152,21 @@ class Pool:
         """Reject request i if it can never run here or the queue is full; else route it."""
         rq = self.requests
         p = rq.prompt_len[i]
-        now = self.env.now
-        if p + rq.output_len[i] > self.max_len:
-            rq.reject(i, self.len_reason, now)
-        elif (p + rq.output_len[i] if self.role != "prefill" else p) > self.cap_tokens:
-            rq.reject(i, R_KV, now)
-        elif self.max_prompt_tokens is not None and p > self.max_prompt_tokens:
-            rq.reject(i, R_TOKENS, now)
+        n = p + rq.output_len[i]
+        if n > self.max_len:
+            rq.reject(i, self.len_reason, self.env.now)
+        elif (p if self.prompt_only else n) > self.cap_tokens:
+            rq.reject(i, R_KV, self.env.now)
+        elif p > self.max_prompt_tokens:
+            rq.reject(i, R_TOKENS, self.env.now)
         else:
-            r = self.engines[self.router.route(i)]
-            rq.replica[i] = r.rid + self.replica_offset
+            r = self.engines[self.route(i)]
+            rq.replica_v[i] = r.rid + self.replica_offset
             if r.eng:  # the array starts at 0
                 rq.engine[i] = r.eng
-            cap = self.serving.max_queue
+            cap = self.max_queue
             if cap is not None and sum(len(e.scheduler.waiting) for e in self.siblings[r.rid]) >= cap:
-                rq.reject(i, R_QUEUE, now)
+                rq.reject(i, R_QUEUE, self.env.now)
             else:
                 r.arrive(i)
 

@@ -2,9 +2,9 @@
 
 `RequestLog` is the one place a request's life is written (routed, first token, preempted,
 finished, rejected): a front-end delay or a closed-loop client hooks in there. `MomentLog` takes
-one call per moment: compact columns (with the batch aggregates that energy and the total FLOPs
-and bytes need) and sampled category seconds. `build_result` turns both into arrays, exact time
-series, totals and energy once the run is over.
+one call per moment: compact columns (with the batch aggregates that energy, the total FLOPs and
+bytes and the sampled category seconds need). `build_result` turns both into arrays, exact time
+series, totals, category seconds and energy once the run is over.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from simulator.serving.scenario import Scenario, Serving
 from simulator.serving.schedulers.base import DECODE, Moment
 from simulator.serving.workload import Requests
 
-CATEGORY_SAMPLES = 2000  # exact breakdowns per stride before the stride doubles (see MomentLog.add)
+CATEGORY_SAMPLES = 2000  # exact breakdowns per stride before the stride doubles (see MomentLog.categories)
 TIMESERIES_POINTS = 1000
 
 COMPLETED, REJECTED, UNFINISHED = 0, 1, 2  # requests["status"] (UNFINISHED never survives a run)
@@ -60,7 +60,7 @@ class SimResult:
       replica's different virtual engines overlap in time; each moment keeps each of the pp
       stages busy for dur_s / pp, so a replica's devices are busy sum(dur_s) / pp of the time.
     category_s: {"prefill": moments with prefill, "decode": decode-only moments} -> category ->
-      seconds (the cost model's breakdown; sampled, see MomentLog.add).
+      seconds (the cost model's breakdown; sampled, see MomentLog.categories).
     timeseries: on a grid of TIMESERIES_POINTS equal intervals over [0, makespan]: t_s (interval
       start) and the time average over each interval of queue_len, running, kv_used_frac,
       busy_frac, outstanding (all replicas together), computed exactly from requests and moments
@@ -142,18 +142,23 @@ class RequestLog:
         self.out_delay = 0.0                       # ...and engine to client, for every token
         self.reached_s = np.full(n, np.nan)        # when the engine had it (arrival + its in_delay)
         self.on_end: Callable[[int, float], None] | None = None  # a client hears request i ended at a time
+        # speed: the arrays written once or twice per request, as memoryviews (a Python number in
+        # and out: a third of numpy's time for one element)
+        self.first_token_v, self.finish_v, self.status_v = (memoryview(a) for a in (self.first_token_s,
+                                                                                    self.finish_s, self.status))
+        self.replica_v, self.started_v = memoryview(self.replica), memoryview(self.started_s)
 
     def __len__(self) -> int:
         return len(self.prompt_len)
 
     def first_token(self, i: int, now: float) -> None:
         """The engine produced request i's first token at `now`; the client has it out_delay later."""
-        self.first_token_s[i] = now + self.out_delay
+        self.first_token_v[i] = now + self.out_delay
 
     def finish(self, i: int, now: float) -> None:
         """The engine produced request i's last token at `now`."""
-        t = self.finish_s[i] = now + self.out_delay
-        self.status[i] = COMPLETED
+        t = self.finish_v[i] = now + self.out_delay
+        self.status_v[i] = COMPLETED
         self.done += 1
         if self.on_end is not None:
             self.on_end(i, t)
@@ -196,24 +201,13 @@ class MomentLog:
         self.decode_ctx = array("q")
         self.prefill_aggs = array("d")
         self.held_at = array("q")  # moments whose tokens are held back (a multi-step block's earlier steps)
-        # speed: the columns' bound appends, looked up once instead of twice per moment
-        self.ap_start, self.ap_dur, self.ap_unit = self.start.append, self.dur.append, self.unit.append
-        self.ap_kind, self.ap_tokens, self.ap_batch = self.kind.append, self.tokens.append, self.batch.append
-        self.ap_kv_used, self.ap_running = self.kv_used.append, self.running.append
-        self.ap_ctx, self.ap_prefill = self.decode_ctx.append, self.prefill_aggs.append
-        self.sums = [0]  # moments (the other sums of the batch aggregates: totals(), after the run)
-        self.kind_s = [0.0, 0.0]  # index: 0 moments with prefill, 1 decode-only
-        self.kind_n = [0, 0]
-        self.stride = [1, 1]
-        self.taken = [0, 0]
-        self.cat_est = [np.zeros(len(DEVICE_CATEGORIES) + 1), np.zeros(len(DEVICE_CATEGORIES) + 1)]
         self.progress = progress
         self.t_prog = time.perf_counter()
 
     @property
     def count(self) -> int:
         """Moments logged."""
-        return self.sums[0]
+        return len(self.start)
 
     def totals(self, kind: np.ndarray, tokens: np.ndarray, batch: np.ndarray) -> list:
         """The sums of the batch aggregates over all moments (_work's order: moments, logit rows,
@@ -230,51 +224,117 @@ class MomentLog:
                 _exact_sum(batch[pre]) - pre_ds, pre_tokens - pre_ds,
                 float(np.cumsum(pairs)[-1]) if pairs.size else 0.0, int(pc.sum())]
 
-    def add(self, unit: int, start: float, dt: float, m: Moment, kv_used: int) -> None:
-        """One call per moment: log it, count it, maybe sample its breakdown, report progress."""
-        ds, dc, ps, pt, pairs, pc, lg = m.batch
-        kind = m.kind
-        self.ap_start(start)
-        self.ap_dur(dt)
-        self.ap_unit(unit)
-        self.ap_kind(kind)
-        self.ap_tokens(ds + pt)
-        self.ap_batch(ds + ps)
-        self.ap_kv_used(kv_used)
-        self.ap_running(m.running)
-        self.ap_ctx(dc)
-        s = self.sums
-        if ps:  # a moment with prefill (kind != DECODE)
-            ap = self.ap_prefill  # speed: four appends (extend of a tuple takes twice as long)
-            ap(pairs)
-            ap(pc)
-            ap(lg)
-            ap(ds)
-        elif m.held:
-            self.held_at.append(s[0])
-        s[0] += 1  # the other sums come from the columns after the run (totals)
-        k = 1 if kind == DECODE else 0
-        # speed: category seconds without a breakdown per moment: the exact breakdown (sm.cost) of every
-        # moment of a kind until CATEGORY_SAMPLES were taken, then of every 2nd, 4th, ... (the
-        # stride doubles each CATEGORY_SAMPLES samples), each weighted by its stride. The shares
-        # are then scaled to the kind's exact total seconds (see build_result).
-        self.kind_s[k] += dt
-        i = self.kind_n[k]
-        self.kind_n[k] = i + 1
-        st = self.stride[k]
-        if i % st == 0:
-            c = self.sm.cost(m.as_batch())
-            v = [c.breakdown_ms[x] for x in DEVICE_CATEGORIES] + [c.breakdown_ms["host"]]
-            self.cat_est[k] += np.asarray(v) * (st * 1e-3)
-            self.taken[k] += 1
-            if self.taken[k] >= CATEGORY_SAMPLES:
-                self.taken[k] = 0
-                self.stride[k] = st * 2
-        if self.progress is not None and not s[0] & 1023:
-            now = time.perf_counter()
-            if now - self.t_prog >= 0.1:
-                self.t_prog = now
-                self.progress(self.requests.done / len(self.requests))
+    def adder(self) -> Callable[[int, float, float, Moment, int], None]:
+        """add(unit, start, dt, moment, kv_used): one call per moment (the engine's hot path), its
+        columns; everything else (the sums of the batch aggregates, category seconds, energy)
+        comes from the columns after the run (totals, categories). speed: a closure over the
+        columns' bound appends, no attribute lookups per moment."""
+        ap_start, ap_dur, ap_unit, ap_kind = self.start.append, self.dur.append, self.unit.append, self.kind.append
+        ap_tokens, ap_batch, ap_kv_used = self.tokens.append, self.batch.append, self.kv_used.append
+        ap_running, ap_ctx, ap_prefill = self.running.append, self.decode_ctx.append, self.prefill_aggs.append
+        held_at, start_col, progress = self.held_at, self.start, self.progress
+
+        def add(unit: int, start: float, dt: float, m: Moment, kv_used: int) -> None:
+            ds, dc, ps, pt, pairs, pc, lg = m.batch
+            ap_start(start)
+            ap_dur(dt)
+            ap_unit(unit)
+            ap_kind(m.kind)
+            ap_tokens(ds + pt)
+            ap_batch(ds + ps)
+            ap_kv_used(kv_used)
+            ap_running(m.running)
+            ap_ctx(dc)
+            if ps:  # a moment with prefill (kind != DECODE); speed: four appends (extend of a tuple takes twice as long)
+                ap_prefill(pairs)
+                ap_prefill(pc)
+                ap_prefill(lg)
+                ap_prefill(ds)
+            elif m.held:
+                held_at.append(len(start_col) - 1)
+
+        if progress is None:
+            return add
+
+        def add_and_report(unit: int, start: float, dt: float, m: Moment, kv_used: int) -> None:
+            """add, and the share of requests done to `progress` (at most every 0.1 s)."""
+            add(unit, start, dt, m, kv_used)
+            if not len(start_col) & 1023:
+                now = time.perf_counter()
+                if now - self.t_prog >= 0.1:
+                    self.t_prog = now
+                    progress(self.requests.done / len(self.requests))
+
+        return add_and_report
+
+    def categories(self, kind: np.ndarray, tokens: np.ndarray, batch: np.ndarray) -> list[tuple[float, np.ndarray]]:
+        """Category seconds without a breakdown per moment, for the moments with prefill (index 0)
+        and the decode-only ones (1): their seconds (summed in moment order) and the exact
+        breakdown (sm.cost) of every moment of the kind until CATEGORY_SAMPLES were taken, then of
+        every 2nd, 4th, ... (the stride doubles each CATEGORY_SAMPLES samples), each weighted by
+        its stride (build_result scales the shares to the seconds). Each sampled moment's batch
+        comes back from the columns, as in totals."""
+        dur = np.frombuffer(self.dur, dtype=np.float64)
+        ctx = np.frombuffer(self.decode_ctx, dtype=np.int64)
+        aggs = np.frombuffer(self.prefill_aggs, dtype=np.float64).reshape(-1, 4)
+        names = (*DEVICE_CATEGORIES, "host")
+        out = []
+        for k in (0, 1):
+            mask = kind == DECODE if k else kind != DECODE
+            js, strides = _sampled(int(np.count_nonzero(mask)))
+            at = _positions(mask, js)
+            toks, ctxs = tokens[at].tolist(), ctx[at].tolist()
+            if k:  # a decode-only moment: (n, its context, 0, 0, 0.0, 0, n)
+                batches = (Batch(t, c, 0, 0, 0.0, 0, t) for t, c in zip(toks, ctxs, strict=True))
+            else:  # a moment with prefill: its row of prefill aggregates (the j-th such moment)
+                batches = (Batch(int(ds), c, b - int(ds), t - int(ds), pairs, int(pc), int(lg))
+                           for t, c, b, (pairs, pc, lg, ds) in zip(toks, ctxs, batch[at].tolist(), aggs[js].tolist(),
+                                                                   strict=True))
+            rows = np.asarray([[c.breakdown_ms[x] for x in names] for c in map(self.sm.cost, batches)])
+            # each sample weighted by its stride, added in order (a cumulative sum from a row of
+            # zeros: the same floats as adding them one by one)
+            weighted = rows.reshape(-1, len(names)) * (np.asarray(strides, dtype=np.int64) * 1e-3)[:, None]
+            est = np.cumsum(np.concatenate((np.zeros((1, len(names))), weighted)), axis=0)[-1]
+            out.append((_ordered_sum(dur, mask), est))
+        return out
+
+
+def _sampled(n: int) -> tuple[list[int], list[int]]:
+    """Indices and strides of the moments of a kind whose breakdown is sampled (MomentLog.categories)."""
+    js, strides = [], []
+    j, st, taken = 0, 1, 0
+    while j < n:
+        js.append(j)
+        strides.append(st)
+        taken += 1
+        if taken >= CATEGORY_SAMPLES:
+            taken = 0
+            st *= 2
+        j = (j // st + 1) * st  # the next multiple of the stride
+    return js, strides
+
+
+def _positions(mask: np.ndarray, js: list[int], chunk: int = 1 << 16) -> np.ndarray:
+    """The indices of the js-th True values of mask (js ascending), a chunk at a time (memory:
+    a run may have 30M moments)."""
+    out, want, seen = [], np.asarray(js, dtype=np.int64), 0
+    for lo in range(0, mask.size, chunk):
+        nz = np.flatnonzero(mask[lo:lo + chunk])
+        sel = want[(want >= seen) & (want < seen + nz.size)]
+        out.append(nz[sel - seen] + lo)
+        seen += nz.size
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _ordered_sum(x: np.ndarray, mask: np.ndarray, chunk: int = 1 << 16) -> float:
+    """The float sum of x[mask] added one by one in order from 0.0 (a cumulative sum, a chunk at a
+    time with the running total in front: the same float as a running sum during the run)."""
+    total = 0.0
+    for lo in range(0, x.size, chunk):
+        part = x[lo:lo + chunk][mask[lo:lo + chunk]]
+        if part.size:
+            total = float(np.cumsum(np.concatenate(([total], part)))[-1])
+    return total
 
 
 # -- after the run ---------------------------------------------------------------------------------
@@ -368,10 +428,10 @@ def build_result(sc: Scenario, log: RequestLog, pools: list[PoolRun], wall: floa
     infos, watts_of = [], []
     for pool, m in zip(pools, parts, strict=True):
         moments, sv = pool.moments, pool.serving
-        for k, name in ((0, "prefill"), (1, "decode")):
-            est = moments.cat_est[k]
+        for (kind_s, est), name in zip(moments.categories(m["kind"], m["tokens"], m["batch"]), ("prefill", "decode"),
+                                       strict=True):
             tot = float(est.sum())
-            scale = moments.kind_s[k] / tot if tot > 0 else 0.0
+            scale = kind_s / tot if tot > 0 else 0.0
             for c, v in zip(names, est, strict=True):
                 cats[name][c] += float(v) * scale
         sm = moments.sm

@@ -25,5 +25,3 @@ class Speculative:
         while not kv.alloc(d.new_blocks()):
             if not self._preempt_one():
                 raise RuntimeError("KV cache cannot hold the running requests")
-        if len(self.newest) > 2 * (d.seqs + len(self.prefilling)) + 64:
-            self._drop_stale()

@@ -289,7 +289,10 @@ class Scheduler:
             i = w[0]
             if i in self.swapped:  # swapped requests rejoin first, as decodes
                 break
-            got = self._admit(i, n_seq, rest) if split else self._admit(i, n_seq, -1, rest)
+            # whole prompts: within the budget, but a lone re-prefill of prompt + generated after a
+            # recompute preemption may exceed it (as in continuous.py), or it could never rejoin
+            got = (self._admit(i, n_seq, rest) if split
+                   else self._admit(i, n_seq, -1, rest if decodes or chunks else 1 << 62))
             if got is None:
                 break
             st, ln = got

@@ -17,7 +17,9 @@ class PrefillFirstScheduler(Scheduler):
         d, pre, w, maxb = self.decode, self.prefilling, self.waiting, self.max_batch_size
         self.preempted = False
         while True:
-            while w and w[0] in self.swapped and d.seqs + len(pre) < maxb:
+            # not while a prompt mid-prefill holds blocks after a preemption in this step: the one
+            # just swapped out would come straight back, fail to grow and go out again without end
+            while w and w[0] in self.swapped and d.seqs + len(pre) < maxb and not (self.preempted and pre):
                 if not self._swap_in(w[0], d.seqs + len(pre)):  # back into the decodes
                     break
             chunks = self._chunks(self.max_batched_tokens, d.seqs)

@@ -27,7 +27,7 @@ declare -A MODULES=(
   [ops]="simulator/moment/ops.py|tests/test_ops.py tests/test_ops_families.py tests/test_kernels.py tests/test_physical_limits.py tests/test_cost.py"
   [cost]="simulator/moment/cost.py|tests/test_cost.py tests/test_kernels.py tests/test_physical_limits.py"
   [kvcache]="simulator/serving/kvcache.py|tests/test_physical_limits.py tests/test_reference.py"
-  [decodeset]="simulator/serving/decodeset.py|tests/test_reference.py tests/test_engine.py tests/test_schedulers.py"
+  [decodeset]="simulator/serving/decodeset.py|tests/test_reference.py tests/test_engine.py tests/test_schedulers.py tests/test_speculative.py"
   # the policies the reference scheduler runs (the serving designs' own schedulers, disaggregated,
   # offload, priority, speculative, have their own tests and are not mutated here)
   [schedulers]="simulator/serving/schedulers/base.py simulator/serving/schedulers/static.py simulator/serving/schedulers/continuous.py simulator/serving/schedulers/chunked.py simulator/serving/schedulers/prefill_first.py|tests/test_schedulers.py tests/test_reference.py tests/test_engine.py"

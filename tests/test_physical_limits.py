@@ -144,6 +144,41 @@ def test_an_exact_fit_may_evict_every_cached_prefix_and_no_more():
     assert kv.used == 4 and kv.available == 0
 
 
+
+class _Spy(KVCache):
+    """A cache that records what it evicts (the hook a lower tier uses: offload.TieredKVCache)."""
+
+    __slots__ = ("gone",)
+
+    def __init__(self, capacity: int, block_size: int):
+        super().__init__(capacity, block_size)
+        self.gone: list[tuple[int, int]] = []
+
+    def evicted(self, pid: int, blocks: int) -> None:
+        self.gone.append((pid, blocks))
+
+
+def test_prefix_lookups_hits_and_evictions_counted_by_hand():
+    """The counts behind the request-level prefix hit rate (Pool: prefix_lookups, prefix_hits)."""
+    kv = _Spy(10, 16)
+    assert (kv.lookups, kv.hits) == (0, 0)
+    assert kv.acquire_prefix(1, 4) == 0 and (kv.lookups, kv.hits) == (1, 0)  # MISS: computed now
+    assert kv.acquire_prefix(1, 4) == 1 and (kv.lookups, kv.hits) == (2, 1)  # HIT: reused
+    assert kv.acquire_prefix(1, 4) == 1 and (kv.lookups, kv.hits) == (3, 2)
+    for _ in range(3):
+        kv.release_prefix(1)
+    assert kv.acquire_prefix(2, 3) == 0 and (kv.lookups, kv.hits) == (4, 2)
+    kv.release_prefix(2)
+    assert kv.free == 3 and kv.evictable == 7 and kv.gone == []
+    assert kv.alloc(5)  # 3 free: the oldest released prefix (1, 4 blocks) goes, and only it
+    assert kv.gone == [(1, 4)] and kv.free == 2 and kv.resident(2) and not kv.resident(1)
+    # prefix 1 again: computed again (MISS) in 2 free blocks + prefix 2's 3, evicted for it
+    assert kv.acquire_prefix(1, 4) == 0 and (kv.lookups, kv.hits) == (5, 2)
+    assert kv.gone == [(1, 4), (2, 3)] and kv.free == 1 and kv.evictable == 0
+    assert kv.acquire_prefix(3, 2) == -1 and (kv.lookups, kv.hits) == (6, 2)  # FAIL: 1 block of room
+    kv.check()
+
+
 MODEL = "llama-3.2-1b"
 
 

@@ -94,6 +94,15 @@ def test_a_batch_shares_its_draws_and_keeps_the_rate():
     assert seq_steps / (16 * 3000) == pytest.approx(1 / mu, rel=0.05)
 
 
+
+def test_same_seed_same_draws_and_another_seed_others():
+    """The accepted-token draws come from the scenario's seed: a rerun is identical to the bit."""
+    spec = {"method": "heads", "k": 4, "acceptance": 0.6}
+    a, b = simulate(scen(spec, out=2001)), simulate(scen(spec, out=2001))
+    assert a.moments["dur_s"].tolist() == b.moments["dur_s"].tolist()
+    other = scen(spec, out=2001).model_copy(update={"seed": 12})
+    assert simulate(other).moments["start_s"].tolist() != a.moments["start_s"].tolist()
+
 def test_alpha_zero_is_plain_decoding_plus_the_drafts_cost():
     # nothing is accepted: every step yields one token, as plain decoding does, so the runs have
     # the same moments with the same batches; each decode step costs the plain step plus k draft

@@ -564,6 +564,14 @@ def test_engine_equals_the_reference_under_kv_pressure_with_prefixes(tmp_path, s
     assert r.moments["batch"].max() <= maxb and r.moments["running"].max() <= maxb
 
 
+
+def long_tail_workload(n: int, rate: float) -> dict:
+    """Poisson arrivals, prompts of 1-300 tokens, lognormal outputs (mean 80, up to 600): the
+    long outputs that grow past the KV cache and get preempted."""
+    return {"num_requests": n, "arrival": {"process": "poisson", "rate": rate},
+            "prompt_len": {"dist": "uniform", "low": 1, "high": 300},
+            "output_len": {"dist": "lognormal", "mean": 80, "sigma": 1.0, "max": 600}}
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(sched=st.sampled_from(SCHEDULERS), maxb=st.integers(1, 32),
@@ -573,9 +581,7 @@ def test_engine_equals_the_reference_under_kv_pressure_with_prefixes(tmp_path, s
        queue=st.sampled_from([None, 3]))
 def test_engine_equals_the_reference_on_random_workloads(tmp_path_factory, sched, maxb, mbt, bs, kv, preemption,
                                                         caching, n, rate, seed, prefix, queue):
-    wl = {"num_requests": n, "arrival": {"process": "poisson", "rate": rate},
-          "prompt_len": {"dist": "uniform", "low": 1, "high": 300},
-          "output_len": {"dist": "lognormal", "mean": 80, "sigma": 1.0, "max": 600}}
+    wl = long_tail_workload(n, rate)
     if prefix:  # 16: exactly one block of 16, none of larger blocks
         wl["prefix"] = {"groups": 2, "length": prefix, "fraction": 0.7}
     sc = Scenario.model_validate({
@@ -605,9 +611,7 @@ def test_mixed_readmits_a_recomputed_request_longer_than_the_budget(tmp_path):
     now rejoins alone, as continuous batching's lone re-prefill does."""
     sc = Scenario.model_validate({
         "model": MODEL, "hardware": tiny_hw(tmp_path / "hw.yaml", 352), "seed": 1,
-        "workload": {"num_requests": 5, "arrival": {"process": "poisson", "rate": 26.0},
-                     "prompt_len": {"dist": "uniform", "low": 1, "high": 300},
-                     "output_len": {"dist": "lognormal", "mean": 80, "sigma": 1.0, "max": 600}},
+        "workload": long_tail_workload(5, 26.0),
         "serving": {"scheduler": "mixed", "max_batch_size": 2, "max_batched_tokens": 256, "block_size": 1,
                     "preemption": "recompute"}})
     r, _ = compare(sc)
@@ -622,9 +626,7 @@ def test_prefill_first_ends_when_a_swapped_decode_meets_prompts_holding_the_bloc
     again, forever (simulated time stood still). Every request ends, as in the reference."""
     sc = Scenario.model_validate({
         "model": MODEL, "hardware": tiny_hw(tmp_path / "hw.yaml", 449), "seed": 0,
-        "workload": {"num_requests": 23, "arrival": {"process": "poisson", "rate": 24.4},
-                     "prompt_len": {"dist": "uniform", "low": 1, "high": 300},
-                     "output_len": {"dist": "lognormal", "mean": 80, "sigma": 1.0, "max": 600}},
+        "workload": long_tail_workload(23, 24.4),
         "serving": {"scheduler": "prefill_first", "max_batch_size": 23, "max_batched_tokens": 64, "block_size": 16,
                     "preemption": preemption, "max_queue": 3}})
     r, _ = compare(sc)

@@ -87,18 +87,17 @@ def write(name: str, p: np.ndarray, o: np.ndarray) -> None:
 
 
 def main() -> None:
-    med = solve(232.6, 220.6)
-    print(f"qwen3 chat: prompt median {med[0]:.0f}, output median {med[1]:.0f}, output sigma {med[2]:.2f} (unfiltered)")
-    p, o = filtered(np.random.default_rng(1), *med, 100)
-    p = exact_total(p, 23_260, np.full(p.size, MAX_PROMPT))
-    o = exact_total(o, 22_061, MAX_TOTAL - p)
-    write("sharegpt-qwen3-chat.csv", p, o)
-    med = solve(220.0, 194.0)
-    print(f"llama3: prompt median {med[0]:.0f}, output median {med[1]:.0f}, output sigma {med[2]:.2f} (unfiltered)")
-    p, o = filtered(np.random.default_rng(2), *med, 1000)
-    p = exact_total(p, 220_000, np.full(p.size, MAX_PROMPT))
-    o = exact_total(o, 194_000, MAX_TOTAL - p)
-    write("sharegpt-llama3.csv", p, o)
+    # label, (mean prompt, mean output) to solve for, rng seed, rows, (total prompt, total output) tokens, file
+    for label, means, seed, rows, totals, name in (
+            ("qwen3 chat", (232.6, 220.6), 1, 100, (23_260, 22_061), "sharegpt-qwen3-chat.csv"),
+            ("llama3", (220.0, 194.0), 2, 1000, (220_000, 194_000), "sharegpt-llama3.csv")):
+        med = solve(*means)
+        print(f"{label}: prompt median {med[0]:.0f}, output median {med[1]:.0f}, output sigma {med[2]:.2f} "
+              "(unfiltered)")
+        p, o = filtered(np.random.default_rng(seed), *med, rows)
+        p = exact_total(p, totals[0], np.full(p.size, MAX_PROMPT))
+        o = exact_total(o, totals[1], MAX_TOTAL - p)
+        write(name, p, o)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ jobs="${JOBS:-2}"
 # module name -> "source files|test files" (the tests that check its numbers)
 declare -A MODULES=(
   [roofline]="hwmodels/roofline.py|tests/test_roofline.py tests/test_cost.py"
-  [model]="simulator/moment/model.py|tests/test_model.py tests/test_families.py"
+  [model]="simulator/moment/model.py|tests/test_model.py tests/test_families.py tests/test_presets.py tests/test_physical_limits.py tests/test_ops.py"
   [ops]="simulator/moment/ops.py|tests/test_ops.py tests/test_ops_families.py tests/test_kernels.py tests/test_physical_limits.py tests/test_cost.py"
   [cost]="simulator/moment/cost.py|tests/test_cost.py tests/test_kernels.py tests/test_physical_limits.py"
   [kvcache]="simulator/serving/kvcache.py|tests/test_physical_limits.py tests/test_reference.py"

@@ -100,7 +100,7 @@ def base_hardware(device: str, base: str | None, fp: dict[str, Any], facts: dict
     return Hardware.model_validate(data), prov
 
 
-def _constrained(param: str, fitted: list[dict[str, Any]]) -> int:
+def _constrained(param: str, fitted: list[dict[str, Any]], wide_n: int | None = None) -> int:
     """How many fitted records bear on a parameter (for the provenance line), from the fit's own
     grouping of parameters by op kind."""
     from calibration.fit import COMM_KINDS, DEVICE_KINDS, GROUPS, HOST_KINDS
@@ -112,6 +112,10 @@ def _constrained(param: str, fitted: list[dict[str, Any]]) -> int:
         return sum(1 for r in fitted if r["op"] == "stream" and cat in (None, r["category"]))
     if param == "gemv_memory":  # the one-token GEMMs among the GEMMs
         return sum(1 for r in fitted if r["op"] == "gemm" and 0 < float(r.get("m") or 0) <= 1)
+    if param in ("wide_gemm_n", "wide_gemm_memory"):  # the GEMMs of several rows (at least wide_n wide)
+        least = wide_n if param == "wide_gemm_memory" and wide_n else 0
+        return sum(1 for r in fitted if r["op"] == "gemm" and float(r.get("m") or 0) > 1
+                   and float(r.get("n") or 0) >= least)
     if param == "floor_us":
         kinds: tuple[str, ...] = DEVICE_KINDS
     elif param in ("dispatch_us", "op_dispatch_us", "view_us"):
@@ -179,7 +183,7 @@ def build_profile(records: list[dict[str, Any]], fp: dict[str, Any], facts: dict
     counted = prepare(fitted_recs)
     for p, v in report["params"].items():
         key = f"host.{p}" if p in HOST_PARAMS else f"efficiency.{p}"
-        n = _constrained(p, counted)
+        n = _constrained(p, counted, hw.efficiency.wide_gemm_n)
         prov[key] = f"fit to {n} microbenchmark cases on {hw.device.name} {date} (value {v})"
     if device == "cpu":
         prov["efficiency.gemm_wave"] = "held at the base preset's value: no tile waves on a CPU"

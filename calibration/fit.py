@@ -213,7 +213,7 @@ def get_param(eff: Efficiency, name: str) -> float:
         return float(eff.elementwise_cache_gain.get(cat, 0.0))
     if field == "elementwise_floor_us" and eff.elementwise_floor_us is None:
         return float(eff.floor_us)
-    if field == "gemv_memory" and eff.gemv_memory is None:
+    if field in ("gemv_memory", "wide_gemm_memory") and getattr(eff, field) is None:
         return float(eff.gemm_memory)
     v = getattr(eff, name)
     return float(v) if v is not None else float("nan")
@@ -301,6 +301,36 @@ def minimize(f: Callable[[np.ndarray], float], x0: Sequence[float], lo: Sequence
 
 
 # -- the fit ------------------------------------------------------------------------------------
+
+# a width knee must cut the loss of the GEMM fit by this much to be kept: one more parameter
+# (and a choice among widths) always fits a little better
+WIDE_GAIN = 0.8
+
+
+def wide_gemm_knee(priced: _Priced, hw: Hardware, names: list[str]) -> Hardware:
+    """The output width from which a CPU BLAS's blocked small-M GEMM streams weights at its own,
+    lower rate (efficiency.wide_gemm_n): each measured width in turn is tried as the knee, with
+    the GEMM parameters and wide_gemm_memory fitted on either side of it; the best is kept if it
+    fits clearly better (WIDE_GAIN) than no knee. A discrete choice, like comm_hops."""
+    rows = priced.cols["m"] > 1
+    widths = sorted({float(n) for n in priced.cols["n"][rows]})
+    base = _fit_group(priced, hw, names)
+    best, best_loss = base, _loss(priced, base)
+    no_knee = best_loss
+    for knee in widths[1:]:  # a knee needs records on both sides of it
+        above = rows & (priced.cols["n"] >= knee)
+        if above.sum() < 3 or (rows & ~above).sum() < 3:
+            continue
+        eff = hw.efficiency.model_copy(update={"wide_gemm_n": int(knee), "wide_gemm_memory": get_param(hw.efficiency, "gemm_memory")})
+        h = _fit_group(priced, hw.model_copy(update={"efficiency": Efficiency.model_validate(eff.model_dump())}),
+                       names + ["wide_gemm_memory"])
+        loss = _loss(priced, h)
+        if loss < best_loss:
+            best, best_loss = h, loss
+    if best is base or best_loss > WIDE_GAIN * no_knee:
+        return hw
+    return hw.model_copy(update={"efficiency": best.efficiency.model_copy(
+        update={"wide_gemm_n": best.efficiency.wide_gemm_n, "wide_gemm_memory": best.efficiency.wide_gemm_memory})})
 
 def _loss(priced: _Priced, hw: Hardware, timer_us: float = 0.0) -> float:
     p = priced.predict(hw, timer_us)
@@ -453,6 +483,7 @@ def fit_profile(records: Iterable[Record], hw: Hardware, fix: set[str] | Iterabl
     if eff_upd:
         hw = hw.model_copy(update={"efficiency": set_params(hw.efficiency, eff_upd)})
     groups: list[tuple[_Priced, list[str]]] = []
+    wide_n: dict[str, int] = {}
     gemm = by_kind.get("gemm", [])
     if gemm:
         names = free(GROUPS["gemm"])
@@ -462,6 +493,11 @@ def fit_profile(records: Iterable[Record], hw: Hardware, fix: set[str] | Iterabl
                 hw = hw.model_copy(update={"efficiency": set_params(hw.efficiency,
                                                                     {"gemv_memory": hw.efficiency.gemm_memory})})
             names.append("gemv_memory")
+        if hw.device.kind == "cpu" and "wide_gemm_memory" not in fix:
+            hw = wide_gemm_knee(_Priced(gemm), hw, names)
+            if hw.efficiency.wide_gemm_n is not None:
+                names.append("wide_gemm_memory")
+                wide_n = {"wide_gemm_n": hw.efficiency.wide_gemm_n}
         groups.append((_Priced(gemm), names))
     for kind in ATTN_KINDS:
         rs = by_kind.get(kind, [])
@@ -534,7 +570,7 @@ def fit_profile(records: Iterable[Record], hw: Hardware, fix: set[str] | Iterabl
     recs = [r for r, ok in zip(recs, priced, strict=True) if ok]
     pred = pred[priced]
     meas = np.array([r["ms"] for r in recs], dtype=float)
-    params: dict[str, Any] = {**rounded, **hops_param, **{k: v for k, v in eff_upd.items() if k == "graph_floor_us"},
+    params: dict[str, Any] = {**rounded, **wide_n, **hops_param, **{k: v for k, v in eff_upd.items() if k == "graph_floor_us"},
                               **host_upd}
     report: dict[str, Any] = {"params": params, **summary(rel_errors(pred, meas)),
                               "per_kind": error_table(recs, pred, key=lambda r: r["op"]),

@@ -608,6 +608,10 @@ def repredict(saved: str | Path, hardware: str, out: str | Path, command: str | 
     out.mkdir(parents=True, exist_ok=True)
     (out / "validation.json").write_text(json.dumps(_clean(data), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     (out / "validation.md").write_text(markdown(cases, summ, meta), encoding="utf-8")
+    fp = src["meta"].get("fingerprint", {})
+    if cases:
+        plots(cases, out,
+              f"{fp.get('gpu', {}).get('name') or fp.get('cpu', {}).get('model_name', device)} vs {hw.name}")
     return data
 
 

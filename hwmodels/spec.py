@@ -237,6 +237,17 @@ class Efficiency(Strict):
         description="bandwidth fraction of a one-token GEMM (a matrix-vector product: CPU BLAS takes another "
         "path for it than for a blocked GEMM); None: gemm_memory",
     )
+    wide_gemm_n: int | None = Field(
+        default=None, gt=0, le=10_000_000,
+        description="output width N from which a blocked GEMM of a few rows streams its weights at "
+        "wide_gemm_memory instead of gemm_memory (a CPU BLAS's small-M path slows past a panel width: "
+        "6 against 10 GB/s at N >= 8192 on a 2-core EPYC); None: no such width",
+    )
+    wide_gemm_memory: float | None = Field(
+        default=None, gt=0, le=1,
+        description="bandwidth fraction of a blocked GEMM (more than one row) at least wide_gemm_n wide; "
+        "None: gemm_memory",
+    )
     gemm_wave: float = Field(
         default=0.0, ge=0, le=1, description="weight of tile/wave quantisation over compute units (0 = off)"
     )
@@ -313,6 +324,8 @@ class Efficiency(Strict):
             bad = [k for k in getattr(self, name) if k not in ELEMENTWISE]
             if bad:
                 raise ValueError(f"unknown category {bad[0]!r} in {name}; allowed: {', '.join(ELEMENTWISE)}")
+        if (self.wide_gemm_n is None) != (self.wide_gemm_memory is None):
+            raise ValueError("wide_gemm_n and wide_gemm_memory go together: give both or neither")
         return self
 
 

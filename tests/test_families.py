@@ -303,6 +303,11 @@ def test_family_from_architectures_wrappers_and_top_level_fields(tmp_path):
     # without architectures the wrapper's own model_type says which text model it holds
     m2 = load_model(write(tmp_path, {"model_type": "gemma3", "text_config": text}))
     assert m2.model_type == "gemma3_text" and m2.num_params() == g.num_params()
+    # an empty model_type counts as none: the wrapper's (text_config) or the architecture (top level)
+    m3 = load_model(write(tmp_path, {"model_type": "gemma3", "text_config": text | {"model_type": ""}}))
+    assert m3.model_type == "gemma3_text" and m3.num_params() == g.num_params()
+    m4 = load_model(write(tmp_path, cfg | {"model_type": "", "architectures": ["MistralForCausalLM"]}))
+    assert m4.model_type == "mistral"
     # a field out of its bounds names the file
     path = write(tmp_path, preset("llama-3-8b") | {"hidden_size": -1})
     with pytest.raises(InputError) as e:

@@ -178,3 +178,29 @@ def test_fit_recovers_a_cpu_gemv_efficiency():
     hw, _ = fit_profile(recs, cpu, fix={"floor_us", "softmax_p", "gemm_wave"})
     assert hw.efficiency.gemv_memory == pytest.approx(0.65, rel=0.02)
     assert hw.efficiency.gemm_memory == pytest.approx(0.3, rel=0.02)
+    assert hw.efficiency.wide_gemm_n is None  # one rate at every width: no knee is invented
+
+
+def test_fit_finds_the_width_where_a_cpu_blas_slows():
+    """Blocked GEMMs of several rows at least 8192 wide stream at 0.2 of bandwidth, narrower ones
+    at 0.35 (times by hand, as the 2-core EPYC's MKL behaves): the fit recovers the knee among
+    the measured widths and both rates."""
+    from hwmodels.load import load_hardware
+
+    cpu = load_hardware("cpu", use_profile=False)
+    cpu = cpu.model_copy(update={"efficiency": cpu.efficiency.model_copy(update={"softmax_p": 1.0})})
+    peak, bw, floor = cpu.device.peak_flops("fp32"), cpu.device.bandwidth, cpu.efficiency.floor_us * 1e-6
+    recs = []
+    for m in (1, 2, 4, 8, 32, 128, 512):
+        for n, k in ((1024, 4096), (2048, 2048), (6144, 4096), (8192, 1024), (16384, 2048), (32000, 1024)):
+            fl, by = 2.0 * m * n * k, 4.0 * (n * k + m * (n + k))
+            mem = 0.6 if m == 1 else 0.2 if n >= 8192 else 0.35
+            t = fl / (peak * 0.9) + by / (bw * mem) + floor
+            recs.append(record("gemm", t * 1e3, category="ffn_up", flops=fl, bytes=by, m=m, n=n, dtype="fp32"))
+    hw, report = fit_profile(recs, cpu, fix={"floor_us", "softmax_p", "gemm_wave"})
+    e = hw.efficiency
+    assert e.wide_gemm_n == 8192 and report["params"]["wide_gemm_n"] == 8192
+    assert e.wide_gemm_memory == pytest.approx(0.2, rel=0.02)
+    assert e.gemm_memory == pytest.approx(0.35, rel=0.02)
+    assert e.gemv_memory == pytest.approx(0.6, rel=0.02)
+    assert e.gemm_compute == pytest.approx(0.9, rel=0.02)

@@ -436,7 +436,7 @@ FUZZ_TRACE_SCENARIO = {**FUZZ_SCENARIO, "workload": {
     "prompt_len": {"dist": "fixed", "value": 8}, "output_len": {"dist": "trace"}}}
 FUZZ_HARDWARE = {k: v for k, v in load_hardware("h100-sxm").model_dump(mode="json").items()
                  if k not in ("profile", "sources")}
-FUZZ_HARDWARE["efficiency"]["gemv_memory"] = 0.9
+FUZZ_HARDWARE["efficiency"].update(gemv_memory=0.9, wide_gemm_n=8192, wide_gemm_memory=0.5)
 
 
 def _config(name: str, **over: Any) -> dict[str, Any]:

@@ -135,6 +135,21 @@ def test_gemv_memory_applies_to_one_row_only():
     assert two == pytest.approx(8e9 / (BW * 0.8) + 3e-6, rel=1e-12)
 
 
+def test_wide_gemm_memory_applies_to_several_rows_from_its_width_on():
+    """A CPU BLAS's small-M path streams matrices at least wide_gemm_n wide at its own rate; one
+    row (the matrix-vector path) and narrower matrices keep theirs."""
+    h = hw(gemv_memory=0.4, wide_gemm_n=8192, wide_gemm_memory=0.2)
+    t = lambda m, n: float(op_time("gemm", "ffn_up", 0.0, 8e9, 1, "bf16", h, m=m, n=n))  # noqa: E731
+    assert t(4, 8192) == pytest.approx(8e9 / (BW * 0.2) + 3e-6, rel=1e-12)
+    assert t(4, 8191) == pytest.approx(8e9 / (BW * 0.8) + 3e-6, rel=1e-12)
+    assert t(1, 8192) == pytest.approx(8e9 / (BW * 0.4) + 3e-6, rel=1e-12)
+    # vectorised over shapes as the step tables call it
+    got = op_time("gemm", "ffn_up", 0.0, 8e9, 1, "bf16", h, m=np.array([1.0, 2.0, 2.0]), n=np.array([9e3, 9e3, 4e3]))
+    assert np.allclose(got, [8e9 / (BW * f) + 3e-6 for f in (0.4, 0.2, 0.8)], rtol=1e-12)
+    with pytest.raises(ValueError, match="both or neither"):
+        hw(wide_gemm_n=8192)
+
+
 def test_dequantising_weights_adds_vector_work_on_the_fp32_units():
     h = hw()
     t = float(op_time("gemm", "ffn_up", 1e12, 0.0, 1, "bf16", h, m=4096, n=4096, dequant=2e11))

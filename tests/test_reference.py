@@ -53,7 +53,7 @@ from simulator.moment.cost import step_model
 from simulator.moment.memory import footprint
 from simulator.moment.model import load_model
 from simulator.moment.ops import Batch, Dtypes, step_ops, total_flops
-from simulator.reports.metrics import itl_samples
+from simulator.reports.metrics import itl, itl_samples, per_request
 from simulator.serving.engine import simulate
 from simulator.serving.scenario import Scenario
 from simulator.serving.workload import make_requests
@@ -534,6 +534,20 @@ def test_engine_equals_the_plain_reference(sched, rate, seed, maxb, mbt):
     fast = np.sort(np.repeat(gaps, weights.astype(int)))
     slow = np.sort([b - a for x in ref.reqs for a, b in zip(x.times, x.times[1:], strict=False)])
     np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("sched", SCHEDULERS)
+def test_itl_with_one_token_replies_is_every_requests_own_gaps(sched):
+    """A one-token reply ends at its prefill: no gap follows its first token. metrics.itl takes
+    them off the moment log's first tokens; before, each one took the gap of a decoding request
+    (the prefill's stall in it) and counted a gap of its own in its place."""
+    data = scenario(sched, 400.0, 4, 8, 512).model_dump()
+    data["workload"]["output_len"] = {"dist": "uniform", "low": 1, "high": 6}
+    r, ref = compare(Scenario.model_validate(data))
+    assert not r.requests["preemptions"].any() and (r.requests["output_len"] == 1).sum() >= 5
+    gaps, weights = itl(r, per_request(r)["completed"])
+    slow = np.sort([b - a for x in ref.reqs for a, b in zip(x.times, x.times[1:], strict=False)])
+    np.testing.assert_allclose(np.sort(np.repeat(gaps, weights)), slow, rtol=0, atol=1e-12)
 
 
 def tiny_hw(path, kv_tokens: int) -> str:

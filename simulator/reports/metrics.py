@@ -172,6 +172,7 @@ def per_class(r: SimResult, lat: dict[str, np.ndarray], makespan: float) -> dict
 
 
 CHUNK = 1 << 18  # memory: long passes over per-moment arrays go a chunk at a time
+ENDED_TOL = 1e-7  # s: a one-token reply's time (the client's, less the way out) is its moment's end to round-off
 
 
 def weighted_stats(values: np.ndarray, weights: np.ndarray, scale: float = 1.0) -> dict[str, float | None]:
@@ -202,7 +203,8 @@ def weighted_stats(values: np.ndarray, weights: np.ndarray, scale: float = 1.0) 
     return {"mean": weighted / total * scale, "p50": p50, "p90": p90, "p99": p99}
 
 
-def itl_samples(m: dict[str, np.ndarray], pp: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def itl_samples(m: dict[str, np.ndarray], pp: int = 1,
+                ended: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The gaps between a request's consecutive streamed tokens, pooled over all requests, as
     (gap seconds, how many tokens had it), from the moment log alone (O(moments), no per-token
     record): `vllm bench serve`'s ITL.
@@ -213,9 +215,13 @@ def itl_samples(m: dict[str, np.ndarray], pp: int = 1) -> tuple[np.ndarray, np.n
     prefill-only moments between them included; one whose prefill ended in a moment p since
     (`firsts`, its first token) waited end_k - end_p. So moment k gives decodes_k - (firsts in
     J..k-1) gaps of end_k - end_J, and each moment p with firsts gives firsts_p gaps of
-    end_N - end_p, N the next streaming moment. Not counted: a request's gap across a
-    recompute preemption (from its last token before it to its re-prefill). Arrays are made
-    only at the streaming moments and freed as they go: a run may have millions of moments."""
+    end_N - end_p, N the next streaming moment. A first token with no token after it (a
+    one-token reply) is no newcomer: `ended` gives their engines (replica * pp + engine) and
+    engine times, each taken off the firsts of the moment of its engine that ended then (the
+    moment log cannot tell them apart; summarize passes the completed one-token requests). Not
+    counted: a request's gap across a recompute preemption (from its last token before it to
+    its re-prefill). Arrays are made only at the streaming moments and freed as they go: a run
+    may have millions of moments."""
     start = np.asarray(m["start_s"], dtype=float)
     if start.size == 0 or "decodes" not in m:
         return np.zeros(0), np.zeros(0, dtype=np.int32)
@@ -223,6 +229,10 @@ def itl_samples(m: dict[str, np.ndarray], pp: int = 1) -> tuple[np.ndarray, np.n
     dec, first, held = m["decodes"], m["firsts"], m["held"]
     replica, engine = np.asarray(m["replica"]), np.asarray(m["engine"])
     one = not (replica.any() or engine.any())
+    if ended is not None:  # by engine: each engine's times a slice
+        eu = np.asarray(ended[0], dtype=np.int64)
+        o = np.argsort(eu, kind="stable")
+        eu, et = eu[o], np.asarray(ended[1], dtype=float)[o]
     gaps, weights = [], []
     for u in ([None] if one else np.unique(replica.astype(np.int64) * pp + engine)):
         sel = None if u is None else np.flatnonzero(replica.astype(np.int64) * pp + engine == u)
@@ -238,6 +248,11 @@ def itl_samples(m: dict[str, np.ndarray], pp: int = 1) -> tuple[np.ndarray, np.n
         w = d[stream[1:]].astype(np.int32)  # the sequences of each streaming moment after the first...
         if p.size:
             fp = f[p].astype(np.int32)
+            if ended is not None:  # one-token replies: no newcomers (their moment: the first ending at their time)
+                t = et if u is None else et[np.searchsorted(eu, u):np.searchsorted(eu, u, side="right")]
+                pe = p if sel is None else sel[p]
+                k = np.searchsorted(start[pe] + dur[pe], t - ENDED_TOL)
+                np.subtract.at(fp, k[k < p.size], 1)
             nxt = np.searchsorted(stream, p, side="right")  # the streaming moment after each: newcomers' gap
             ok = nxt < stream.size
             pa = p[ok] if sel is None else sel[p[ok]]
@@ -256,6 +271,21 @@ def itl_samples(m: dict[str, np.ndarray], pp: int = 1) -> tuple[np.ndarray, np.n
     if len(gaps) == 1:
         return gaps[0], weights[0]
     return np.concatenate(gaps), np.concatenate(weights)
+
+
+def itl(r: SimResult, completed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The gaps between streamed tokens of a run (itl_samples), its completed one-token replies
+    (per_request's `completed`) taken off the newcomers. Engines are numbered replica * pp +
+    engine with the largest pp of its pools (a disaggregated run's pools may differ)."""
+    q, m = r.requests, r.moments
+    pp = max([int(getattr(r, "pp", 1))] + [int(p["pp"]) for p in getattr(r, "pools", None) or []])
+    one = completed & (np.asarray(q["output_len"]) == 1)
+    n = one.size
+    replica = np.asarray(q.get("replica", np.zeros(n, dtype=np.int64)))[one].astype(np.int64)
+    engine = np.asarray(q.get("engine", np.zeros(n, dtype=np.int64)))[one]
+    out_s = float((getattr(r, "stats", None) or {}).get("request_out_s", 0.0))
+    first = np.asarray(q["first_token_s"], dtype=float)[one] - out_s
+    return itl_samples(m, pp, (replica * pp + engine, first))
 
 
 def ttft_split(r: SimResult) -> dict[str, dict[str, float | None]]:
@@ -446,7 +476,7 @@ def summarize(r: SimResult) -> dict[str, Any]:
         "ttft_ms": latency_stats(lat["ttft_ms"]),
         "tpot_ms": latency_stats(lat["tpot_ms"]),
         "e2e_ms": latency_stats(lat["e2e_ms"]),
-        "itl_ms": weighted_stats(*itl_samples(m, int(getattr(r, "pp", 1))), scale=1e3),
+        "itl_ms": weighted_stats(*itl(r, done), scale=1e3),
         "moment_ms": moment_stats(dur),
         "breakdown_share": shares(all_cats),
         "overloaded": False,  # set below (a contract key since turn 2)

@@ -24,15 +24,15 @@ jobs="${JOBS:-2}"
 declare -A MODULES=(
   [roofline]="hwmodels/roofline.py|tests/test_roofline.py tests/test_cost.py"
   [model]="simulator/moment/model.py|tests/test_model.py tests/test_families.py tests/test_presets.py tests/test_physical_limits.py tests/test_ops.py"
-  [ops]="simulator/moment/ops.py|tests/test_ops.py tests/test_ops_families.py tests/test_kernels.py tests/test_physical_limits.py tests/test_cost.py"
-  [cost]="simulator/moment/cost.py|tests/test_cost.py tests/test_kernels.py tests/test_physical_limits.py"
+  [ops]="simulator/moment/ops.py|tests/test_ops.py tests/test_ops_families.py tests/test_ops_layers_by_hand.py tests/test_kernels.py tests/test_physical_limits.py tests/test_cost.py"
+  [cost]="simulator/moment/cost.py|tests/test_cost.py tests/test_kernels.py tests/test_physical_limits.py tests/test_launch.py tests/test_stacks.py tests/test_speculative.py"
   [kvcache]="simulator/serving/kvcache.py|tests/test_physical_limits.py tests/test_reference.py"
   [decodeset]="simulator/serving/decodeset.py|tests/test_reference.py tests/test_engine.py tests/test_schedulers.py tests/test_speculative.py"
   # the policies the reference scheduler runs (the serving designs' own schedulers, disaggregated,
   # offload, priority, speculative, have their own tests and are not mutated here)
   [schedulers]="simulator/serving/schedulers/base.py simulator/serving/schedulers/static.py simulator/serving/schedulers/continuous.py simulator/serving/schedulers/chunked.py simulator/serving/schedulers/prefill_first.py|tests/test_schedulers.py tests/test_reference.py tests/test_engine.py"
-  [engine]="simulator/serving/engine.py|tests/test_engine.py tests/test_reference.py tests/test_run_cli.py"
-  [result]="simulator/serving/result.py|tests/test_engine.py tests/test_metrics.py"
+  [engine]="simulator/serving/engine.py|tests/test_engine.py tests/test_reference.py tests/test_run_cli.py tests/test_schedulers.py tests/test_priority.py tests/test_clients.py tests/test_disaggregated.py"
+  [result]="simulator/serving/result.py|tests/test_engine.py tests/test_metrics.py tests/test_reference.py tests/test_priority.py tests/test_clients.py tests/test_disaggregated.py tests/test_offload.py tests/test_power.py"
   # every file that checks the summary's numbers: by hand first (fast), then from runs (classes,
   # pools, energy, overload, the gaps between tokens against the reference scheduler)
   [metrics]="simulator/reports/metrics.py|tests/test_metrics_by_hand.py tests/test_metrics.py tests/test_overload.py tests/test_disaggregated.py tests/test_priority.py tests/test_power.py tests/test_reference.py"

@@ -62,7 +62,7 @@ def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, 
         if eff.gemm_wave > 0:
             peak = peak * ((1 - eff.gemm_wave) + eff.gemm_wave * wave_factor(m, n, dev.compute_units))
         mem = eff.gemm_memory
-        if eff.wide_gemm_n is not None and eff.wide_gemm_memory is not None:  # (the schema sets both or neither)
+        if eff.wide_gemm_n is not None:  # (with wide_gemm_memory: the schema sets both or neither)
             mem = np.where(np.asarray(n) >= eff.wide_gemm_n, eff.wide_gemm_memory, mem)
         if eff.gemv_memory is not None:
             mem = np.where(np.asarray(m) <= 1, eff.gemv_memory, mem)

@@ -3,13 +3,13 @@
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hwmodels.load import load_hardware
 from hwmodels.roofline import allreduce_time, soft_max
 from hwmodels.spec import Efficiency, Link
-from simulator.moment.cost import TAIL_OPS, op_seconds, step_model
+from simulator.moment.cost import TAIL_OPS, Launch, op_seconds, step_model
 from simulator.moment.model import load_model
 from simulator.moment.ops import Batch
 
@@ -222,15 +222,35 @@ def test_a_fresh_step_model_grows_its_tables_for_any_step(entry):
             assert fresh.tail_s(n) == grown.tail_s(n)
 
 
+def _with_p(name: str):
+    """A preset, or "NAME@P": the preset with softmax_p P (64: the bare roofline's max, which
+    takes the closure's plain-max and memory-bound-decode branches; 2: a soft ridge)."""
+    base, _, p = name.partition("@")
+    hw = load_hardware(base)
+    if not p:
+        return hw
+    return hw.model_copy(update={"efficiency": hw.efficiency.model_copy(update={"softmax_p": float(p)})})
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(["llama-3.2-1b", "llama-3-8b", "gemma-2-9b", "deepseek-v2-lite", "qwen3-30b-a3b"]),
-       st.sampled_from(["h100-sxm", "cpu", "mi300x"]), st.sampled_from(["graph", "eager"]), st.booleans(),
+       st.sampled_from(["h100-sxm", "cpu", "mi300x", "h100-sxm@64", "h100-sxm@2", "h100-sxm@100"]),
+       st.sampled_from(["graph", "eager"]), st.booleans(),
        st.integers(0, 300), st.integers(0, 10**6), st.integers(0, 4), st.integers(0, 9000), st.integers(0, 10**5),
        st.integers(0, 20000))
+@example("llama-3-8b", "h100-sxm@64", "graph", False, 0, 0, 1, 1, 0, 0)      # one 1-token chunk: pairs = chunks
+@example("llama-3-8b", "h100-sxm@64", "graph", False, 0, 0, 3, 3, 0, 0)      # three of them
+@example("llama-3-8b", "h100-sxm@64", "graph", False, 8, 4000, 0, 0, 0, 0)   # memory-bound decode, plain max
+@example("deepseek-v2-lite", "h100-sxm@64", "graph", False, 8, 4000, 0, 0, 0, 0)  # MLA decode: compute-heavy
+@example("deepseek-v2-lite", "h100-sxm@2", "eager", True, 8, 4000, 0, 0, 0, 0)
+@example("llama-3-8b", "h100-sxm", "graph", False, 0, 0, 1, 2000, 0, 0)     # long prefill: memory negligible
+@example("llama-3-8b", "cpu", "graph", False, 0, 0, 1, 1, 0, 0)     # 32 heads on 2 cores: the pairs' work decides
+@example("llama-3-8b", "cpu", "graph", False, 0, 0, 2, 2, 0, 0)
+@example("llama-3-8b", "h100-sxm", "graph", False, 0, 0, 1, 60, 50000, 0)   # short chunk after a long context
 def test_the_engines_step_cost_is_step_agg_to_the_bit(name, hw, mode, asy, ds, dc, ps, pt, pc, grow):
     # moment_s (a closure with the common cases inline) must give step_agg's float exactly, also
     # for counts beyond the tables (grown on the way) and for a model built after another grew
-    s = step_model(load_model(name), load_hardware(hw), mode=mode, async_scheduling=asy)
+    s = step_model(load_model(name), _with_p(hw), mode=mode, async_scheduling=asy)
     pt = pt if ps else 0
     ds = ds if ds or pt else 1
     args = (ds, dc if ds else 0, ps, pt, pt * (pt + 1) / 2 + pt * pc, pc if ps else 0, ds + ps)
@@ -238,3 +258,38 @@ def test_the_engines_step_cost_is_step_agg_to_the_bit(name, hw, mode, asy, ds, d
     big = (grow, grow * 700, 0, 0, 0.0, 0, grow) if grow else args
     assert fast(*big) == s.step_agg(*big)
     assert fast(*args) == s.step_agg(*args)
+
+
+@pytest.mark.parametrize("mode", ["graph", "eager"])
+def test_the_hosts_busy_seconds_by_hand(mode):
+    """host_busy_s (the host's share behind host_busy_frac): each moment's issue and per-step
+    work; with a serving stack's launch, as if every step replayed a graph (graph mode: one
+    graph launch per stage) or issued every call (eager), plus the stack's work per step and
+    per sequence held."""
+    hw = H100
+    plain = sm("llama-3-8b", mode=mode)
+    host = hw.host
+    issue = host.graph_launch_us * 1e-6 if mode == "graph" else plain.issue_s
+    assert plain.host_busy_s(10, 7) == pytest.approx(10 * (issue + host.step_overhead_us * 1e-6), rel=1e-12)
+    ln = Launch(sizes=(1, 2, 4, 8), step_s=1e-3, seq_s=2e-5)
+    stacked = sm("llama-3-8b", mode=mode, launch=ln)
+    assert stacked.host_busy_s(10, 7) == pytest.approx(10 * (issue + 1e-3) + 7 * 2e-5, rel=1e-12)
+    assert stacked.host_busy_s(0, 0) == 0.0
+
+
+@pytest.mark.parametrize("p", [64.0, 100.0])
+def test_the_closure_prices_a_balanced_decode_attention_as_step_agg(p):
+    """A part whose decode attention takes as long to compute as to stream (compute slowed until
+    the two match): the soft maximum's both terms count, where the plain max (softmax_p >= 64)
+    and the memory-bound shortcut differ; the engine's closure must still give step_agg's float."""
+    base = _with_p(f"h100-sxm@{p:g}")
+    s = step_model(load_model("llama-3-8b"), base)
+    d_c, d_m = s._full[0], s._full[1]  # seconds per key of compute and of memory
+    eff = base.efficiency
+    hw = base.model_copy(update={"efficiency": eff.model_copy(
+        update={"attn_decode_compute": eff.attn_decode_compute * d_c / d_m})})
+    b = step_model(load_model("llama-3-8b"), hw)
+    assert b._full[0] == pytest.approx(b._full[1], rel=1e-9)  # balanced
+    for ds, dc in ((8, 40000), (64, 10**6), (1, 0)):
+        args = (ds, dc, 0, 0, 0.0, 0, ds)
+        assert b.moment_s(*args) == b.step_agg(*args)

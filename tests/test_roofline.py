@@ -197,6 +197,8 @@ def test_stream_row_bound_by_hand():
     assert float(stream_time("norm", 4e9, 1, h, m=4096)) == pytest.approx(0.01 + 3e-6, rel=1e-12)
     # m = 0 (not a per-token kernel): no row bound
     assert float(stream_time("norm", 4e6, 1, h, m=0)) == pytest.approx(10e-6 + 3e-6, rel=1e-12)
+    # op_time passes an element-wise op's rows on: the same bound through the common entry
+    assert float(op_time("stream", "norm", 0.0, 4e6, 1, "bf16", h, m=4)) == pytest.approx(100e-6 + 3e-6, rel=1e-12)
 
 
 def test_cpu_thread_pool_hand_off_from_the_grain_up():

@@ -144,3 +144,157 @@ def test_every_op_of_a_deepseek_v3_moe_layer_with_expert_parallelism_by_hand(imb
         assert (o.name, o.category, o.kind, o.layers, float(o.flops)) == (name, "comm", "alltoall", L, 0.0)
         assert float(o.bytes) == pytest.approx(rows * 7168 * 2 * 7 / 8 * L, rel=1e-12)
         assert float(o.m) == pytest.approx(rows, rel=1e-12)
+
+
+# -- a dense decoder: every op of a step ----------------------------------------------------------
+
+def test_every_op_of_a_llama_3_8b_step_by_hand():
+    """Llama-3-8B: hidden 4096, 32 layers, 32 query heads and 8 KV heads of 128, SwiGLU FFN 14336,
+    vocab 128256, bf16. 40 tokens in the step, 3 of which get logits."""
+    from simulator.moment.ops import dense_ops
+
+    m = load_model("llama-3-8b")
+    t, lg, L, h = 40, 3, 32, 4096
+    ops = dense_ops(m, t, lg, BF16)  # defaults: one device, one stage
+    assert [o.name for o in ops] == ["embed", "input_norm", "qkv_proj", "rope", "o_proj", "attn_residual",
+                                     "post_attn_norm", "ffn_up", "ffn_act", "ffn_down", "ffn_residual", "final_norm",
+                                     "lm_head"]
+    o = {x.name: x for x in ops}
+    # the embedding gather reads a row and writes it (no FLOPs), once per step
+    stream(o["embed"], "embed", "embed", t * h, t, 1, 0.0, 1, moved=2)
+    stream(o["input_norm"], "input_norm", "norm", t * h, t, L, 4.0, 8, moved=2)
+    gemm(o["qkv_proj"], "qkv_proj", "qkv_proj", t, 4096 + 2 * 1024, h, L, 2)
+    stream(o["rope"], "rope", "rope", t * (4096 + 1024), t, L, 6.0, 10, moved=2)  # q and k rotated
+    gemm(o["o_proj"], "o_proj", "o_proj", t, h, 4096, L, 2)
+    # a residual add reads two tensors and writes one: 1 FLOP an element, one kernel
+    stream(o["attn_residual"], "attn_residual", "residual_add", t * h, t, L, 1.0, 1)
+    stream(o["post_attn_norm"], "post_attn_norm", "norm", t * h, t, L, 4.0, 8, moved=2)
+    gemm(o["ffn_up"], "ffn_up", "ffn_up", t, 2 * 14336, h, L, 2)  # gate and up together
+    stream(o["ffn_act"], "ffn_act", "ffn_act", t * 14336, t, L, 4.0, 2)
+    gemm(o["ffn_down"], "ffn_down", "ffn_down", t, h, 14336, L, 2)
+    stream(o["ffn_residual"], "ffn_residual", "residual_add", t * h, t, L, 1.0, 1)
+    stream(o["final_norm"], "final_norm", "norm", lg * h, lg, 1, 4.0, 8, moved=2)  # only the rows with logits
+    gemm(o["lm_head"], "lm_head", "lm_head", lg, 128256, h, 1, 2, kernels=2)
+
+
+def test_a_sharded_staged_llama_3_8b_step_adds_its_collectives_by_hand():
+    from simulator.moment.ops import dense_ops
+
+    m = load_model("llama-3-8b")
+    t, lg, L, h = 40, 3, 32, 4096
+    ops = dense_ops(m, t, lg, BF16, tp=2, pp=2)
+    o = {x.name: x for x in ops}
+    gemm(o["qkv_proj"], "qkv_proj", "qkv_proj", t, (4096 + 2 * 1024) / 2, h, L, 2)
+    gemm(o["ffn_down"], "ffn_down", "ffn_down", t, h, 14336 / 2, L, 2)
+    gemm(o["lm_head"], "lm_head", "lm_head", lg, 128256 / 2, h, 1, 2, kernels=2)
+    # after attention and after the FFN each device's partial sums are all-reduced (bf16), the
+    # logits' vocabulary shards gathered (fp32), and the activations sent across 1 stage boundary
+    for name, by, layers, rows in (("attn_allreduce", t * h * 2 * L, L, t), ("ffn_allreduce", t * h * 2 * L, L, t),
+                                   ("logits_gather", lg * 128256 / 2 * 4, 1, lg), ("stage_send", t * h * 2, 1, t)):
+        x = o[name]
+        assert (x.category, x.kind, x.layers, float(x.flops)) == ("comm", "send" if name == "stage_send" else "allreduce",
+                                                                  layers, 0.0), name
+        assert (float(x.bytes), float(x.m)) == pytest.approx((by, rows), rel=1e-12), name
+    # 8-way: one KV head a device (the K and V projections never shrink below one head)
+    o8 = {x.name: x for x in dense_ops(m, t, lg, BF16, tp=8)}
+    gemm(o8["qkv_proj"], "qkv_proj", "qkv_proj", t, 512 + 2 * 128, h, L, 2)
+
+
+def test_a_qkv_bias_is_one_element_wise_kernel_over_q_k_and_v():
+    from simulator.moment.ops import dense_ops
+
+    m = load_model("qwen2-7b")  # 28 heads and 4 KV heads of 128: q 3584, k and v 512 each
+    o = {x.name: x for x in dense_ops(m, 5, 1, BF16)}
+    # added in place: read and write each element once, 1 FLOP, one kernel
+    stream(o["qkv_bias"], "qkv_bias", "qkv_proj", 5 * (3584 + 2 * 512), 5, 28, 1.0, 1, moved=2)
+
+
+def test_every_attention_op_of_a_llama_3_8b_step_by_hand():
+    """Decode: 3 sequences with 300 cached tokens in all; prefill: 2 chunks of 50 new tokens in all
+    after 100 cached ones in all (pairs as given)."""
+    from simulator.moment.ops import Batch, attention_ops
+
+    m = load_model("llama-3-8b")
+    b = Batch(decode_seqs=3, decode_ctx=300, prefill_seqs=2, prefill_tokens=50, prefill_pairs=1900.0, prefill_ctx=100)
+    for tp in (1, 2, 8):
+        heads, kvh = 32 / tp, max(8 / tp, 1)
+        pre, dec = attention_ops(m, b, BF16, tp)
+        # prefill: QK^T and PV, 2 x 128 multiply-adds each per pair and head; it reads the cached
+        # K and V (2 x kvh x 128 bf16 per cached token) and per new token reads q, k, v, writes the
+        # output, and writes k and v to the cache
+        assert (pre.name, pre.category, pre.kind, pre.layers, pre.seqs, pre.kernels) == (
+            "attn_prefill", "attention", "attn_prefill", 32, 2, 3)
+        assert float(pre.flops) == pytest.approx(4 * heads * 128 * 1900 * 32, rel=1e-12)
+        new = (heads + 2 * kvh) * 128 * 2 + heads * 128 * 2 + 2 * kvh * 128 * 2
+        assert float(pre.bytes) == pytest.approx((2 * kvh * 128 * 2 * 100 + new * 50) * 32, rel=1e-12)
+        # decode: each sequence attends to its cache and itself (303 keys), reading K and V per key;
+        # its query in and output out per sequence
+        assert (dec.name, dec.category, dec.kind, dec.layers, dec.seqs, dec.kernels) == (
+            "attn_decode", "attention", "attn_decode", 32, 3, 3)
+        assert float(dec.flops) == pytest.approx(4 * heads * 128 * 303 * 32, rel=1e-12)
+        assert float(dec.bytes) == pytest.approx((2 * kvh * 128 * 2 * 303 + 2 * heads * 128 * 2 * 3) * 32, rel=1e-12)
+
+
+def test_sliding_window_prefill_pairs_after_a_cache_by_hand():
+    """Mistral-7B: a 4096-token window on every layer. One chunk of 100 tokens after 4050 cached:
+    query i (1..100) at position 4050 + i sees min(4050 + i, 4096) keys."""
+    from simulator.moment.ops import Batch, attention_ops, pairs_of_chunk
+
+    m = load_model("mistral-7b")
+    b = Batch(prefill_seqs=1, prefill_tokens=100, prefill_pairs=pairs_of_chunk(100, 4050), prefill_ctx=4050)
+    (pre,) = attention_ops(m, b, BF16)
+    pairs = sum(min(4050 + i, 4096) for i in range(1, 101))
+    assert pre.name == "attn_prefill_sliding4096"
+    assert float(pre.flops) == pytest.approx(4 * 32 * 128 * pairs * 32, rel=1e-12)
+    # two such chunks (two sequences alike) see twice the pairs
+    b2 = Batch(prefill_seqs=2, prefill_tokens=200, prefill_pairs=2 * pairs_of_chunk(100, 4050), prefill_ctx=8100)
+    (pre2,) = attention_ops(m, b2, BF16)
+    assert float(pre2.flops) == pytest.approx(2 * 4 * 32 * 128 * pairs * 32, rel=1e-12)
+
+
+def test_mla_attention_bytes_of_a_chunk_after_a_cache_by_hand():
+    """DeepSeek-V3 prefill of 10 new tokens after 1000 cached: each cached token's 576-value latent
+    is read and decompressed into its 128 heads' K (128 nope) and V (128), written and read in bf16."""
+    from simulator.moment.ops import Batch, attention_ops, pairs_of_chunk
+
+    m = load_model("deepseek-v3")
+    b = Batch(prefill_seqs=1, prefill_tokens=10, prefill_pairs=pairs_of_chunk(10, 1000), prefill_ctx=1000)
+    (pre,) = attention_ops(m, b, BF16)
+    ctx_bytes = 576 * 2 + 2 * 128 * (128 + 128) * 2
+    new_bytes = 128 * (2 * 192 + 2 * 128) * 2 + 576 * 2
+    assert float(pre.bytes) == pytest.approx((ctx_bytes * 1000 + new_bytes * 10) * 61, rel=1e-12)
+    assert float(pre.flops) == pytest.approx((128 * 640 * pairs_of_chunk(10, 1000) + 2 * 512 * 128 * 256 * 1000) * 61,
+                                             rel=1e-12)
+
+
+def test_tp_and_ep_checks_name_what_is_allowed():
+    from simulator.moment.ops import check_tp
+
+    llama = load_model("llama-3-8b")  # 32 heads, 8 KV heads
+    for tp in (1, 2, 4, 8, 16, 32):
+        check_tp(llama, tp)  # divides the heads; divides or is a multiple of the KV heads
+    with pytest.raises(ValueError, match=r"^tp=3 must divide num_attention_heads=32$"):
+        check_tp(llama, 3)
+    with pytest.raises(ValueError, match=r"^tp=0 must divide num_attention_heads=32$"):
+        check_tp(llama, 0)
+    qwen = load_model("qwen2-7b")  # 28 heads, 4 KV heads
+    with pytest.raises(ValueError, match=r"^tp=14 must divide or be a multiple of num_key_value_heads=4$"):
+        check_tp(qwen, 14)
+    from simulator.moment.model import ModelSpec
+
+    odd = ModelSpec(hidden_size=768, num_hidden_layers=2, num_attention_heads=12, num_key_value_heads=4,
+                    intermediate_size=2048, vocab_size=1000)
+    with pytest.raises(ValueError, match=r"^tp=3 must divide num_key_value_heads=4$"):
+        check_tp(odd, 3)
+    with pytest.raises(ValueError, match=r"^ep=4 must be 1 or equal tp=8 \(the experts spread over the "
+                                         r"tensor-parallel devices\)$"):
+        check_tp(load_model("deepseek-v3"), 8, ep=4)
+
+
+def test_two_way_expert_parallelism_moves_tokens_by_all_to_all():
+    m = load_model("deepseek-v3")
+    ops = moe_ops(m, 64, BF16, 2, 2)
+    names = [o.name for o in ops]
+    assert names[-2:] == ["moe_dispatch", "moe_combine"]
+    rows = float(ops[1].m)
+    assert float(ops[-1].bytes) == pytest.approx(rows * 7168 * 2 * 1 / 2 * 58, rel=1e-12)  # half live elsewhere

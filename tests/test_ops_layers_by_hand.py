@@ -298,3 +298,15 @@ def test_two_way_expert_parallelism_moves_tokens_by_all_to_all():
     assert names[-2:] == ["moe_dispatch", "moe_combine"]
     rows = float(ops[1].m)
     assert float(ops[-1].bytes) == pytest.approx(rows * 7168 * 2 * 1 / 2 * 58, rel=1e-12)  # half live elsewhere
+
+
+def test_qk_norms_and_the_mla_block_sit_between_the_input_norm_and_o_proj():
+    from simulator.moment.ops import dense_ops
+
+    q3 = load_model("qwen3-8b")  # 32 query heads and 8 KV heads of 128, an RMSNorm on q and k in all 36 layers
+    o = {x.name: x for x in dense_ops(q3, 6, 1, BF16)}
+    stream(o["qk_norm"], "qk_norm", "norm", 6 * (4096 + 1024), 6, 36, 4.0, 8, moved=2)
+    names = [x.name for x in dense_ops(load_model("deepseek-v3"), 6, 1, BF16)]
+    assert names[:9] == ["embed", "input_norm", "q_a_proj", "q_a_norm", "q_b_proj", "kv_a_proj", "kv_a_norm",
+                         "kv_b_proj", "rope"]
+    assert names[9] == "o_proj"

@@ -310,3 +310,27 @@ def test_qk_norms_and_the_mla_block_sit_between_the_input_norm_and_o_proj():
     assert names[:9] == ["embed", "input_norm", "q_a_proj", "q_a_norm", "q_b_proj", "kv_a_proj", "kv_a_norm",
                          "kv_b_proj", "rope"]
     assert names[9] == "o_proj"
+
+
+def test_gemmas_extra_norms_a_plain_mlp_and_the_output_heads_format():
+    from simulator.moment.model import ModelSpec
+    from simulator.moment.ops import dense_ops
+
+    g = load_model("gemma-2-9b")  # hidden 3584, 42 layers, FFN 14336, tanh-GELU gate; 4 norms a layer
+    o = {x.name: x for x in dense_ops(g, 7, 1, BF16)}
+    for name in ("attn_out_norm", "ffn_out_norm"):  # the sublayers' outputs are normed too
+        stream(o[name], name, "norm", 7 * 3584, 7, 42, 4.0, 8, moved=2)
+    stream(o["ffn_act"], "ffn_act", "ffn_act", 7 * 14336, 7, 42, 8.0, 2)  # tanh-GELU costs 8 FLOPs, not 4
+    # a plain (ungated) GELU MLP: one up projection of the FFN width, one activation kernel reading one tensor
+    plain = ModelSpec(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
+                      vocab_size=100, hidden_act="gelu")
+    o = {x.name: x for x in dense_ops(plain, 3, 1, BF16)}
+    gemm(o["ffn_up"], "ffn_up", "ffn_up", 3, 512, 256, 2, 2)
+    stream(o["ffn_act"], "ffn_act", "ffn_act", 3 * 512, 3, 2, 8.0, 1, moved=2)
+    assert "attn_out_norm" not in o and "ffn_out_norm" not in o
+    # the output head keeps 16- and 32-bit weights as they are and runs quantised checkpoints in bf16
+    llama = load_model("llama-3-8b")
+    for weight, head, wb in (("fp16", "fp16", 2), ("fp32", "fp32", 4), ("fp8", "bf16", 2), ("int4", "bf16", 2)):
+        dt = Dtypes(weight=weight, act="bf16", kv="bf16")
+        (lm,) = [x for x in dense_ops(llama, 4, 2, dt) if x.name == "lm_head"]
+        gemm(lm, "lm_head", "lm_head", 2, 128256, 4096, 1, wb, kernels=2, fmt=head)

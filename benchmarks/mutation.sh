@@ -4,7 +4,8 @@
 #   benchmarks/mutation.sh                 # every module below, one after another
 #   benchmarks/mutation.sh roofline kvcache
 #   JOBS=1 benchmarks/mutation.sh cost     # mutants run in parallel: JOBS (default 2)
-#   benchmarks/mutation.sh --recheck cost  # the last run's survivors again, with today's tests
+#   benchmarks/mutation.sh --recheck cost  # the last run's survivors again, with today's tests and
+#                                          # selection (the module's source must be unchanged)
 #
 # Each module runs in its own scratch copy of this working tree (/tmp/momentsim-mutation/NAME,
 # or $MUTATION_DIR/NAME) with mutmut told to mutate that module only and to run only the test
@@ -62,6 +63,11 @@ for name in "${names[@]}"; do
       cd "$dir"
       unset PYTHONPATH
       cp -r "$here/tests/." tests/ && cp -r "$here/tests/." mutants/tests/
+      # today's selection, and the map of which test calls which function made again (new tests)
+      sel=""
+      for t in $tests; do [ -f "tests/${t#tests/}" ] && sel="$sel${sel:+,}\"$t\""; done
+      sed -i "s|^pytest_add_cli_args_test_selection = .*|pytest_add_cli_args_test_selection = [$sel]|" pyproject.toml
+      rm -f mutants/mutmut-stats.json
       survivors=$(mutmut results 2>/dev/null | awk '$2 == "survived" {sub(":$", "", $1); print $1}')
       # shellcheck disable=SC2086
       [ -z "$survivors" ] || mutmut run --max-children "$jobs" $survivors >> mutmut-run.log 2>&1 || true

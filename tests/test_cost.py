@@ -293,3 +293,25 @@ def test_the_closure_prices_a_balanced_decode_attention_as_step_agg(p):
     for ds, dc in ((8, 40000), (64, 10**6), (1, 0)):
         args = (ds, dc, 0, 0, 0.0, 0, ds)
         assert b.moment_s(*args) == b.step_agg(*args)
+
+
+def test_step_models_are_shared_per_configuration_and_keep_their_arguments():
+    """step_model hands out one StepModel per configuration (the engine and the studies build the
+    same one many times), with every argument it was given."""
+    m, hw = load_model("deepseek-v2-lite"), H100
+    a = step_model(m, hw, tp=2, ep=2)
+    assert a is step_model(m, hw, tp=2, ep=2, moe_imbalance=1.0)  # the default imbalance is none
+    skew = step_model(m, hw, tp=2, ep=2, moe_imbalance=1.5)
+    assert skew is not a and skew.moe_imbalance == 1.5
+    b = Batch.of(decode=[(64, 100)])
+    assert skew.step_s(b) > a.step_s(b)  # the busiest device's extra rows cost time
+    ln = Launch(sizes=(1, 2, 4), step_s=1e-3)
+    launched = step_model(m, hw, tp=2, ep=2, launch=ln)
+    assert launched.launch == ln and a.launch is None
+    # with a stack's launch, a step's cost is the launched step of the same batch, field for field
+    from simulator.moment.ops import pairs_of_chunk
+
+    for b2 in (Batch(3, 300, 1, 20, pairs_of_chunk(20, 5), 5), Batch(2, 50), Batch(0, 0, 2, 30, 2 * pairs_of_chunk(15, 0))):
+        agg = (b2.decode_seqs, b2.decode_ctx, b2.prefill_seqs, b2.prefill_tokens, b2.prefill_pairs, b2.prefill_ctx,
+               b2.logit_rows)
+        assert launched.cost(b2).step_ms == launched.step_launched(*agg) * 1e3 == launched.moment_s(*agg) * 1e3

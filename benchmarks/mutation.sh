@@ -26,7 +26,7 @@ declare -A MODULES=(
   [roofline]="hwmodels/roofline.py|tests/test_roofline.py tests/test_cost.py"
   [model]="simulator/moment/model.py|tests/test_model.py tests/test_families.py tests/test_presets.py tests/test_physical_limits.py tests/test_ops.py"
   [ops]="simulator/moment/ops.py|tests/test_ops.py tests/test_ops_families.py tests/test_ops_layers_by_hand.py tests/test_kernels.py tests/test_physical_limits.py tests/test_cost.py"
-  [cost]="simulator/moment/cost.py|tests/test_cost.py tests/test_kernels.py tests/test_physical_limits.py tests/test_launch.py tests/test_stacks.py tests/test_speculative.py"
+  [cost]="simulator/moment/cost.py|tests/test_cost.py tests/test_kernels.py tests/test_physical_limits.py tests/test_launch.py tests/test_launch_by_hand.py tests/test_stacks.py tests/test_speculative.py"
   [kvcache]="simulator/serving/kvcache.py|tests/test_physical_limits.py tests/test_reference.py"
   [decodeset]="simulator/serving/decodeset.py|tests/test_reference.py tests/test_engine.py tests/test_schedulers.py tests/test_speculative.py"
   # the policies the reference scheduler runs (the serving designs' own schedulers, disaggregated,

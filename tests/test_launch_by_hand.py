@@ -210,6 +210,19 @@ def test_a_prefill_step_without_mixed_graphs_runs_eager():
     assert eager.device_s(MIXED) == pytest.approx(dev, rel=1e-9)
 
 
+# -- the CPU: nothing overlaps -----------------------------------------------------------------------
+def test_on_a_cpu_the_host_issues_and_runs_every_kernel_in_turn_with_the_stacks_work():
+    a, b = 2e-3, 100e-6
+    m = sm(CPU, Launch(SIZES, step_s=a, seq_s=b))
+    plain = sm(CPU)  # the hardware's per-step overhead instead of the stack's
+    for n in (1, 3, 17):
+        assert decode(m, n) == pytest.approx(decode(plain, n) - plain.overhead_s + a + b * n, rel=1e-12), n
+    assert m.moment_s(*CHUNKS) == pytest.approx(plain.step_s(MIXED) - plain.overhead_s + a + 4 * b, rel=1e-12)
+    # the sum of the three, not a max: the device's work, the host's calls, the stack's work
+    dev = plain.device_s(MIXED)
+    assert m.moment_s(*CHUNKS) == pytest.approx(dev + plain.issue_s + a + 4 * b, rel=1e-12)
+
+
 # -- table growth at the edges ------------------------------------------------------------------------
 def test_a_step_as_large_as_the_tables_grows_them():
     # fresh models (their tables hold token counts below _size); the eager twins fresh too

@@ -320,13 +320,13 @@ class StepModel:
         if tok >= m._size or lg >= m._size:
             m._grow(max(tok, lg))
         dev = m._dense_l[tok] + m._lm_l[lg] + m.attention_s(ds, dc, pt, pairs, pc, ps)
-        if m is not self or not self.graph:  # eager: the host issues every call, then the device finishes
-            issue = self._eager_s + m._tail_l[lg]
         host = self._host_step + self._host_seq * (ds + ps)
         if pt == 0 and self._steps > 1:
             host /= self._steps
-        if self.cpu:
-            return dev + issue + host
+        if self.cpu:  # it issues every call and runs every kernel in turn (_combine): the tail is in dev
+            return dev + self._eager_s + host
+        if m is not self or not self.graph:  # eager: the host issues every call, then the device finishes
+            issue = self._eager_s + m._tail_l[lg]
         if self.async_scheduling:
             issue += host
             return dev if dev > issue else issue

@@ -258,7 +258,7 @@ class StepModel:
         """Padding lookups and host costs of a stack's launches (see Launch)."""
         graphs = self.graph
         sizes = sorted(ln.sizes) if graphs else []
-        self._gmax = (sizes[-1] if sizes else (1 << 62)) if graphs else -1  # every step one launch: no cap
+        self._gmax = sizes[-1] if sizes else -1  # the largest graph (no sizes with graphs: _whole, one launch)
         pad = [0] * ((sizes[-1] if sizes else 0) + 1)  # batch -> the graph it replays (0: eager)
         if sizes:
             if ln.padding:

@@ -195,6 +195,11 @@ def test_a_sharded_staged_llama_3_8b_step_adds_its_collectives_by_hand():
         assert (x.category, x.kind, x.layers, float(x.flops)) == ("comm", "send" if name == "stage_send" else "allreduce",
                                                                   layers, 0.0), name
         assert (float(x.bytes), float(x.m)) == pytest.approx((by, rows), rel=1e-12), name
+        assert x.kernels == 1, name  # one collective call each time
+    # 4 stages of Llama-3.2-1B (16 layers): its activations cross 3 boundaries, 3 sends
+    sends = [x for x in dense_ops(load_model("llama-3.2-1b"), t, lg, BF16, pp=4) if x.name == "stage_send"]
+    assert len(sends) == 1 and sends[0].layers == 3
+    assert float(sends[0].bytes) == pytest.approx(t * 2048 * 2 * 3, rel=1e-12)
     # 8-way: one KV head a device (the K and V projections never shrink below one head)
     o8 = {x.name: x for x in dense_ops(m, t, lg, BF16, tp=8)}
     gemm(o8["qkv_proj"], "qkv_proj", "qkv_proj", t, 512 + 2 * 128, h, L, 2)

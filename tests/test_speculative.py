@@ -174,3 +174,17 @@ def test_speculative_settings_are_checked():
         Speculative(method="draft_model", k=3, acceptance=0.5)
     with pytest.raises(ValueError, match="less than or equal to 1"):
         Speculative(method="heads", k=1, acceptance=1.5)
+
+
+def test_a_verify_pass_without_sequences_costs_nothing_and_a_window_caps_its_keys():
+    """verify_attention_s: no sequences, no attention; on a sliding-window model (Mistral-7B,
+    4096) a sequence reads at most its window however long its cache, so past the window the
+    verify pass costs the same."""
+    from hwmodels.load import load_hardware
+    from simulator.moment.cost import step_model
+    from simulator.moment.model import load_model
+
+    sm = step_model(load_model("mistral-7b"), load_hardware("h100-sxm"))
+    assert sm.verify_attention_s(0, 0, 4) == 0.0 == sm.verify_attention_s(0, 5000, 1)
+    far = [sm.verify_attention_s(2, 2 * c, 4) for c in (5000, 9000, 50000)]
+    assert far[0] == far[1] == far[2] > sm.verify_attention_s(2, 2 * 1000, 4)

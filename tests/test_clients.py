@@ -95,3 +95,41 @@ def test_front_end_moves_ttft_by_in_plus_out_and_no_token_gap():
 def test_an_offline_engine_has_no_front_end():
     sv = {"overheads": {"request_in_ms": 30.0, "request_out_ms": 12.0}}
     assert service_s({**sv, "api_server": False}) == pytest.approx(service_s(), rel=1e-12)
+
+
+def test_a_faster_host_shortens_the_front_end_and_its_draws_follow_the_seed(tmp_path):
+    """The front end's times are the reference host's: a host twice as fast (host.speed 2) takes
+    half of them. Way in: uniform on [0, 2 x 30 ms] / 2; way out: 12 ms / 2. The way-in draws are
+    the scenario seed's own: the same seed gives the same draws, another seed others."""
+    hw = tmp_path / "fast-host.yaml"
+    hw.write_text("base: h100-sxm\nhost: {speed: 2.0}\n")
+    wl = {"num_requests": 60, "arrival": {"process": "gamma", "rate": 1.0, "cv": 0.05}}
+    sv = {"scheduler": "chunked", "max_batch_size": 32, "overheads": {"request_in_ms": 30.0, "request_out_ms": 12.0}}
+
+    def way_in(seed: int):
+        sc = scenario(wl, sv).model_copy(update={"hardware": str(hw), "seed": seed})
+        r = simulate(sc)
+        assert r.stats["request_out_s"] == pytest.approx(0.006, rel=1e-12)
+        return r.requests["reached_s"] - r.requests["arrival_s"]
+
+    w = way_in(3)
+    assert 0.0 <= w.min() and w.max() <= 0.030
+    assert 0.010 < w.mean() < 0.020  # 15 ms; 60 draws of sd 8.7 ms: within 5 ms by > 4 standard errors
+    np.testing.assert_array_equal(way_in(3), w)
+    assert not np.array_equal(way_in(4), w)
+
+
+@pytest.mark.parametrize("in_ms", [0.0, 30.0])
+def test_arrivals_read_a_chunk_at_a_time_give_the_same_run(monkeypatch, in_ms):
+    """The engine hands out arrivals a chunk at a time (memory); chunks of 7 requests must give
+    the run that one chunk gives, in index order and, with a front end, in the order the
+    requests reach the engine."""
+    import simulator.serving.engine as engine
+
+    wl = {"num_requests": 50, "arrival": {"process": "poisson", "rate": 40.0}}
+    sv = {"scheduler": "continuous", "max_batch_size": 8, "overheads": {"request_in_ms": in_ms}}
+    whole = simulate(scenario(wl, sv)).requests
+    monkeypatch.setattr(engine, "ARRIVAL_CHUNK", 7)
+    chunked = simulate(scenario(wl, sv)).requests
+    for key in ("arrival_s", "first_token_s", "finish_s"):
+        np.testing.assert_array_equal(chunked[key], whole[key])

@@ -160,6 +160,24 @@ def test_unknown_hardware(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert str(p) in err and "hardware" in err and "h900" in err and "h100-sxm" in err
 
 
+def test_a_bad_model_or_hardware_is_named_once_with_the_file_that_holds_it(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown preset: the scenario file and its field, then the resolver's message; a bad file
+    it points to: the scenario's field, then that file's own path, field and message."""
+    p = scenario(tmp_path, model="llama-9")
+    assert bad(capsys, p).startswith(f"momentsim: {p}: model: unknown model 'llama-9'; known presets: ")
+    p = scenario(tmp_path, hardware="h900")
+    assert bad(capsys, p).startswith(f"momentsim: {p}: hardware: unknown preset 'h900'; known: ")
+    cfg = tmp_path / "m.json"
+    cfg.write_text(json.dumps({"hidden_size": -1}))
+    p = scenario(tmp_path, model=str(cfg))
+    assert bad(capsys, p).startswith(f"momentsim: {p}: model: {cfg}: hidden_size: ")
+    hw = tmp_path / "hw.yaml"
+    hw.write_text("base: h100-sxm\ndevice: {clock_ghz: -1}\n")
+    p = scenario(tmp_path, hardware=str(hw))
+    assert bad(capsys, p).startswith(f"momentsim: {p}: hardware: {hw}: device.clock_ghz: ")
+
+
 def test_field_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = scenario(tmp_path, serving__tp=0)
     err = bad(capsys, p)

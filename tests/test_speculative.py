@@ -188,3 +188,19 @@ def test_a_verify_pass_without_sequences_costs_nothing_and_a_window_caps_its_key
     assert sm.verify_attention_s(0, 0, 4) == 0.0 == sm.verify_attention_s(0, 5000, 1)
     far = [sm.verify_attention_s(2, 2 * c, 4) for c in (5000, 9000, 50000)]
     assert far[0] == far[1] == far[2] > sm.verify_attention_s(2, 2 * 1000, 4)
+
+
+def test_an_unknown_draft_model_is_named_with_its_field_from_python_too():
+    """simulate() on a Scenario built in Python (no file): the error names the scenario and the
+    draft's field, then the resolver's message."""
+    from hwmodels.errors import InputError
+    from simulator.serving.engine import simulate
+    from simulator.serving.scenario import Scenario
+
+    sc = Scenario.model_validate({
+        "model": "llama-3-8b", "hardware": "h100-sxm", "workload": {"num_requests": 2},
+        "serving": {"speculative": {"method": "draft_model", "draft_model": "no-such-draft", "k": 3,
+                                    "acceptance": 0.7}}})
+    with pytest.raises(InputError) as e:
+        simulate(sc)
+    assert str(e.value).startswith("scenario: serving.speculative.draft_model: unknown model 'no-such-draft'; ")

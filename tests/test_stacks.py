@@ -135,3 +135,31 @@ def test_stack_command_and_bad_stack_are_one_line(capsys, tmp_path):
     assert main(["run", str(f)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "serving.stack" in err and "vllm-v0" in err
+
+
+def test_the_serving_fields_become_the_cost_models_launch_by_hand(tmp_path):
+    """engine.launch: no stack, no graph sizes, no stack overheads and one scheduler step: no
+    Launch (a graph step is one launch plus the hardware's step overhead). Any of them set: each
+    field taken as written, the stack's host times on a host of speed s divided by s, a missing
+    step time the hardware's own step overhead."""
+    from hwmodels.load import load_hardware
+    from simulator.moment.cost import Launch
+    from simulator.serving.engine import launch
+    from simulator.serving.scenario import Serving
+
+    hw = load_hardware("h100-sxm")
+    assert launch(Serving(), hw) is None
+    fast = hw.model_copy(update={"host": hw.host.model_copy(update={"speed": 2.0})})
+    sv = Serving.model_validate({"cuda_graph_sizes": [4, 1, 2], "cuda_graph_padding": False, "graph_mixed": True,
+                                 "graph_piecewise": True, "num_scheduler_steps": 3,
+                                 "overheads": {"step_us": 500.0, "step_seq_us": 8.0}})
+    assert launch(sv, fast) == Launch((4, 1, 2), False, True, True, 250e-6, 4e-6, 3)
+    assert launch(sv, hw) == Launch((4, 1, 2), False, True, True, 500e-6, 8e-6, 3)
+    # each one alone is enough; without step_us the hardware's step overhead stands
+    step = hw.host.step_overhead_us * 1e-6
+    for fields in ({"cuda_graph_sizes": [8]}, {"overheads": {"step_seq_us": 3.0}}, {"num_scheduler_steps": 2},
+                   {"overheads": {"step_us": 40.0}}):
+        ln = launch(Serving.model_validate(fields), hw)
+        assert ln is not None, fields
+        assert ln.step_s == pytest.approx(40e-6 if "step_us" in str(fields) else step, rel=1e-12), fields
+    assert launch(Serving.model_validate({"cuda_graph_sizes": [8]}), hw) == Launch((8,), True, False, False, step, 0.0, 1)

@@ -163,3 +163,28 @@ def test_the_serving_fields_become_the_cost_models_launch_by_hand(tmp_path):
         assert ln is not None, fields
         assert ln.step_s == pytest.approx(40e-6 if "step_us" in str(fields) else step, rel=1e-12), fields
     assert launch(Serving.model_validate({"cuda_graph_sizes": [8]}), hw) == Launch((8,), True, False, False, step, 0.0, 1)
+
+
+def test_a_pools_model_is_built_from_every_serving_field():
+    """engine.pool_model hands each serving field to the part that uses it: the step model (tp,
+    mode, async scheduling, EP imbalance, kernels, the stack's launch) and the KV blocks (the
+    footprint's memory settings, whole blocks)."""
+    from hwmodels.load import load_hardware
+    from simulator.moment.memory import footprint
+    from simulator.moment.model import load_model
+    from simulator.moment.ops import Dtypes
+    from simulator.serving.engine import launch, pool_model
+    from simulator.serving.scenario import Serving
+
+    hw, m = load_hardware("h100-sxm"), load_model("qwen3-30b-a3b")
+    sv = Serving.model_validate({"tp": 2, "ep": 2, "moe_imbalance": 1.3, "async_scheduling": True,
+                                 "kernels": "pytorch", "mode": "eager", "max_batch_size": 48, "block_size": 32,
+                                 "gpu_memory_utilization": 0.8, "cuda_graph_sizes": [1, 2, 4]})
+    dt = Dtypes.of(m)
+    pm = pool_model(m, hw, dt, sv)
+    sm = pm.cost
+    assert (sm.tp, sm.ep, sm.moe_imbalance, sm.async_scheduling, sm.impl, sm.mode) == (
+        2, 2, 1.3, True, "pytorch", "eager")
+    assert sm.launch == launch(sv, hw)
+    fp = footprint(m, hw, 2, 1, dt, 0.8, sv.activation_reserve_gb, 2, sv.memory_fraction_of)
+    assert pm.cap_blocks == int(fp.kv_capacity_tokens) // 32 and isinstance(pm.cap_blocks, int)

@@ -133,3 +133,19 @@ def test_arrivals_read_a_chunk_at_a_time_give_the_same_run(monkeypatch, in_ms):
     chunked = simulate(scenario(wl, sv)).requests
     for key in ("arrival_s", "first_token_s", "finish_s"):
         np.testing.assert_array_equal(chunked[key], whole[key])
+
+
+def test_no_request_is_served_before_it_reaches_the_engine():
+    """With a front end the requests reach the engine out of their sending order (each way in
+    is drawn): each is handed over when it arrives there, never before, and its prefill starts
+    no earlier. Without one it reaches the engine when it is sent."""
+    wl = {"num_requests": 80, "arrival": {"process": "poisson", "rate": 60.0}}
+    for sv in ({"scheduler": "continuous", "max_batch_size": 8, "overheads": {"request_in_ms": 40.0}},
+               {"scheduler": "continuous", "max_batch_size": 8}):
+        q = simulate(scenario(wl, sv)).requests
+        assert np.all(q["started_s"] >= q["reached_s"])
+        assert np.all(q["reached_s"] >= q["arrival_s"])
+        if "overheads" not in sv:
+            np.testing.assert_array_equal(q["reached_s"], q["arrival_s"])
+        else:
+            assert np.any(np.diff(q["reached_s"]) < 0)  # overtaking happens

@@ -321,16 +321,14 @@ def wide_gemm_knee(priced: _Priced, hw: Hardware, names: list[str]) -> Hardware:
         above = rows & (priced.cols["n"] >= knee)
         if above.sum() < 3 or (rows & ~above).sum() < 3:
             continue
-        eff = hw.efficiency.model_copy(update={"wide_gemm_n": int(knee), "wide_gemm_memory": get_param(hw.efficiency, "gemm_memory")})
-        h = _fit_group(priced, hw.model_copy(update={"efficiency": Efficiency.model_validate(eff.model_dump())}),
-                       names + ["wide_gemm_memory"])
+        eff = Efficiency.model_validate({**hw.efficiency.model_dump(), "wide_gemm_n": int(knee),
+                                         "wide_gemm_memory": get_param(hw.efficiency, "gemm_memory")})
+        h = _fit_group(priced, hw.model_copy(update={"efficiency": eff}), names + ["wide_gemm_memory"])
         loss = _loss(priced, h)
         if loss < best_loss:
             best, best_loss = h, loss
-    if best is base or best_loss > WIDE_GAIN * no_knee:
-        return hw
-    return hw.model_copy(update={"efficiency": best.efficiency.model_copy(
-        update={"wide_gemm_n": best.efficiency.wide_gemm_n, "wide_gemm_memory": best.efficiency.wide_gemm_memory})})
+    return hw if best is base or best_loss > WIDE_GAIN * no_knee else best
+
 
 def _loss(priced: _Priced, hw: Hardware, timer_us: float = 0.0) -> float:
     p = priced.predict(hw, timer_us)

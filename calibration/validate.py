@@ -427,6 +427,11 @@ COLORS = {"attn_layer": "tab:blue", "ffn_layer": "tab:orange", "decode_step": "t
           "decode_step_graph": "tab:olive", "prefill": "tab:red", "generation": "tab:purple"}
 
 
+def plot_title(fp: dict[str, Any], hw_name: str) -> str:
+    """The plots' title: the measured device (its GPU, else its CPU) against the hardware predicted with."""
+    return f"{fp.get('gpu', {}).get('name') or fp.get('cpu', {}).get('model_name', fp.get('device', ''))} vs {hw_name}"
+
+
 def plots(cases: Sequence[VCase], out: Path, title: str) -> list[Path]:
     """Predicted against measured (log-log, with the 15 % band), and the error of every case."""
     import matplotlib
@@ -526,7 +531,7 @@ def validate(device: str, hardware: str, out: str | Path, size: str = "full", mo
     (out / "validation.json").write_text(json.dumps(_clean(data), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     (out / "validation.md").write_text(markdown(cases, summ, meta), encoding="utf-8")
     if cases:
-        plots(cases, out, f"{fp.get('gpu', {}).get('name') or fp['cpu']['model_name']} vs {hw.name}")
+        plots(cases, out, plot_title(fp, hw.name))
     return data
 
 
@@ -608,10 +613,8 @@ def repredict(saved: str | Path, hardware: str, out: str | Path, command: str | 
     out.mkdir(parents=True, exist_ok=True)
     (out / "validation.json").write_text(json.dumps(_clean(data), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     (out / "validation.md").write_text(markdown(cases, summ, meta), encoding="utf-8")
-    fp = src["meta"].get("fingerprint", {})
     if cases:
-        plots(cases, out,
-              f"{fp.get('gpu', {}).get('name') or fp.get('cpu', {}).get('model_name', device)} vs {hw.name}")
+        plots(cases, out, plot_title(src["meta"].get("fingerprint", {}), hw.name))
     return data
 
 

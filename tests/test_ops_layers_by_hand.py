@@ -14,8 +14,17 @@ from statistics import NormalDist
 
 import pytest
 
-from simulator.moment.model import load_model
-from simulator.moment.ops import Dtypes, mla_ops, moe_ops
+from simulator.moment.model import ModelSpec, load_model
+from simulator.moment.ops import (
+    Batch,
+    Dtypes,
+    attention_ops,
+    check_tp,
+    dense_ops,
+    mla_ops,
+    moe_ops,
+    pairs_of_chunk,
+)
 
 BF16 = Dtypes()
 
@@ -151,8 +160,6 @@ def test_every_op_of_a_deepseek_v3_moe_layer_with_expert_parallelism_by_hand(imb
 def test_every_op_of_a_llama_3_8b_step_by_hand():
     """Llama-3-8B: hidden 4096, 32 layers, 32 query heads and 8 KV heads of 128, SwiGLU FFN 14336,
     vocab 128256, bf16. 40 tokens in the step, 3 of which get logits."""
-    from simulator.moment.ops import dense_ops
-
     m = load_model("llama-3-8b")
     t, lg, L, h = 40, 3, 32, 4096
     ops = dense_ops(m, t, lg, BF16)  # defaults: one device, one stage
@@ -178,8 +185,6 @@ def test_every_op_of_a_llama_3_8b_step_by_hand():
 
 
 def test_a_sharded_staged_llama_3_8b_step_adds_its_collectives_by_hand():
-    from simulator.moment.ops import dense_ops
-
     m = load_model("llama-3-8b")
     t, lg, L, h = 40, 3, 32, 4096
     ops = dense_ops(m, t, lg, BF16, tp=2, pp=2)
@@ -206,8 +211,6 @@ def test_a_sharded_staged_llama_3_8b_step_adds_its_collectives_by_hand():
 
 
 def test_a_qkv_bias_is_one_element_wise_kernel_over_q_k_and_v():
-    from simulator.moment.ops import dense_ops
-
     m = load_model("qwen2-7b")  # 28 heads and 4 KV heads of 128: q 3584, k and v 512 each
     o = {x.name: x for x in dense_ops(m, 5, 1, BF16)}
     # added in place: read and write each element once, 1 FLOP, one kernel
@@ -217,8 +220,6 @@ def test_a_qkv_bias_is_one_element_wise_kernel_over_q_k_and_v():
 def test_every_attention_op_of_a_llama_3_8b_step_by_hand():
     """Decode: 3 sequences with 300 cached tokens in all; prefill: 2 chunks of 50 new tokens in all
     after 100 cached ones in all (pairs as given)."""
-    from simulator.moment.ops import Batch, attention_ops
-
     m = load_model("llama-3-8b")
     b = Batch(decode_seqs=3, decode_ctx=300, prefill_seqs=2, prefill_tokens=50, prefill_pairs=1900.0, prefill_ctx=100)
     for tp in (1, 2, 8):
@@ -243,8 +244,6 @@ def test_every_attention_op_of_a_llama_3_8b_step_by_hand():
 def test_sliding_window_prefill_pairs_after_a_cache_by_hand():
     """Mistral-7B: a 4096-token window on every layer. One chunk of 100 tokens after 4050 cached:
     query i (1..100) at position 4050 + i sees min(4050 + i, 4096) keys."""
-    from simulator.moment.ops import Batch, attention_ops, pairs_of_chunk
-
     m = load_model("mistral-7b")
     b = Batch(prefill_seqs=1, prefill_tokens=100, prefill_pairs=pairs_of_chunk(100, 4050), prefill_ctx=4050)
     (pre,) = attention_ops(m, b, BF16)
@@ -260,8 +259,6 @@ def test_sliding_window_prefill_pairs_after_a_cache_by_hand():
 def test_mla_attention_bytes_of_a_chunk_after_a_cache_by_hand():
     """DeepSeek-V3 prefill of 10 new tokens after 1000 cached: each cached token's 576-value latent
     is read and decompressed into its 128 heads' K (128 nope) and V (128), written and read in bf16."""
-    from simulator.moment.ops import Batch, attention_ops, pairs_of_chunk
-
     m = load_model("deepseek-v3")
     b = Batch(prefill_seqs=1, prefill_tokens=10, prefill_pairs=pairs_of_chunk(10, 1000), prefill_ctx=1000)
     (pre,) = attention_ops(m, b, BF16)
@@ -273,8 +270,6 @@ def test_mla_attention_bytes_of_a_chunk_after_a_cache_by_hand():
 
 
 def test_tp_and_ep_checks_name_what_is_allowed():
-    from simulator.moment.ops import check_tp
-
     llama = load_model("llama-3-8b")  # 32 heads, 8 KV heads
     for tp in (1, 2, 4, 8, 16, 32):
         check_tp(llama, tp)  # divides the heads; divides or is a multiple of the KV heads
@@ -285,8 +280,6 @@ def test_tp_and_ep_checks_name_what_is_allowed():
     qwen = load_model("qwen2-7b")  # 28 heads, 4 KV heads
     with pytest.raises(ValueError, match=r"^tp=14 must divide or be a multiple of num_key_value_heads=4$"):
         check_tp(qwen, 14)
-    from simulator.moment.model import ModelSpec
-
     odd = ModelSpec(hidden_size=768, num_hidden_layers=2, num_attention_heads=12, num_key_value_heads=4,
                     intermediate_size=2048, vocab_size=1000)
     with pytest.raises(ValueError, match=r"^tp=3 must divide num_key_value_heads=4$"):
@@ -306,8 +299,6 @@ def test_two_way_expert_parallelism_moves_tokens_by_all_to_all():
 
 
 def test_qk_norms_and_the_mla_block_sit_between_the_input_norm_and_o_proj():
-    from simulator.moment.ops import dense_ops
-
     q3 = load_model("qwen3-8b")  # 32 query heads and 8 KV heads of 128, an RMSNorm on q and k in all 36 layers
     o = {x.name: x for x in dense_ops(q3, 6, 1, BF16)}
     stream(o["qk_norm"], "qk_norm", "norm", 6 * (4096 + 1024), 6, 36, 4.0, 8, moved=2)
@@ -318,9 +309,6 @@ def test_qk_norms_and_the_mla_block_sit_between_the_input_norm_and_o_proj():
 
 
 def test_gemmas_extra_norms_a_plain_mlp_and_the_output_heads_format():
-    from simulator.moment.model import ModelSpec
-    from simulator.moment.ops import dense_ops
-
     g = load_model("gemma-2-9b")  # hidden 3584, 42 layers, FFN 14336, tanh-GELU gate; 4 norms a layer
     o = {x.name: x for x in dense_ops(g, 7, 1, BF16)}
     for name in ("attn_out_norm", "ffn_out_norm"):  # the sublayers' outputs are normed too

@@ -40,6 +40,13 @@ declare -A MODULES=(
 )
 ORDER=(roofline model ops cost kvcache decodeset schedulers engine result metrics)
 
+# "a","b": those of the test files $1 that exist under the folder $2, as a TOML list's items
+quoted_tests() {
+  local q=() t
+  for t in $1; do [ -f "$2/$t" ] && q+=("\"$t\""); done
+  (IFS=,; echo "${q[*]}")
+}
+
 recheck=0
 if [ "${1:-}" = "--recheck" ]; then  # survivors of the last run again, with today's tests
   recheck=1
@@ -64,8 +71,7 @@ for name in "${names[@]}"; do
       unset PYTHONPATH
       cp -r "$here/tests/." tests/ && cp -r "$here/tests/." mutants/tests/
       # today's selection, and the map of which test calls which function made again (new tests)
-      sel=""
-      for t in $tests; do [ -f "tests/${t#tests/}" ] && sel="$sel${sel:+,}\"$t\""; done
+      sel="$(quoted_tests "$tests" .)"
       sed -i "s|^pytest_add_cli_args_test_selection = .*|pytest_add_cli_args_test_selection = [$sel]|" pyproject.toml
       rm -f mutants/mutmut-stats.json
       survivors=$(mutmut results 2>/dev/null | awk '$2 == "survived" {sub(":$", "", $1); print $1}')
@@ -80,9 +86,7 @@ for name in "${names[@]}"; do
   mkdir -p "$dir"
   # the working tree as it is (tracked and new files, not ignored ones)
   (cd "$here" && git ls-files -z -co --exclude-standard | tar --null -T - -cf -) | tar -xf - -C "$dir"
-  existing=()
-  for t in $tests; do [ -f "$dir/$t" ] && existing+=("\"$t\""); done
-  sel="$(IFS=,; echo "${existing[*]}")"
+  sel="$(quoted_tests "$tests" "$dir")"
   srcs=()
   for f in $src; do srcs+=("\"$f\""); done
   only="$(IFS=,; echo "${srcs[*]}")"

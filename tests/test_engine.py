@@ -569,3 +569,34 @@ def test_post_run_sums_and_positions_are_the_running_ones(moments, chunk):
     where = [i for i, (_, k) in enumerate(moments) if k]
     js = list(range(0, len(where), 3))
     assert _positions(mask, js, chunk).tolist() == [where[j] for j in js]
+
+
+@pytest.mark.parametrize("disaggregated", [None, {}])
+def test_a_run_reports_its_progress_as_the_share_of_requests_done_and_its_own_wall_time(monkeypatch, disaggregated):
+    """Every 1024 moments (and at most every 0.1 s) a run hands the share of requests done so far
+    to its progress callback, ending at 1: with a clock that advances a second per reading, each
+    report is due. Colocated or disaggregated, the shares only grow; the run's wall time lies
+    within what the caller measured around it."""
+    import time
+    from types import SimpleNamespace
+
+    import simulator.serving.result as result
+
+    ticks = iter(range(1, 10**9))
+    monkeypatch.setattr(result, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    seen: list[float] = []
+    sc = Scenario.model_validate({
+        "model": MODEL, "hardware": "h100-sxm",
+        "serving": {"scheduler": "continuous", "max_batch_size": 2, "disaggregated": disaggregated},
+        "workload": {"num_requests": 120, "arrival": {"process": "poisson", "rate": 2000.0},
+                     "prompt_len": {"dist": "fixed", "value": 32}, "output_len": {"dist": "fixed", "value": 40}}})
+    t0 = time.perf_counter()
+    r = simulate(sc, seen.append)
+    elapsed = time.perf_counter() - t0
+    assert len(r.moments["dur_s"]) > 2048
+    assert seen[-1] == 1.0
+    middle = seen[:-1]
+    assert len(middle) >= 2 and all(0.0 < a < 1.0 for a in middle)
+    assert middle == sorted(middle)
+    assert all(abs(a * 120 - round(a * 120)) < 1e-9 for a in middle)  # k of the 120 requests
+    assert 0.0 < r.wall_s <= elapsed

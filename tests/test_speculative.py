@@ -150,6 +150,29 @@ def test_the_draft_takes_memory_from_the_kv_cache():
     assert one.draft_s(*b) > halfc.draft_s(*b) > 0
 
 
+def test_a_speculative_pool_holds_the_draft_beside_its_kv_and_powers_its_passes():
+    """engine.pool_model with a draft: the KV blocks are what both models' weights and the
+    reserve leave, over both KV bytes per token (vLLM's share of the whole memory, or
+    TensorRT-LLM's share of what the weights leave), and each decode step's energy has the
+    draft's k passes, each streaming its weights at least once (the device's joules per byte)."""
+    from simulator.serving.engine import pool_model
+    from simulator.serving.scenario import Serving
+
+    t, d, hw = load_model("llama-3-8b"), load_model("llama-3.2-1b"), load_hardware("h100-sxm")
+    both = t.weight_bytes("bf16") + d.weight_bytes("bf16")
+    k = 3
+    sv = Serving.model_validate({"block_size": 16, "speculative": {
+        "method": "draft_model", "draft_model": "llama-3.2-1b", "k": k, "acceptance": 0.7}})
+    for share_of, free in (("total", 0.9 * 80e9 - both - 1e9), ("free", 0.9 * (80e9 - both - 1e9))):
+        pm = pool_model(t, hw, Dtypes(), sv.model_copy(update={"memory_fraction_of": share_of}))
+        assert pm.cap_blocks == int(free // (131072 + 32768)) // 16
+    p = hw.device.power
+    j_per_byte = p.memory_share * (p.tdp_w - p.idle_w) / (hw.device.bandwidth * hw.efficiency.gemm_memory)
+    decode = (2, 1200.0, 0, 0, 0.0, 0, 2)  # two sequences, 600 tokens each
+    extra = pm.power.demand(*decode) - pm.power.target.demand(*decode, k + 1)
+    assert extra >= k * d.weight_bytes("bf16") * j_per_byte
+
+
 @settings(max_examples=12, deadline=None)
 @given(alpha=st.floats(0.0, 0.95), k=st.integers(1, 6), preemption=st.sampled_from(["recompute", "swap"]),
        scheduler=st.sampled_from(["continuous", "chunked"]))

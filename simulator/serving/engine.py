@@ -331,8 +331,8 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     prefix = {"prompt_tokens_admitted": sum(s.lookup_tokens for s in engines),
               "prefix_hit_tokens": sum(s.hit_tokens for s in engines)}
     r = build_result(scenario, requests, [p.run_record() for p in pools], time.perf_counter() - t_wall, prefix)
-    stats = [p.kv_stats() for p in pools]
-    r.cache_stats = {k: sum(st.get(k, 0) for st in stats) for k in stats[0] | stats[-1]}
+    stats = [p.kv_stats() for p in pools]  # the same counters in each: kv_offload is the deployment's
+    r.cache_stats = {k: sum(st[k] for st in stats) for k in stats[0]}
     return r
 
 

@@ -315,3 +315,35 @@ def test_step_models_are_shared_per_configuration_and_keep_their_arguments():
         agg = (b2.decode_seqs, b2.decode_ctx, b2.prefill_seqs, b2.prefill_tokens, b2.prefill_pairs, b2.prefill_ctx,
                b2.logit_rows)
         assert launched.cost(b2).step_ms == launched.step_launched(*agg) * 1e3 == launched.moment_s(*agg) * 1e3
+
+
+def test_parallelism_checks_name_the_limit_each_layout_breaks():
+    """check_parallelism refuses each impossible layout with its own numbers: a degree below 1,
+    more devices than the part has (devices_per_node x nodes), several devices without a link
+    between them (tensor or pipeline parallel alike), tensor parallelism across nodes without a
+    network, and an expert-parallel degree other than 1 or tp."""
+    from simulator.moment.cost import check_parallelism
+
+    m = load_model("llama-3-8b")
+    no_link = H100.model_copy(update={"link": None})
+    two_nodes = H100.model_copy(update={"nodes": 2, "network": None})
+    refused = [
+        (H100, 0, 1, 1, "tp and pp must be >= 1, got tp=0, pp=1"),
+        (H100, 1, 0, 1, "tp and pp must be >= 1, got tp=1, pp=0"),
+        (H100, 16, 1, 1, "tp x pp = 16 exceeds the 8 devices of h100-sxm (devices_per_node x nodes)"),
+        (H100, 4, 4, 1, "tp x pp = 16 exceeds the 8 devices of h100-sxm (devices_per_node x nodes)"),
+        (no_link, 2, 1, 1, "tp x pp = 2 needs a link between devices, and h100-sxm has none "
+                           "(hardware field link: {bw_gbps: ..., latency_us: ...})"),
+        (no_link, 1, 2, 1, "tp x pp = 2 needs a link between devices, and h100-sxm has none "
+                           "(hardware field link: {bw_gbps: ..., latency_us: ...})"),
+        (two_nodes, 16, 1, 1, "tp = 16 spans nodes of 8 devices, and h100-sxm has no network between them "
+                              "(hardware field network: {bw_gbps: ..., latency_us: ...})"),
+    ]
+    for hw, tp, pp, ep, message in refused:
+        with pytest.raises(ValueError) as e:
+            check_parallelism(m, hw, tp, pp, ep)
+        assert str(e.value) == message
+    with pytest.raises(ValueError, match="^ep=3 must be 1 or equal tp=1"):
+        check_parallelism(load_model("mixtral-8x7b"), H100, 1, 1, 3)
+    for hw, tp, pp in ((H100, 8, 1), (H100, 2, 4), (no_link, 1, 1), (two_nodes, 8, 1)):
+        check_parallelism(m, hw, tp, pp)  # fits: nothing raised

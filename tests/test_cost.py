@@ -347,3 +347,43 @@ def test_parallelism_checks_name_the_limit_each_layout_breaks():
         check_parallelism(load_model("mixtral-8x7b"), H100, 1, 1, 3)
     for hw, tp, pp in ((H100, 8, 1), (H100, 2, 4), (no_link, 1, 1), (two_nodes, 8, 1)):
         check_parallelism(m, hw, tp, pp)  # fits: nothing raised
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_op_seconds_prices_each_op_in_the_dtype_its_weights_run_in(graph):
+    """op_seconds hands each op to the roofline (hwmodels.roofline.op_time, checked by hand in
+    test_roofline) with the dtype chosen by hand here: fp8 weights on an H100 (fp8 tensor cores)
+    run fp8 GEMMs with nothing to unpack; int4 (AWQ) weights have no int4 units there and run as
+    bf16 GEMMs after unpacking (`dequant` vector ops); bf16 runs bf16. A MoE layer's grouped GEMM
+    is `copies` GEMMs of m / copies rows over n columns each (its tiles), element-wise kernels
+    and collectives run in the compute dtype over `group` devices (default 1), and every kernel
+    of every layer pays a floor. The 2-core CPU profile adds the thread pool's hand-off by
+    element count."""
+    from hwmodels.roofline import op_time
+    from simulator.moment.ops import Dtypes, dense_ops
+
+    cpu = load_hardware("calibration/profiles/cpu-2core.json")
+    # each storage format on these parts: (GEMM dtype, unpacked on the way); the output head
+    # stays bf16 under fp8 and int4 weights (its own format)
+    runs_as = {"fp8": ("fp8", False), "int4-awq": ("bf16", True), "bf16": ("bf16", False), "fp32": ("fp32", False)}
+    cases = [("llama-3-8b", "fp8", H100), ("llama-3-8b", "int4-awq", H100), ("llama-3-8b", "bf16", H100),
+             ("mixtral-8x7b", "bf16", H100), ("llama-3.2-1b", "fp32", cpu)]
+    seen_grouped = seen_unpacked = seen_head = 0
+    for name, weight, hw in cases:
+        dt = Dtypes(weight, act="fp32" if weight == "fp32" else "bf16")
+        for tp in (1, 2) if hw is H100 else (1,):
+            for op in dense_ops(load_model(name), 512.0, 8.0, dt, tp):
+                launches = op.layers * op.kernels
+                if op.kind == "gemm":
+                    gemm_dt, unpacks = runs_as[op.fmt]
+                    c = max(op.copies, 1.0)
+                    want = op_time("gemm", op.category, op.flops, op.bytes, launches, gemm_dt, hw, m=op.m / c,
+                                   n=op.n * c, graph=graph, dequant=op.dequant if unpacks else 0.0)
+                    seen_grouped += c > 1
+                    seen_unpacked += unpacks and op.dequant > 0
+                    seen_head += op.name == "lm_head" and op.fmt != weight
+                else:
+                    want = op_time(op.kind, op.category, op.flops, op.bytes, launches, dt.compute, hw, m=op.m,
+                                   n=op.n, group=1, graph=graph, elems=op.elems)
+                assert float(op_seconds(op, hw, dt, graph=graph)) == pytest.approx(float(want), rel=1e-12), (name, op.name)
+    assert seen_grouped and seen_unpacked and seen_head

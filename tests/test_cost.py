@@ -387,3 +387,38 @@ def test_op_seconds_prices_each_op_in_the_dtype_its_weights_run_in(graph):
                                    n=op.n, group=1, graph=graph, elems=op.elems)
                 assert float(op_seconds(op, hw, dt, graph=graph)) == pytest.approx(float(want), rel=1e-12), (name, op.name)
     assert seen_grouped and seen_unpacked and seen_head
+
+
+def test_a_step_model_is_built_from_its_own_layout_and_defaults():
+    """StepModel wires tp, pp and ep to each part in its place: the eager host calls and the ops
+    (checked against kernels.host_calls and ops.dense_ops with the same layout, where any swap
+    of the three changes them), the kernel count (every call but views), a graph step's issue
+    (one graph launch per pipeline stage), the ep check; a bad mode is named with what is
+    allowed; and built bare it has the documented defaults (no async scheduling, no expert
+    imbalance, graph mode, one device)."""
+    from simulator.moment import kernels as kn
+    from simulator.moment.cost import StepModel
+    from simulator.moment.ops import Dtypes, dense_ops
+
+    mix, dt = load_model("mixtral-8x7b"), Dtypes()
+    sm = StepModel(mix, H100, tp=2, pp=4, mode="eager", ep=2, kernels="pytorch")
+    assert sm.calls == kn.host_calls(mix, "pytorch", dt, 2, 4, 2)
+    assert all(sm.calls != kn.host_calls(mix, "pytorch", dt, *lay) for lay in ((4, 2, 1), (2, 2, 1), (2, 4, 1)))
+    assert sm.kernels == sum(n for call, n in sm.calls.items() if call != "view") > 0
+    want = kn.compose(dense_ops(mix, 64.0, 4.0, dt, 2, 4, 2, 1.0), "pytorch", 2)
+    assert [(o.name, o.flops, o.bytes) for o in sm.ops(64.0, 4.0)] == [(o.name, o.flops, o.bytes) for o in want]
+    assert [(o.name, o.bytes) for o in sm.ops(64.0, 4.0)] != [(o.name, o.bytes) for o in StepModel(
+        mix, H100, tp=2, pp=4, mode="eager", ep=1, kernels="pytorch").ops(64.0, 4.0)]
+    assert StepModel(mix, H100, tp=2, pp=4, ep=2).issue_s == pytest.approx(4 * H100.host.graph_launch_us * 1e-6)
+    with pytest.raises(ValueError, match="^ep=3 must be 1 or equal tp=1"):
+        StepModel(mix, H100, ep=3)
+    with pytest.raises(ValueError) as e:
+        StepModel(mix, H100, mode="lazy")
+    assert str(e.value) == "mode 'lazy'; allowed: graph, eager"
+    b = (32, 32 * 2000.0, 0, 0, 0.0, 0.0, 32)  # 32 decodes of 2000 tokens
+    bare = StepModel(mix, H100).step_agg(*b)
+    assert bare == StepModel(mix, H100, 1, 1, "graph", dt, False, 1, 1.0).step_agg(*b)
+    assert bare != StepModel(mix, H100, async_scheduling=True).step_agg(*b)
+    spread = StepModel(mix, H100, tp=2, ep=2).step_agg(*b)  # (the imbalance weighs on experts spread over devices)
+    assert spread == StepModel(mix, H100, tp=2, ep=2, moe_imbalance=1.0).step_agg(*b)
+    assert spread != StepModel(mix, H100, tp=2, ep=2, moe_imbalance=2.0).step_agg(*b)

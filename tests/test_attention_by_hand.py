@@ -93,3 +93,30 @@ def test_a_single_chunk_is_the_default_prefill():
     pairs = 2048 * 2049 / 2
     assert sm.attention_s(0, 0.0, 2048, pairs, 0.0) == sm.attention_s(0, 0.0, 2048, pairs, 0.0, 1)
     assert sm.attention_s(0, 0.0, 2048, pairs, 0.0) != sm.attention_s(0, 0.0, 2048, pairs / 2, 0.0, 2)
+
+
+@pytest.mark.parametrize("name", ["gemma-2-9b", "gpt-oss-20b", "llama-4-scout"])
+def test_a_prefill_sums_the_attention_of_every_window_group(name):
+    """Models that mix full and windowed (or chunked) layers pay each group's prefill attention:
+    the scalar closed form equals the vectorised hwmodels.attention functions summed over the
+    groups (each group's time is added, not the last one's kept)."""
+    from simulator.moment.ops import Batch
+
+    m = load_model(name)
+    sm = StepModel(m, H100)
+    b = Batch(prefill_seqs=2, prefill_tokens=2 * 3000, prefill_pairs=2 * (3000 * 3001 / 2 + 3000 * 1000),
+              prefill_ctx=2 * 1000)
+    total = sm.attention_s(0, 0.0, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx, 2)
+    assert len(sm._groups) == 2
+    assert total == pytest.approx(sm.attention_ops_s(b), rel=1e-9)
+
+
+def test_a_forward_pass_is_a_step_without_its_overhead():
+    """forward_s (a speculative draft's passes) is step_agg less the per-step overhead: on a
+    GPU the longer of the device's work and the host's issue, on a CPU the two in turn."""
+    b = (8, 8 * 1500.0, 1, 500, 500 * 501 / 2, 0.0, 9)
+    for hw in (H100, CPU):
+        for mode in ("graph", "eager"):
+            sm = StepModel(LLAMA, hw, mode=mode)
+            assert sm.forward_s(*b) == pytest.approx(sm.step_agg(*b) - sm.overhead_s, rel=1e-12)
+            assert sm.forward_s(*b) > sm.issue_s > 0

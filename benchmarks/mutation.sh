@@ -121,13 +121,13 @@ EOF
     cd "$dir"
     unset PYTHONPATH  # the mutated copy (mutants/) must be what the tests import
     mutmut run --max-children "$jobs" > mutmut-run.log 2>&1 || true
-    # survivors once more, one at a time: a loaded machine can make a mutant's test run look clean
-    # (or time out) by chance; a mutant kept as a survivor survived twice. "no tests" ones too: a
-    # verdict kept from an earlier run may predate the tests that reach them now
+    # survivors and "no tests" once more (the test map is this run's): a verdict kept from an
+    # earlier run (incremental) may predate the tests that reach the mutant now, and a mutant kept
+    # as a survivor then survived twice
     survivors=$(mutmut results 2>/dev/null | awk '$2 == "survived" || $2 == "no" {sub(":$", "", $1); print $1}')
-    if [ -n "$survivors" ] && [ "$jobs" -gt 1 ]; then  # (with JOBS=1 they already ran alone)
+    if [ -n "$survivors" ]; then
       # shellcheck disable=SC2086
-      mutmut run --max-children 1 $survivors >> mutmut-run.log 2>&1 || true
+      mutmut run --max-children "$jobs" $survivors >> mutmut-run.log 2>&1 || true
     fi
     mutmut export-cicd-stats > /dev/null 2>&1 || true
     python3 - "$name" "$src" <<'PY'

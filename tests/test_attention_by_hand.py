@@ -120,3 +120,14 @@ def test_a_forward_pass_is_a_step_without_its_overhead():
             sm = StepModel(LLAMA, hw, mode=mode)
             assert sm.forward_s(*b) == pytest.approx(sm.step_agg(*b) - sm.overhead_s, rel=1e-12)
             assert sm.forward_s(*b) > sm.issue_s > 0
+
+
+@pytest.mark.parametrize("hardware", ["b200", "mi300x", "h100-sxm"])
+def test_a_verify_of_one_token_is_a_decode_with_or_without_a_ramp(hardware):
+    """A speculative verify with q = 1 is attention_s's decode, on parts whose decode attention
+    has a ramp (H100) and on parts without one (B200, MI300X: no ramp term at all)."""
+    hw = load_hardware(hardware)
+    sm = StepModel(LLAMA, hw)
+    assert (hw.efficiency.attn_decode_ramp_us > 0) == (hardware == "h100-sxm")
+    for ds, dc in ((1, 100.0), (16, 16 * 3000.0)):
+        assert sm.verify_attention_s(ds, dc, 1) == pytest.approx(sm.attention_s(ds, dc, 0, 0.0, 0.0), rel=1e-12)

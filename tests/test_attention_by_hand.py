@@ -103,12 +103,15 @@ def test_a_prefill_sums_the_attention_of_every_window_group(name):
     from simulator.moment.ops import Batch
 
     m = load_model(name)
-    sm = StepModel(m, H100)
     b = Batch(prefill_seqs=2, prefill_tokens=2 * 3000, prefill_pairs=2 * (3000 * 3001 / 2 + 3000 * 1000),
               prefill_ctx=2 * 1000)
-    total = sm.attention_s(0, 0.0, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx, 2)
-    assert len(sm._groups) == 2
-    assert total == pytest.approx(sm.attention_ops_s(b), rel=1e-9)
+    # H100's soft maximum, and a plain one (softmax_p 100), where the compute-bound shortcut runs
+    plain = H100.model_copy(update={"efficiency": H100.efficiency.model_copy(update={"softmax_p": 100.0})})
+    for hw in (H100, plain):
+        sm = StepModel(m, hw)
+        total = sm.attention_s(0, 0.0, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx, 2)
+        assert len(sm._groups) == 2
+        assert total == pytest.approx(sm.attention_ops_s(b), rel=1e-9)
 
 
 def test_a_forward_pass_is_a_step_without_its_overhead():

@@ -650,3 +650,15 @@ def test_a_pools_layout_and_memory_are_refused_with_the_field_that_breaks_them()
     accepted({"tp": 8, "gpu_memory_utilization": 87e9 / 141e9}, "deepseek-v3", "h200-sxm")
     assert refused({"tp": 8, "ep": 8, "gpu_memory_utilization": 87e9 / 141e9}, "deepseek-v3", "h200-sxm").startswith(
         "scenario: model/hardware")
+
+
+def test_a_workload_the_schema_lets_through_but_cannot_be_drawn_is_named_with_the_scenario():
+    """A length drawn from a trace needs the trace's arrivals: simulate() names the scenario and
+    the field (the same line the CLI prints with the file's name)."""
+    from hwmodels.errors import InputError
+
+    sc = Scenario.model_validate({"model": MODEL, "hardware": "h100-sxm",
+                                  "workload": {"num_requests": 3, "prompt_len": {"dist": "trace"}}})
+    with pytest.raises(InputError) as e:
+        simulate(sc)
+    assert str(e.value) == "scenario: workload.prompt_len: dist trace needs workload.arrival.process: trace"

@@ -363,12 +363,14 @@ def test_op_seconds_prices_each_op_in_the_dtype_its_weights_run_in(graph):
     from simulator.moment.ops import Dtypes, dense_ops
 
     cpu = load_hardware("calibration/profiles/cpu-2core.json")
+    # a CPU whose element-wise kernels hand off to a thread pool (parallel_us: by element count)
+    pool = cpu.model_copy(update={"efficiency": cpu.efficiency.model_copy(update={"parallel_us": 5.0})})
     # each storage format on these parts: (GEMM dtype, unpacked on the way); the output head
     # stays bf16 under fp8 and int4 weights (its own format)
     runs_as = {"fp8": ("fp8", False), "int4-awq": ("bf16", True), "bf16": ("bf16", False), "fp32": ("fp32", False)}
     cases = [("llama-3-8b", "fp8", H100), ("llama-3-8b", "int4-awq", H100), ("llama-3-8b", "bf16", H100),
-             ("mixtral-8x7b", "bf16", H100), ("llama-3.2-1b", "fp32", cpu)]
-    seen_grouped = seen_unpacked = seen_head = 0
+             ("mixtral-8x7b", "bf16", H100), ("llama-3.2-1b", "fp32", cpu), ("llama-3.2-1b", "fp32", pool)]
+    seen_grouped = seen_unpacked = seen_head = seen_parallel = seen_allreduce = 0
     for name, weight, hw in cases:
         dt = Dtypes(weight, act="fp32" if weight == "fp32" else "bf16")
         for tp in (1, 2) if hw is H100 else (1,):
@@ -385,8 +387,15 @@ def test_op_seconds_prices_each_op_in_the_dtype_its_weights_run_in(graph):
                 else:
                     want = op_time(op.kind, op.category, op.flops, op.bytes, launches, dt.compute, hw, m=op.m,
                                    n=op.n, group=1, graph=graph, elems=op.elems)
+                    seen_parallel += hw is pool and float(want) > float(op_time(
+                        op.kind, op.category, op.flops, op.bytes, launches, dt.compute, cpu, m=op.m, elems=op.elems))
+                    if op.kind == "allreduce":  # over the tp devices: the group a StepModel passes
+                        grouped = op_time(op.kind, op.category, op.flops, op.bytes, launches, dt.compute, hw,
+                                          group=tp, graph=graph)
+                        assert float(op_seconds(op, hw, dt, tp, graph)) == pytest.approx(float(grouped), rel=1e-12)
+                        seen_allreduce += tp > 1 and float(grouped) > 0
                 assert float(op_seconds(op, hw, dt, graph=graph)) == pytest.approx(float(want), rel=1e-12), (name, op.name)
-    assert seen_grouped and seen_unpacked and seen_head
+    assert seen_grouped and seen_unpacked and seen_head and seen_parallel and seen_allreduce
 
 
 def test_a_step_model_is_built_from_its_own_layout_and_defaults():

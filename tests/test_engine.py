@@ -694,3 +694,30 @@ def test_check_scenario_resolves_the_dtypes_and_names_each_input_it_refuses():
     assert refused({"hardware": "cpu", "model": "llama-3.2-1b",
                     "serving": {"disaggregated": {"transfer": {"path": "link"}}}}) == \
         "scenario: serving.disaggregated.transfer: cpu names no link: give bw_gbps and latency_us, or path: network"
+
+
+def test_the_kv_room_a_pool_needs_counts_the_drafts_kv_and_a_block_per_stage():
+    """A pool must hold a KV block per pipeline stage, a speculative draft's KV beside the
+    target's (Llama 3 8B 128 KiB a token, its Llama 3.2 1B draft 32 KiB): 2.3 MB of room is 14
+    tokens of both, short of a 16-token block and enough for an 8-token one; at pp 2 (half the
+    layers, 64 KiB a token) 20 tokens of room are short of two 16-token blocks and enough for two
+    of 8. A disaggregated pool that does not fit names itself."""
+    from hwmodels.errors import InputError
+    from simulator.serving.engine import check_scenario
+
+    def check(serving: dict) -> None:
+        check_scenario(Scenario.model_validate({"model": "llama-3-8b", "hardware": "h100-sxm", "serving": serving}))
+
+    both = 16_060_522_496 + 2_471_628_800
+    spec = {"method": "draft_model", "draft_model": "llama-3.2-1b", "k": 3, "acceptance": 0.7}
+    u = (both + 1e9 + 2.3e6) / 80e9
+    with pytest.raises(InputError, match="^scenario: model/hardware: "):
+        check({"gpu_memory_utilization": u, "speculative": spec})
+    check({"gpu_memory_utilization": u, "speculative": spec, "block_size": 8})
+    half = 8_030_261_248  # the first stage's layers and embedding (the same bytes as the last's)
+    u2 = (half + 1e9 + 20 * 65536) / 80e9
+    with pytest.raises(InputError, match="^scenario: model/hardware: "):
+        check({"pp": 2, "gpu_memory_utilization": u2})
+    check({"pp": 2, "gpu_memory_utilization": u2, "block_size": 8})
+    with pytest.raises(InputError, match=r"^scenario: model/hardware \(serving\.disaggregated\.prefill\): "):
+        check({"gpu_memory_utilization": 0.2, "disaggregated": {}})

@@ -145,10 +145,14 @@ class Browser:
         return self.log.read().decode(errors="replace")[-2000:]
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.call("Browser.close")
-            self.proc.wait(timeout=60)
-        self.log.close()
+        try:
+            if self.proc.poll() is None:
+                self.call("Browser.close")
+                self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.log.close()
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,9 @@
 #   JOBS=1 benchmarks/mutation.sh cost     # mutants run in parallel: JOBS (default 2)
 #   benchmarks/mutation.sh --recheck cost  # the last run's survivors again, with today's tests and
 #                                          # selection (the module's source must be unchanged)
+#   FRESH=1 benchmarks/mutation.sh cost    # forget the last run's verdicts (by default a module's
+#                                          # scratch copy is reused: only changed functions, mutants
+#                                          # not yet run and the survivors are run again)
 #
 # Each module runs in its own scratch copy of this working tree (/tmp/momentsim-mutation/NAME,
 # or $MUTATION_DIR/NAME) with mutmut told to mutate that module only and to run only the test
@@ -26,7 +29,7 @@ declare -A MODULES=(
   [roofline]="hwmodels/roofline.py|tests/test_roofline.py tests/test_cost.py"
   [model]="simulator/moment/model.py|tests/test_model.py tests/test_families.py tests/test_presets.py tests/test_physical_limits.py tests/test_ops.py"
   [ops]="simulator/moment/ops.py|tests/test_ops.py tests/test_ops_families.py tests/test_ops_layers_by_hand.py tests/test_kernels.py tests/test_physical_limits.py tests/test_cost.py"
-  [cost]="simulator/moment/cost.py|tests/test_cost.py tests/test_kernels.py tests/test_physical_limits.py tests/test_launch.py tests/test_launch_by_hand.py tests/test_stacks.py tests/test_speculative.py"
+  [cost]="simulator/moment/cost.py|tests/test_cost.py tests/test_kernels.py tests/test_physical_limits.py tests/test_launch.py tests/test_launch_by_hand.py tests/test_stacks.py tests/test_speculative.py tests/test_attention_by_hand.py"
   [kvcache]="simulator/serving/kvcache.py|tests/test_physical_limits.py tests/test_reference.py"
   [decodeset]="simulator/serving/decodeset.py|tests/test_reference.py tests/test_engine.py tests/test_schedulers.py tests/test_speculative.py"
   # the policies the reference scheduler runs (the serving designs' own schedulers, disaggregated,
@@ -74,7 +77,7 @@ for name in "${names[@]}"; do
       sel="$(quoted_tests "$tests" .)"
       sed -i "s|^pytest_add_cli_args_test_selection = .*|pytest_add_cli_args_test_selection = [$sel]|" pyproject.toml
       rm -f mutants/mutmut-stats.json
-      survivors=$(mutmut results 2>/dev/null | awk '$2 == "survived" {sub(":$", "", $1); print $1}')
+      survivors=$(mutmut results 2>/dev/null | awk '$2 == "survived" || $2 == "no" {sub(":$", "", $1); print $1}')
       # shellcheck disable=SC2086
       [ -z "$survivors" ] || mutmut run --max-children "$jobs" $survivors >> mutmut-run.log 2>&1 || true
       mutmut export-cicd-stats > /dev/null 2>&1 || true
@@ -82,10 +85,25 @@ for name in "${names[@]}"; do
     )
     continue
   fi
-  rm -rf "$dir"
-  mkdir -p "$dir"
   # the working tree as it is (tracked and new files, not ignored ones)
-  (cd "$here" && git ls-files -z -co --exclude-standard | tar --null -T - -cf -) | tar -xf - -C "$dir"
+  tree() { (cd "$here" && git ls-files -z -co --exclude-standard | tar --null -T - -cf -); }
+  if [ -d "$dir/mutants" ] && [ "${FRESH:-0}" != 1 ]; then
+    # incremental: a scratch copy from an earlier run keeps its verdicts; mutmut re-tests the
+    # functions whose code changed and the mutants not yet run, and the survivors run again below
+    # with today's tests. The copy inside mutants/ is refreshed too, but for the mutated files
+    # (mutmut rewrites those itself), and the test map is rebuilt (rm mutmut-stats.json).
+    tree | tar -xf - -C "$dir"
+    excl=()
+    for f in $src; do excl+=(--exclude="./$f" --exclude="$f"); done
+    tree | tar -xf - -C "$dir/mutants" "${excl[@]}"
+    # shellcheck disable=SC2086
+    (cd "$dir" && touch $src)  # newer than the mutants: mutmut compares each function's hash
+    rm -f "$dir/mutants/mutmut-stats.json"
+  else
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    tree | tar -xf - -C "$dir"
+  fi
   sel="$(quoted_tests "$tests" "$dir")"
   srcs=()
   for f in $src; do srcs+=("\"$f\""); done
@@ -103,12 +121,13 @@ EOF
     cd "$dir"
     unset PYTHONPATH  # the mutated copy (mutants/) must be what the tests import
     mutmut run --max-children "$jobs" > mutmut-run.log 2>&1 || true
-    # survivors once more, one at a time: a loaded machine can make a mutant's test run look clean
-    # (or time out) by chance; a mutant kept as a survivor survived twice
-    survivors=$(mutmut results 2>/dev/null | awk '$2 == "survived" {sub(":$", "", $1); print $1}')
-    if [ -n "$survivors" ] && [ "$jobs" -gt 1 ]; then  # (with JOBS=1 they already ran alone)
+    # survivors and "no tests" once more (the test map is this run's): a verdict kept from an
+    # earlier run (incremental) may predate the tests that reach the mutant now, and a mutant kept
+    # as a survivor then survived twice
+    survivors=$(mutmut results 2>/dev/null | awk '$2 == "survived" || $2 == "no" {sub(":$", "", $1); print $1}')
+    if [ -n "$survivors" ]; then
       # shellcheck disable=SC2086
-      mutmut run --max-children 1 $survivors >> mutmut-run.log 2>&1 || true
+      mutmut run --max-children "$jobs" $survivors >> mutmut-run.log 2>&1 || true
     fi
     mutmut export-cicd-stats > /dev/null 2>&1 || true
     python3 - "$name" "$src" <<'PY'

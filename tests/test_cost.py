@@ -315,3 +315,119 @@ def test_step_models_are_shared_per_configuration_and_keep_their_arguments():
         agg = (b2.decode_seqs, b2.decode_ctx, b2.prefill_seqs, b2.prefill_tokens, b2.prefill_pairs, b2.prefill_ctx,
                b2.logit_rows)
         assert launched.cost(b2).step_ms == launched.step_launched(*agg) * 1e3 == launched.moment_s(*agg) * 1e3
+
+
+def test_parallelism_checks_name_the_limit_each_layout_breaks():
+    """check_parallelism refuses each impossible layout with its own numbers: a degree below 1,
+    more devices than the part has (devices_per_node x nodes), several devices without a link
+    between them (tensor or pipeline parallel alike), tensor parallelism across nodes without a
+    network, and an expert-parallel degree other than 1 or tp."""
+    from simulator.moment.cost import check_parallelism
+
+    m = load_model("llama-3-8b")
+    no_link = H100.model_copy(update={"link": None})
+    two_nodes = H100.model_copy(update={"nodes": 2, "network": None})
+    refused = [
+        (H100, 0, 1, 1, "tp and pp must be >= 1, got tp=0, pp=1"),
+        (H100, 1, 0, 1, "tp and pp must be >= 1, got tp=1, pp=0"),
+        (H100, 16, 1, 1, "tp x pp = 16 exceeds the 8 devices of h100-sxm (devices_per_node x nodes)"),
+        (H100, 4, 4, 1, "tp x pp = 16 exceeds the 8 devices of h100-sxm (devices_per_node x nodes)"),
+        (no_link, 2, 1, 1, "tp x pp = 2 needs a link between devices, and h100-sxm has none "
+                           "(hardware field link: {bw_gbps: ..., latency_us: ...})"),
+        (no_link, 1, 2, 1, "tp x pp = 2 needs a link between devices, and h100-sxm has none "
+                           "(hardware field link: {bw_gbps: ..., latency_us: ...})"),
+        (two_nodes, 16, 1, 1, "tp = 16 spans nodes of 8 devices, and h100-sxm has no network between them "
+                              "(hardware field network: {bw_gbps: ..., latency_us: ...})"),
+    ]
+    for hw, tp, pp, ep, message in refused:
+        with pytest.raises(ValueError) as e:
+            check_parallelism(m, hw, tp, pp, ep)
+        assert str(e.value) == message
+    with pytest.raises(ValueError, match="^ep=3 must be 1 or equal tp=1"):
+        check_parallelism(load_model("mixtral-8x7b"), H100, 1, 1, 3)
+    for hw, tp, pp in ((H100, 8, 1), (H100, 2, 4), (no_link, 1, 1), (two_nodes, 8, 1)):
+        check_parallelism(m, hw, tp, pp)  # fits: nothing raised
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_op_seconds_prices_each_op_in_the_dtype_its_weights_run_in(graph):
+    """op_seconds hands each op to the roofline (hwmodels.roofline.op_time, checked by hand in
+    test_roofline) with the dtype chosen by hand here: fp8 weights on an H100 (fp8 tensor cores)
+    run fp8 GEMMs with nothing to unpack; int4 (AWQ) weights have no int4 units there and run as
+    bf16 GEMMs after unpacking (`dequant` vector ops); bf16 runs bf16. A MoE layer's grouped GEMM
+    is `copies` GEMMs of m / copies rows over n columns each (its tiles), element-wise kernels
+    and collectives run in the compute dtype over `group` devices (default 1), and every kernel
+    of every layer pays a floor. The 2-core CPU profile adds the thread pool's hand-off by
+    element count."""
+    from hwmodels.roofline import op_time
+    from simulator.moment.ops import Dtypes, dense_ops
+
+    cpu = load_hardware("calibration/profiles/cpu-2core.json")
+    # a CPU whose element-wise kernels hand off to a thread pool (parallel_us: by element count)
+    pool = cpu.model_copy(update={"efficiency": cpu.efficiency.model_copy(update={"parallel_us": 5.0})})
+    # each storage format on these parts: (GEMM dtype, unpacked on the way); the output head
+    # stays bf16 under fp8 and int4 weights (its own format)
+    runs_as = {"fp8": ("fp8", False), "int4-awq": ("bf16", True), "bf16": ("bf16", False), "fp32": ("fp32", False)}
+    cases = [("llama-3-8b", "fp8", H100), ("llama-3-8b", "int4-awq", H100), ("llama-3-8b", "bf16", H100),
+             ("mixtral-8x7b", "bf16", H100), ("llama-3.2-1b", "fp32", cpu), ("llama-3.2-1b", "fp32", pool)]
+    seen_grouped = seen_unpacked = seen_head = seen_parallel = seen_allreduce = 0
+    for name, weight, hw in cases:
+        dt = Dtypes(weight, act="fp32" if weight == "fp32" else "bf16")
+        for tp in (1, 2) if hw is H100 else (1,):
+            for op in dense_ops(load_model(name), 512.0, 8.0, dt, tp):
+                launches = op.layers * op.kernels
+                if op.kind == "gemm":
+                    gemm_dt, unpacks = runs_as[op.fmt]
+                    c = max(op.copies, 1.0)
+                    want = op_time("gemm", op.category, op.flops, op.bytes, launches, gemm_dt, hw, m=op.m / c,
+                                   n=op.n * c, graph=graph, dequant=op.dequant if unpacks else 0.0)
+                    seen_grouped += c > 1
+                    seen_unpacked += unpacks and op.dequant > 0
+                    seen_head += op.name == "lm_head" and op.fmt != weight
+                else:
+                    want = op_time(op.kind, op.category, op.flops, op.bytes, launches, dt.compute, hw, m=op.m,
+                                   n=op.n, group=1, graph=graph, elems=op.elems)
+                    seen_parallel += hw is pool and float(want) > float(op_time(
+                        op.kind, op.category, op.flops, op.bytes, launches, dt.compute, cpu, m=op.m, elems=op.elems))
+                    if op.kind == "allreduce":  # over the tp devices: the group a StepModel passes
+                        grouped = op_time(op.kind, op.category, op.flops, op.bytes, launches, dt.compute, hw,
+                                          group=tp, graph=graph)
+                        assert float(op_seconds(op, hw, dt, tp, graph)) == pytest.approx(float(grouped), rel=1e-12)
+                        seen_allreduce += tp > 1 and float(grouped) > 0
+                assert float(op_seconds(op, hw, dt, graph=graph)) == pytest.approx(float(want), rel=1e-12), (name, op.name)
+    assert seen_grouped and seen_unpacked and seen_head and seen_parallel and seen_allreduce
+
+
+def test_a_step_model_is_built_from_its_own_layout_and_defaults():
+    """StepModel wires tp, pp and ep to each part in its place: the eager host calls and the ops
+    (checked against kernels.host_calls and ops.dense_ops with the same layout, where any swap
+    of the three changes them), the kernel count (every call but views), a graph step's issue
+    (one graph launch per pipeline stage), the ep check; a bad mode is named with what is
+    allowed; and built bare it has the documented defaults (no async scheduling, no expert
+    imbalance, graph mode, one device)."""
+    from simulator.moment import kernels as kn
+    from simulator.moment.cost import StepModel
+    from simulator.moment.ops import Dtypes, dense_ops
+
+    mix, dt = load_model("mixtral-8x7b"), Dtypes()
+    sm = StepModel(mix, H100, tp=2, pp=4, mode="eager", ep=2, kernels="pytorch")
+    assert sm.calls == kn.host_calls(mix, "pytorch", dt, 2, 4, 2)
+    assert all(sm.calls != kn.host_calls(mix, "pytorch", dt, *lay) for lay in ((4, 2, 1), (2, 2, 1), (2, 4, 1)))
+    assert sm.kernels == sum(n for call, n in sm.calls.items() if call != "view") > 0
+    want = kn.compose(dense_ops(mix, 64.0, 4.0, dt, 2, 4, 2, 1.0), "pytorch", 2)
+    assert [(o.name, o.flops, o.bytes) for o in sm.ops(64.0, 4.0)] == [(o.name, o.flops, o.bytes) for o in want]
+    assert [(o.name, o.bytes) for o in sm.ops(64.0, 4.0)] != [(o.name, o.bytes) for o in StepModel(
+        mix, H100, tp=2, pp=4, mode="eager", ep=1, kernels="pytorch").ops(64.0, 4.0)]
+    assert StepModel(mix, H100, tp=2, pp=4, ep=2).issue_s == pytest.approx(4 * H100.host.graph_launch_us * 1e-6)
+    with pytest.raises(ValueError, match="^ep=3 must be 1 or equal tp=1"):
+        StepModel(mix, H100, ep=3)
+    with pytest.raises(ValueError) as e:
+        StepModel(mix, H100, mode="lazy")
+    assert str(e.value) == "mode 'lazy'; allowed: graph, eager"
+    b = (32, 32 * 2000.0, 0, 0, 0.0, 0.0, 32)  # 32 decodes of 2000 tokens
+    bare = StepModel(mix, H100).step_agg(*b)
+    assert bare == StepModel(mix, H100, 1, 1, "graph", dt, False, 1, 1.0).step_agg(*b)
+    assert bare != StepModel(mix, H100, async_scheduling=True).step_agg(*b)
+    spread = StepModel(mix, H100, tp=2, ep=2).step_agg(*b)  # (the imbalance weighs on experts spread over devices)
+    assert spread == StepModel(mix, H100, tp=2, ep=2, moe_imbalance=1.0).step_agg(*b)
+    assert spread != StepModel(mix, H100, tp=2, ep=2, moe_imbalance=2.0).step_agg(*b)

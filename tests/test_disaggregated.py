@@ -5,6 +5,9 @@ holds a prompt's blocks until it is sent, rejections, the merged moment log and 
 
 from __future__ import annotations
 
+import itertools
+import math
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -13,9 +16,10 @@ import pytest
 from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
 from simulator.moment.model import load_model
-from simulator.reports.metrics import summarize
+from simulator.reports.metrics import itl, per_request, summarize
 from simulator.serving.engine import check_scenario, simulate
 from simulator.serving.scenario import Scenario
+from simulator.serving.schedulers import PREFILL, Scheduler
 
 KVB = load_model("llama-3.2-1b").kv_bytes_per_token("bf16")  # 32 KiB: 16 layers x 8 KV heads x 64 x 2 x 2 bytes
 
@@ -54,6 +58,116 @@ def test_isolated_requests_take_a_colocated_replicas_time_plus_their_transfer(tm
     assert (m["kind"][m["pool"] == 0] == 0).all() and (m["kind"][m["pool"] == 1] == 1).all()
     assert q1["decode_replica"].tolist() == [1, 1, 1] and q1["replica"].tolist() == [0, 0, 0]
     assert np.all(np.diff(m["start_s"]) >= 0)
+
+
+@pytest.mark.parametrize("bw_gbps, latency_us", [(100_000.0, 0.0), (0.5, 1000.0)])
+def test_isolated_requests_itl_is_their_transfer_then_a_colocated_replicas_steps(tmp_path, bw_gbps, latency_us):
+    # requests 30 s apart: each waits for nobody, so its gaps are, by hand, one of (its transfer +
+    # its first decode step: the idle decode engine starts it at once) and output_len - 2 of its
+    # other decode steps, the steps a colocated replica runs after its prefill (whose gaps
+    # tests/test_reference.py checks). Before the fix the first gap was counted from the decode
+    # engine's previous token, the request before's, 30 s earlier (and the first request's not at all).
+    rows = [(0.0, 700, 40), (30.0, 2000, 5), (60.0, 129, 300)]
+    path = trace(tmp_path, rows)
+    col = simulate(scen(path))
+    dis = simulate(scen(path, {"transfer": {"bw_gbps": bw_gbps, "latency_us": latency_us}}))
+    m = col.moments
+    want = []
+    for (a, p, o), nxt in zip(rows, [30.0, 60.0, np.inf], strict=True):
+        steps = m["dur_s"][(m["kind"] == 1) & (m["start_s"] >= a) & (m["start_s"] < nxt)]
+        assert steps.size == o - 1  # one decode step per token after the first
+        transfer = p * KVB / (bw_gbps * 1e9) + latency_us * 1e-6
+        want += [transfer + steps[0], *steps[1:]]
+    want = np.sort(want)
+    gaps, weights = itl(dis, per_request(dis)["completed"])
+    np.testing.assert_allclose(np.sort(np.repeat(gaps, weights)), want, rtol=1e-9)
+    n = want.size  # 342 gaps: p99 is the smallest gap with at least 99 % of them at or below it
+    s = summarize(dis)["itl_ms"]  # 9 significant digits
+    assert s["mean"] == pytest.approx(want.mean() * 1e3, rel=1e-8)
+    assert s["p99"] == pytest.approx(want[math.ceil(0.99 * n) - 1] * 1e3, rel=1e-8)
+    assert s["p90"] == pytest.approx(want[math.ceil(0.90 * n) - 1] * 1e3, rel=1e-8)
+    # the gaps of each request add up to its time from first to last token (conservation)
+    q = dis.requests
+    assert float(np.dot(gaps, weights)) == pytest.approx(float((q["finish_s"] - q["first_token_s"]).sum()), rel=1e-12)
+
+
+def token_times(monkeypatch) -> dict[int, list[float]]:
+    """Every request's token times (engine time), recorded one by one as the engines hand them out:
+    at the end of a moment that is not held, one for each sequence in its decode set, and one for
+    each prompt whose last chunk ran in it (a first token on the prefill pool)."""
+    times: dict[int, list[float]] = defaultdict(list)
+    done = Scheduler.on_step_done
+
+    def spy(self, m, now):
+        if m.kind != PREFILL and not m.held:
+            for i in self.decode.entries:
+                times[i].append(now)
+        for st, n in m.prefills:
+            if st.done + n >= st.target:
+                times[st.request].append(now)
+        done(self, m, now)
+
+    monkeypatch.setattr(Scheduler, "on_step_done", spy)
+    return times
+
+
+@pytest.mark.parametrize("sched", ["continuous", "chunked", "prefill_first", "mixed"])
+@pytest.mark.parametrize("pp, steps", [(1, 1), (2, 1), (1, 4)])
+def test_loaded_disaggregated_itl_is_every_requests_own_gaps(tmp_path, monkeypatch, sched, pp, steps):
+    """A loaded run (2 prefill replicas; 2 decode replicas of pp virtual engines, 6 sequences each,
+    so transferred requests wait for a place; one-token replies; a front end's way out): the gaps
+    metrics.itl derives from the moment log are the requests' own, recorded token by token. With
+    a multi-step block of 4 every output is 1 or 1 + a multiple of 4, so nobody finishes inside a
+    block (a block streams once, at its end)."""
+    rng = np.random.default_rng(7)
+    n = 150
+    out = rng.integers(1, 60, n) if steps == 1 else 1 + steps * rng.integers(0, 12, n)
+    rows = list(zip(np.cumsum(rng.exponential(1 / 400.0, n)).tolist(), rng.integers(1, 1500, n).tolist(),
+                    out.tolist(), strict=True))
+    sc = scen(trace(tmp_path, rows), {"prefill": {"replicas": 2, "scheduler": "chunked"},
+                                      "decode": {"replicas": 2, "pp": pp, "scheduler": sched, "max_batch_size": 6},
+                                      "transfer": {"bw_gbps": 5.0, "latency_us": 20.0}},
+              max_batched_tokens=1024, num_scheduler_steps=steps, overheads={"request_out_ms": 0.5})
+    times = token_times(monkeypatch)
+    r = simulate(sc)
+    q = r.requests
+    assert (q["status"] == 0).all() and not q["preemptions"].any() and (q["output_len"] == 1).sum() >= 3
+    assert r.stats["request_out_s"] > 0 and (r.moments["engine"].max() == pp - 1)
+    # some waited on the decode pool for more than a few steps after their KV arrived
+    waited = q["decode_admitted_s"] - (q["first_token_s"] - r.stats["request_out_s"] + q["kv_transfer_s"])
+    assert np.nanmax(waited) > 5 * r.moments["dur_s"][r.moments["kind"] == 1].max()
+    slow = np.sort([b - a for ts in times.values() for a, b in itertools.pairwise(ts)])
+    gaps, weights = itl(r, per_request(r)["completed"])
+    np.testing.assert_allclose(np.sort(np.repeat(gaps, weights)), slow, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("sched, preemption", [("continuous", "recompute"), ("continuous", "swap"),
+                                               ("chunked", "swap")])
+def test_itl_counts_each_token_once_when_the_decode_pool_preempts(tmp_path, sched, preemption):
+    """A decode pool with KV for 3,000 tokens and 150 requests of up to 800 + 300: requests wait for
+    blocks and are preempted, some before their first token there. Every token after a request's
+    first has one gap (a request preempted before its first decode step is counted once, from its
+    re-prefill, not also as joining), except that a recompute preemption loses the gap across it
+    (from the request's last token to its re-prefill, as on a colocated engine); continuous
+    batching's prefills are whole, so each preemption is of a decoding request: one gap each."""
+    hw = tmp_path / "tiny.yaml"
+    m = load_model("llama-3.2-1b")
+    gb = (m.weight_bytes("bf16") + 1e9 + 3000.5 * KVB) / 0.9 / 1e9
+    hw.write_text(f"base: h100-sxm\nname: tiny\ndevice:\n  memory_gb: {gb!r}\n")
+    rng = np.random.default_rng(3)
+    n = 150
+    rows = list(zip(np.cumsum(rng.exponential(1 / 300.0, n)).tolist(), rng.integers(1, 800, n).tolist(),
+                    rng.integers(1, 300, n).tolist(), strict=True))
+    r = simulate(scen(trace(tmp_path, rows), {"decode": {"hardware": str(hw)}, "prefill": {"scheduler": "chunked"}},
+                      scheduler=sched, preemption=preemption))
+    q = r.requests
+    done = per_request(r)["completed"]
+    assert done.all() and q["preemptions"].sum() > 20
+    _gaps, weights = itl(r, done)
+    if preemption == "recompute":  # one was preempted before its first decode step there
+        assert (np.isnan(q["decode_admitted_s"]) & np.isfinite(q["kv_transfer_s"])).any()
+    lost = q["preemptions"].sum() if preemption == "recompute" else 0
+    assert weights.sum() == (q["output_len"] - 1).sum() - lost
 
 
 def test_the_link_sends_one_prompt_after_another(tmp_path):

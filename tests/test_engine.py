@@ -605,3 +605,65 @@ def test_a_run_reports_its_progress_as_the_share_of_requests_done_and_its_own_wa
     assert middle == sorted(middle)
     assert all(abs(a * 120 - round(a * 120)) < 1e-9 for a in middle)  # k of the 120 requests
     assert 0.0 < r.wall_s <= elapsed
+
+
+def test_a_pools_layout_and_memory_are_refused_with_the_field_that_breaks_them():
+    """check_scenario names the serving field behind each refusal (pp for a stage count that
+    does not divide the layers, ep for experts, tp otherwise; a disaggregated pool's own prefix)
+    and checks memory with every setting that takes it: the share of memory and what it is a
+    share of, the activation reserve, a KV block per pipeline stage, the experts' spread and a
+    speculative draft's weights. Llama 3 8B holds 16.06 GB of bf16 weights; with a 1 GB reserve
+    it fits 80 GB x u when u x 80 GB > 17.06 GB."""
+    from hwmodels.errors import InputError
+    from simulator.serving.engine import check_scenario
+
+    def refused(serving: dict, model: str = "llama-3-8b", hardware: str = "h100-sxm") -> str:
+        with pytest.raises(InputError) as e:
+            check_scenario(Scenario.model_validate({"model": model, "hardware": hardware, "serving": serving}))
+        return str(e.value)
+
+    def accepted(serving: dict, model: str = "llama-3-8b", hardware: str = "h100-sxm") -> None:
+        check_scenario(Scenario.model_validate({"model": model, "hardware": hardware, "serving": serving}))
+
+    assert refused({"pp": 5}) == "scenario: serving.pp: pp=5 must divide num_hidden_layers=32"
+    assert refused({"tp": 4, "pp": 4}) == \
+        "scenario: serving.tp: tp x pp = 16 exceeds the 8 devices of h100-sxm (devices_per_node x nodes)"
+    assert refused({"ep": 3}, "mixtral-8x7b").startswith("scenario: serving.ep: ep=3 must be 1 or equal tp=1")
+    assert refused({"disaggregated": {"prefill": {"pp": 5}}}) == \
+        "scenario: serving.disaggregated.prefill.pp: pp=5 must divide num_hidden_layers=32"
+    assert refused({"disaggregated": {"decode": {"hardware": "no-such-part"}}}).startswith(
+        "scenario: serving.disaggregated.decode.hardware: ")
+    draft = {"method": "draft_model", "draft_model": "no-such-model", "k": 3, "acceptance": 0.7}
+    assert refused({"speculative": draft}).startswith("scenario: serving.speculative.draft_model: ")
+    assert refused({"speculative": draft, "disaggregated": {}}).startswith(
+        "scenario: serving.disaggregated.prefill.speculative.draft_model: ")
+    # memory: 0.225 x 80 GB leaves 0.94 GB of KV beside the weights and the reserve
+    accepted({"gpu_memory_utilization": 0.225})
+    assert refused({"gpu_memory_utilization": 0.225, "activation_reserve_gb": 2.0}).startswith(
+        "scenario: model/hardware")
+    assert refused({"gpu_memory_utilization": 0.225, "speculative": {  # + a 2.47 GB Llama 3.2 1B draft
+        "method": "draft_model", "draft_model": "llama-3.2-1b", "k": 3, "acceptance": 0.7}}).startswith(
+        "scenario: model/hardware")
+    # 0.2 x 80 GB is less than the weights, but 0.2 of what they and the reserve leave is 12.6 GB
+    assert refused({"gpu_memory_utilization": 0.2}).startswith("scenario: model/hardware")
+    accepted({"gpu_memory_utilization": 0.2, "memory_fraction_of": "free"})
+    # 1 MB of KV: 7 tokens of 128 KiB, less than one 16-token block
+    tight = (16_060_522_496 + 1e9 + 1e6) / 80e9
+    assert refused({"gpu_memory_utilization": tight}).startswith("scenario: model/hardware")
+    accepted({"gpu_memory_utilization": tight, "block_size": 4})
+    # DeepSeek-V3 at tp 8 on an H200: 84.95 GB a device with its experts sharded, 87.19 GB spread
+    accepted({"tp": 8, "gpu_memory_utilization": 87e9 / 141e9}, "deepseek-v3", "h200-sxm")
+    assert refused({"tp": 8, "ep": 8, "gpu_memory_utilization": 87e9 / 141e9}, "deepseek-v3", "h200-sxm").startswith(
+        "scenario: model/hardware")
+
+
+def test_a_workload_the_schema_lets_through_but_cannot_be_drawn_is_named_with_the_scenario():
+    """A length drawn from a trace needs the trace's arrivals: simulate() names the scenario and
+    the field (the same line the CLI prints with the file's name)."""
+    from hwmodels.errors import InputError
+
+    sc = Scenario.model_validate({"model": MODEL, "hardware": "h100-sxm",
+                                  "workload": {"num_requests": 3, "prompt_len": {"dist": "trace"}}})
+    with pytest.raises(InputError) as e:
+        simulate(sc)
+    assert str(e.value) == "scenario: workload.prompt_len: dist trace needs workload.arrival.process: trace"

@@ -465,6 +465,41 @@ def test_itl_numbers_the_engines_of_pools_of_different_pp() -> None:
     assert r.pp == 1 and summarize(r)["itl_ms"] == {"mean": 312.5, "p50": 250.0, "p90": 375.0, "p99": 375.0}
 
 
+def test_itl_of_requests_that_join_a_decode_pool() -> None:
+    """A disaggregated run (decode pool pp 2). Replica 0 prefills D, A, B, C and E (a one-token
+    reply) in moments ending 0.25, 0.5, 0.75, 1.0, 1.0; their KV goes to replica 1. Its engine 1
+    decodes A in [1, 1.25], A and B in [1.25, 1.5], then a multi-step block of two steps
+    [1.5, 1.625] (held) and [1.625, 1.75] with A, B and C (C joins at the block's start); engine 0
+    decodes D in [1, 1.25] and [1.25, 1.75]. Each joining request's first gap runs from its first
+    token on replica 0: A 1.25 - 0.5, B 1.5 - 0.75, C 1.75 - 1.0, D 1.25 - 0.25. Gaps (s):
+    A 0.75, 0.25, 0.25; B 0.75, 0.25; C 0.75; D 1.0, 0.5. Eight: mean 4.5 / 8 = 562.5 ms, p50 the
+    4th smallest (0.5), p90 and p99 the 8th (1.0). Tokens reach the client 1/16 s after the
+    engine made them. Before the fix B and C counted as continuing at their first decode (0.25
+    each) and A's and D's first gaps (at their engines' first streaming moments) were lost: six
+    gaps, five of 0.25 and one of 0.5."""
+    r = two_pools()
+    r.pools[1]["pp"] = 2
+    out = 0.0625
+    r.stats = {"request_out_s": out}
+    r.moments = {"start_s": np.array([0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.25, 1.25, 1.5, 1.625]),
+                 "dur_s": np.array([0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.5, 0.125, 0.125]),
+                 "replica": np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1]), "engine": np.array([0, 0, 0, 0, 1, 0, 1, 0, 1, 1]),
+                 "kind": np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1]), "kv_blocks_used": np.ones(10, dtype=int),
+                 "pool": np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1]), "decodes": np.array([0, 0, 0, 0, 1, 1, 2, 1, 3, 3]),
+                 "firsts": np.array([1, 1, 1, 2, 0, 0, 0, 0, 0, 0]),
+                 "held": np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 0], dtype=bool)}
+    #                  D     A     B     C     E
+    first = np.array([0.25, 0.5, 0.75, 1.0, 1.0]) + out
+    r.requests = requests([0.0, 0.25, 0.5, 0.75, 0.75], first, [1.75 + out] * 4 + [first[4]], [3, 4, 3, 2, 1],
+                          [0] * 5, replica=[0] * 5, engine=[0] * 5, decode_replica=[1, 1, 1, 1, -1],
+                          decode_engine=[0, 1, 1, 1, 0], kv_transfer_s=[0.5, 0.5, 0.5, 0.5, nan],
+                          decode_admitted_s=[1.0, 1.0, 1.25, 1.5, nan])
+    g, w = itl(r, per_request(r)["completed"])
+    np.testing.assert_allclose(np.sort(np.repeat(g, w)), [0.25, 0.25, 0.25, 0.5, 0.75, 0.75, 0.75, 1.0],
+                               rtol=0, atol=1e-12)
+    assert summarize(r)["itl_ms"] == {"mean": 562.5, "p50": 500.0, "p90": 1000.0, "p99": 1000.0}
+
+
 def test_itl_of_an_engine_with_no_decodes_and_of_an_empty_log() -> None:
     """Replica 0 only prefills (a one-token reply at 0.25); replica 1 decodes one request: first token
     at 0.125, tokens at 0.25 and 0.5: gaps 125 and 250 ms."""

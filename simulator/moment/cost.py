@@ -554,7 +554,7 @@ class StepModel:
         dev = self.device_s(b)
         return self._combine(dev, self._tail_l[b.logit_rows])
 
-    def _combine(self, dev: float, tail: float = 0.0) -> float:
+    def _combine(self, dev: float, tail: float) -> float:
         if self.cpu:  # the CPU both issues and runs the kernels: nothing overlaps
             return dev + self.issue_s + self.overhead_s
         issued = self.issue_s + tail * self._tail_weight

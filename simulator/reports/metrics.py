@@ -203,8 +203,26 @@ def weighted_stats(values: np.ndarray, weights: np.ndarray, scale: float = 1.0) 
     return {"mean": weighted / total * scale, "p50": p50, "p90": p90, "p99": p99}
 
 
+def _by_engine(cols: tuple[np.ndarray, ...] | None) -> tuple[np.ndarray, ...] | None:
+    """Per-request columns (engine id first) sorted by engine, so each engine's are a slice."""
+    if cols is None:
+        return None
+    u = np.asarray(cols[0], dtype=np.int64)
+    o = np.argsort(u, kind="stable")
+    return (u[o], *(np.asarray(c, dtype=float)[o] for c in cols[1:]))
+
+
+def _of_engine(cols: tuple[np.ndarray, ...], u: int | None) -> tuple[np.ndarray, ...]:
+    """The slice of _by_engine's columns of engine u (None: the run's only engine, all of them)."""
+    if u is None:
+        return cols[1:]
+    lo, hi = np.searchsorted(cols[0], u), np.searchsorted(cols[0], u, side="right")
+    return tuple(c[lo:hi] for c in cols[1:])
+
+
 def itl_samples(m: dict[str, np.ndarray], pp: int = 1,
-                ended: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                ended: tuple[np.ndarray, np.ndarray] | None = None,
+                joined: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The gaps between a request's consecutive streamed tokens, pooled over all requests, as
     (gap seconds, how many tokens had it), from the moment log alone (O(moments), no per-token
     record): `vllm bench serve`'s ITL.
@@ -220,7 +238,12 @@ def itl_samples(m: dict[str, np.ndarray], pp: int = 1,
     engine times, each taken off the firsts of the moment of its engine that ended then (the
     moment log cannot tell them apart; summarize passes the completed one-token requests). Not
     counted: a request's gap across a recompute preemption (from its last token before it to
-    its re-prefill). Arrays are made only at the streaming moments and freed as they go: a run
+    its re-prefill). A request that joins an engine's decodes with its tokens so far made
+    elsewhere (a disaggregated run's decode pool: its KV came from the prefill pool) has no
+    firsts entry: `joined` gives, for each, its engine, when the engine admitted it (the start of
+    the moment being planned) and its previous token's time t1 (engine times). Its first token
+    there comes at the end of the first streaming moment k starting then or later; it is taken
+    off k's continuing gaps and counted with its own gap end_k - t1 (transfer and wait included). Arrays are made only at the streaming moments and freed as they go: a run
     may have millions of moments."""
     start = np.asarray(m["start_s"], dtype=float)
     if start.size == 0 or "decodes" not in m:
@@ -229,10 +252,7 @@ def itl_samples(m: dict[str, np.ndarray], pp: int = 1,
     dec, first, held = m["decodes"], m["firsts"], m["held"]
     replica, engine = np.asarray(m["replica"]), np.asarray(m["engine"])
     one = not (replica.any() or engine.any())
-    if ended is not None:  # by engine: each engine's times a slice
-        eu = np.asarray(ended[0], dtype=np.int64)
-        o = np.argsort(eu, kind="stable")
-        eu, et = eu[o], np.asarray(ended[1], dtype=float)[o]
+    ended_by, joined_by = _by_engine(ended), _by_engine(joined)  # by engine: each engine's a slice
     gaps, weights = [], []
     for u in ([None] if one else np.unique(replica.astype(np.int64) * pp + engine)):
         sel = None if u is None else np.flatnonzero(replica.astype(np.int64) * pp + engine == u)
@@ -248,8 +268,8 @@ def itl_samples(m: dict[str, np.ndarray], pp: int = 1,
         w = d[stream[1:]].astype(np.int32)  # the sequences of each streaming moment after the first...
         if p.size:
             fp = f[p].astype(np.int32)
-            if ended is not None:  # one-token replies: no newcomers (their moment: the first ending at their time)
-                t = et if u is None else et[np.searchsorted(eu, u):np.searchsorted(eu, u, side="right")]
+            if ended_by is not None:  # one-token replies: no newcomers (their moment: the first ending at their time)
+                (t,) = _of_engine(ended_by, u)
                 pe = p if sel is None else sel[p]
                 k = np.searchsorted(start[pe] + dur[pe], t - ENDED_TOL)
                 np.subtract.at(fp, k[k < p.size], 1)
@@ -261,6 +281,14 @@ def itl_samples(m: dict[str, np.ndarray], pp: int = 1,
             j = nxt[ok] - 1  # ...less the newcomers among them (w[j] belongs to stream[j + 1])
             has = j >= 0
             np.subtract.at(w, j[has], fp[ok][has])
+        if joined_by is not None:  # requests whose earlier tokens came from elsewhere: their own gap
+            ta, t1 = _of_engine(joined_by, u)
+            k = np.searchsorted(start[at], ta - ENDED_TOL)  # the first streaming moment from their admission
+            if k.size:
+                gaps.append(es[k] - t1)
+                weights.append(np.ones(k.size, dtype=np.int32))
+                np.subtract.at(w, k[k > 0] - 1, 1)  # w[j] belongs to stream[j + 1]
+        if p.size or joined_by is not None:
             np.maximum(w, 0, out=w)
         del stream
         gaps.append(np.diff(es))
@@ -275,8 +303,11 @@ def itl_samples(m: dict[str, np.ndarray], pp: int = 1,
 
 def itl(r: SimResult, completed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The gaps between streamed tokens of a run (itl_samples), its completed one-token replies
-    (per_request's `completed`) taken off the newcomers. Engines are numbered replica * pp +
-    engine with the largest pp of its pools (a disaggregated run's pools may differ)."""
+    (per_request's `completed`) taken off the newcomers, and in a disaggregated run each request
+    a decode engine admitted (`decode_admitted_s`) counted from its first token on the prefill
+    pool. Engines are numbered replica * pp + engine with the largest pp of its pools (a
+    disaggregated run's pools may differ); times are the engines' (the client's, less the front
+    end's way out)."""
     q, m = r.requests, r.moments
     pp = max([int(getattr(r, "pp", 1))] + [int(p["pp"]) for p in getattr(r, "pools", None) or []])
     one = completed & (np.asarray(q["output_len"]) == 1)
@@ -284,8 +315,14 @@ def itl(r: SimResult, completed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     replica = np.asarray(q.get("replica", np.zeros(n, dtype=np.int64)))[one].astype(np.int64)
     engine = np.asarray(q.get("engine", np.zeros(n, dtype=np.int64)))[one]
     out_s = float((getattr(r, "stats", None) or {}).get("request_out_s", 0.0))
-    first = np.asarray(q["first_token_s"], dtype=float)[one] - out_s
-    return itl_samples(m, pp, (replica * pp + engine, first))
+    first = np.asarray(q["first_token_s"], dtype=float)
+    joined = None
+    if "decode_admitted_s" in q:
+        ta = np.asarray(q["decode_admitted_s"], dtype=float)
+        got = np.isfinite(ta)
+        unit = np.asarray(q["decode_replica"])[got].astype(np.int64) * pp + np.asarray(q["decode_engine"])[got]
+        joined = (unit, ta[got], first[got] - out_s)
+    return itl_samples(m, pp, (replica * pp + engine, first[one] - out_s), joined)
 
 
 def ttft_split(r: SimResult) -> dict[str, dict[str, float | None]]:

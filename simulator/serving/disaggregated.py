@@ -12,7 +12,9 @@ after another per prefill replica (a FIFO link: a transfer waits for the ones be
 tokens x KV bytes per token / (devices x bandwidth), plus the path's latency. The prefill replica
 keeps the prompt's blocks until the transfer ends. The decode pool's router then picks a replica,
 whose scheduler admits the request when its blocks fit, straight into the decode set (no prefill).
-The time from prefill end to decode arrival is in requests["kv_transfer_s"].
+The time from prefill end to decode arrival is in requests["kv_transfer_s"]; the decode engine
+(decode_replica, decode_engine) and when it admitted the request (decode_admitted_s) give
+metrics.itl the request's gap after its first token.
 """
 
 from __future__ import annotations
@@ -63,8 +65,12 @@ class Disaggregation:
         n = len(requests)
         requests.extra["decode_replica"] = self.decode_replica = np.full(n, -1, dtype=np.int64)
         requests.extra["kv_transfer_s"] = self.transfer_s = np.full(n, np.nan)
+        requests.extra["decode_engine"] = self.decode_engine = np.zeros(n, dtype=np.int16)  # written when pp > 1
+        requests.extra["decode_admitted_s"] = admitted = np.full(n, np.nan)
         for r in self.prefill.engines:
             r.scheduler.handoff = self._sender(r)
+        for r in self.decode.engines:
+            r.scheduler.admitted_s, r.scheduler.now = admitted, lambda: env.now
 
     def submit(self, i: int) -> None:
         rq = self.requests
@@ -92,6 +98,8 @@ class Disaggregation:
         pool = self.decode
         r = pool.engines[pool.router.route(i)]
         self.decode_replica[i] = r.rid + pool.replica_offset
+        if r.eng:  # the array starts at 0
+            self.decode_engine[i] = r.eng
         r.scheduler.receive(i, tokens, generated)
         r.poke()
 

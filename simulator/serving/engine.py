@@ -211,7 +211,7 @@ def pools_of(s: Serving, hardware: str, hw: Hardware, where: str) -> list[tuple[
     return out
 
 
-def check_pool(model: ModelSpec, hw: Hardware, dt: Dtypes, s: Serving, where: str, prefix: str = "serving") -> None:
+def check_pool(model: ModelSpec, hw: Hardware, dt: Dtypes, s: Serving, where: str, prefix: str) -> None:
     """tp/pp/ep of the model and a draft on this hardware, and their memory (one InputError line)."""
     try:
         check_parallelism(model, hw, s.tp, s.pp, s.ep)
@@ -226,7 +226,7 @@ def check_pool(model: ModelSpec, hw: Hardware, dt: Dtypes, s: Serving, where: st
                ep=s.ep, fraction_of=s.memory_fraction_of, extra_weight_bytes=extra[0], extra_kv_bytes=extra[1])
 
 
-def _draft(model: ModelSpec, hw: Hardware, dt: Dtypes, s: Serving, where: str, prefix: str = "serving") -> Draft | None:
+def _draft(model: ModelSpec, hw: Hardware, dt: Dtypes, s: Serving, where: str, prefix: str) -> Draft | None:
     """The speculative draft of serving.speculative (None without it), on the pool's devices."""
     sp = s.speculative
     if sp is None:

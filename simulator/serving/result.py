@@ -42,7 +42,8 @@ class SimResult:
       prefill; nan if never). first_token_s and finish_s are when the client has the token (the
       engine's time + stats["request_out_s"]). With request classes or priorities also class
       (index into scenario.workload.classes, or the trace's priority levels in order) and
-      priority; disaggregated, decode_replica and kv_transfer_s (disaggregated.py).
+      priority; disaggregated, decode_replica, decode_engine (its virtual engine there), kv_transfer_s
+      and decode_admitted_s (when that engine admitted it, engine time; disaggregated.py).
     moments: one entry per moment: start_s, dur_s, replica (the physical replica), engine (the
       virtual engine within it that ran the moment: 0 .. pp-1, all 0 when pp = 1), kind
       (0 prefill-only, 1 decode-only, 2 mixed), tokens, batch (sequences in the step),

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from simulator.serving.schedulers.base import Prefill
 
 
@@ -50,9 +52,19 @@ class PrefillOnly:
 class KVReceiver:
     """Mixin (before the policy in the bases) of a decode pool's schedulers."""
 
+    now: Callable[[], float]
+    """The engine's clock. Set by the deployment."""
+    admitted_s: np.ndarray
+    """Per request: when this engine admitted it into its decode set (the start of the moment being
+    planned, so its first token here comes at the end of the engine's first streaming moment from
+    then on); NaN if never, or if preempted by recompute before its first decode step here (its
+    re-prefill's token is then a newcomer's, as on a colocated engine). Set by the deployment; it
+    gives metrics.itl a request's gap from its first token, transfer and wait included."""
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.received: set[int] = set()
+        self.fresh: dict[int, int] = {}  # admitted, no decode step here yet: request -> its decode admission token
 
     def receive(self, i: int, cached: int, generated: int) -> None:
         """Request i arrives with `cached` tokens of KV and `generated` tokens out."""
@@ -61,11 +73,41 @@ class KVReceiver:
         self.add(i)
 
     def _swap_in(self, i: int, n_seq: int) -> bool:
-        if i not in self.received:
+        if i not in self.received and i not in self.fresh:
             return super()._swap_in(i, n_seq)
         before = self.swap_s
         if not super()._swap_in(i, n_seq):
             return False
-        self.swap_s = before  # its KV came over the transfer, not from host memory
-        self.received.discard(i)
+        if i in self.received:
+            self.swap_s = before  # its KV came over the transfer, not from host memory
+            self.received.discard(i)
+        self._forget_decoded()
+        self.fresh[i] = self.admissions
+        self.admitted_s[i] = self.now()
         return True
+
+    def _preempt_one(self) -> bool:
+        fresh = self.fresh
+        if not fresh:
+            return super()._preempt_one()
+        self._forget_decoded()
+        if not super()._preempt_one():
+            return False
+        for i, token in list(fresh.items()):
+            if not self.decode.holds(i, token) and i not in self.swapped:  # by recompute, before its first step
+                self.admitted_s[i] = np.nan
+                del fresh[i]
+        return True
+
+    def _forget_decoded(self) -> None:
+        """Keep only the admitted requests still waiting for their first decode step here (in the
+        decode set, or swapped out since: admitted again when they come back). Run on admissions
+        and preemptions, never per moment."""
+        d, fresh = self.decode, self.fresh
+        for i, token in list(fresh.items()):
+            e = d.entries.get(i)
+            if e is not None and e.token == token:
+                if e.step < d.step:
+                    del fresh[i]
+            elif i not in self.swapped:  # finished
+                del fresh[i]

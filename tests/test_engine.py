@@ -3,6 +3,7 @@ time moving forward, determinism, hand-computed static batches, preemption, toke
 pipeline parallelism as pp virtual engines per replica."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -667,3 +668,34 @@ def test_a_workload_the_schema_lets_through_but_cannot_be_drawn_is_named_with_th
     with pytest.raises(InputError) as e:
         simulate(sc)
     assert str(e.value) == "scenario: workload.prompt_len: dist trace needs workload.arrival.process: trace"
+
+
+def test_check_scenario_resolves_the_dtypes_and_names_each_input_it_refuses():
+    """check_scenario hands back the formats the serving fields ask for (the model's own where
+    they say nothing), and names the scenario and the field for a draft the pool cannot shard,
+    a trace path that is no file, and a KV transfer over a link the hardware lacks."""
+    from hwmodels.errors import InputError
+    from simulator.moment.ops import Dtypes
+    from simulator.serving.engine import check_scenario
+
+    def check(d: dict):
+        return check_scenario(Scenario.model_validate({"model": "llama-3-8b", "hardware": "h100-sxm", **d}))
+
+    def refused(d: dict) -> str:
+        with pytest.raises(InputError) as e:
+            check(d)
+        return str(e.value)
+
+    assert check({"serving": {"weight_dtype": "fp8", "kv_dtype": "fp8"}})[2] == Dtypes("fp8", "bf16", "fp8")
+    assert check({"serving": {"act_dtype": "fp16"}})[2] == Dtypes("bf16", "fp16", "bf16")
+    assert check({})[2] == Dtypes("bf16", "bf16", "bf16")
+    assert refused({"serving": {"tp": 8, "speculative": {
+        "method": "draft_model", "draft_model": "gemma-3-1b", "k": 3, "acceptance": 0.7}}}) == \
+        "scenario: serving.speculative.draft_model: the draft: tp=8 must divide num_attention_heads=4"
+    folder = str(Path(__file__).parent)
+    assert refused({"workload": {"arrival": {"process": "trace", "path": folder}, "prompt_len": {"dist": "trace"},
+                                 "output_len": {"dist": "trace"}}}) == \
+        f"scenario: workload.arrival.path: {folder}: is a folder, not a regular file; give a trace file"
+    assert refused({"hardware": "cpu", "model": "llama-3.2-1b",
+                    "serving": {"disaggregated": {"transfer": {"path": "link"}}}}) == \
+        "scenario: serving.disaggregated.transfer: cpu names no link: give bw_gbps and latency_us, or path: network"

@@ -393,9 +393,14 @@ def test_pipeline_replica_kv_is_sum_over_virtual_engines(tmp_path, pp):
     m = r.moments
     st_, en = m["start_s"], m["start_s"] + m["dur_s"]
     want = np.zeros(st_.size, dtype=np.int64)
+    # the moments of each (replica, engine), in log order (computed once: the scan below is
+    # quadratic in the moments, on these shorter lists rather than the whole log)
+    of = {(r, e): np.flatnonzero((m["replica"] == r) & (m["engine"] == e))
+          for r in np.unique(m["replica"]).tolist() for e in range(pp)}
     for j in range(st_.size):
         for e in range(pp):
-            cand = np.flatnonzero((m["replica"] == m["replica"][j]) & (m["engine"] == e) & (st_ <= st_[j]))
+            same = of[int(m["replica"][j]), e]
+            cand = same[st_[same] <= st_[j]]
             if cand.size and en[cand[-1]] > st_[j]:
                 want[j] += m["kv_blocks_engine"][cand[-1]]
     assert np.array_equal(m["kv_blocks_used"], want)

@@ -11,8 +11,10 @@ import base64
 import json
 import os
 import re
+import select
 import shutil
 import subprocess
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -70,13 +72,102 @@ class Page(HTMLParser):
             self.cells[self._key] += data
 
 
-def render(path: Path, tmp: Path) -> Page:
+class Browser:
+    """One headless Chromium for this module's pages, driven over its DevTools pipe (the Chrome
+    DevTools Protocol on fds 3 and 4: no port, no server). Starting Chromium costs about 1.3 s of
+    CPU, a page about 0.15 s: one browser for the pages instead of one per page (--dump-dom)."""
+
+    def __init__(self, exe: str, profile: Path) -> None:
+        self.log = open(profile.parent / "chromium.log", "w+b")
+        # the shell puts our pipe to it on fd 3 and its pipe to us on fd 4, where Chromium wants them
+        self.proc = subprocess.Popen(
+            ["sh", "-c", 'exec "$0" "$@" 3<&0 4>&1 </dev/null >/dev/null', exe, *FLAGS,
+             f"--user-data-dir={profile}", "--remote-debugging-pipe"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log)
+        self.buf = b""
+        self.last = 0
+        self.events: list[dict[str, Any]] = []
+
+    def _message(self, deadline: float) -> dict[str, Any]:
+        """The next message from Chromium (each ends with a NUL byte)."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while b"\0" not in self.buf:
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([fd], [], [], left)[0], "Chromium did not answer in 180 s"
+            chunk = os.read(fd, 1 << 20)
+            assert chunk, f"Chromium exited: {self.stderr()}"
+            self.buf += chunk
+        msg, self.buf = self.buf.split(b"\0", 1)
+        return json.loads(msg)
+
+    def call(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:
+        """Send a command and return its result; the events that come meanwhile are kept."""
+        assert self.proc.stdin is not None
+        self.last += 1
+        msg: dict[str, Any] = {"id": self.last, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        self.proc.stdin.write(json.dumps(msg).encode() + b"\0")
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + 180
+        while True:
+            m = self._message(deadline)
+            if m.get("id") == self.last:
+                assert "error" not in m, (method, m["error"], self.stderr())
+                return m["result"]
+            self.events.append(m)
+
+    def wait(self, method: str, **want: Any) -> None:
+        """Until the event `method` whose params hold `want` came (kept or new)."""
+        deadline = time.monotonic() + 180
+        while not any(e.get("method") == method and want.items() <= e.get("params", {}).items() for e in self.events):
+            self.events.append(self._message(deadline))
+        self.events.clear()
+
+    def dom(self, url: str) -> str:
+        """The DOM Chromium built for the page at `url` once it loaded, as --dump-dom prints it,
+        from a new tab that is closed after."""
+        target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        self.call("Page.enable", session=session)
+        self.call("Page.setLifecycleEventsEnabled", {"enabled": True}, session)
+        nav = self.call("Page.navigate", {"url": url}, session)
+        assert "errorText" not in nav, nav
+        self.wait("Page.lifecycleEvent", name="load", loaderId=nav["loaderId"])  # this page's load, not about:blank's
+        html = self.call("Runtime.evaluate", {"expression": "document.documentElement.outerHTML",
+                                              "returnByValue": True}, session)["result"]["value"]
+        self.call("Target.closeTarget", {"targetId": target})
+        return html
+
+    def stderr(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-2000:]
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.call("Browser.close")
+                self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    b = Browser(chromium(), tmp_path_factory.mktemp("chromium") / "profile")
+    yield b
+    b.close()
+
+
+def render(browser: Browser, path: Path) -> Page:
     """Open the file in headless Chromium and parse the DOM it built."""
-    r = subprocess.run([chromium(), *FLAGS, f"--user-data-dir={tmp / 'chromium'}", "--dump-dom", path.as_uri()],
-                       capture_output=True, text=True, timeout=180)
-    assert r.returncode == 0 and "</html>" in r.stdout, r.stderr[-2000:]
+    html = browser.dom(path.as_uri())
+    assert "</html>" in html, browser.stderr()
     page = Page()
-    page.feed(r.stdout)
+    page.feed(html)
     assert not page.urls, page.urls  # self-contained: nothing to fetch
     for src in page.images:  # every plot is an embedded PNG
         assert src.startswith("data:image/png;base64,")
@@ -126,14 +217,15 @@ RUN_KEYS = ["requests.arrived", "requests.completed", "requests.rejected", "make
 
 
 @pytest.mark.parametrize("rate", [8.0, 400.0])
-def test_run_report_shows_the_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], rate: float) -> None:
+def test_run_report_shows_the_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], browser: Browser,
+                                   rate: float) -> None:
     p = tmp_path / "s.yaml"
     p.write_text(yaml.safe_dump({**RUN, "workload": {**RUN["workload"], "arrival": {"process": "poisson", "rate": rate}}}))
     out = tmp_path / "out"
     assert main(["run", str(p), "--json", "--out", str(out)]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["requests"]["rejected"] > 0  # prompts above max_batched_tokens: the page must say so
-    page = render(out / "report.html", tmp_path)
+    page = render(browser, out / "report.html")
     assert_shows(page, {k: dig(s, k) for k in RUN_KEYS})
     assert_shows(page, {f"breakdown_share.{k}": v for k, v in s["breakdown_share"].items()})
     text = " ".join(page.text)
@@ -144,7 +236,7 @@ def test_run_report_shows_the_json(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 # -- sweep -----------------------------------------------------------------------------------------
-def test_sweep_report_shows_the_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_report_shows_the_json(tmp_path: Path, capsys: pytest.CaptureFixture[str], browser: Browser) -> None:
     base = {**RUN, "hardware": "h100-sxm", "serving": {"scheduler": "continuous", "max_batch_size": 8},
             "workload": {**RUN["workload"], "num_requests": 60}}
     sw = tmp_path / "sw.yaml"
@@ -154,7 +246,7 @@ def test_sweep_report_shows_the_json(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["sweep", str(sw), "--out", str(out), "--workers", "1", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["files"]["report"] == str(out / "report.html")
-    page = render(out / "report.html", tmp_path)
+    page = render(browser, out / "report.html")
     expected = {}
     for i, r in enumerate(res["results"]):
         for k in ("output_tokens_per_s", "ttft_ms.p99", "tpot_ms.p99", "cost_per_m_output_tokens"):
@@ -166,7 +258,7 @@ def test_sweep_report_shows_the_json(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 # -- plan --------------------------------------------------------------------------------------------
 def test_plan_report_shows_the_json(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                    monkeypatch: pytest.MonkeyPatch, browser: Browser) -> None:
     def runner(sc: Scenario) -> dict[str, Any]:  # a stand-in: the SLO holds from 2 replicas of an H100
         ok = sc.serving.replicas >= (2 if sc.hardware == "h100-sxm" else 1)
         return {"output_tokens_per_s": 600.0 + sc.seed, "ttft_ms": {"p99": 100.0 + 10 * sc.seed if ok else 900.0},
@@ -183,7 +275,7 @@ def test_plan_report_shows_the_json(tmp_path: Path, capsys: pytest.CaptureFixtur
     path.write_text(yaml.safe_dump(plan))
     assert main(["plan", str(path), "--out", str(tmp_path / "out"), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    page = render(tmp_path / "out" / "report.html", tmp_path)
+    page = render(browser, tmp_path / "out" / "report.html")
     expected = {}
     for c in res["candidates"]:
         for k in ("devices", "cost_per_hour", "cost_per_m_output_tokens", "p99_ttft_ms", "p99_tpot_ms", "max_rate"):

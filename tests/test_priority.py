@@ -148,14 +148,12 @@ def test_priority_keeps_the_interactive_class_within_its_slo_where_fcfs_breaks_i
     assert fcfs["overloaded"]  # the queue grows: under FCFS everyone waits in it
     assert fcfs["classes"]["interactive"]["ttft_ms"]["p99"] > 2000
     assert fcfs["classes"]["interactive"]["goodput"]["fraction"] < 0.5
-    for preempt in (False, True):
-        s = overloaded("priority", preempt)
-        inter = s["classes"]["interactive"]
-        assert inter["completed"] == inter["requests"]
-        assert inter["ttft_ms"]["p99"] < 500 and inter["goodput"]["fraction"] == 1.0
+    inter = {preempt: overloaded("priority", preempt)["classes"]["interactive"] for preempt in (False, True)}
+    for s in inter.values():
+        assert s["completed"] == s["requests"]
+        assert s["ttft_ms"]["p99"] < 500 and s["goodput"]["fraction"] == 1.0
     # preempting the batch class for a seat cuts the interactive wait further
-    assert overloaded("priority", True)["classes"]["interactive"]["ttft_ms"]["p99"] < \
-        overloaded("priority", False)["classes"]["interactive"]["ttft_ms"]["p99"]
+    assert inter[True]["ttft_ms"]["p99"] < inter[False]["ttft_ms"]["p99"]
 
 
 def test_every_request_completes_with_its_tokens_under_priority_preemption(tmp_path):

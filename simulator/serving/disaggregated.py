@@ -65,7 +65,7 @@ class Disaggregation:
         n = len(requests)
         requests.extra["decode_replica"] = self.decode_replica = np.full(n, -1, dtype=np.int64)
         requests.extra["kv_transfer_s"] = self.transfer_s = np.full(n, np.nan)
-        requests.extra["decode_engine"] = self.decode_engine = np.zeros(n, dtype=np.int16)  # written when pp > 1
+        requests.extra["decode_engine"] = self.decode_engine = np.zeros(n, dtype=np.int16)
         requests.extra["decode_admitted_s"] = admitted = np.full(n, np.nan)
         for r in self.prefill.engines:
             r.scheduler.handoff = self._sender(r)
@@ -98,8 +98,7 @@ class Disaggregation:
         pool = self.decode
         r = pool.engines[pool.router.route(i)]
         self.decode_replica[i] = r.rid + pool.replica_offset
-        if r.eng:  # the array starts at 0
-            self.decode_engine[i] = r.eng
+        self.decode_engine[i] = r.eng
         r.scheduler.receive(i, tokens, generated)
         r.poke()
 

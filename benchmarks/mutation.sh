@@ -50,6 +50,9 @@ quoted_tests() {
   (IFS=,; echo "${q[*]}")
 }
 
+# the working tree as it is (tracked and new files, not ignored ones), as a tar stream
+tree() { (cd "$here" && git ls-files -z -co --exclude-standard | tar --null -T - -cf -); }
+
 recheck=0
 if [ "${1:-}" = "--recheck" ]; then  # survivors of the last run again, with today's tests
   recheck=1
@@ -85,8 +88,6 @@ for name in "${names[@]}"; do
     )
     continue
   fi
-  # the working tree as it is (tracked and new files, not ignored ones)
-  tree() { (cd "$here" && git ls-files -z -co --exclude-standard | tar --null -T - -cf -); }
   if [ -d "$dir/mutants" ] && [ "${FRESH:-0}" != 1 ]; then
     # incremental: a scratch copy from an earlier run keeps its verdicts; mutmut re-tests the
     # functions whose code changed and the mutants not yet run, and the survivors run again below

@@ -201,6 +201,33 @@ def test_a_prefill_replica_holds_a_prompts_blocks_until_it_is_sent(tmp_path):
     assert peak[0.05] > 2 * peak[1000.0]
 
 
+@pytest.mark.parametrize("sched", ["continuous", "chunked"])
+def test_guaranteed_no_evict_reserves_the_whole_request_on_both_pools(tmp_path, sched):
+    # TensorRT-LLM's guaranteed_no_evict: each pool reserves a request's prompt and whole output
+    # when it takes it. Isolated requests, by hand: every moment holds blocks(prompt + output) of
+    # its one request, on the prefill replica and on the decode replica alike (before the fix
+    # the decode pool took only the prompt's blocks and gave back the whole reservation: its
+    # free blocks grew past its capacity and the run ended with "holding KV blocks")
+    rows = [(0.0, 700, 40), (30.0, 2000, 5), (60.0, 129, 300)]
+    r = simulate(scen(trace(tmp_path, rows), {}, scheduler=sched, guaranteed_no_evict=True))
+    m = r.moments
+    assert (r.requests["status"] == 0).all()
+    for a, p, o in rows:
+        mine = (m["start_s"] >= a) & (m["start_s"] < a + 30.0)
+        assert set(m["kv_blocks_used"][mine].tolist()) == {math.ceil((p + o) / 16)}
+    assert m["kv_blocks_used"][m["pool"] == 1].size == sum(o - 1 for _a, _p, o in rows)
+    # loaded: 60 requests of 3200 tokens (200 blocks) at once on a small KV cache; the decode
+    # pool fills it with as many whole reservations as fit, and never more
+    path = trace(tmp_path, [(0.0, 3000, 200)] * 60)
+    r = simulate(scen(path, {"decode": {"max_batch_size": 64}}, scheduler=sched, guaranteed_no_evict=True,
+                      gpu_memory_utilization=0.07))
+    assert (r.requests["status"] == 0).all()
+    cap = r.pools[1]["kv_capacity_blocks"]
+    used = r.moments["kv_blocks_used"]
+    assert used[r.moments["pool"] == 1].max() == 200 * (cap // 200) and cap // 200 < 60
+    assert used.min() >= 200 and used[r.moments["pool"] == 0].max() <= r.pools[0]["kv_capacity_blocks"]
+
+
 def test_requests_that_cannot_decode_are_rejected_on_arrival(tmp_path):
     # the decode pool's KV is small (a larger tp on the prefill side holds more): a request whose
     # prompt and output overflow a decode replica is turned away before its prefill

@@ -251,11 +251,14 @@ class Scheduler:
         kv = self.kv
         pb, pid = self._prefix(i)
         own = kv.blocks(cached) - pb
-        if kv.available < own + pb + (self.watermark if n_seq else 0):
+        # guaranteed_no_evict: the prompt and the whole output, as at admission (a decode pool's
+        # request arrives with its KV; _release gives back what admission reserved)
+        take = kv.blocks(self.prompt_len[i] + self.output_len[i]) if self.reserve else own
+        if kv.available < take + pb + (self.watermark if n_seq else 0):
             return False
         if pid >= 0:
             kv.acquire_prefix(pid, pb)
-        kv.alloc(own)
+        kv.alloc(take)
         del self.swapped[i]
         self.waiting.popleft()
         self.swap_s += (own + pb) * self.swap_s_per_block

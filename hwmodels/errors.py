@@ -127,6 +127,16 @@ def read_text(path: str | Path, limit: int = MAX_FILE_BYTES) -> str:
         raise InputError(str(path), "", "cannot read: not UTF-8 text") from None
 
 
+def file_stamp(arg: str | Path) -> tuple[int, int] | None:
+    """(mtime_ns, size) of the file `arg` names, None if it names none: beside the name, the key of
+    a cache of what was read from it, so a file edited since is read again."""
+    try:
+        st = os.stat(arg)
+    except (OSError, ValueError):
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 def load_mapping(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON file that must hold a mapping; any failure is an InputError."""
     p = Path(path)

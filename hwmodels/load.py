@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from hwmodels.errors import InputError, from_validation, load_mapping
+from hwmodels.errors import InputError, file_stamp, from_validation, load_mapping
 from hwmodels.profile import SCHEMA, Profile
 from hwmodels.spec import Hardware
 
@@ -120,9 +120,14 @@ def hardware_from_dict(data: dict[str, Any], where: str) -> Hardware:
         raise from_validation(e, where) from None
 
 
-@lru_cache(maxsize=256)
 def load_hardware(arg: str, use_profile: bool = True) -> Hardware:
-    """The one entry point: preset name, YAML path or profile JSON path."""
+    """The one entry point: preset name, YAML path or profile JSON path (a file edited since the
+    last call is read again)."""
+    return _load_hardware(arg, use_profile, file_stamp(arg))
+
+
+@lru_cache(maxsize=256)
+def _load_hardware(arg: str, use_profile: bool, _stamp: tuple[int, int] | None) -> Hardware:
     p = Path(arg)
     if p.suffix == ".json":
         return read_profile(p).hardware

@@ -316,3 +316,44 @@ def test_a_sweep_prices_both_pools():
     sc = Scenario.model_validate({"model": "llama-3.2-1b", "hardware": "h100-sxm", "serving": {
         "replicas": 7, "disaggregated": {"prefill": {"replicas": 1, "tp": 2}, "decode": {"replicas": 3, "hardware": "h200-sxm"}}}})
     assert [(h.name, n) for h, n in _parts(sc)] == [("h100-sxm", 2), ("h200-sxm", 3)]
+
+
+def hw_file(tmp_path, name: str, base: str, **power: float) -> str:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(f"base: {base}\nname: {name}\ndevice:\n  power: {{{', '.join(f'{k}: {v}' for k, v in power.items())}}}\n")
+    return str(p)
+
+
+def test_the_energy_of_two_pools_by_hand(tmp_path):
+    # no dynamic share: every device draws its idle power all run long. One prefill replica at
+    # 90 W (tdp 700) and two decode replicas at 50 W (tdp 400), tp 2: each replica's energy is
+    # 2 x idle x makespan; the run's per-replica figures are the pools' in replica order, and its
+    # idle power and tdp per replica the replica-weighted means
+    pre = hw_file(tmp_path, "pre", "h100-sxm", tdp_w=700, idle_w=90, compute_share=0, memory_share=0)
+    dec = hw_file(tmp_path, "dec", "h200-sxm", tdp_w=400, idle_w=50, compute_share=0, memory_share=0)
+    path = trace(tmp_path, [(0.02 * i, 300 + 11 * i, 10 + i) for i in range(30)])
+    r = simulate(scen(path, {"prefill": {"replicas": 1, "hardware": pre}, "decode": {"replicas": 2, "hardware": dec}},
+                      tp=2))
+    e, t = r.energy, r.makespan_s
+    assert e["known"] is True and e["dynamic_j"] == 0.0
+    np.testing.assert_allclose(e["replica_j"], [180 * t, 100 * t, 100 * t], rtol=1e-12)
+    np.testing.assert_allclose(e["avg_power_w"], [180.0, 100.0, 100.0], rtol=1e-12)
+    np.testing.assert_allclose(e["peak_power_w"], [180.0, 100.0, 100.0], rtol=1e-12)
+    assert e["total_j"] == pytest.approx(380 * t, rel=1e-12) and e["idle_j"] == pytest.approx(380 * t, rel=1e-12)
+    assert e["idle_power_w"] == pytest.approx((180 + 2 * 100) / 3, rel=1e-12)
+    assert e["tdp_w"] == pytest.approx((1400 + 2 * 800) / 3, rel=1e-12)
+    np.testing.assert_allclose(r.timeseries["power_w"], 380.0, rtol=1e-12)
+    # with dynamic power each replica adds its own moments' energy, and the run all of them
+    pre = hw_file(tmp_path, "pre", "h100-sxm", tdp_w=700, idle_w=90)
+    r = simulate(scen(path, {"prefill": {"replicas": 1, "hardware": pre}, "decode": {"replicas": 2, "hardware": dec}},
+                      tp=2))
+    m, e, t = r.moments, r.energy, r.makespan_s
+    dyn = np.bincount(m["replica"], weights=m["energy_j"], minlength=3)
+    assert dyn[0] > 0 and dyn[1] == dyn[2] == 0.0
+    np.testing.assert_allclose(e["replica_j"], dyn + [180 * t, 100 * t, 100 * t], rtol=1e-12)
+    assert e["dynamic_j"] == pytest.approx(m["energy_j"].sum(), rel=1e-12)
+    assert e["total_j"] == pytest.approx(380 * t + m["energy_j"].sum(), rel=1e-12)
+    # a pool without power figures makes the run's energy unknown
+    r = simulate(scen(path, {"prefill": {"replicas": 1, "hardware": pre}, "decode": {"replicas": 1,
+                                                                                     "hardware": "h100-pcie"}}))
+    assert r.energy["known"] is False

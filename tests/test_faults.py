@@ -139,7 +139,7 @@ def test_resume_reruns_points_whose_preset_changed(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(hl, "PRESET_DIR", presets)
 
     def fresh() -> None:
-        hl.load_hardware.cache_clear()
+        hl._load_hardware.cache_clear()
         sweep_mod._resolved.cache_clear()
 
     fresh()

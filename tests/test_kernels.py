@@ -4,6 +4,8 @@ and the eager host time as the sum of its calls."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from hwmodels.load import load_hardware
@@ -11,7 +13,7 @@ from hwmodels.roofline import floor_us
 from hwmodels.spec import Efficiency, Host
 from simulator.moment.cost import StepModel, step_model
 from simulator.moment.kernels import compose, host_calls, kernel_count
-from simulator.moment.model import load_model
+from simulator.moment.model import PRESET_DIR, load_model
 from simulator.moment.ops import Batch, Dtypes, dense_ops
 
 M8B = load_model("llama-3-8b")
@@ -122,7 +124,24 @@ def test_a_host_is_swapped_by_name_or_overridden_by_field(tmp_path):
     p.write_text("base: h100-sxm\nname: h100-fast-host\nhost: h200-xeon\n")
     hw = load_hardware(str(p))
     assert hw.host.op_dispatch_us["linear"] == pytest.approx(13.612) and hw.device.name == "NVIDIA H100 SXM5 80GB"
-    q = tmp_path / "h2.yaml"  # (load_hardware caches by path)
+    q = tmp_path / "h2.yaml"
     q.write_text("base: h200-sxm\nname: h200-slow-host\nhost: {dispatch_us: 40, op_dispatch_us: {}}\n")
     hw = load_hardware(str(q))
     assert hw.host.dispatch_us == 40 and hw.host.view_us == pytest.approx(1.4)  # the rest of the H200 host stays
+
+
+def test_a_hardware_or_model_file_edited_between_calls_is_read_again(tmp_path):
+    # load_hardware and load_model keep what they read; a file edited since (a notebook, a study
+    # writing its variants) must not come back as it was: 2 TB/s, then 4 TB/s in the same file
+    p = tmp_path / "part.yaml"
+    p.write_text("base: h100-sxm\nname: part\ndevice: {memory_bw_gbps: 2000}\n")
+    assert load_hardware(str(p)).device.bandwidth == pytest.approx(2e12)
+    assert load_hardware(str(p)) is load_hardware(str(p))  # unchanged: the same object, not read again
+    p.write_text("base: h100-sxm\nname: part\ndevice: {memory_bw_gbps: 4000.0}\n")
+    assert load_hardware(str(p)).device.bandwidth == pytest.approx(4e12)
+    cfg = json.loads((PRESET_DIR / "llama-3.2-1b.json").read_text())
+    m = tmp_path / "config.json"
+    m.write_text(json.dumps(cfg | {"num_hidden_layers": 4}))
+    assert load_model(str(m)).num_hidden_layers == 4
+    m.write_text(json.dumps(cfg | {"num_hidden_layers": 12}))
+    assert load_model(str(m)).num_hidden_layers == 12

@@ -296,7 +296,7 @@ def test_biases_of_a_dense_mlp_and_attention_by_hand(tmp_path):
     plain = 2 * h * h + 2 * h * 64 + 3 * h * i + 2 * h
 
     def count(**over) -> int:
-        p = tmp_path / f"config-{len(over)}-{'-'.join(over)}.json"  # load_model caches by path
+        p = tmp_path / f"config-{len(over)}-{'-'.join(over)}.json"
         p.write_text(json.dumps(cfg | over))
         return load_model(str(p)).num_params()
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hwmodels.errors import InputError, from_validation, load_mapping
+from hwmodels.errors import InputError, file_stamp, from_validation, load_mapping
 from hwmodels.spec import DTYPE_BYTES
 
 PRESET_DIR = Path(__file__).parent / "models"
@@ -604,9 +604,14 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
 
 
-@lru_cache(maxsize=128)
 def load_model(arg: str) -> ModelSpec:
-    """A preset name or a path to config.json / YAML."""
+    """A preset name or a path to config.json / YAML (a file edited since the last call is read
+    again)."""
+    return _load_model(arg, file_stamp(arg))
+
+
+@lru_cache(maxsize=128)
+def _load_model(arg: str, _stamp: tuple[int, int] | None) -> ModelSpec:
     p = Path(arg)
     if (PRESET_DIR / f"{arg}.json").exists() and not p.exists():
         return _spec(load_mapping(PRESET_DIR / f"{arg}.json"), arg, f"model preset {arg}")

@@ -39,7 +39,7 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
-from hwmodels.errors import InputError, from_validation, load_mapping, open_regular
+from hwmodels.errors import InputError, file_stamp, from_validation, load_mapping, open_regular
 from hwmodels.load import load_hardware
 from simulator.moment.model import load_model
 from simulator.reports.outdir import out_dir
@@ -89,8 +89,9 @@ def _version() -> str:
 
 
 @lru_cache(maxsize=1024)
-def _resolved(kind: str, arg: str) -> str:
-    """The model or hardware as simulated (presets and `base:` resolved, profiles applied)."""
+def _resolved(kind: str, arg: str, _stamp: tuple[int, int] | None) -> str:
+    """The model or hardware as simulated (presets and `base:` resolved, profiles applied); _stamp:
+    its file's (errors.file_stamp), so an edited file is resolved again."""
     spec = load_model(arg) if kind == "model" else load_hardware(arg)
     return spec.model_dump_json()
 
@@ -117,7 +118,8 @@ def point_key(sc: Scenario, digests: dict[str, str] | None = None) -> str:
             digests[trace] = file_digest(trace)
         files[trace] = digests[trace]
     blob = json.dumps({"v": 2, "code": code_version(), "scenario": sc.model_dump(mode="json"),
-                       "model": _resolved("model", sc.model), "hardware": _resolved("hardware", sc.hardware),
+                       "model": _resolved("model", sc.model, file_stamp(sc.model)),
+                       "hardware": _resolved("hardware", sc.hardware, file_stamp(sc.hardware)),
                        "files": files}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

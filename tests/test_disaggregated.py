@@ -354,6 +354,7 @@ def test_the_energy_of_two_pools_by_hand(tmp_path):
     assert e["dynamic_j"] == pytest.approx(m["energy_j"].sum(), rel=1e-12)
     assert e["total_j"] == pytest.approx(380 * t + m["energy_j"].sum(), rel=1e-12)
     # a pool without power figures makes the run's energy unknown
-    r = simulate(scen(path, {"prefill": {"replicas": 1, "hardware": pre}, "decode": {"replicas": 1,
-                                                                                     "hardware": "h100-pcie"}}))
+    (tmp_path / "bare.yaml").write_text("base: h100-sxm\nname: bare\ndevice: {power: null}\n")
+    r = simulate(scen(path, {"prefill": {"replicas": 1, "hardware": pre},
+                             "decode": {"replicas": 1, "hardware": str(tmp_path / "bare.yaml")}}))
     assert r.energy["known"] is False

@@ -47,13 +47,30 @@ def check_device(device: str) -> None:
                          f"(CUDA build: {torch.version.cuda or 'none'}); use --device cpu")
 
 
-def base_hardware(device: str, base: str | None, fp: dict[str, Any], facts: dict[str, Any], name: str
-                  ) -> tuple[Hardware, dict[str, str]]:
+# rows from which a CPU GEMM of a model's shapes is compute-bound (fp32 and bf16 alike, 2-core EPYC)
+COMPUTE_BOUND_M = 256
+
+
+def gemm_speedup(records: list[dict[str, Any]], dtype: str) -> tuple[float, int]:
+    """How much faster GEMMs run in `dtype` than in fp32 here: the median ratio of their times
+    over the compute-bound shapes (M >= COMPUTE_BOUND_M) measured in both; (nan, 0) if none."""
+    times: dict[tuple, dict[str, float]] = {}
+    for r in records:
+        if r["op"] == "gemm" and r["dtype"] in ("fp32", dtype) and float(r.get("m") or 0) >= COMPUTE_BOUND_M:
+            key = (r["category"], r["m"], r.get("n"), r.get("k"), r.get("tp"))
+            times.setdefault(key, {})[r["dtype"]] = float(r["ms"])
+    ratios = [t["fp32"] / t[dtype] for t in times.values() if len(t) == 2 and t[dtype] > 0]
+    return (float(np.median(ratios)), len(ratios)) if ratios else (float("nan"), 0)
+
+
+def base_hardware(device: str, base: str | None, fp: dict[str, Any], facts: dict[str, Any], name: str,
+                  records: list[dict[str, Any]] = ()) -> tuple[Hardware, dict[str, str]]:  # type: ignore[assignment]
     """The preset the fit starts from, with what this machine says about itself.
 
     CPU: the machine's model name, the cores torch uses, its memory and last-level cache; the
-    preset's FLOPs per cycle stay (the fit's gemm_compute absorbs the difference); memory
-    bandwidth is never below what a plain stream measured here. CUDA: name, SM count, memory.
+    preset's FLOPs per cycle stay (the fit's gemm_compute absorbs the difference), and bf16's
+    is fp32's times how much faster `records` show its GEMMs; memory bandwidth is never below
+    what a plain stream measured here. CUDA: name, SM count, memory.
     """
     base = base or DEFAULT_BASE[device]
     hw = load_hardware(base, use_profile=False)
@@ -77,6 +94,12 @@ def base_hardware(device: str, base: str | None, fp: dict[str, Any], facts: dict
             prov["device.memory_bw_gbps"] = (f"measured: best plain stream (copy or read-only sum) on this "
                                              f"machine, {date}, above the base preset's figure")
         prov["device.flops_per_cycle"] = f"kept from the base preset {base!r}: the fit's gemm_compute absorbs the rest"
+        ratio, shapes = gemm_speedup(records, "bf16")
+        if shapes:  # bf16 has its own units here (AVX512-BF16, AMX): its GEMMs were measured
+            fpc = dev["flops_per_cycle"]
+            fpc["bf16"] = round(fpc["fp32"] * ratio, 2)
+            prov["device.flops_per_cycle"] += (f"; bf16: fp32's x {ratio:.3f}, the median speed-up of the {shapes} "
+                                               f"compute-bound GEMM shapes (M >= {COMPUTE_BOUND_M}) measured in both")
     else:
         g = fp["gpu"]
         dev["name"] = g["name"]
@@ -151,10 +174,17 @@ def build_profile(records: list[dict[str, Any]], fp: dict[str, Any], facts: dict
     from calibration.fit import HOST_PARAMS, fit_profile, predict, rel_errors, summary
 
     date = fp["date"][:10]
-    hw0, prov = base_hardware(device, base, fp, facts, out.stem)
-    fitted_recs = [r for r in records if r.get("fit", True) is not False and r["op"] != "step"]
-    if device == "cpu" and act_dtype:  # CPU presets rate bf16 like fp32 (or not at all); one gemm_compute can't hold both
-        fitted_recs = [r for r in fitted_recs if r["dtype"] == act_dtype or r["op"] not in ("gemm", "stream")]
+    hw0, prov = base_hardware(device, base, fp, facts, out.stem, records)
+    def used(r: dict[str, Any]) -> bool:
+        """Fitted: not a copy, not a step; on a CPU a GEMM in another dtype only where that dtype's
+        rate was measured (base_hardware), and element-wise kernels in the activations' dtype."""
+        if r.get("fit", True) is False or r["op"] == "step":
+            return False
+        if device != "cpu" or not act_dtype or r["dtype"] == act_dtype:
+            return True
+        return r["op"] == "gemm" and r["dtype"] in hw0.device.flops_per_cycle or r["op"] not in ("gemm", "stream")
+
+    fitted_recs = [r for r in records if used(r)]
     fix = CPU_FIXED if device == "cpu" else ()
     hw, report = fit_profile(fitted_recs, hw0, fix=fix)
 
@@ -197,7 +227,7 @@ def build_profile(records: list[dict[str, Any]], fp: dict[str, Any], facts: dict
     err = rel_errors(pred, meas)
     for r, p in zip(records, pred, strict=True):
         r["pred_ms"] = round(float(p), 6) if np.isfinite(p) else None
-    ok = np.array([r.get("fit", True) is not False and r["op"] != "step" for r in records], dtype=bool)
+    ok = np.array([used(r) for r in records], dtype=bool)
     for r, used_it in zip(records, ok, strict=True):
         r["fitted"] = bool(used_it)
     fit = {k: v for k, v in report.items() if k != "records"}
@@ -322,7 +352,7 @@ def summary_text(data: dict[str, Any], out: str | Path) -> str:
              f"  cases    {fit['records']} measured, {fit['fitted_records']} fitted, {facts.get('skipped', 0)} skipped"
              f" as too slow/large, {facts.get('seconds', 0):.0f} s"]
     if "bf16_ratio" in facts:
-        lines.append(f"  bf16     GEMM rate {facts['bf16_ratio']:.2f}x fp32 ({'measured, not fitted' if facts['bf16_ratio'] >= 0.8 else 'too slow: skipped'})")
+        lines.append(f"  bf16     GEMM rate {facts['bf16_ratio']:.2f}x fp32 ({'measured and fitted: its own units' if facts['bf16_ratio'] >= 0.8 else 'too slow: skipped'})")
     if facts.get("copy_gbps"):
         lines.append(f"  stream   copy {facts['copy_gbps']} GB/s, read {facts.get('read_gbps')} GB/s")
     lines.append("  fitted parameters:")

@@ -196,7 +196,7 @@ def error_table(records: Sequence[Record], pred: np.ndarray, key: Callable[[Reco
 
 # -- parameters: get, set, bounds -----------------------------------------------------------------
 
-DICT_PARAMS = ("elementwise_memory", "elementwise_row_gbps", "elementwise_cache_gain")
+DICT_PARAMS = ("elementwise_memory", "elementwise_row_gbps", "elementwise_cache_gain", "gemm_memory_dtype")
 # kernels that launch one thread block per token (vLLM-style rms_norm, rotary embedding,
 # silu_and_mul): only these get the per-row bound; torch's element-wise kernels (add, embedding
 # gather) spread over all elements
@@ -211,6 +211,8 @@ def get_param(eff: Efficiency, name: str) -> float:
         return float(eff.elementwise_row_gbps.get(cat, float("nan")))
     if field == "elementwise_cache_gain":
         return float(eff.elementwise_cache_gain.get(cat, 0.0))
+    if field == "gemm_memory_dtype":
+        return float(eff.gemm_memory_dtype.get(cat, eff.gemv_memory or eff.gemm_memory))
     if field == "elementwise_floor_us" and eff.elementwise_floor_us is None:
         return float(eff.floor_us)
     if field in ("gemv_memory", "wide_gemm_memory") and getattr(eff, field) is None:
@@ -233,7 +235,7 @@ def set_params(eff: Efficiency, values: dict[str, float]) -> Efficiency:
 
 def bounds(name: str) -> tuple[float, float]:
     """Bounds from the pydantic Field constraints (open ends closed by OPEN_BOUNDS)."""
-    if name.startswith("elementwise_memory."):
+    if name.startswith(("elementwise_memory.", "gemm_memory_dtype.")):
         return 1e-3, 1.0
     if name.startswith("elementwise_row_gbps."):
         return 0.5, 500.0
@@ -483,6 +485,9 @@ def fit_profile(records: Iterable[Record], hw: Hardware, fix: set[str] | Iterabl
     groups: list[tuple[_Priced, list[str]]] = []
     wide_n: dict[str, int] = {}
     gemm = by_kind.get("gemm", [])
+    # a CPU runs each other dtype's GEMMs on that dtype's own kernels (oneDNN's bf16 beside MKL's fp32)
+    dtypes = {r["dtype"] for r in gemm}
+    own = sorted(dtypes - {"fp32"}) if hw.device.kind == "cpu" and "fp32" in dtypes else []
     if gemm:
         names = free(GROUPS["gemm"])
         if hw.device.kind == "cpu" and any(0 < float(r.get("m", 0) or 0) <= 1 for r in gemm) and "gemv_memory" not in fix:
@@ -491,12 +496,15 @@ def fit_profile(records: Iterable[Record], hw: Hardware, fix: set[str] | Iterabl
                 hw = hw.model_copy(update={"efficiency": set_params(hw.efficiency,
                                                                     {"gemv_memory": hw.efficiency.gemm_memory})})
             names.append("gemv_memory")
+        fp32 = [r for r in gemm if r["dtype"] not in own]
         if hw.device.kind == "cpu" and "wide_gemm_memory" not in fix:
-            hw = wide_gemm_knee(_Priced(gemm), hw, names)
+            hw = wide_gemm_knee(_Priced(fp32), hw, names)
             if hw.efficiency.wide_gemm_n is not None:
                 names.append("wide_gemm_memory")
                 wide_n = {"wide_gemm_n": hw.efficiency.wide_gemm_n}
-        groups.append((_Priced(gemm), names))
+        groups.append((_Priced(fp32), names))
+        for d in own:  # only their weights' stream is theirs: the fp32 GEMMs set the rest
+            groups.append((_Priced([r for r in gemm if r["dtype"] == d]), free([f"gemm_memory_dtype.{d}"])))
     for kind in ATTN_KINDS:
         rs = by_kind.get(kind, [])
         if rs:
@@ -516,7 +524,8 @@ def fit_profile(records: Iterable[Record], hw: Hardware, fix: set[str] | Iterabl
         groups.append((_Priced(rs), free(names)))
     device = [r for k in DEVICE_KINDS for r in by_kind.get(k, [])]
     shared: list[tuple[str, _Priced]] = []
-    heavy = [r for r in device if r["op"] != "stream"]
+    # (not another dtype's CPU GEMMs: their library's per-call cost is not the kernel floor)
+    heavy = [r for r in device if r["op"] != "stream" and not (r["op"] == "gemm" and r["dtype"] in own)]
     if heavy and "floor_us" not in fix:
         shared.append(("floor_us", _Priced(heavy)))
     light = [r for r in device if r["op"] != "gemm"]

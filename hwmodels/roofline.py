@@ -66,6 +66,7 @@ def op_time(kind: str, category: str, flops, bytes_, launches: int, dtype: str, 
             mem = np.where(np.asarray(n) >= eff.wide_gemm_n, eff.wide_gemm_memory, mem)
         if eff.gemv_memory is not None:
             mem = np.where(np.asarray(m) <= 1, eff.gemv_memory, mem)
+        mem = eff.gemm_memory_dtype.get(dtype, mem)  # that dtype's own kernels
         t_c = np.asarray(flops) / peak
         if np.any(np.asarray(dequant) > 0):
             t_c = t_c + np.asarray(dequant) / (dev.peak_flops("fp32") * eff.gemm_compute)

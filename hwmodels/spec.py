@@ -248,6 +248,13 @@ class Efficiency(Strict):
         description="bandwidth fraction of a blocked GEMM (more than one row) at least wide_gemm_n wide; "
         "None: gemm_memory",
     )
+    gemm_memory_dtype: dict[str, Fraction] = Field(
+        default_factory=dict,
+        description="per GEMM dtype: the bandwidth fraction its weights stream at, at every row count and "
+        "width, where the library takes its own kernel for that dtype (a CPU's bf16 GEMMs run oneDNN's "
+        "AVX512-BF16 kernels, 15-20 GB/s on a 2-core EPYC where MKL's fp32 blocked GEMM streams 6-10); "
+        "replaces gemm_memory, gemv_memory and wide_gemm_memory for it; absent: those",
+    )
     gemm_wave: float = Field(
         default=0.0, ge=0, le=1, description="weight of tile/wave quantisation over compute units (0 = off)"
     )
@@ -324,6 +331,9 @@ class Efficiency(Strict):
             bad = [k for k in getattr(self, name) if k not in ELEMENTWISE]
             if bad:
                 raise ValueError(f"unknown category {bad[0]!r} in {name}; allowed: {', '.join(ELEMENTWISE)}")
+        bad = [k for k in self.gemm_memory_dtype if k not in DTYPES]
+        if bad:
+            raise ValueError(f"unknown dtype {bad[0]!r} in gemm_memory_dtype; allowed: {', '.join(DTYPES)}")
         if (self.wide_gemm_n is None) != (self.wide_gemm_memory is None):
             raise ValueError("wide_gemm_n and wide_gemm_memory go together: give both or neither")
         return self

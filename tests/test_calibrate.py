@@ -97,6 +97,25 @@ def test_cpu_base_keeps_the_presets_peak():
     assert "device.memory_bw_gbps" not in prov
 
 
+def test_a_cpu_with_bf16_units_gets_the_measured_bf16_rate():
+    # bf16's FLOPs per cycle: fp32's x the median speed-up of the compute-bound shapes (M >= 256)
+    # measured in both dtypes: 2x, 3x and 2.4x here -> 2.4 -> 32 x 2.4 = 76.8. A memory-bound
+    # shape (M = 8, 5x) and a shape measured in one dtype only do not count
+    def gemm(dtype: str, m: int, n: int, ms: float) -> dict:
+        return {"op": "gemm", "category": "ffn_up", "dtype": dtype, "m": m, "n": n, "k": 2048, "tp": 1, "ms": ms}
+
+    recs = [gemm("fp32", 512, 4096, 10.0), gemm("bf16", 512, 4096, 5.0), gemm("fp32", 1024, 4096, 30.0),
+            gemm("bf16", 1024, 4096, 10.0), gemm("fp32", 256, 8192, 12.0), gemm("bf16", 256, 8192, 5.0),
+            gemm("fp32", 8, 4096, 5.0), gemm("bf16", 8, 4096, 1.0), gemm("bf16", 2048, 4096, 1.0)]
+    fp = mb.fingerprint("cpu")
+    hw, prov = base_hardware("cpu", None, fp, {"threads": 2}, "x", recs)
+    assert hw.device.flops_per_cycle == {"fp32": 32.0, "bf16": 76.8}
+    assert hw.device.peak_flops("bf16") == pytest.approx(3e9 * 2 * 76.8)
+    assert "x 2.400" in prov["device.flops_per_cycle"] and "3 compute-bound" in prov["device.flops_per_cycle"]
+    fp32_only, _ = base_hardware("cpu", None, fp, {"threads": 2}, "x", recs[:1] + recs[6:7])
+    assert fp32_only.device.flops_per_cycle == {"fp32": 32.0}
+
+
 @no_cuda
 def test_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["calibrate", "--device", "cuda", "--out", str(tmp_path / "x.json")]) == 2

@@ -150,6 +150,25 @@ def test_wide_gemm_memory_applies_to_several_rows_from_its_width_on():
         hw(wide_gemm_n=8192)
 
 
+def test_a_dtypes_own_gemm_rate_replaces_every_other_for_it():
+    """A CPU's bf16 GEMMs run their library's own kernels: gemm_memory_dtype sets their rate at
+    every row count and width, and the other dtypes keep theirs."""
+    h = hw(gemv_memory=0.4, wide_gemm_n=8192, wide_gemm_memory=0.2, gemm_memory_dtype={"bf16": 0.6})
+    t = lambda m, n, dt: float(op_time("gemm", "ffn_up", 0.0, 8e9, 1, dt, h, m=m, n=n))  # noqa: E731
+    for m, n in ((1, 4096), (4, 4096), (4, 9000), (64, 1e5)):
+        assert t(m, n, "bf16") == pytest.approx(8e9 / (BW * 0.6) + 3e-6, rel=1e-12)
+    assert [t(1, 4096, "fp32"), t(4, 4096, "fp32"), t(4, 9000, "fp32")] == pytest.approx(
+        [8e9 / (BW * f) + 3e-6 for f in (0.4, 0.8, 0.2)], rel=1e-12)
+    # a compute-bound bf16 GEMM is unchanged: the rate is the weights' stream
+    assert float(op_time("gemm", "ffn_up", 1e12, 0.0, 1, "bf16", h, m=4096, n=4096)) == pytest.approx(
+        1e12 / (PEAK * 0.5) + 3e-6, rel=1e-12)
+    with pytest.raises(ValueError, match="unknown dtype 'bf17' in gemm_memory_dtype"):
+        hw(gemm_memory_dtype={"bf17": 0.5})
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError):
+            hw(gemm_memory_dtype={"bf16": bad})
+
+
 def test_dequantising_weights_adds_vector_work_on_the_fp32_units():
     h = hw()
     t = float(op_time("gemm", "ffn_up", 1e12, 0.0, 1, "bf16", h, m=4096, n=4096, dequant=2e11))

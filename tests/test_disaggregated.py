@@ -271,6 +271,16 @@ def test_disaggregated_settings_are_checked(tmp_path):
     with pytest.raises(InputError, match="names no network"):
         check_scenario(scen(path, {"prefill": {"hardware": "cpu"}}, hardware="cpu"))
     assert load_hardware("h100-sxm").network is not None
+    # the KV leaves from the prefill pool's devices: its part's network is the one that must exist
+    # (the decode pool's part may lack one), and its bandwidth is the transfer's
+    assert load_hardware("cpu").network is None
+    with pytest.raises(InputError, match="cpu names no network"):
+        check_scenario(scen(path, {"prefill": {"hardware": "cpu"}}))
+    rows = [(0.0, 700, 3)]
+    r = simulate(scen(trace(tmp_path, rows), {"decode": {"hardware": "cpu"}}))
+    net = load_hardware("h100-sxm").network
+    assert r.requests["kv_transfer_s"][0] == pytest.approx(700 * KVB / (net.bw_gbps * 1e9) + net.latency_us * 1e-6,
+                                                           rel=1e-12)
 
 
 def test_a_plan_searches_the_prefill_decode_ratio(tmp_path):

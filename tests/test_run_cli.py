@@ -190,6 +190,22 @@ def test_tp_that_does_not_divide(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert str(p) in err and "serving.tp" in err and "num_attention_heads" in err
 
 
+@pytest.mark.parametrize("arrival, says", [
+    ({"process": "poisson", "rate": 2.0, "path": "t.csv"}, "path: process poisson reads no file; set process: trace"),
+    ({"process": "burst", "rate": 2.0}, "rate: process burst takes no rate (every request arrives at 0 s)"),
+    ({"process": "trace", "path": "t.csv", "rate": 2.0}, "rate: process trace takes no rate (its times come from"),
+    ({"process": "poisson", "rate": 2.0, "cv": 3.0}, "cv: only process gamma has a coefficient of variation, not "
+                                                     "poisson"),
+    ({"process": "gamma", "rate": 2.0, "cv": 3.0, "time_scale": 2.0}, "time_scale: only process trace has times"),
+])
+def test_an_arrival_field_its_process_never_reads_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            arrival: dict, says: str) -> None:
+    # not quietly ignored: a rate under a trace or a file under poisson arrivals would run as if unset
+    p = scenario(tmp_path, workload__arrival=arrival)
+    err = bad(capsys, p)
+    assert err.startswith(f"momentsim: {p}: workload.arrival: ") and says in err
+
+
 def test_unknown_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = scenario(tmp_path, serving__batch_size=4)
     err = bad(capsys, p)

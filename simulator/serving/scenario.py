@@ -101,6 +101,18 @@ class Arrival(Strict):
             raise ValueError(f"process {self.process} needs a rate (requests per second)")
         if self.process == "trace" and not self.path:
             raise ValueError("process trace needs a path to a CSV or JSONL trace")
+        # a field the process never reads is a mistake, not a setting (a rate under a trace, a
+        # file under poisson arrivals): refused rather than ignored
+        if self.path is not None and self.process != "trace":
+            raise ValueError(f"path: process {self.process} reads no file; set process: trace to replay it")
+        if self.rate is not None and self.process not in ("poisson", "gamma"):
+            raise ValueError(f"rate: process {self.process} takes no rate ("
+                             + ("its times come from the trace; time_scale stretches them)" if self.process == "trace"
+                                else "every request arrives at 0 s)"))
+        if self.cv != 1.0 and self.process != "gamma":
+            raise ValueError(f"cv: only process gamma has a coefficient of variation, not {self.process}")
+        if self.time_scale != 1.0 and self.process != "trace":
+            raise ValueError(f"time_scale: only process trace has times to scale, not {self.process}")
         return self
 
 

@@ -166,6 +166,13 @@ def test_a_speculative_pool_holds_the_draft_beside_its_kv_and_powers_its_passes(
     for share_of, free in (("total", 0.9 * 80e9 - both - 1e9), ("free", 0.9 * (80e9 - both - 1e9))):
         pm = pool_model(t, hw, Dtypes(), sv.model_copy(update={"memory_fraction_of": share_of}))
         assert pm.cap_blocks == int(free // (131072 + 32768)) // 16
+    # draft heads of half a layer: half of one Llama 3 8B layer's weights (218 M parameters) and
+    # half its KV (4 KiB a token) beside the target's
+    layer = 2 * (4096 * (4096 + 2 * 1024) + 4096 * 4096 + 3 * 4096 * 14336 + 2 * 4096)
+    heads = sv.model_copy(update={"speculative": sv.speculative.model_copy(update={
+        "method": "heads", "draft_model": None, "head_layers": 0.5})})
+    free = 0.9 * 80e9 - t.weight_bytes("bf16") - 0.5 * layer - 1e9
+    assert pool_model(t, hw, Dtypes(), heads).cap_blocks == int(free // (131072 + 0.5 * 4096)) // 16
     p = hw.device.power
     j_per_byte = p.memory_share * (p.tdp_w - p.idle_w) / (hw.device.bandwidth * hw.efficiency.gemm_memory)
     decode = (2, 1200.0, 0, 0, 0.0, 0, 2)  # two sequences, 600 tokens each

@@ -701,6 +701,24 @@ def test_check_scenario_resolves_the_dtypes_and_names_each_input_it_refuses():
         "scenario: serving.disaggregated.transfer: cpu names no link: give bw_gbps and latency_us, or path: network"
 
 
+def test_a_stack_whose_defaults_break_the_schema_is_one_line_naming_the_stack(monkeypatch):
+    # no preset does today; a stack edited to default max_batch_size 0 must still end in one line
+    # that names the scenario, the stack and the field, not a pydantic traceback
+    from hwmodels.errors import InputError
+    from simulator.serving import stacks
+    from simulator.serving.engine import check_scenario
+
+    v1 = stacks.PRESETS["vllm-v1"]
+    monkeypatch.setitem(stacks.PRESETS, "vllm-v1", v1.model_copy(update={"defaults": {**v1.defaults,
+                                                                                     "max_batch_size": 0}}))
+    sc = Scenario.model_validate({"model": "llama-3.2-1b", "hardware": "h100-sxm", "serving": {"stack": "vllm-v1"}})
+    for where in ("scenario", "s.yaml"):
+        with pytest.raises(InputError) as e:
+            check_scenario(sc, *([where] if where != "scenario" else []))
+        msg = str(e.value)
+        assert msg.startswith(f"{where} (serving.stack vllm-v1): max_batch_size: ") and "\n" not in msg, msg
+
+
 def test_the_kv_room_a_pool_needs_counts_the_drafts_kv_and_a_block_per_stage():
     """A pool must hold a KV block per pipeline stage, a speculative draft's KV beside the
     target's (Llama 3 8B 128 KiB a token, its Llama 3.2 1B draft 32 KiB): 2.3 MB of room is 14

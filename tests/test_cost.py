@@ -431,3 +431,43 @@ def test_a_step_model_is_built_from_its_own_layout_and_defaults():
     spread = StepModel(mix, H100, tp=2, ep=2).step_agg(*b)  # (the imbalance weighs on experts spread over devices)
     assert spread == StepModel(mix, H100, tp=2, ep=2, moe_imbalance=1.0).step_agg(*b)
     assert spread != StepModel(mix, H100, tp=2, ep=2, moe_imbalance=2.0).step_agg(*b)
+
+
+_BATCHES = st.lists(st.tuples(st.integers(0, 64), st.integers(1, 4096), st.integers(0, 4), st.integers(1, 700),
+                              st.integers(0, 3000)), min_size=1, max_size=12)
+
+
+def _batch(ds: int, ctx: int, ps: int, pt: int, cached: int) -> Batch:
+    """ds sequences decoding after ctx tokens each, ps chunks of pt tokens after `cached` each."""
+    ps = ps or int(ds == 0)
+    return Batch(ds, ds * ctx, ps, ps * pt, ps * (pt * cached + pt * (pt + 1) / 2), ps * cached)
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=_BATCHES)
+def test_breakdowns_are_each_batchs_cost_to_the_last_bit(rows):
+    """A run's category seconds price its sampled moments with breakdowns (all at once): the
+    same floats as cost(b).breakdown_ms, one batch at a time, for plain, eager PyTorch, a
+    serving stack's launches, a CPU, an MoE model and speculative decoding."""
+    from simulator.moment.cost import DEVICE_CATEGORIES
+    from simulator.moment.ops import Dtypes
+    from simulator.moment.speculative import Speculation, draft_of
+    from simulator.serving.engine import launch
+    from simulator.serving.scenario import Serving
+
+    h100, llama = load_hardware("h100-sxm"), load_model("llama-3-8b")
+    models = [step_model(llama, h100), step_model(llama, h100, mode="eager", kernels="pytorch"),
+              step_model(llama, h100, launch=launch(Serving(stack="vllm-v1"), h100)),
+              step_model(load_model("llama-3.2-1b"), load_hardware("calibration/profiles/cpu-2core.json"),
+                         mode="eager", kernels="pytorch"),
+              step_model(load_model("mixtral-8x7b"), h100, tp=2)]
+    models.append(Speculation(models[0], draft_of(llama, h100, 1, 1, "graph", Dtypes(), False, "fused", None, 1.0), 3))
+    batches = [_batch(*r) for r in rows]
+    names = (*DEVICE_CATEGORIES, "host")
+    for sm in models:
+        got = sm.breakdowns(batches)
+        want = [[sm.cost(b).breakdown_ms[c] for c in names] for b in batches]
+        assert got.tolist() == want
+    assert models[0].breakdowns([]).shape == (0, len(names))
+    with pytest.raises(ValueError, match="at least one token"):
+        models[0].breakdowns([Batch(0, 0, 0, 0, 0.0, 0, 0)])

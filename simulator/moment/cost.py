@@ -581,6 +581,34 @@ class StepModel:
         return StepCost(step * 1e3, dev * 1e3, (self.issue_s + self.overhead_s) * 1e3, bd)
 
 
+    def breakdowns(self, batches: list[Batch]) -> np.ndarray:
+        """cost(b).breakdown_ms of each batch as a row (DEVICE_CATEGORIES, then host): the same
+        floats, with the tables looked up for all batches at once (a run's category seconds
+        price thousands of moments after it ends: MomentLog.categories)."""
+        names = len(DEVICE_CATEGORIES)
+        if not batches:
+            return np.zeros((0, names + 1))
+        tok = np.fromiter((b.tokens for b in batches), dtype=np.int64, count=len(batches))
+        rows = np.fromiter((b.logit_rows for b in batches), dtype=np.int64, count=len(batches))
+        if tok.min() <= 0:
+            raise ValueError("a step needs at least one token")
+        n = int(max(tok.max(), rows.max()))
+        if n >= self._size:
+            self._grow(n)
+        per = np.ascontiguousarray((self._dense[:, tok] + self._lm[:, rows]).T)  # a batch per row, as cost's column
+        per[:, _ATTN] += np.fromiter(map(self._attn_b, batches), dtype=np.float64, count=len(batches))
+        dev = per.sum(axis=1)  # each row summed as cost sums its column (pairwise, contiguous)
+        if self.launch is None:
+            step = [self._combine(d, self._tail_l[b.logit_rows]) for d, b in zip(dev.tolist(), batches, strict=True)]
+        else:
+            step = [self.step_launched(b.decode_seqs, b.decode_ctx, b.prefill_seqs, b.prefill_tokens, b.prefill_pairs,
+                                       b.prefill_ctx, b.logit_rows) for b in batches]
+        out = np.empty((len(batches), names + 1))
+        out[:, :names] = per * 1e3
+        out[:, names] = (np.asarray(step) - dev) * 1e3
+        return out
+
+
 _CACHE: dict[tuple, StepModel] = {}
 
 

@@ -120,6 +120,12 @@ class Speculation:
             dev += sm.attention_s(0, 0, pt, pairs, pc, ps)
         return sm._combine(dev, sm._tail_l[rows]) + self.draft_s(ds, dc, ps, pt, pairs, pc)
 
+    def breakdowns(self, batches: list[Batch]) -> np.ndarray:
+        """cost(b).breakdown_ms of each batch as a row (StepModel.breakdowns' layout)."""
+        names = (*DEVICE_CATEGORIES, "host")
+        return np.asarray([[c.breakdown_ms[x] for x in names] for c in map(self.cost, batches)],
+                          dtype=np.float64).reshape(-1, len(names))
+
     def cost(self, b: Batch) -> StepCost:
         """The breakdown: the target's verify pass (as StepModel.cost, with ds x q tokens and the
         verify attention) and the draft's passes, each added to its category."""

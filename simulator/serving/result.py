@@ -291,10 +291,10 @@ class MomentLog:
                 batches = (Batch(int(ds), c, b - int(ds), t - int(ds), pairs, int(pc), int(lg))
                            for t, c, b, (pairs, pc, lg, ds) in zip(toks, ctxs, batch[at].tolist(), aggs[js].tolist(),
                                                                    strict=True))
-            rows = np.asarray([[c.breakdown_ms[x] for x in names] for c in map(self.sm.cost, batches)])
+            rows = self.sm.breakdowns(list(batches))
             # each sample weighted by its stride, added in order (a cumulative sum from a row of
             # zeros: the same floats as adding them one by one)
-            weighted = rows.reshape(-1, len(names)) * (np.asarray(strides, dtype=np.int64) * 1e-3)[:, None]
+            weighted = rows * (np.asarray(strides, dtype=np.int64) * 1e-3)[:, None]
             est = np.cumsum(np.concatenate((np.zeros((1, len(names))), weighted)), axis=0)[-1]
             out.append((_ordered_sum(dur, mask), est))
         return out

@@ -234,3 +234,38 @@ def test_an_unknown_draft_model_is_named_with_its_field_from_python_too():
     with pytest.raises(InputError) as e:
         simulate(sc)
     assert str(e.value).startswith("scenario: serving.speculative.draft_model: unknown model 'no-such-draft'; ")
+
+
+@pytest.mark.parametrize("method", ["draft_model", "heads"])
+def test_a_speculative_runs_flops_are_its_verify_and_draft_passes_by_hand(method):
+    # one request alone, nothing accepted (alpha 0): its prefill, then out - 1 steps of one token,
+    # step j at context P + j. Counted pass by pass: the target prefills P tokens and verifies
+    # q = k + 1 tokens a step (q queries at contexts c .. c + q - 1, q logit rows); the draft
+    # prefills the prompt too (one logit row: its first proposal) and runs k one-token passes at
+    # contexts c .. c + k - 1. The run's total is the sum (a dense model: nothing approximated).
+    # Heads of 1.5 layers: the passes of a 1-layer and a 2-layer cut of the target, half each
+    from simulator.moment.ops import Batch, step_ops, total_flops
+    from simulator.moment.speculative import head_model
+
+    P, out, k = 300, 12, 3
+    q = k + 1
+    base = Scenario.model_validate({"model": "llama-3-8b", "hardware": "h100-sxm", "workload": {
+        "num_requests": 1, "prompt_len": {"dist": "fixed", "value": P}, "output_len": {"dist": "fixed", "value": out}}})
+    target = load_model("llama-3-8b")
+    if method == "heads":
+        spec = Speculative(method="heads", head_layers=1.5, k=k, acceptance=0.0)
+        drafts = [(head_model(target, 1), 0.5), (head_model(target, 2), 0.5)]
+    else:
+        spec = Speculative(method="draft_model", draft_model="llama-3.2-1b", k=k, acceptance=0.0)
+        drafts = [(load_model("llama-3.2-1b"), 1.0)]
+    f = lambda m, b: total_flops(step_ops(m, b))  # noqa: E731
+    prefill = Batch(0, 0, 1, P, P * (P + 1) / 2, 0)
+    plain = f(target, prefill) + sum(f(target, Batch(1, P + j)) for j in range(out - 1))
+    assert simulate(base).total_flops == pytest.approx(plain, rel=1e-12)  # the context convention
+    r = simulate(base.model_copy(update={"serving": base.serving.model_copy(update={"speculative": spec})}))
+    want = f(target, prefill) + sum(w * f(d, prefill) for d, w in drafts)
+    for j in range(out - 1):
+        c = P + j
+        want += f(target, Batch(q, q * c + q * (q - 1) / 2, logits=q))
+        want += sum(w * f(d, Batch(1, c + i)) for d, w in drafts for i in range(k))
+    assert r.total_flops == pytest.approx(want, rel=1e-9)

@@ -166,7 +166,8 @@ class Speculation:
         q, k = self.q, self.k
         flops = [M, LG + DS * k, DS * q, DC * q + DS * q * (q - 1) / 2, PS, PT, PP, PC]
         by = [M, LG + DS * k, DS, DC, PS + (DS if DS else 0), PT + DS * k, PP, PC]
-        draft = [(sm.model, w, [M * k, DS * k, DS * k, (DC + DS * (k - 1) / 2) * k, PS, PT, PP, PC])
+        # the draft's logit rows: k a decode sequence, one a prefill chunk (as draft_s prices them)
+        draft = [(sm.model, w, [M * k, DS * k + PS, DS * k, (DC + DS * (k - 1) / 2) * k, PS, PT, PP, PC])
                  for sm, w in self.draft.parts]
         return flops, by, draft
 

@@ -140,3 +140,25 @@ def test_a_verify_of_one_token_is_a_decode_with_or_without_a_ramp(hardware):
     assert (hw.efficiency.attn_decode_ramp_us > 0) == (hardware == "h100-sxm")
     for ds, dc in ((1, 100.0), (16, 16 * 3000.0)):
         assert sm.verify_attention_s(ds, dc, 1) == pytest.approx(sm.attention_s(ds, dc, 0, 0.0, 0.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("ctx", [100, 1000, 6000])
+def test_a_verifys_causal_pairs_and_window_by_hand(ctx):
+    """A verify of q tokens per sequence, compute-bound (decode attention at 1/1000 of peak):
+    query i of q (1-based) after ctx cached tokens sees ctx + i keys, at most its layer's window
+    (Gemma 2 2B: 13 layers of a 4096-token window, 13 of full attention; 8 heads of 256, 4 FLOPs
+    a query-key pair and head dimension). Added to it, each group's per-sequence, cache-write and
+    floor terms (checked above)."""
+    m = load_model("gemma-2-2b")
+    hw = H100.model_copy(update={"efficiency": H100.efficiency.model_copy(update={
+        "attn_decode_compute": 1e-3, "softmax_p": 64.0})})
+    sm = StepModel(m, hw)
+    ds, q = 3, 4
+    peak = hw.device.peak_flops("bf16") * 1e-3
+    want = 0.0
+    for g in sm._groups:
+        window = 4096 if g.cap < 1e9 else float("inf")
+        pairs = ds * sum(min(ctx + i, window) for i in range(1, q + 1))
+        want += pairs * 4 * 8 * 256 * g.layers / peak + ds * g.d_seq + q * ds * g.kv_tok + g.floor
+    assert [g.layers for g in sm._groups] == [13, 13]
+    assert sm.verify_attention_s(ds, ds * ctx, q) == pytest.approx(want, rel=1e-9)

@@ -241,7 +241,8 @@ class Planned:
 
 
 def run_model(spec: ModelSpec, layers: int, device: str, hw: Hardware, shapes: Shapes, reps: int,
-              say: Callable[[str], None], progress: Any = None, graphs: bool | None = None) -> list[VCase]:
+              say: Callable[[str], None], progress: Any = None, graphs: bool | None = None,
+              dtype: str | None = None) -> list[VCase]:
     """Build the decoder once, measure every case of `shapes`, predict each.
 
     Where one KV cache for every shape fits in memory (CPU runs), all cases share it and their
@@ -255,7 +256,7 @@ def run_model(spec: ModelSpec, layers: int, device: str, hw: Hardware, shapes: S
     from calibration.microbench import Flusher, mem_available_bytes
     from calibration.reference import Reference
 
-    dtype = "fp32" if device == "cpu" else "bf16"
+    dtype = dtype or default_dtype(device)
     dt = Dtypes(dtype, dtype, dtype)
     spec_l = spec.model_copy(update={"num_hidden_layers": layers})
     ref = Reference(spec, n_layers=layers, dtype=dtype, device=device, seed=0)
@@ -406,7 +407,8 @@ def markdown(cases: Sequence[VCase], summ: dict[str, Any], meta: dict[str, Any])
     fp = meta["fingerprint"]
     who = fp["gpu"]["name"] if "gpu" in fp else f"{fp['cpu']['model_name']} ({fp['cpu']['torch_threads']} threads)"
     lines = ["# Validation: measured against predicted", "",
-             f"- device: {who}, torch {fp['torch']}, {fp['date']}",
+             f"- device: {who}, torch {fp['torch']}, {fp['date']}, "
+             f"{meta.get('dtype') or default_dtype('cuda' if 'gpu' in fp else 'cpu')}",
              f"- hardware predicted with: `{meta['hardware']}` ({meta['hardware_name']})",
              f"- command: `{meta['command']}`",
              f"- {len(cases)} cases; whole layers and steps of the reference decoder, none used in the fit", "",
@@ -490,8 +492,9 @@ def plots(cases: Sequence[VCase], out: Path, title: str) -> list[Path]:
 
 def validate(device: str, hardware: str, out: str | Path, size: str = "full", models: str | None = None,
              command: str | None = None, progress_stream: Any = None, tty: bool | None = None,
-             log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measure and predict every case; write validation.md, validation.json and two plots."""
+             log: Callable[[str], None] | None = None, dtype: str | None = None) -> dict[str, Any]:
+    """Measure and predict every case, in `dtype` (default_dtype); write validation.md,
+    validation.json and two plots."""
     from calibration.calibrate import check_device
 
     check_device(device)
@@ -499,6 +502,7 @@ def validate(device: str, hardware: str, out: str | Path, size: str = "full", mo
 
     say = log or (lambda s: print(s, file=sys.stderr))
     hw = load_hardware(hardware)
+    dtype = dtype or default_dtype(device)
     mods = resolve_models(models, device, size)
     shapes = shapes_for(device, size)
     out = Path(out)
@@ -515,17 +519,17 @@ def validate(device: str, hardware: str, out: str | Path, size: str = "full", mo
     t0 = time.perf_counter()
     cases: list[VCase] = []
     for spec, layers in mods:
-        need = _need_bytes(spec, layers, device)
+        need = _need_bytes(spec, layers, dtype)
         free = mb.mem_available_bytes() if device == "cpu" else _cuda_free()
         if need > 0.8 * free:
             say(f"skip {spec.name}: needs {need / 1e9:.1f} GB, {free / 1e9:.1f} GB free")
             continue
-        cases += run_model(spec, layers, device, hw, shapes, reps, prog.section, prog)
+        cases += run_model(spec, layers, device, hw, shapes, reps, prog.section, prog, dtype=dtype)
     prog.close()
     summ = family_summary(cases)
     fp["load_average_end"] = mb.loadavg()
     meta = {"fingerprint": fp, "hardware": hardware, "hardware_name": hw.name, "profile": hw.profile,
-            "command": command or "momentsim validate (from Python)", "size": size,
+            "command": command or "momentsim validate (from Python)", "size": size, "dtype": dtype,
             "seconds": round(time.perf_counter() - t0, 1), "models": [f"{s.name}:{n}" for s, n in mods]}
     data = {"meta": meta, "summary": summ, "cases": [{**asdict(c), "err": round(c.err, 5)} for c in cases]}
     (out / "validation.json").write_text(json.dumps(_clean(data), indent=1, allow_nan=False) + "\n", encoding="utf-8")
@@ -545,16 +549,21 @@ def _clean(x: Any) -> Any:
     return x
 
 
+def default_dtype(device: str) -> str:
+    """What validate runs in where --dtype is not given: fp32 on a CPU (its native GEMMs), bf16
+    on a GPU."""
+    return "fp32" if device == "cpu" else "bf16"
+
+
 def _cuda_free() -> float:
     import torch
 
     return float(torch.cuda.mem_get_info()[0])
 
 
-def _need_bytes(spec: ModelSpec, layers: int, device: str) -> float:
+def _need_bytes(spec: ModelSpec, layers: int, dtype: str) -> float:
     from calibration.reference import estimate_bytes
 
-    dtype = "fp32" if device == "cpu" else "bf16"
     return 1.3 * estimate_bytes(spec, layers, dtype)  # weights; caches are sized per case in run_model
 
 
@@ -565,12 +574,12 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def predict_case(c: dict[str, Any], hw: Hardware, device: str) -> float:
+def predict_case(c: dict[str, Any], hw: Hardware, device: str, dtype: str | None = None) -> float:
     """ms of a saved case (a validation.json entry), predicted as `validate` predicts it."""
     from calibration.records import BUILT_IN
 
     base = BUILT_IN.get(c["model"]) or load_model(c["model"])
-    dtype = "fp32" if device == "cpu" else "bf16"
+    dtype = dtype or default_dtype(device)
     dt = Dtypes(dtype, dtype, dtype)
     spec = base.model_copy(update={"num_hidden_layers": c["layers"]})
     s, fam = c["shape"], c["family"]
@@ -602,7 +611,7 @@ def repredict(saved: str | Path, hardware: str, out: str | Path, command: str | 
     for c in src["cases"]:
         v = VCase(c["family"], c["model"], c["layers"], c["label"], c["shape"], c["measured_ms"], samples=c.get("samples", 0),
                   min_ms=c.get("min_ms") or float("nan"))
-        v.predicted_ms = predict_case(c, hw, device)
+        v.predicted_ms = predict_case(c, hw, device, src["meta"].get("dtype"))
         cases.append(v)
     summ = family_summary(cases)
     meta = {**src["meta"], "hardware": hardware, "hardware_name": hw.name, "profile": hw.profile,
@@ -634,7 +643,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     check_device(args.device)
     load_hardware(args.hardware)  # a bad --hardware is an InputError before anything runs
     size = getattr(args, "size", None) or ("quick" if args.quick else "full")
-    data = validate(args.device, args.hardware, args.out, size, args.models, command=command)
+    data = validate(args.device, args.hardware, args.out, size, args.models, command=command,
+                    dtype=getattr(args, "dtype", None))
     out = Path(args.out)
     print(f"validation of {args.hardware} on {args.device}: {sum(s['cases'] for k, s in data['summary'].items() if k != 'all')} "
           f"cases, {data['meta']['seconds']:.0f} s -> {out / 'validation.md'}")

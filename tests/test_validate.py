@@ -179,8 +179,26 @@ def test_tiny_validate_writes_its_report(tmp_path):
         assert c["samples"] >= 3 and c["measured_ms"] >= c["min_ms"] > 0
         assert c["err"] == pytest.approx((c["predicted_ms"] - c["measured_ms"]) / c["measured_ms"], abs=1e-4)
     assert sum(v["cases"] for k, v in js["summary"].items() if k != "all") == len(js["cases"])
-    assert js["meta"]["fingerprint"]["device"] == "cpu"
+    assert js["meta"]["fingerprint"]["device"] == "cpu" and js["meta"]["dtype"] == "fp32"
     assert "| family | case |" in md and data["summary"]["all"]["cases"] == len(js["cases"])
+
+
+def test_validate_runs_and_repredicts_in_the_dtype_it_is_given(tmp_path):
+    # --dtype bf16 on a CPU: the decoder runs in bf16 (half the bytes of every weight and cache
+    # entry), the predictions are bf16's, and a repredict of the saved file prices it in bf16 again
+    from calibration.validate import predict_case, repredict
+
+    validate("cpu", "cpu", tmp_path / "b", size="tiny", log=lambda s: None, dtype="bf16")
+    js = json.loads((tmp_path / "b" / "validation.json").read_text())
+    assert js["meta"]["dtype"] == "bf16" and "bf16" in (tmp_path / "b" / "validation.md").read_text()
+    hw = load_hardware("cpu")
+    for c in js["cases"]:
+        assert c["predicted_ms"] == pytest.approx(predict_case(c, hw, "cpu", "bf16"), abs=1e-6)  # (6 decimals kept)
+    again = repredict(tmp_path / "b" / "validation.json", "cpu", tmp_path / "r")
+    assert [c["predicted_ms"] for c in again["cases"]] == pytest.approx([c["predicted_ms"] for c in js["cases"]],
+                                                                        abs=1e-6)
+    # priced as fp32 (twice the bytes, no casts around the fp32 norms) every case comes out otherwise
+    assert all(abs(predict_case(c, hw, "cpu", "fp32") - c["predicted_ms"]) > 1e-5 for c in js["cases"])
 
 
 @pytest.mark.cuda

@@ -351,6 +351,11 @@ def summary_text(data: dict[str, Any], out: str | Path) -> str:
              f"{hw['device']['memory_gb']} GB, {hw['device']['memory_bw_gbps']} GB/s)",
              f"  cases    {fit['records']} measured, {fit['fitted_records']} fitted, {facts.get('skipped', 0)} skipped"
              f" as too slow/large, {facts.get('seconds', 0):.0f} s"]
+    probe = facts.get("probe") or {}
+    if probe.get("gflops"):  # how fast the machine ran while measured: two runs compare by it
+        rates = ", ".join(f"{k} {v:g}" for k, v in probe["gflops"].items() if k != "fp8")
+        lines.append(f"  probe    1024^3 GEMM {rates} GFLOP/s, copy {probe.get('copy_gbps', 0):g} GB/s (the speed "
+                     f"while measured; a VM's moves)")
     if "bf16_ratio" in facts:
         lines.append(f"  bf16     GEMM rate {facts['bf16_ratio']:.2f}x fp32 ({'measured and fitted: its own units' if facts['bf16_ratio'] >= 0.8 else 'too slow: skipped'})")
     if facts.get("copy_gbps"):

@@ -115,6 +115,17 @@ def test_class_shares_must_sum_to_one():
         Workload.model_validate({"classes": [{"name": "a", "share": 0.5}, {"name": "b", "share": 0.4}]})
     with pytest.raises(ValueError, match="queue: priority"):
         Serving(priority_preemption=True)
+    # TensorRT-LLM's guaranteed_no_evict reserves every request's whole output and never evicts;
+    # preempting for priority beside it left the evicted request's reservation held (a crash at
+    # the end of the run), so the two are refused together, also under a stack that sets it
+    with pytest.raises(ValueError, match="guaranteed_no_evict never does"):
+        Serving(queue="priority", priority_preemption=True, guaranteed_no_evict=True)
+    from hwmodels.errors import InputError
+    from simulator.serving.engine import check_scenario
+
+    with pytest.raises(InputError, match=r"serving.stack trtllm\): .*guaranteed_no_evict never does"):
+        check_scenario(Scenario.model_validate({"model": "llama-3.2-1b", "hardware": "h100-sxm", "serving": {
+            "stack": "trtllm", "queue": "priority", "priority_preemption": True}}))
 
 
 def test_a_trace_priority_column_makes_a_class_per_level(tmp_path):

@@ -345,6 +345,9 @@ class Serving(Strict):
             raise ValueError("priority_preemption needs queue: priority")
         if self.priority_preemption and self.scheduler == "static":
             raise ValueError("priority_preemption needs a scheduler that preempts: continuous or chunked")
+        if self.priority_preemption and self.guaranteed_no_evict:
+            raise ValueError("priority_preemption evicts running requests and guaranteed_no_evict never does: "
+                             "set one of them false")
         if self.disaggregated is not None and self.disaggregated.decode.scheduler is None \
                 and self.scheduler == "static":
             raise ValueError("disaggregated: the decode pool needs scheduler continuous or chunked "

@@ -49,12 +49,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hwmodels.load import load_hardware
-from simulator.moment.cost import step_model
+from simulator.moment.cost import DEVICE_CATEGORIES, step_model
 from simulator.moment.memory import footprint
 from simulator.moment.model import load_model
 from simulator.moment.ops import Batch, Dtypes, step_ops, total_flops
 from simulator.reports.metrics import itl, itl_samples, per_request
 from simulator.serving.engine import simulate
+from simulator.serving.result import CATEGORY_SAMPLES
 from simulator.serving.scenario import Scenario
 from simulator.serving.workload import make_requests
 
@@ -110,8 +111,9 @@ class Reference:
         sv = self.sv = sc.serving
         model, hw = load_model(sc.model), load_hardware(sc.hardware)
         dt = Dtypes.of(model, sv.weight_dtype, sv.act_dtype, sv.kv_dtype, plain="bf16")
-        self.cost = step_model(model, hw, sv.tp, 1, sv.mode, dt, sv.async_scheduling, sv.ep, sv.moe_imbalance,
-                               sv.kernels).step_agg
+        self.sm = step_model(model, hw, sv.tp, 1, sv.mode, dt, sv.async_scheduling, sv.ep, sv.moe_imbalance,
+                             sv.kernels)
+        self.cost = self.sm.step_agg
         fp = footprint(model, hw, sv.tp, 1, dt, sv.gpu_memory_utilization, sv.activation_reserve_gb, sv.ep)
         self.bs = sv.block_size
         self.max_len = model.max_position_embeddings
@@ -139,6 +141,7 @@ class Reference:
         self.redone = [0, 0, 0.0, 0]  # those tokens as prefill sums: chunks, tokens, pairs, cached before
         self.moments: list[tuple] = []
         self.sums = [0, 0, 0, 0, 0.0, 0, 0]  # the batch aggregates of all moments (ops.Batch's order)
+        self.batches: list[tuple] = []         # each moment's batch aggregates
 
     # -- blocks --------------------------------------------------------------------------------------
     def blocks(self, tokens: int) -> int:
@@ -460,6 +463,7 @@ class Reference:
             batch = (len(step.decodes), sum(r.computed for r in step.decodes), len(step.chunks),
                      tokens - len(step.decodes), pairs, sum(r.computed for r, _ in step.chunks), len(step.decodes) + ends)
             self.sums = [a + b for a, b in zip(self.sums, batch, strict=True)]
+            self.batches.append(batch)
             dt = self.cost(*batch) + step.swap_s
             self.moments.append((now, dt, step.kind, tokens, len(step.decodes) + len(step.chunks),
                                  self.capacity - self.free(), step.running))
@@ -508,6 +512,17 @@ def compare(sc: Scenario) -> tuple:
     # the work done again: the recomputed tokens' prefill sums through the same ops, no logit rows
     want = total_flops(step_ops(load_model(MODEL), Batch(0, 0, *ref.redone, 0))) if ref.recomputed else 0.0
     assert got.recomputed_flops == pytest.approx(want, rel=1e-9)
+    # the time by category: every moment's breakdown from its own batch, added per kind (moments
+    # with prefill, and decode-only ones) and scaled so the kind's total is its moments' seconds
+    # (swaps included); where a kind has fewer moments than CATEGORY_SAMPLES (none is skipped)
+    names = (*DEVICE_CATEGORIES, "host")
+    for kind, pick in (("prefill", lambda k: k != 1), ("decode", lambda k: k == 1)):
+        mine = [(b, mo[1]) for b, mo in zip(ref.batches, ref.moments, strict=True) if pick(mo[2])]
+        if len(mine) > CATEGORY_SAMPLES:
+            continue
+        est = {c: sum(ref.sm.cost(Batch(*b)).breakdown_ms[c] * 1e-3 for b, _ in mine) for c in names}
+        scale = sum(dt for _, dt in mine) / sum(est.values()) if mine else 0.0
+        assert got.category_s[kind] == pytest.approx({c: est[c] * scale for c in names}, rel=1e-9, abs=1e-15)
     return got, ref
 
 

@@ -16,6 +16,7 @@ import pytest
 from hwmodels.errors import InputError
 from hwmodels.load import load_hardware
 from simulator.moment.model import load_model
+from simulator.moment.ops import Dtypes
 from simulator.reports.metrics import itl, per_request, summarize
 from simulator.serving.engine import check_scenario, simulate
 from simulator.serving.scenario import Scenario
@@ -367,4 +368,67 @@ def test_the_energy_of_two_pools_by_hand(tmp_path):
     (tmp_path / "bare.yaml").write_text("base: h100-sxm\nname: bare\ndevice: {power: null}\n")
     r = simulate(scen(path, {"prefill": {"replicas": 1, "hardware": pre},
                              "decode": {"replicas": 1, "hardware": str(tmp_path / "bare.yaml")}}))
-    assert r.energy["known"] is False
+    assert r.energy["known"] is False and "power_w" not in r.timeseries
+
+
+def test_a_two_pool_runs_accounting_by_hand(tmp_path):
+    # a prefill pool (1 replica of tp 2 on H100s, a serving stack with per-sequence host work) and
+    # a decode pool (2 replicas of pp 2 on H200s): each pool's own figures, and the run's time
+    # series and category seconds as sums over both pools' moments
+    from simulator.serving.engine import pool_model, stack_serving
+    from simulator.serving.scenario import pool_serving
+
+    path = trace(tmp_path, [(0.01 * i, 400 + 53 * i, 30 + 3 * i) for i in range(40)])
+    sc = scen(path, {"prefill": {"replicas": 1, "tp": 2}, "decode": {"replicas": 2, "pp": 2, "hardware": "h200-sxm"}},
+              stack="vllm-v1")
+    r = simulate(sc)
+    m, pools = r.moments, r.pools
+    assert [(p["replica_offset"], p["devices_per_replica"], p["block_size"], p["tp"], p["pp"]) for p in pools] == \
+        [(0, 2, 16, 2, 1), (1, 2, 16, 1, 2)]
+    for k, (p, part) in enumerate(zip(pools, ("h100-sxm", "h200-sxm"), strict=True)):
+        mine = m["pool"] == k
+        hw = load_hardware(part)
+        assert p["peak_flops"] == hw.device.peak_flops("bf16") and p["mem_bw"] == hw.device.bandwidth
+        assert p["busy_s"] == pytest.approx(m["dur_s"][mine].sum() / p["pp"], rel=1e-12)
+        assert p["moments"] == int(mine.sum())
+        spec = sc.serving.disaggregated.prefill if k == 0 else sc.serving.disaggregated.decode
+        sv = stack_serving(pool_serving(sc.serving, spec), hw, load_model("llama-3.2-1b"))  # the stack's, for its part
+        sm = pool_model(load_model("llama-3.2-1b"), hw, Dtypes(), sv).cost
+        # the host's work: per moment, and per sequence in it (the stack's), from the moment log
+        assert p["host_busy_s"] == pytest.approx(sm.host_busy_s(int(mine.sum()), int(m["batch"][mine].sum())),
+                                                 rel=1e-12)
+        assert sm.host_busy_s(10, 7) != sm.host_busy_s(10, 0)  # the stack's per-sequence host work counts
+    # seconds by category: all prefill moments' (pool 0), all decode-only moments' (pool 1)
+    assert sum(r.category_s["prefill"].values()) == pytest.approx(m["dur_s"][m["kind"] != 1].sum(), rel=1e-9)
+    assert sum(r.category_s["decode"].values()) == pytest.approx(m["dur_s"][m["kind"] == 1].sum(), rel=1e-9)
+    # the time series average exactly: busy devices (a moment keeps its pool's pp stages busy for
+    # dur / pp each) over all replicas, KV blocks over all pools' blocks
+    ts, span = r.timeseries, r.makespan_s
+    assert ts["busy_frac"].mean() * span * r.replicas == pytest.approx(sum(p["busy_s"] for p in pools), rel=1e-9)
+    blocks = sum(p["kv_capacity_blocks"] * p["replicas"] for p in pools)
+    assert pools[0]["kv_capacity_blocks"] != pools[1]["kv_capacity_blocks"]
+    assert ts["kv_used_frac"].mean() * span * blocks == pytest.approx(
+        float(np.sum(m["kv_blocks_engine"] * m["dur_s"])), rel=1e-9)
+
+
+def test_each_pool_takes_its_stacks_defaults_for_its_own_part(tmp_path):
+    # SGLang 0.5's KV share of memory is tiered by the GPU's memory (0.83 on an 80 GB H100,
+    # 0.906 on a 141 GB H200): a decode pool of H200s gets the H200's, not the scenario's H100 one
+    from hwmodels.load import load_hardware as hw_of
+    from simulator.moment.memory import footprint
+    from simulator.serving.stacks import resolve
+
+    model = load_model("llama-3.2-1b")
+    h100, h200 = hw_of("h100-sxm"), hw_of("h200-sxm")
+    share = {p.name: resolve(Scenario.model_validate({"model": "llama-3.2-1b", "hardware": "h100-sxm",
+                                                      "serving": {"stack": "sglang"}}).serving, p, model)
+             for p in (h100, h200)}
+    assert share["h100-sxm"].gpu_memory_utilization != share["h200-sxm"].gpu_memory_utilization
+    path = trace(tmp_path, [(0.0, 500, 20)] * 4)
+    r = simulate(scen(path, {"decode": {"hardware": "h200-sxm"}}, stack="sglang"))
+    for p, part in zip(r.pools, (h100, h200), strict=True):
+        sv = share[part.name]
+        fp = footprint(model, part, 1, 1, Dtypes(), sv.gpu_memory_utilization, sv.activation_reserve_gb, 1,
+                       sv.memory_fraction_of)
+        assert p["kv_capacity_blocks"] == fp.kv_capacity_tokens // sv.block_size
+    assert r.pools[0]["kv_capacity_blocks"] != r.pools[1]["kv_capacity_blocks"]

@@ -176,7 +176,7 @@ def check_scenario(sc: Scenario, where: str = "scenario") -> tuple[ModelSpec, Ha
         hw = load_hardware(sc.hardware)
     except InputError as e:
         raise _nested(e, where, "hardware") from None
-    s = stack_serving(sc, hw, model, where)
+    s = stack_serving(sc.serving, hw, model, where)
     dt = Dtypes.of(model, s.weight_dtype, s.act_dtype, s.kv_dtype, plain="bf16")
     arr = sc.workload.arrival
     if arr.process == "trace" and arr.path:
@@ -184,7 +184,7 @@ def check_scenario(sc: Scenario, where: str = "scenario") -> tuple[ModelSpec, Ha
             open_regular(arr.path, "trace file").close()
         except InputError as e:
             raise InputError(where, "workload.arrival.path", f"{arr.path}: {e.message}") from None
-    pools = pools_of(s, sc.hardware, hw, where)
+    pools = pools_of(sc.serving, sc.hardware, hw, model, where)
     for prefix, sv, part in pools:
         check_pool(model, part, dt, sv, where, prefix)
     if s.disaggregated is not None:
@@ -193,11 +193,14 @@ def check_scenario(sc: Scenario, where: str = "scenario") -> tuple[ModelSpec, Ha
     return model, hw, dt
 
 
-def pools_of(s: Serving, hardware: str, hw: Hardware, where: str) -> list[tuple[str, Serving, Hardware]]:
-    """(field prefix, serving settings, hardware) of each pool: one, or a disaggregated pair."""
+def pools_of(s: Serving, hardware: str, hw: Hardware, model: ModelSpec,
+             where: str) -> list[tuple[str, Serving, Hardware]]:
+    """(field prefix, serving settings, hardware) of each pool: one, or a disaggregated pair. `s`
+    as the scenario gives it: a stack's defaults are resolved for each pool's own part and tp
+    (a prefill pool of H100s and a decode pool of H200s get each part's batch and memory tiers)."""
     dis = s.disaggregated
     if dis is None:
-        return [("serving", s, hw)]
+        return [("serving", stack_serving(s, hw, model, where), hw)]
     out = []
     for role, spec in (("prefill", dis.prefill), ("decode", dis.decode)):
         field = f"serving.disaggregated.{role}"
@@ -207,7 +210,7 @@ def pools_of(s: Serving, hardware: str, hw: Hardware, where: str) -> list[tuple[
                 part = load_hardware(spec.hardware)
             except InputError as e:
                 raise _nested(e, where, f"{field}.hardware") from None
-        out.append((field, pool_serving(s, spec), part))
+        out.append((field, stack_serving(pool_serving(s, spec), part, model, where), part))
     return out
 
 
@@ -262,12 +265,12 @@ def pool_model(model: ModelSpec, hw: Hardware, dt: Dtypes, s: Serving, where: st
     return PoolModel(s, hw, dt, fp.kv_capacity_tokens // s.block_size, Speculation(sm, draft, k), spec_power)
 
 
-def stack_serving(sc: Scenario, hw: Hardware, model: ModelSpec, where: str = "scenario") -> Serving:
-    """The scenario's serving settings under its stack's defaults (stacks.resolve), or one line."""
+def stack_serving(sv: Serving, hw: Hardware, model: ModelSpec, where: str = "scenario") -> Serving:
+    """Serving settings under their stack's defaults for this part (stacks.resolve), or one line."""
     try:
-        return resolve(sc.serving, hw, model)
+        return resolve(sv, hw, model)
     except ValidationError as e:
-        raise from_validation(e, f"{where} (serving.stack {sc.serving.stack})") from None
+        raise from_validation(e, f"{where} (serving.stack {sv.stack})") from None
 
 
 # -- entry point ---------------------------------------------------------------------------------
@@ -288,7 +291,7 @@ def effective(scenario: Scenario) -> tuple[Scenario, ModelSpec, Hardware, Dtypes
     """The scenario as it runs: a stack's defaults under the fields the file sets (stacks.resolve),
     with its model, hardware and dtypes checked."""
     model, hw, dt = check_scenario(scenario)
-    sv = stack_serving(scenario, hw, model)
+    sv = stack_serving(scenario.serving, hw, model)
     if sv is scenario.serving:
         return scenario, model, hw, dt
     return scenario.model_copy(update={"serving": sv}), model, hw, dt
@@ -297,6 +300,7 @@ def effective(scenario: Scenario) -> tuple[Scenario, ModelSpec, Hardware, Dtypes
 def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None) -> SimResult:
     """Run a scenario to the end: every request completes or is rejected with a reason."""
     t_wall = time.perf_counter()
+    given = scenario.serving  # as set: a disaggregated pool resolves its stack for its own part
     scenario, model, hw, dt = effective(scenario)
     sv = scenario.serving
     wl = scenario.workload
@@ -306,7 +310,7 @@ def simulate(scenario: Scenario, progress: Callable[[float], None] | None = None
     front_end(requests, sv, hw, scenario.seed)
     if sv.disaggregated is not None:
         pms = [pool_model(model, part, dt, s, prefix=prefix) for prefix, s, part in
-               pools_of(sv, scenario.hardware, hw, "scenario")]
+               pools_of(given, scenario.hardware, hw, model, "scenario")]
         deployment = Disaggregation(env, scenario, pms, requests, progress)
         pools, submit = deployment.pools, deployment.submit
     else:

@@ -744,3 +744,39 @@ def test_the_kv_room_a_pool_needs_counts_the_drafts_kv_and_a_block_per_stage():
     check({"pp": 2, "gpu_memory_utilization": u2, "block_size": 8})
     with pytest.raises(InputError, match=r"^scenario: model/hardware \(serving\.disaggregated\.prefill\): "):
         check({"gpu_memory_utilization": 0.2, "disaggregated": {}})
+
+
+def _trace(tmp_path, rows, priority=None):
+    p = tmp_path / "t.csv"
+    head = "arrival_s,prompt_len,output_len" + (",priority" if priority is not None else "")
+    p.write_text(head + "\n" + "".join(f"{a},{b},{c}" + (f",{priority[i]}" if priority is not None else "") + "\n"
+                                       for i, (a, b, c) in enumerate(rows)))
+    return {"arrival": {"process": "trace", "path": str(p)}, "prompt_len": {"dist": "trace"},
+            "output_len": {"dist": "trace"}}
+
+
+def test_the_makespan_reaches_the_last_arrival_and_nothing_longer(tmp_path):
+    # a request rejected on arrival 50 s after the last token: the run lasts until it arrived; a
+    # run whose only request is rejected at 0 s lasts 0 s (no moment, no token)
+    too_long = 200_000  # beyond llama-3.2-1b's 131,072-token context
+    r = simulate(Scenario.model_validate({"model": MODEL, "hardware": "h100-sxm",
+                                          "workload": _trace(tmp_path, [(0.0, 100, 5), (50.0, too_long, 5)])}))
+    assert r.requests["status"].tolist() == [0, 1] and r.requests["finish_s"][0] < 1.0
+    assert r.makespan_s == 50.0
+    r = simulate(Scenario.model_validate({"model": MODEL, "hardware": "h100-sxm",
+                                          "workload": _trace(tmp_path, [(0.0, too_long, 5)])}))
+    assert r.requests["status"].tolist() == [1] and r.moments["dur_s"].size == 0 and r.makespan_s == 0.0
+
+
+def test_a_run_carries_request_classes_only_when_it_has_them(tmp_path):
+    # one class and no priorities: no class columns; two classes of priority 0, or one level of
+    # priority 3 from a trace: both columns, by request
+    base = {"model": MODEL, "hardware": "h100-sxm"}
+    plain = simulate(Scenario.model_validate({**base, "workload": {"num_requests": 5}}))
+    assert "class" not in plain.requests and "priority" not in plain.requests
+    two = simulate(Scenario.model_validate({**base, "workload": {"num_requests": 20, "classes": [
+        {"name": "a", "share": 0.5}, {"name": "b", "share": 0.5}]}}))
+    assert set(two.requests["class"].tolist()) == {0, 1} and not two.requests["priority"].any()
+    one = simulate(Scenario.model_validate({**base, "serving": {"queue": "priority"},
+                                            "workload": _trace(tmp_path, [(0.0, 100, 3)] * 3, priority=[3, 3, 3])}))
+    assert one.requests["priority"].tolist() == [3, 3, 3] and one.requests["class"].tolist() == [0, 0, 0]

@@ -36,7 +36,7 @@ declare -A MODULES=(
   # offload, priority, speculative, have their own tests and are not mutated here)
   [schedulers]="simulator/serving/schedulers/base.py simulator/serving/schedulers/static.py simulator/serving/schedulers/continuous.py simulator/serving/schedulers/chunked.py simulator/serving/schedulers/prefill_first.py|tests/test_schedulers.py tests/test_reference.py tests/test_engine.py tests/test_combinations.py tests/test_priority.py tests/test_disaggregated.py tests/test_offload.py"
   [engine]="simulator/serving/engine.py|tests/test_engine.py tests/test_reference.py tests/test_run_cli.py tests/test_schedulers.py tests/test_priority.py tests/test_clients.py tests/test_disaggregated.py tests/test_speculative.py tests/test_stacks.py tests/test_power.py tests/test_offload.py tests/test_faults.py tests/test_combinations.py"
-  [result]="simulator/serving/result.py|tests/test_engine.py tests/test_metrics.py tests/test_reference.py tests/test_priority.py tests/test_clients.py tests/test_disaggregated.py tests/test_offload.py tests/test_power.py tests/test_speculative.py tests/test_faults.py"
+  [result]="simulator/serving/result.py|tests/test_engine.py tests/test_metrics.py tests/test_reference.py tests/test_priority.py tests/test_clients.py tests/test_disaggregated.py tests/test_offload.py tests/test_power.py tests/test_speculative.py"
   # every file that checks the summary's numbers: by hand first (fast), then from runs (classes,
   # pools, energy, overload, the gaps between tokens against the reference scheduler)
   [metrics]="simulator/reports/metrics.py|tests/test_metrics_by_hand.py tests/test_metrics.py tests/test_overload.py tests/test_disaggregated.py tests/test_priority.py tests/test_power.py tests/test_reference.py"

@@ -354,16 +354,29 @@ def test_the_energy_of_two_pools_by_hand(tmp_path):
     assert e["idle_power_w"] == pytest.approx((180 + 2 * 100) / 3, rel=1e-12)
     assert e["tdp_w"] == pytest.approx((1400 + 2 * 800) / 3, rel=1e-12)
     np.testing.assert_allclose(r.timeseries["power_w"], 380.0, rtol=1e-12)
-    # with dynamic power each replica adds its own moments' energy, and the run all of them
+    # with dynamic power each replica adds its own moments' energy (numbered across the pools:
+    # the decode replicas are 1 and 2), and the run all of them; a replica's peak is its idle
+    # power plus its most power-hungry moment (pp 1: its moments never overlap)
     pre = hw_file(tmp_path, "pre", "h100-sxm", tdp_w=700, idle_w=90)
+    dec = hw_file(tmp_path, "dec2", "h200-sxm", tdp_w=400, idle_w=50)
     r = simulate(scen(path, {"prefill": {"replicas": 1, "hardware": pre}, "decode": {"replicas": 2, "hardware": dec}},
                       tp=2))
     m, e, t = r.moments, r.energy, r.makespan_s
     dyn = np.bincount(m["replica"], weights=m["energy_j"], minlength=3)
-    assert dyn[0] > 0 and dyn[1] == dyn[2] == 0.0
+    assert (dyn > 0).all() and dyn[1] != dyn[2]
     np.testing.assert_allclose(e["replica_j"], dyn + [180 * t, 100 * t, 100 * t], rtol=1e-12)
+    np.testing.assert_allclose(e["avg_power_w"], (dyn + [180 * t, 100 * t, 100 * t]) / t, rtol=1e-12)
+    watts = m["energy_j"] / m["dur_s"]
+    np.testing.assert_allclose(e["peak_power_w"], [idle + watts[m["replica"] == k].max() for k, idle in
+                                                   enumerate((180, 100, 100))], rtol=1e-12)
     assert e["dynamic_j"] == pytest.approx(m["energy_j"].sum(), rel=1e-12)
     assert e["total_j"] == pytest.approx(380 * t + m["energy_j"].sum(), rel=1e-12)
+    # the power over time: the idle 380 W plus each moment's dynamic power while it runs
+    grid = np.append(r.timeseries["t_s"], t)
+    share = lambda a, b: np.clip((np.minimum(m["start_s"] + m["dur_s"], b) - np.maximum(m["start_s"], a))  # noqa: E731
+                                 / m["dur_s"], 0, 1)  # of each moment inside [a, b)
+    on = [float(np.sum(m["energy_j"] * share(a, b))) / (b - a) for a, b in zip(grid[:-1], grid[1:], strict=True)]
+    np.testing.assert_allclose(r.timeseries["power_w"], 380.0 + np.asarray(on), rtol=1e-9)
     # a pool without power figures makes the run's energy unknown
     (tmp_path / "bare.yaml").write_text("base: h100-sxm\nname: bare\ndevice: {power: null}\n")
     r = simulate(scen(path, {"prefill": {"replicas": 1, "hardware": pre},

@@ -59,6 +59,9 @@ def test_isolated_requests_take_a_colocated_replicas_time_plus_their_transfer(tm
     assert (m["kind"][m["pool"] == 0] == 0).all() and (m["kind"][m["pool"] == 1] == 1).all()
     assert q1["decode_replica"].tolist() == [1, 1, 1] and q1["replica"].tolist() == [0, 0, 0]
     assert np.all(np.diff(m["start_s"]) >= 0)
+    # the same work: the pools' FLOPs and bytes add up to the colocated replica's
+    assert dis.total_flops == pytest.approx(col.total_flops, rel=1e-12)
+    assert dis.total_bytes == pytest.approx(col.total_bytes, rel=1e-12)
 
 
 @pytest.mark.parametrize("bw_gbps, latency_us", [(100_000.0, 0.0), (0.5, 1000.0)])

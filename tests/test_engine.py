@@ -762,6 +762,7 @@ def test_the_makespan_reaches_the_last_arrival_and_nothing_longer(tmp_path):
     r = simulate(Scenario.model_validate({"model": MODEL, "hardware": "h100-sxm",
                                           "workload": _trace(tmp_path, [(0.0, 100, 5), (50.0, too_long, 5)])}))
     assert r.requests["status"].tolist() == [0, 1] and r.requests["finish_s"][0] < 1.0
+    assert r.requests["replica"].tolist() == [0, -1]  # rejected before it was routed
     assert r.makespan_s == 50.0
     r = simulate(Scenario.model_validate({"model": MODEL, "hardware": "h100-sxm",
                                           "workload": _trace(tmp_path, [(0.0, too_long, 5)])}))
@@ -780,3 +781,44 @@ def test_a_run_carries_request_classes_only_when_it_has_them(tmp_path):
     one = simulate(Scenario.model_validate({**base, "serving": {"queue": "priority"},
                                             "workload": _trace(tmp_path, [(0.0, 100, 3)] * 3, priority=[3, 3, 3])}))
     assert one.requests["priority"].tolist() == [3, 3, 3] and one.requests["class"].tolist() == [0, 0, 0]
+
+
+def test_the_request_log_counts_what_ended_and_the_work_done_again():
+    """RequestLog by hand: every request that completes or is rejected counts once (the progress
+    share), a client hears each end with its request and time (the token's, out_delay after the
+    engine's), routing starts at -1, and each recomputed prefill chunk adds its count, tokens,
+    causal pairs (l c + l (l + 1) / 2) and cached tokens before it."""
+    from simulator.serving.result import RequestLog
+    from simulator.serving.scenario import Workload
+    from simulator.serving.workload import make_requests
+
+    log = RequestLog(make_requests(Workload(num_requests=4), seed=0))
+    heard = []
+    log.on_end = lambda i, t: heard.append((i, t))
+    log.out_delay = 0.25
+    assert log.replica.tolist() == [-1] * 4 and log.done == 0 and log.recomputed == [0, 0, 0.0, 0]
+    log.finish(2, 1.0)
+    log.reject(0, "too long", 3.0)
+    log.finish(1, 2.0)
+    log.reject(3, "too long")
+    assert log.done == 4 and heard == [(2, 1.25), (0, 3.0), (1, 2.25), (3, 0.0)]
+    assert log.status.tolist() == [1, 0, 0, 1] and log.reasons == {"too long": 2}
+    log.recompute(100, 50)
+    log.recompute(30, 7)
+    assert log.recomputed == [2, 57, 50 * 100 + 50 * 51 / 2 + 7 * 30 + 7 * 8 / 2, 130]
+
+
+def test_a_stacks_host_work_counts_every_sequence_of_every_moment():
+    # a serving stack's host work per step and per sequence in it (decodes and prefill chunks of
+    # mixed moments alike), from the moment log; host_busy_s itself is checked by hand in test_cost
+    from simulator.serving.engine import effective, pool_model
+
+    sc = scen(serving__stack="vllm-v1", serving__max_batched_tokens=512, workload__num_requests=60,
+              workload__arrival={"process": "poisson", "rate": 40.0})
+    r = simulate(sc)
+    m = r.moments
+    assert (m["kind"] == 2).any()  # mixed moments: decodes and chunks
+    run, model, hw, dt = effective(sc)
+    sm = pool_model(model, hw, dt, run.serving).cost
+    assert r.host_busy_s == pytest.approx(sm.host_busy_s(m["dur_s"].size, int(m["batch"].sum())), rel=1e-12)
+    assert sm.host_busy_s(10, 7) > sm.host_busy_s(10, 0)

@@ -188,10 +188,10 @@ class MomentLog:
     the engine's id, replica * pp + engine (the replica when pp = 1)."""
 
     def __init__(self, sm: StepModel, requests: RequestLog, progress: Callable[[float], None] | None,
-                 power: MomentPower | None = None):
+                 power: MomentPower):
         self.sm = sm
         self.requests = requests
-        self.power = power or MomentPower(sm, None)
+        self.power = power
         self.start, self.dur = array("d"), array("d")
         self.unit, self.kind, self.batch, self.running = array("i"), array("b"), array("i"), array("i")
         self.tokens, self.kv_used = array("q"), array("q")

@@ -463,10 +463,9 @@ def build_result(sc: Scenario, log: RequestLog, pools: list[PoolRun], wall: floa
     first, sv0 = infos[0], pools[0].serving
     replicas = sum(p.serving.replicas for p in pools)
     energy = _total_energy([x["energy"] for x in infos]) if len(pools) > 1 else infos[0]["energy"]
-    ts = _timeseries(log, m, makespan, replicas, sv0.pp, first["kv_capacity_blocks"],
+    ts = _timeseries(log, m, makespan, replicas, sv0.pp, sum(x["kv_capacity_blocks"] * x["replicas"] for x in infos),
                      watts if energy["known"] else None, energy["idle_power_w"] * replicas if len(pools) == 1
-                     else sum(x["energy"]["idle_power_w"] * x["replicas"] for x in infos),
-                     busy_w, sum(x["kv_capacity_blocks"] * x["replicas"] for x in infos))
+                     else sum(x["energy"]["idle_power_w"] * x["replicas"] for x in infos), busy_w)
     return SimResult(
         requests=requests, reject_reasons=dict(log.reasons), moments=m, category_s=cats, timeseries=ts,
         makespan_s=makespan, kv_capacity_blocks=first["kv_capacity_blocks"], block_size=sv0.block_size,
@@ -636,12 +635,12 @@ def _integral(t: np.ndarray, starts: np.ndarray, ends: np.ndarray, w: np.ndarray
 
 
 def _timeseries(log: RequestLog, m: dict[str, np.ndarray], makespan: float, replicas: int, pp: int,
-                cap_blocks: int, watts: np.ndarray | None = None, idle_w: float = 0.0,
-                busy_w: np.ndarray | None = None, kv_blocks: int | None = None) -> dict[str, np.ndarray]:
+                kv_blocks: int, watts: np.ndarray | None, idle_w: float,
+                busy_w: np.ndarray | None) -> dict[str, np.ndarray]:
     """Interval averages on a fixed grid, exact: integrals of step functions via sorted prefix sums.
-    With `watts` (each moment's dynamic power) also power_w: all devices' average power, idle_w
-    (all replicas') included. Pools of different pp: busy_w is each moment's 1 / pp, kv_blocks
-    all replicas' blocks."""
+    kv_blocks: all replicas' KV blocks. With `watts` (each moment's dynamic power) also power_w:
+    all devices' average power, idle_w (all replicas') included. Pools of different pp: busy_w is
+    each moment's 1 / pp. A run of no time (every request rejected at 0 s) gets a grid over 1 s."""
     n = TIMESERIES_POINTS
     span = makespan if makespan > 0 else 1.0
     edges = np.linspace(0.0, span, n + 1)
@@ -662,7 +661,7 @@ def _timeseries(log: RequestLog, m: dict[str, np.ndarray], makespan: float, repl
         "t_s": edges[:-1].copy(),
         "queue_len": np.maximum(outstanding - running, 0.0),
         "running": running,
-        "kv_used_frac": avg(kv_i) / max(cap_blocks * replicas if kv_blocks is None else kv_blocks, 1),
+        "kv_used_frac": avg(kv_i) / max(kv_blocks, 1),
         "busy_frac": avg(busy_i) / replicas,
         "outstanding": outstanding,
     }

@@ -826,3 +826,39 @@ def test_a_stacks_host_work_counts_every_sequence_of_every_moment():
     sm = pool_model(model, hw, dt, run.serving).cost
     assert r.host_busy_s == pytest.approx(sm.host_busy_s(m["dur_s"].size, int(m["batch"].sum())), rel=1e-12)
     assert sm.host_busy_s(10, 7) > sm.host_busy_s(10, 0)
+
+
+@pytest.mark.parametrize("model, serving", [
+    ("llama-3.2-1b", {}),
+    ("llama-3.2-1b", {"pp": 2}),
+    ("mixtral-8x7b", {"tp": 2}),
+    ("mixtral-8x7b", {"tp": 2, "ep": 2, "moe_imbalance": 1.3}),
+])
+def test_one_requests_work_is_its_prefill_and_decode_steps_by_hand(model, serving):
+    # one request alone: the run's FLOPs are tp x (its prefill of P tokens + a decode step at each
+    # context P .. P + O - 2), each step's ops per device as step_ops counts them with the run's
+    # parallelism (expert-parallel layers on the average device: the busiest one's routing spread
+    # and the imbalance make a step wait, they add no work); an output of one token is the prefill
+    # alone (one moment); no moment, no work
+    from simulator.moment.ops import Batch as B
+
+    P, out = 500, 9
+    m = load_model(model)
+    par = {k: serving.get(k, d) for k, d in (("tp", 1), ("pp", 1), ("ep", 1))}
+    f = lambda b: total_flops(step_ops(m, b, Dtypes(), **par, busiest=False))  # noqa: E731
+    prefill = B(0, 0, 1, P, P * (P + 1) / 2, 0)
+    for o in (out, 1):
+        r = simulate(Scenario.model_validate({"model": model, "hardware": "h100-sxm", "serving": serving,
+                                              "workload": {"num_requests": 1, "prompt_len": {"dist": "fixed", "value": P},
+                                                           "output_len": {"dist": "fixed", "value": o}}}))
+        assert r.moments["dur_s"].size == o
+        want = par["tp"] * (f(prefill) + sum(f(B(1, P + j)) for j in range(o - 1)))
+        assert r.total_flops == pytest.approx(want, rel=1e-12)
+    if serving.get("moe_imbalance"):  # skewed routing slows the busiest device, it is not more work
+        even = simulate(r.scenario.model_copy(update={"serving": r.scenario.serving.model_copy(
+            update={"moe_imbalance": 1.0})}))
+        assert even.total_flops == pytest.approx(r.total_flops, rel=1e-12) and even.makespan_s < r.makespan_s
+    empty = simulate(Scenario.model_validate({"model": model, "hardware": "h100-sxm", "serving": serving,
+                                              "workload": {"num_requests": 1,
+                                                           "prompt_len": {"dist": "fixed", "value": 10**6}}}))
+    assert empty.moments["dur_s"].size == 0 and empty.total_flops == 0.0 and empty.total_bytes == 0.0

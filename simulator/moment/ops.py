@@ -174,13 +174,15 @@ def check_tp(model: ModelSpec, tp: int, pp: int = 1, ep: int = 1) -> None:
 
 
 def dense_ops(model: ModelSpec, tokens: Num, logits: Num, dt: Dtypes, tp: int = 1, pp: int = 1, ep: int = 1,
-              moe_imbalance: float = 1.0) -> list[Op]:
+              moe_imbalance: float = 1.0, busiest: bool = True) -> list[Op]:
     """Ops whose cost depends only on the token count (GEMMs, element-wise, collectives).
 
     A moment is one batch through all pipeline stages, so every layer is counted once (on the
     device of its stage) plus the pp - 1 sends between stages. `tokens` and `logits` may be
     numpy arrays: the result then holds arrays of the same shape. Layers of different kinds
     (dense and MoE FFNs) are separate ops with their own layer counts: no loop over layers.
+    `busiest` (moe_ops): expert-parallel MoE layers on the busiest device (what a step waits
+    for), else on the average one (the work all devices share: tp x it is the whole work).
     """
     t = np.asarray(tokens, dtype=float)
     lg = np.asarray(logits, dtype=float)
@@ -227,7 +229,7 @@ def dense_ops(model: ModelSpec, tokens: Num, logits: Num, dt: Dtypes, tp: int = 
                           EAGER_KERNELS["ffn_act"] if model.gated else 1))
         ops.append(gemm("ffn_down", "ffn_down", t, h, inter, Ld))
     if Lm:
-        ops += moe_ops(model, t, dt, tp, ep, moe_imbalance)
+        ops += moe_ops(model, t, dt, tp, ep, moe_imbalance, busiest)
     reduced = Ld + (Lm if ep == 1 else 0)  # expert-parallel MoE layers combine by all-to-all instead
     if tp > 1 and reduced:
         ops.append(Op("ffn_allreduce", "comm", "allreduce", 0.0, t * h * a * reduced, reduced, t, kernels=1))
@@ -274,7 +276,8 @@ def mla_ops(model: ModelSpec, t: Num, dt: Dtypes, tp: int = 1) -> list[Op]:
     return ops
 
 
-def moe_ops(model: ModelSpec, t: Num, dt: Dtypes, tp: int = 1, ep: int = 1, imbalance: float = 1.0) -> list[Op]:
+def moe_ops(model: ModelSpec, t: Num, dt: Dtypes, tp: int = 1, ep: int = 1, imbalance: float = 1.0,
+            busiest: bool = True) -> list[Op]:
     """The FFN of the MoE layers, per device: the router; the routed experts as grouped GEMMs (the
     t x k routed rows spread over the experts hit, M = t k / E each on average), whose weight
     bytes count the experts the batch touches, expected over uniform random routing
@@ -287,7 +290,8 @@ def moe_ops(model: ModelSpec, t: Num, dt: Dtypes, tp: int = 1, ep: int = 1, imba
     the shared experts (replicated) on them. The busiest device bounds the layer: its rows are
     the mean t k / ep plus the spread of random routing (the expected largest of ep binomial
     loads, Blom's normal approximation: 1.43 standard deviations for 8), times `imbalance`
-    (skewed expert popularity, >= 1), and they hit its E/ep experts at random."""
+    (skewed expert popularity, >= 1), and they hit its E/ep experts at random. Not `busiest`: the
+    average device's t k / ep rows (the whole work over the devices, for totals)."""
     L = model.moe_layer_count
     E, k = model.num_local_experts, model.num_experts_per_tok
     h = model.hidden_size
@@ -297,7 +301,8 @@ def moe_ops(model: ModelSpec, t: Num, dt: Dtypes, tp: int = 1, ep: int = 1, imba
     if ep > 1:
         mean = t * k / ep
         z = NormalDist().inv_cdf((ep - 0.375) / (ep + 0.25))  # the expected largest of ep normals (Blom)
-        rows = np.minimum((mean + z * np.sqrt(mean * (1 - 1 / ep))) * imbalance, t * min(k, local))
+        rows = np.minimum((mean + z * np.sqrt(mean * (1 - 1 / ep))) * imbalance, t * min(k, local)) if busiest \
+            else mean
         touched = local * (1.0 - (1.0 - 1.0 / local) ** rows)  # the busiest device's rows over its experts
         own, shared_tp = t / ep, 1
     else:
@@ -415,10 +420,11 @@ def attention_ops(model: ModelSpec, b: Batch, dt: Dtypes, tp: int = 1, pp: int =
 
 
 def step_ops(model: ModelSpec, b: Batch, dt: Dtypes = Dtypes(), tp: int = 1, pp: int = 1, ep: int = 1,
-             moe_imbalance: float = 1.0) -> list[Op]:
+             moe_imbalance: float = 1.0, busiest: bool = True) -> list[Op]:
     """All ops of one step, per device: each layer on the device of its pipeline stage."""
     check_tp(model, tp, pp, ep)
-    return dense_ops(model, b.tokens, b.logit_rows, dt, tp, pp, ep, moe_imbalance) + attention_ops(model, b, dt, tp, pp)
+    return dense_ops(model, b.tokens, b.logit_rows, dt, tp, pp, ep, moe_imbalance, busiest) + \
+        attention_ops(model, b, dt, tp, pp)
 
 
 def total_flops(ops: list[Op]) -> float:

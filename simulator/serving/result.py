@@ -586,13 +586,15 @@ def _sums_work(sums: list, model, dt: Dtypes, sv: Serving) -> tuple[float, float
     contexts), so the ops of the summed aggregates give the sum exactly. Their bytes are linear
     plus a per-moment constant (the weights streamed once per moment), added (moments - 1) more
     times. Approximations: MoE experts touched and sliding windows are taken at the sums. The ops
-    are per device of a tp group over all layers; x tp gives all devices of the replicas.
+    are per device of a tp group over all layers, expert-parallel layers on the average device
+    (the busiest one's spread and moe_imbalance shape a step's time, not the work); x tp gives all
+    devices of the replicas.
     """
     M, LG, DS, DC, PS, PT, PP, PC = sums
     if M == 0:
         return 0.0, 0.0
-    ops = dense_ops(model, DS + PT, LG, dt, sv.tp, sv.pp, sv.ep, sv.moe_imbalance)
-    base = dense_ops(model, 0, 0, dt, sv.tp, sv.pp, sv.ep, sv.moe_imbalance)
+    ops = dense_ops(model, DS + PT, LG, dt, sv.tp, sv.pp, sv.ep, busiest=False)
+    base = dense_ops(model, 0, 0, dt, sv.tp, sv.pp, sv.ep, busiest=False)
     att = attention_ops(model, Batch(int(DS), int(DC), int(PS), int(PT), float(PP), int(PC)), dt, sv.tp, sv.pp)
     flops = sum(float(np.sum(o.flops)) for o in ops + att)
     by = sum(float(np.sum(o.bytes)) for o in ops + att) + (M - 1) * sum(float(np.sum(o.bytes)) for o in base)
@@ -606,7 +608,7 @@ def _recompute_flops(recomputed: list, model, dt: Dtypes, sv: Serving) -> float:
     n, tokens, pairs, ctx = recomputed
     if not tokens:
         return 0.0
-    ops = dense_ops(model, tokens, 0, dt, sv.tp, sv.pp, sv.ep, sv.moe_imbalance)
+    ops = dense_ops(model, tokens, 0, dt, sv.tp, sv.pp, sv.ep, busiest=False)
     att = attention_ops(model, Batch(0, 0, int(n), int(tokens), float(pairs), int(ctx)), dt, sv.tp, sv.pp)
     return sum(float(np.sum(o.flops)) for o in ops + att) * sv.tp
 

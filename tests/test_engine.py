@@ -831,6 +831,7 @@ def test_a_stacks_host_work_counts_every_sequence_of_every_moment():
 @pytest.mark.parametrize("model, serving", [
     ("llama-3.2-1b", {}),
     ("llama-3.2-1b", {"pp": 2}),
+    ("llama-3.2-1b", {"tp": 2}),
     ("mixtral-8x7b", {"tp": 2}),
     ("mixtral-8x7b", {"tp": 2, "ep": 2, "moe_imbalance": 1.3}),
 ])
@@ -854,6 +855,10 @@ def test_one_requests_work_is_its_prefill_and_decode_steps_by_hand(model, servin
         assert r.moments["dur_s"].size == o
         want = par["tp"] * (f(prefill) + sum(f(B(1, P + j)) for j in range(o - 1)))
         assert r.total_flops == pytest.approx(want, rel=1e-12)
+        if not m.is_moe:  # and the bytes each step moves (an MoE's experts touched are taken at the sums)
+            by = lambda b: sum(float(np.sum(x.bytes)) for x in step_ops(m, b, Dtypes(), **par))  # noqa: E731
+            want = par["tp"] * (by(prefill) + sum(by(B(1, P + j)) for j in range(o - 1)))
+            assert r.total_bytes == pytest.approx(want, rel=1e-12)
     if serving.get("moe_imbalance"):  # skewed routing slows the busiest device, it is not more work
         even = simulate(r.scenario.model_copy(update={"serving": r.scenario.serving.model_copy(
             update={"moe_imbalance": 1.0})}))

@@ -201,3 +201,41 @@ def test_a_plan_prices_electricity_beside_the_hourly_price():
 def test_power_figures_are_checked():
     with pytest.raises(Exception, match="idle_w"):
         hardware_from_dict({"base": "h100-sxm", "name": "x", "device": {"power": {"tdp_w": 100, "idle_w": 200}}}, "x")
+
+
+def test_each_moments_energy_is_its_own_batchs_demand_by_hand():
+    # one request alone on two replicas (one stays idle): its prefill moment asks for the demand
+    # of P tokens from nothing cached, decode step j for one sequence after P + j tokens, each at
+    # most the power limit over its length; the idle replica draws its idle power only
+    from simulator.moment.power import MomentPower
+    from simulator.serving.scenario import Scenario
+
+    P, out = 700, 6
+    r = simulate(Scenario.model_validate({"model": "llama-3.2-1b", "hardware": "h100-sxm", "serving": {"replicas": 2},
+                                          "workload": {"num_requests": 1, "prompt_len": {"dist": "fixed", "value": P},
+                                                       "output_len": {"dist": "fixed", "value": out}}}))
+    hw = load_hardware("h100-sxm")
+    p = MomentPower(step_model(load_model("llama-3.2-1b"), hw), hw.device.power)
+    want = [p.demand(0, 0, 1, P, P * (P + 1) / 2, 0, 1)] + [p.demand(1, P + j, 0, 0, 0.0, 0, 1) for j in range(out - 1)]
+    m = r.moments
+    np.testing.assert_allclose(m["energy_j"], p.energy(np.asarray(want), m["dur_s"]), rtol=1e-12)
+    e, t = r.energy, r.makespan_s
+    idle = hw.device.power.idle_w
+    np.testing.assert_allclose(e["replica_j"], [m["energy_j"].sum() + idle * t, idle * t], rtol=1e-12)
+    assert e["peak_power_w"][1] == idle and e["avg_power_w"][1] == pytest.approx(idle, rel=1e-12)
+
+
+def test_the_peak_of_a_pipelined_replica_adds_its_overlapping_moments():
+    # pp 2: a replica's two virtual engines run moments at once; its peak power is its devices' idle power
+    # plus the largest sum of the dynamic power of moments running together (by a sweep here)
+    from simulator.serving.scenario import Scenario
+
+    r = simulate(Scenario.model_validate({"model": "llama-3.2-1b", "hardware": "h100-sxm", "serving": {"pp": 2},
+                                          "workload": {"num_requests": 40, "arrival": {"process": "burst"}}}))
+    m = r.moments
+    watts = m["energy_j"] / m["dur_s"]
+    start, end = m["start_s"], m["start_s"] + m["dur_s"]
+    assert (np.diff(start) < m["dur_s"][:-1]).any()  # moments overlap
+    best = max(float(watts[(start <= s) & (end > s)].sum()) for s in start)
+    idle = 2 * load_hardware("h100-sxm").device.power.idle_w  # the replica's two devices
+    assert r.energy["peak_power_w"][0] == pytest.approx(idle + best, rel=1e-9)

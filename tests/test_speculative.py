@@ -269,3 +269,9 @@ def test_a_speculative_runs_flops_are_its_verify_and_draft_passes_by_hand(method
         want += f(target, Batch(q, q * c + q * (q - 1) / 2, logits=q))
         want += sum(w * f(d, Batch(1, c + i)) for d, w in drafts for i in range(k))
     assert r.total_flops == pytest.approx(want, rel=1e-9)
+    # the bytes: every moment streams the target's weights, every decode step the draft's k times
+    # over (and its prefill once), an untied embedding table aside (its rows are gathered): at
+    # least that, and the little KV and activations beside
+    streamed = lambda m: m.weight_bytes("bf16") - (0 if m.tie_word_embeddings else 2 * m.vocab_size * m.hidden_size)  # noqa: E731
+    weights = streamed(target) * out + sum(w * streamed(d) for d, w in drafts) * (1 + k * (out - 1))
+    assert weights < r.total_bytes < 1.05 * weights

@@ -516,7 +516,7 @@ def _demand(moments: MomentLog, m: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _energy(power: MomentPower, demand: np.ndarray, m: dict[str, np.ndarray], makespan: float,
-            replicas: int, pp: int, offset: int = 0) -> tuple[dict, np.ndarray]:
+            replicas: int, pp: int, offset: int) -> tuple[dict, np.ndarray]:
     """A pool's energy (see SimResult.energy), each moment's dynamic energy (J) and its dynamic
     power in W over its replica's devices (its dynamic energy over its length)."""
     start, dur, replica = m["start_s"], m["dur_s"], m["replica"] - offset if offset else m["replica"]

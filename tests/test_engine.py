@@ -767,6 +767,7 @@ def test_the_makespan_reaches_the_last_arrival_and_nothing_longer(tmp_path):
     r = simulate(Scenario.model_validate({"model": MODEL, "hardware": "h100-sxm",
                                           "workload": _trace(tmp_path, [(0.0, too_long, 5)])}))
     assert r.requests["status"].tolist() == [1] and r.moments["dur_s"].size == 0 and r.makespan_s == 0.0
+    assert r.energy["avg_power_w"].tolist() == [0.0] and r.energy["total_j"] == 0.0  # no time, no energy
     # its time series: nothing, on a grid over 1 s
     ts = r.timeseries
     np.testing.assert_array_equal(ts["t_s"], np.linspace(0.0, 1.0, TIMESERIES_POINTS + 1)[:-1])

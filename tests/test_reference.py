@@ -506,11 +506,13 @@ def compare(sc: Scenario) -> tuple:
     assert got.recomputed_tokens == ref.recomputed
     # the work: a dense model's FLOPs are linear in the batch aggregates (tests/test_engine.py
     # checks that moment by moment), so all moments' FLOPs are those of the summed aggregates
+    tp = sc.serving.tp  # the ops are per device of the tp group: tp x them is the replica's work
     if ref.moments:
-        want = total_flops(step_ops(load_model(MODEL), Batch(*ref.sums)))
+        want = tp * total_flops(step_ops(load_model(MODEL), Batch(*ref.sums), Dtypes(), tp))
         assert got.total_flops == pytest.approx(want, rel=1e-9)
     # the work done again: the recomputed tokens' prefill sums through the same ops, no logit rows
-    want = total_flops(step_ops(load_model(MODEL), Batch(0, 0, *ref.redone, 0))) if ref.recomputed else 0.0
+    want = tp * total_flops(step_ops(load_model(MODEL), Batch(0, 0, *ref.redone, 0), Dtypes(), tp)) \
+        if ref.recomputed else 0.0
     assert got.recomputed_flops == pytest.approx(want, rel=1e-9)
     # the time by category: every moment's breakdown from its own batch, added per kind (moments
     # with prefill, and decode-only ones) and scaled so the kind's total is its moments' seconds
@@ -662,3 +664,19 @@ def test_prefill_first_ends_when_a_swapped_decode_meets_prompts_holding_the_bloc
     q = r.requests
     assert q["preemptions"].sum() > 0
     assert q["status"].size == 23 and (q["status"] == 0).sum() >= 10  # the rest rejected by max_queue, as the reference
+
+
+def test_engine_equals_the_reference_at_tp_2_with_recompute(tmp_path):
+    """Two devices per replica: the same moments and requests as the reference, and the work
+    (and the work done again after recompute preemptions) over both devices."""
+    m = load_model(MODEL)
+    gb = (m.weight_bytes("bf16", 2) + 1e9 + 1200.5 * m.kv_bytes_per_token("bf16", 2)) / 0.9 / 1e9
+    (tmp_path / "hw.yaml").write_text(f"base: h100-sxm\nname: tiny-h100\ndevice:\n  memory_gb: {gb!r}\n")
+    sc = Scenario.model_validate({
+        "model": MODEL, "hardware": str(tmp_path / "hw.yaml"), "seed": 5,
+        "serving": {"scheduler": "continuous", "tp": 2, "max_batch_size": 16, "preemption": "recompute"},
+        "workload": {"num_requests": 60, "arrival": {"process": "poisson", "rate": 300.0},
+                     "prompt_len": {"dist": "uniform", "low": 20, "high": 300},
+                     "output_len": {"dist": "uniform", "low": 1, "high": 300}}})
+    got, ref = compare(sc)
+    assert got.recomputed_tokens > 0

@@ -45,7 +45,7 @@ SERVING = st.fixed_dictionaries({
 })
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
 @given(serving=SERVING, seed=st.integers(0, 1000))
 def test_every_accepted_mix_of_settings_runs_and_conserves(serving, seed):
     workload = {"num_requests": 40, "arrival": {"process": "poisson", "rate": 30.0},

@@ -14,6 +14,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def check_device(device: str) -> None:
 COMPUTE_BOUND_M = 256
 
 
-def gemm_speedup(records: list[dict[str, Any]], dtype: str) -> tuple[float, int]:
+def gemm_speedup(records: Sequence[dict[str, Any]], dtype: str) -> tuple[float, int]:
     """How much faster GEMMs run in `dtype` than in fp32 here: the median ratio of their times
     over the compute-bound shapes (M >= COMPUTE_BOUND_M) measured in both; (nan, 0) if none."""
     times: dict[tuple, dict[str, float]] = {}
@@ -64,7 +65,7 @@ def gemm_speedup(records: list[dict[str, Any]], dtype: str) -> tuple[float, int]
 
 
 def base_hardware(device: str, base: str | None, fp: dict[str, Any], facts: dict[str, Any], name: str,
-                  records: list[dict[str, Any]] = ()) -> tuple[Hardware, dict[str, str]]:  # type: ignore[assignment]
+                  records: Sequence[dict[str, Any]] = ()) -> tuple[Hardware, dict[str, str]]:
     """The preset the fit starts from, with what this machine says about itself.
 
     CPU: the machine's model name, the cores torch uses, its memory and last-level cache; the
@@ -123,11 +124,16 @@ def base_hardware(device: str, base: str | None, fp: dict[str, Any], facts: dict
     return Hardware.model_validate(data), prov
 
 
-def _constrained(param: str, fitted: list[dict[str, Any]], wide_n: int | None = None) -> int:
+def _constrained(param: str, fitted: list[dict[str, Any]], kind: str, wide_n: int | None = None) -> int:
     """How many fitted records bear on a parameter (for the provenance line), from the fit's own
-    grouping of parameters by op kind."""
-    from calibration.fit import COMM_KINDS, DEVICE_KINDS, GROUPS, HOST_KINDS
+    grouping of parameters by op kind (a CPU's GEMMs of another dtype set only their
+    gemm_memory_dtype: fit.own_dtypes)."""
+    from calibration.fit import COMM_KINDS, DEVICE_KINDS, GROUPS, HOST_KINDS, own_dtypes
 
+    own = own_dtypes([r for r in fitted if r["op"] == "gemm"], kind)
+    if param.startswith("gemm_memory_dtype."):
+        return sum(1 for r in fitted if r["op"] == "gemm" and r["dtype"] == param.split(".", 1)[1])
+    fitted = [r for r in fitted if not (r["op"] == "gemm" and r["dtype"] in own)]
     if param == "elementwise_memory.index_copy":  # the cache writes of the attention records
         return sum(1 for r in fitted if r["op"] in ("attn_prefill", "attn_decode"))
     if param.startswith("elementwise_"):  # elementwise_memory.norm, elementwise_floor_us, ...
@@ -213,7 +219,7 @@ def build_profile(records: list[dict[str, Any]], fp: dict[str, Any], facts: dict
     counted = prepare(fitted_recs)
     for p, v in report["params"].items():
         key = f"host.{p}" if p in HOST_PARAMS else f"efficiency.{p}"
-        n = _constrained(p, counted, hw.efficiency.wide_gemm_n)
+        n = _constrained(p, counted, hw.device.kind, hw.efficiency.wide_gemm_n)
         prov[key] = f"fit to {n} microbenchmark cases on {hw.device.name} {date} (value {v})"
     if device == "cpu":
         prov["efficiency.gemm_wave"] = "held at the base preset's value: no tile waves on a CPU"

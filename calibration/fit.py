@@ -447,6 +447,13 @@ STREAM_NAME = {"norm": "input_norm", "rope": "rope", "ffn_act": "ffn_act", "resi
                "embed": "embed"}
 
 
+def own_dtypes(gemm: Sequence[Record], kind: str) -> list[str]:
+    """The GEMM dtypes fitted apart from fp32's: a CPU runs each other dtype's GEMMs on that
+    dtype's own kernels (oneDNN's bf16 beside MKL's fp32), which set only gemm_memory_dtype."""
+    dtypes = {r["dtype"] for r in gemm}
+    return sorted(dtypes - {"fp32"}) if kind == "cpu" and "fp32" in dtypes else []
+
+
 def fit_profile(records: Iterable[Record], hw: Hardware, fix: set[str] | Iterable[str] = (),
                 outer: int = 20) -> tuple[Hardware, dict[str, Any]]:
     """Fit the efficiencies of `hw` (and its host costs) to `records`.
@@ -485,9 +492,7 @@ def fit_profile(records: Iterable[Record], hw: Hardware, fix: set[str] | Iterabl
     groups: list[tuple[_Priced, list[str]]] = []
     wide_n: dict[str, int] = {}
     gemm = by_kind.get("gemm", [])
-    # a CPU runs each other dtype's GEMMs on that dtype's own kernels (oneDNN's bf16 beside MKL's fp32)
-    dtypes = {r["dtype"] for r in gemm}
-    own = sorted(dtypes - {"fp32"}) if hw.device.kind == "cpu" and "fp32" in dtypes else []
+    own = own_dtypes(gemm, hw.device.kind)
     if gemm:
         names = free(GROUPS["gemm"])
         if hw.device.kind == "cpu" and any(0 < float(r.get("m", 0) or 0) <= 1 for r in gemm) and "gemv_memory" not in fix:

@@ -116,3 +116,9 @@ def test_a_cpu_refit_fits_bf16_gemms_on_their_own_rate(tmp_path):
     eff = data["hardware"]["efficiency"]
     assert (eff["gemm_compute"], eff["gemm_memory"], eff["gemv_memory"], eff["wide_gemm_memory"]) == \
         (0.9841, 0.333, 0.6341, 0.2196)
+    # and each parameter's provenance counts the records that set it
+    fp32 = [r for r in gemm if r["dtype"] == "fp32"]
+    prov = data["provenance"]
+    for param, n in (("gemm_compute", len(fp32)), ("gemv_memory", sum(r["m"] <= 1 for r in fp32)),
+                     ("gemm_memory_dtype.bf16", len(gemm) - len(fp32))):
+        assert f"fit to {n} microbenchmark cases" in prov[f"efficiency.{param}"], param

@@ -580,7 +580,6 @@ class StepModel:
         bd["host"] = (step - dev) * 1e3  # time the device waits on the host
         return StepCost(step * 1e3, dev * 1e3, (self.issue_s + self.overhead_s) * 1e3, bd)
 
-
     def breakdowns(self, batches: list[Batch]) -> np.ndarray:
         """cost(b).breakdown_ms of each batch as a row (DEVICE_CATEGORIES, then host): the same
         floats, with the tables looked up for all batches at once (a run's category seconds

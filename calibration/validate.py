@@ -62,8 +62,19 @@ class Shapes:
 
 
 def shapes_for(device: str, size: str) -> Shapes:
+    """The cases of each size: tiny (tests), quick, full, and wide (beyond the full set: batches to
+    256, contexts to 16k, prompts to 8k, where extrapolation shows; a case whose KV cache does not
+    fit is left out)."""
     if size == "tiny":
         return Shapes([(1, 16), (2, 32)], [(1, 16)], [1, 16], [(1, 16), (2, 32)], [(1, 16), (2, 8)], [(2, 8, 4)])
+    if size == "wide":
+        if device == "cpu":
+            return Shapes([(1, 8192), (64, 256)], [(1, 4096)], [2048],
+                          [(1, 4096), (1, 16384), (8, 4096), (64, 256), (128, 256), (256, 256)],
+                          [(1, 2048), (1, 4096), (1, 8192)], [(1, 256, 16), (32, 128, 8)])
+        return Shapes([(1, 16384), (256, 1024)], [(1, 8192)], [8192, 16384],
+                      [(b, c) for b in (1, 16, 64, 256) for c in (256, 1024, 4096, 16384)],
+                      [(1, 128), (1, 1024), (1, 8192), (8, 1024)], [(1, 1024, 64), (64, 256, 32)])
     if device == "cpu":
         if size == "quick":
             return Shapes([(1, 128), (16, 1024)], [(1, 256)], [1, 16, 256], [(1, 128), (8, 512)], [(1, 128), (1, 512)],
@@ -510,7 +521,7 @@ def validate(device: str, hardware: str, out: str | Path, size: str = "full", mo
     if device == "cpu":
         mb.setup_threads()
     fp = mb.fingerprint(device)
-    reps = {"tiny": 3, "quick": 5, "full": 7}.get(size, 7)
+    reps = {"tiny": 3, "quick": 5, "full": 7, "wide": 5}.get(size, 7)
     total = 0
     for _ in mods:
         total += len(shapes.attn_decode) + len(shapes.attn_prefill) + len(shapes.ffn_tokens) + len(shapes.prefill)
@@ -641,8 +652,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not args.device:
         raise InputError("--device", "", "give --device cpu|cuda to measure, or --repredict SAVED.json")
     check_device(args.device)
+    if args.quick and getattr(args, "wide", False):
+        raise InputError("--wide", "", "give --quick or --wide, not both")
     load_hardware(args.hardware)  # a bad --hardware is an InputError before anything runs
-    size = getattr(args, "size", None) or ("quick" if args.quick else "full")
+    size = getattr(args, "size", None) or ("quick" if args.quick else "wide" if getattr(args, "wide", False) else "full")
     data = validate(args.device, args.hardware, args.out, size, args.models, command=command,
                     dtype=getattr(args, "dtype", None))
     out = Path(args.out)

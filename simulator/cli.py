@@ -301,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hardware", required=True, help="profile JSON or preset to predict with")
     p.add_argument("--out", required=True, help="folder for the report (markdown, JSON, plots)")
     p.add_argument("--quick", action="store_true", help="fewer cases and repeats")
+    p.add_argument("--wide", action="store_true",
+                   help="cases beyond the full set: batches to 256, contexts to 16k, prompts to 8k")
     p.add_argument("--models", default=None, help="comma-separated preset models")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
                    help="the reference decoder's weights, activations and KV (default fp32 on a CPU, bf16 on a GPU)")

@@ -225,3 +225,25 @@ def test_generation_prediction_is_the_engine_makespan_and_the_sum_of_its_steps()
     by_hand = sm.cost(Batch.of(prefill=[(b, n)])).step_ms + sum(
         sm.cost(Batch.of(decode=[(b, n + i)])).step_ms for i in range(new - 1))
     assert predict_generation(spec, hw, b, n, new, "eager", dt) == pytest.approx(by_hand, rel=1e-9)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_wide_cases_reach_past_the_full_set(device):
+    # --wide: the ranges where a model fitted on small microbenchmarks must extrapolate (batches to
+    # 256, contexts to 16k, prompts to 8k), each beyond what the full set measures
+    from calibration.validate import shapes_for
+
+    wide, full = shapes_for(device, "wide"), shapes_for(device, "full")
+    assert max(b for b, _ in wide.decode) == 256 > max(b for b, _ in full.decode)
+    assert max(c for _, c in wide.decode) == 16384 > max(c for _, c in full.decode)
+    assert max(n for _, n in wide.prefill) == 8192 >= max(n for _, n in full.prefill)
+    assert min(c for _, c in wide.decode) == 256 and min(n for _, n in wide.prefill) <= 2048
+    assert {b for b, _, _ in wide.generation} == ({1, 32} if device == "cpu" else {1, 64})
+
+
+def test_quick_and_wide_together_are_refused(capsys):
+    from simulator.cli import main
+
+    assert main(["validate", "--device", "cpu", "--quick", "--wide", "--hardware", "cpu", "--out", "/tmp/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["momentsim: --wide: give --quick or --wide, not both"]

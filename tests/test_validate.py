@@ -247,3 +247,35 @@ def test_quick_and_wide_together_are_refused(capsys):
     assert main(["validate", "--device", "cpu", "--quick", "--wide", "--hardware", "cpu", "--out", "/tmp/x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["momentsim: --wide: give --quick or --wide, not both"]
+
+
+def _gpu_session(tmp_path, **env):
+    import os
+    import subprocess
+
+    script = "calibration/gpu-session.sh"
+    run_env = {**os.environ, "DEVICE": "cpu", "HW": "cpu", "MODELS": "tiny-llama:2", "WHEELS": "none",
+               "OUT": str(tmp_path), **env}
+    return subprocess.run(["bash", script], env=run_env, capture_output=True, text=True, timeout=300)
+
+
+def test_gpu_session_script_parses_and_keeps_nothing_when_out_of_time(tmp_path):
+    import subprocess
+
+    assert subprocess.run(["bash", "-n", "calibration/gpu-session.sh"]).returncode == 0
+    r = _gpu_session(tmp_path, BUDGET_S="0")  # no time: every validate is skipped, the log still written
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["session.log"]
+    assert "# done after" in (tmp_path / "session.log").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_session_dry_run_on_a_cpu_keeps_one_json_per_model_and_the_wide_cases(tmp_path):
+    r = _gpu_session(tmp_path, BUDGET_S="300")
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["session.log", "validation-tiny-llama.json", "validation-wide.json"]  # at most 8 come back
+    for n in names[1:]:
+        js = json.loads((tmp_path / n).read_text())
+        assert js["cases"] and all(c["measured_ms"] > 0 for c in js["cases"])
+    assert json.loads((tmp_path / "validation-wide.json").read_text())["meta"]["size"] == "wide"

@@ -126,14 +126,16 @@ def base_hardware(device: str, base: str | None, fp: dict[str, Any], facts: dict
 
 def _constrained(param: str, fitted: list[dict[str, Any]], kind: str, wide_n: int | None = None) -> int:
     """How many fitted records bear on a parameter (for the provenance line), from the fit's own
-    grouping of parameters by op kind (a CPU's GEMMs of another dtype set only their
-    gemm_memory_dtype: fit.own_dtypes)."""
-    from calibration.fit import COMM_KINDS, DEVICE_KINDS, GROUPS, HOST_KINDS, own_dtypes
+    grouping of parameters by op kind (a CPU's GEMMs and attention of another dtype set only
+    their own dtype's parameter: fit.own_dtypes)."""
+    from calibration.fit import COMM_KINDS, DEVICE_KINDS, GROUPS, HOST_KINDS, OWN_DTYPE_PARAM, apart
 
-    own = own_dtypes([r for r in fitted if r["op"] == "gemm"], kind)
-    if param.startswith("gemm_memory_dtype."):
-        return sum(1 for r in fitted if r["op"] == "gemm" and r["dtype"] == param.split(".", 1)[1])
-    fitted = [r for r in fitted if not (r["op"] == "gemm" and r["dtype"] in own)]
+    field, _, dtype = param.partition(".")
+    if field in OWN_DTYPE_PARAM.values():
+        op = next(k for k, f in OWN_DTYPE_PARAM.items() if f == field)
+        return sum(1 for r in fitted if r["op"] == op and r["dtype"] == dtype)
+    other = {id(r) for r in apart(fitted, kind)}
+    fitted = [r for r in fitted if id(r) not in other]
     if param == "elementwise_memory.index_copy":  # the cache writes of the attention records
         return sum(1 for r in fitted if r["op"] in ("attn_prefill", "attn_decode"))
     if param.startswith("elementwise_"):  # elementwise_memory.norm, elementwise_floor_us, ...

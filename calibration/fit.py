@@ -196,7 +196,11 @@ def error_table(records: Sequence[Record], pred: np.ndarray, key: Callable[[Reco
 
 # -- parameters: get, set, bounds -----------------------------------------------------------------
 
-DICT_PARAMS = ("elementwise_memory", "elementwise_row_gbps", "elementwise_cache_gain", "gemm_memory_dtype")
+DICT_PARAMS = ("elementwise_memory", "elementwise_row_gbps", "elementwise_cache_gain", "gemm_memory_dtype",
+               "attn_prefill_compute_dtype", "attn_decode_compute_dtype")
+# per kind of record fitted apart in another dtype (own_dtypes): the one parameter such records set
+OWN_DTYPE_PARAM = {"gemm": "gemm_memory_dtype", "attn_prefill": "attn_prefill_compute_dtype",
+                   "attn_decode": "attn_decode_compute_dtype"}
 # kernels that launch one thread block per token (vLLM-style rms_norm, rotary embedding,
 # silu_and_mul): only these get the per-row bound; torch's element-wise kernels (add, embedding
 # gather) spread over all elements
@@ -213,6 +217,8 @@ def get_param(eff: Efficiency, name: str) -> float:
         return float(eff.elementwise_cache_gain.get(cat, 0.0))
     if field == "gemm_memory_dtype":
         return float(eff.gemm_memory_dtype.get(cat, eff.gemv_memory or eff.gemm_memory))
+    if field in ("attn_prefill_compute_dtype", "attn_decode_compute_dtype"):
+        return float(getattr(eff, field).get(cat, getattr(eff, field.removesuffix("_dtype"))))
     if field == "elementwise_floor_us" and eff.elementwise_floor_us is None:
         return float(eff.floor_us)
     if field in ("gemv_memory", "wide_gemm_memory") and getattr(eff, field) is None:
@@ -235,7 +241,8 @@ def set_params(eff: Efficiency, values: dict[str, float]) -> Efficiency:
 
 def bounds(name: str) -> tuple[float, float]:
     """Bounds from the pydantic Field constraints (open ends closed by OPEN_BOUNDS)."""
-    if name.startswith(("elementwise_memory.", "gemm_memory_dtype.")):
+    if name.startswith(("elementwise_memory.", "gemm_memory_dtype.", "attn_prefill_compute_dtype.",
+                        "attn_decode_compute_dtype.")):
         return 1e-3, 1.0
     if name.startswith("elementwise_row_gbps."):
         return 0.5, 500.0
@@ -447,11 +454,22 @@ STREAM_NAME = {"norm": "input_norm", "rope": "rope", "ffn_act": "ffn_act", "resi
                "embed": "embed"}
 
 
-def own_dtypes(gemm: Sequence[Record], kind: str) -> list[str]:
-    """The GEMM dtypes fitted apart from fp32's: a CPU runs each other dtype's GEMMs on that
-    dtype's own kernels (oneDNN's bf16 beside MKL's fp32), which set only gemm_memory_dtype."""
-    dtypes = {r["dtype"] for r in gemm}
+def own_dtypes(records: Sequence[Record], kind: str) -> list[str]:
+    """The dtypes of one op kind's records fitted apart from fp32's: a CPU runs each other dtype
+    on that dtype's own kernels (oneDNN's bf16 GEMMs beside MKL's fp32; a bf16 SDPA that converts
+    to fp32), which set only that op's OWN_DTYPE_PARAM for it."""
+    dtypes = {r["dtype"] for r in records}
     return sorted(dtypes - {"fp32"}) if kind == "cpu" and "fp32" in dtypes else []
+
+
+def apart(records: Sequence[Record], kind: str) -> list[Record]:
+    """The records of `records` fitted apart in their own dtype (own_dtypes of each op kind)."""
+    out: list[Record] = []
+    for op in OWN_DTYPE_PARAM:
+        rs = [r for r in records if r["op"] == op]
+        own = own_dtypes(rs, kind)
+        out += [r for r in rs if r["dtype"] in own]
+    return out
 
 
 def fit_profile(records: Iterable[Record], hw: Hardware, fix: set[str] | Iterable[str] = (),
@@ -512,11 +530,15 @@ def fit_profile(records: Iterable[Record], hw: Hardware, fix: set[str] | Iterabl
             groups.append((_Priced([r for r in gemm if r["dtype"] == d]), free([f"gemm_memory_dtype.{d}"])))
     for kind in ATTN_KINDS:
         rs = by_kind.get(kind, [])
-        if rs:
+        own_attn = own_dtypes(rs, hw.device.kind)
+        main = [r for r in rs if r["dtype"] not in own_attn]
+        if main:
             names = free(GROUPS[kind])
-            if kind == "attn_prefill" and len({r.get("head_dim") for r in rs}) > 1:
+            if kind == "attn_prefill" and len({r.get("head_dim") for r in main}) > 1:
                 names += free(["attn_softmax_cycles"])  # head dims apart separate softmax from matmul
-            groups.append((_Priced(rs), names))
+            groups.append((_Priced(main), names))
+        for d in own_attn:  # only their matmul rate is theirs: the fp32 records set the rest
+            groups.append((_Priced([r for r in rs if r["dtype"] == d]), free([f"{OWN_DTYPE_PARAM[kind]}.{d}"])))
     streams = by_kind.get("stream", [])
     for cat in sorted({r["category"] for r in streams}):
         rs = [r for r in streams if r["category"] == cat]
@@ -529,11 +551,12 @@ def fit_profile(records: Iterable[Record], hw: Hardware, fix: set[str] | Iterabl
         groups.append((_Priced(rs), free(names)))
     device = [r for k in DEVICE_KINDS for r in by_kind.get(k, [])]
     shared: list[tuple[str, _Priced]] = []
-    # (not another dtype's CPU GEMMs: their library's per-call cost is not the kernel floor)
-    heavy = [r for r in device if r["op"] != "stream" and not (r["op"] == "gemm" and r["dtype"] in own)]
+    # (not another dtype's CPU GEMMs or attention: their library's per-call cost is not the kernel floor)
+    other = {id(r) for r in apart(device, hw.device.kind)}
+    heavy = [r for r in device if r["op"] != "stream" and id(r) not in other]
     if heavy and "floor_us" not in fix:
         shared.append(("floor_us", _Priced(heavy)))
-    light = [r for r in device if r["op"] != "gemm"]
+    light = [r for r in device if r["op"] != "gemm" and id(r) not in other]
     if light and "elementwise_floor_us" not in fix:
         shared.append(("elementwise_floor_us", _Priced(light)))
     wide = [r for r in streams if float(r.get("elems", 0) or 0) >= PARALLEL_GRAIN]

@@ -14,7 +14,9 @@ their peak plus `attn_softmax_cycles` outside them (the exp of the online softma
 shrink with the head size, which is why head dim 64 reaches a smaller share of peak than 128).
 Blocks are spread over the compute units: the makespan is the total work over the units, at
 least the longest block, plus `attn_tail` of the longest block (the last wave, partly filled).
-With few blocks (one short prompt) only some units work.
+With few blocks (one short prompt) only some units work. Where a dtype's attention takes a path
+of its own (PyTorch's bf16 SDPA on a CPU computes in fp32), `attn_prefill_compute_dtype` and
+`attn_decode_compute_dtype` give that dtype's matmul shares instead.
 
 Decode (one query per sequence): reads every cached key and value once, so it is memory-bound
 at `attn_decode_memory` of bandwidth, plus the stream's start-up (`attn_decode_ramp_us`: a
@@ -45,8 +47,20 @@ def pair_seconds(hw: Hardware, dtype: str, head_flops):
     peak, and the softmax."""
     dev, eff = hw.device, hw.efficiency
     per_unit = dev.peak_flops(dtype) / dev.compute_units
-    return np.asarray(head_flops) / (per_unit * eff.attn_prefill_compute) \
+    return np.asarray(head_flops) / (per_unit * prefill_compute(hw, dtype)) \
         + eff.attn_softmax_cycles / (dev.clock_ghz * 1e9)
+
+
+def prefill_compute(hw: Hardware, dtype: str) -> float:
+    """Attention's share of `dtype`'s matrix peak in prefill (that dtype's own, where it has one)."""
+    eff = hw.efficiency
+    return eff.attn_prefill_compute_dtype.get(dtype, eff.attn_prefill_compute)
+
+
+def decode_compute(hw: Hardware, dtype: str) -> float:
+    """Decode attention's share of `dtype`'s peak (that dtype's own, where it has one)."""
+    eff = hw.efficiency
+    return eff.attn_decode_compute_dtype.get(dtype, eff.attn_decode_compute)
 
 
 def padded_pairs(rows, length, ctx, reach=None, causal: bool = True):
@@ -92,7 +106,7 @@ def prefill_s(hw: Hardware, dtype: str, seqs, new, pairs, cached, heads: float, 
     tau = pair_seconds(hw, dtype, head)
     longest = longest * tau
     compute = np.maximum(heads * pairs * pad * tau / dev.compute_units, longest) + eff.attn_tail * longest
-    compute = compute + ctx_flops * cached / (dev.peak_flops(dtype) * eff.attn_prefill_compute)
+    compute = compute + ctx_flops * cached / (dev.peak_flops(dtype) * prefill_compute(hw, dtype))
     memory = (cached * ctx_bytes + new * new_bytes) / (dev.bandwidth * eff.gemm_memory)
     t = soft_max(compute, memory, eff.softmax_p)
     return np.where(new > 0, t, 0.0) * layers
@@ -111,7 +125,7 @@ def decode_s(hw: Hardware, dtype: str, seqs, keys, key_flops: float, key_bytes: 
     ramp = eff.attn_decode_ramp_us * 1e-6
     if ramp > 0:
         t_m = t_m + ramp * -np.expm1(-t_m / ramp)
-    t_c = key_flops * keys / (dev.peak_flops(dtype) * eff.attn_decode_compute)
+    t_c = key_flops * keys / (dev.peak_flops(dtype) * decode_compute(hw, dtype))
     fixed = seqs * (eff.attn_decode_seq_us + eff.attn_decode_cta_us * kv_heads / dev.compute_units) * 1e-6
     t = soft_max(t_c, t_m, eff.softmax_p) + fixed
     return np.where(seqs > 0, t, 0.0) * layers
@@ -126,4 +140,4 @@ def standard(heads: float, kv_heads: float, head_dim: float, act_bytes: float, k
             "seq_bytes": 2 * heads * head_dim * act_bytes}
 
 
-__all__ = ["prefill_s", "decode_s", "pair_seconds", "padded_pairs", "tile_rows", "standard"]
+__all__ = ["prefill_s", "decode_s", "pair_seconds", "prefill_compute", "decode_compute", "padded_pairs", "tile_rows", "standard"]

@@ -262,6 +262,18 @@ class Efficiency(Strict):
         default=0.85, gt=0, le=1, description="flash attention: fraction of the matrix units' peak in its matmuls")
     attn_decode_memory: float = Field(default=0.70, gt=0, le=1, description="KV-cache read, decode")
     attn_decode_compute: float = Field(default=0.25, gt=0, le=1, description="decode attention's FLOP rate")
+    attn_prefill_compute_dtype: dict[str, Fraction] = Field(
+        default_factory=dict,
+        description="per attention dtype: attn_prefill_compute for it, where the library runs that dtype's "
+        "attention on its own path (PyTorch's bf16 SDPA on a CPU computes in fp32 after converting: no faster "
+        "than fp32 at 2.4x the peak); absent: attn_prefill_compute",
+    )
+    attn_decode_compute_dtype: dict[str, Fraction] = Field(
+        default_factory=dict,
+        description="per attention dtype: attn_decode_compute for it (PyTorch's bf16 decode SDPA on a 2-core "
+        "EPYC runs at about 4 GFLOP/s, 3-6x slower than fp32's: compute-bound, not a KV stream); absent: "
+        "attn_decode_compute",
+    )
     attn_decode_seq_us: float = Field(default=0.0, ge=0, le=MAX_US, description="extra per sequence in a decode attention")
     attn_decode_cta_us: float = Field(
         default=0.0, ge=0, le=1000,
@@ -331,9 +343,10 @@ class Efficiency(Strict):
             bad = [k for k in getattr(self, name) if k not in ELEMENTWISE]
             if bad:
                 raise ValueError(f"unknown category {bad[0]!r} in {name}; allowed: {', '.join(ELEMENTWISE)}")
-        bad = [k for k in self.gemm_memory_dtype if k not in DTYPES]
-        if bad:
-            raise ValueError(f"unknown dtype {bad[0]!r} in gemm_memory_dtype; allowed: {', '.join(DTYPES)}")
+        for name in ("gemm_memory_dtype", "attn_prefill_compute_dtype", "attn_decode_compute_dtype"):
+            bad = [k for k in getattr(self, name) if k not in DTYPES]
+            if bad:
+                raise ValueError(f"unknown dtype {bad[0]!r} in {name}; allowed: {', '.join(DTYPES)}")
         if (self.wide_gemm_n is None) != (self.wide_gemm_memory is None):
             raise ValueError("wide_gemm_n and wide_gemm_memory go together: give both or neither")
         return self

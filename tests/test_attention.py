@@ -113,3 +113,32 @@ def test_a_sliding_window_makes_long_prefills_linear():
         pairs = n * (n + 1) / 2
         return float(prefill_s(PURE, 1, n, min(pairs, n * 4096), 0, 32, 8, 128, reach=4096))
     assert pre(65536) / pre(32768) == pytest.approx(2.0, rel=0.05)
+
+
+def test_a_dtypes_own_attention_rate_replaces_the_shared_one_for_it():
+    # PyTorch's bf16 SDPA on a CPU converts to fp32: its matmuls get their own share of bf16's
+    # peak (prefill and decode apart); fp32 keeps the shared one
+    eff = Efficiency(attn_prefill_compute=0.5, attn_decode_compute=0.25, attn_decode_memory=0.9, attn_softmax_cycles=0.0,
+                     attn_prefill_compute_dtype={"bf16": 0.1}, attn_decode_compute_dtype={"bf16": 0.01}, softmax_p=64.0)
+    hw = H.model_copy(update={"efficiency": eff})
+    per_sm = hw.device.peak_flops("bf16") / 132
+    assert pair_seconds(hw, "bf16", 512) == pytest.approx(512 / (per_sm * 0.1), rel=1e-12)
+    assert pair_seconds(hw, "fp32", 512) == pytest.approx(512 / (hw.device.peak_flops("fp32") / 132 * 0.5), rel=1e-12)
+    # decode: 4 x 128 x 32 FLOPs per key at 1 % of the bf16 peak dwarf its 4 KB per key read at 90 %
+    # of the bandwidth, so the soft maximum is the compute term
+    s = standard(32, 8, 128, 2.0, 2.0)
+    keys = 8 * 4097
+    t = attention.decode_s(hw, "bf16", 8, keys, s["key_flops"], s["key_bytes"], s["seq_bytes"], 8)
+    assert float(t) == pytest.approx(s["key_flops"] * keys / (hw.device.peak_flops("bf16") * 0.01), rel=1e-3)
+    shared = hw.model_copy(update={"efficiency": eff.model_copy(update={"attn_decode_compute_dtype": {}})})
+    t_shared = attention.decode_s(shared, "bf16", 8, keys, s["key_flops"], s["key_bytes"], s["seq_bytes"], 8)
+    # with the shared 25 % the compute is 2 us and the 134 MB KV stream (31 us) binds again
+    kv = keys * s["key_bytes"] + 8 * s["seq_bytes"]
+    assert float(t_shared) == pytest.approx(kv / (hw.device.bandwidth * 0.9), rel=1e-3)
+    assert float(t) > 1.7 * float(t_shared)
+    for name in ("attn_prefill_compute_dtype", "attn_decode_compute_dtype"):
+        with pytest.raises(ValueError, match=f"unknown dtype 'bf17' in {name}"):
+            Efficiency(**{name: {"bf17": 0.5}})
+        for bad in (0.0, 1.5, float("nan")):
+            with pytest.raises(ValueError):
+                Efficiency(**{name: {"bf16": bad}})

@@ -14,6 +14,8 @@ from simulator.moment.model import load_model
 from simulator.moment.ops import Batch
 
 H100 = load_hardware("h100-sxm")
+H100_OWN_BF16 = H100.model_copy(update={"efficiency": H100.efficiency.model_copy(update={
+    "attn_prefill_compute_dtype": {"bf16": 0.05}, "attn_decode_compute_dtype": {"bf16": 0.002}})})
 
 
 def sm(name="llama-3-8b", hw=H100, **kw):
@@ -123,10 +125,11 @@ def test_more_tp_is_not_slower_per_device_for_big_models():
 @given(st.sampled_from(["llama-3.2-1b", "mistral-7b", "qwen2-7b", "gemma-2-9b", "gpt-oss-20b", "deepseek-v2-lite",
                         "llama-4-scout", "qwen3-30b-a3b"]), st.sampled_from(["pytorch", "fused"]),
        st.sampled_from(["graph", "eager"]), st.integers(0, 300), st.integers(0, 10**6),
-       st.integers(0, 4), st.integers(0, 9000), st.integers(0, 10**5))
-def test_closed_form_attention_equals_the_vectorised_model(name, kernels, mode, ds, dc, ps, pt, pc):
-    # the engine's O(1) attention term is hwmodels.attention's vectorised functions in closed form
-    s = sm(name, kernels=kernels, mode=mode)
+       st.integers(0, 4), st.integers(0, 9000), st.integers(0, 10**5), st.booleans())
+def test_closed_form_attention_equals_the_vectorised_model(name, kernels, mode, ds, dc, ps, pt, pc, own):
+    # the engine's O(1) attention term is hwmodels.attention's vectorised functions in closed form,
+    # also where bf16 attention has rates of its own (a CPU's SDPA: compute-bound decode)
+    s = sm(name, hw=H100_OWN_BF16 if own else H100, kernels=kernels, mode=mode)
     pt = pt if ps else 0
     b = Batch(ds, dc if ds else 0, ps, pt, pt * (pt + 1) / 2 + pt * pc, pc if ps else 0)
     assert s.attention_s(b.decode_seqs, b.decode_ctx, b.prefill_tokens, b.prefill_pairs, b.prefill_ctx,

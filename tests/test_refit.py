@@ -122,3 +122,38 @@ def test_a_cpu_refit_fits_bf16_gemms_on_their_own_rate(tmp_path):
     for param, n in (("gemm_compute", len(fp32)), ("gemv_memory", sum(r["m"] <= 1 for r in fp32)),
                      ("gemm_memory_dtype.bf16", len(gemm) - len(fp32))):
         assert f"fit to {n} microbenchmark cases" in prov[f"efficiency.{param}"], param
+
+
+def test_a_cpu_refit_fits_bf16_attention_on_its_own_rates(tmp_path):
+    # PyTorch's bf16 SDPA on this CPU converts to fp32: its decode runs at about 3 GFLOP/s (3-6x
+    # slower than fp32's, compute-bound), its prefill at fp32's FLOP rate, not bf16's 2.4x. Fitted
+    # apart (2026-12-01 run, 32 decode and 18 prefill records in each dtype), each lands where the
+    # fp32 records do, and the fp32 fit is what it is without them
+    src = "calibration/data/cpu-2026-12-01-bf16/profile.json"
+    data = refit(src, tmp_path / "p.json")
+    eff = data["hardware"]["efficiency"]
+    assert eff["attn_prefill_compute_dtype"].keys() == {"bf16"} == eff["attn_decode_compute_dtype"].keys()
+    attn = [r for r in data["measurements"] if r["op"] in ("attn_prefill", "attn_decode")]
+    assert all(r["fitted"] for r in attn)
+    for op in ("attn_prefill", "attn_decode"):
+        for dt in ("fp32", "bf16"):
+            err = np.median([abs(r["pred_ms"] / r["ms"] - 1) for r in attn if r["op"] == op and r["dtype"] == dt])
+            assert err < 0.15, (op, dt)
+    dev = data["hardware"]["device"]
+    peak = lambda dt: dev["clock_ghz"] * 1e9 * dev["compute_units"] * dev["flops_per_cycle"][dt]  # noqa: E731
+    assert 1e9 < eff["attn_decode_compute_dtype"]["bf16"] * peak("bf16") < 10e9  # a few GFLOP/s
+    assert eff["attn_prefill_compute_dtype"]["bf16"] * peak("bf16") == pytest.approx(
+        eff["attn_prefill_compute"] * peak("fp32"), rel=0.3)                      # fp32's rate, not 2.4x it
+    # without the bf16 attention records the fp32 parameters come out the same
+    saved = json.loads(open(src, encoding="utf-8").read())
+    saved["measurements"] = [r for r in saved["measurements"]
+                             if not (r["op"] in ("attn_prefill", "attn_decode") and r["dtype"] == "bf16")]
+    alone = refit(_write(tmp_path, "fp32.json", saved), tmp_path / "q.json")["hardware"]["efficiency"]
+    assert alone["attn_prefill_compute_dtype"] == {} == alone["attn_decode_compute_dtype"]
+    assert {k: v for k, v in alone.items() if not k.startswith("attn_") or not k.endswith("_dtype")} == \
+        {k: v for k, v in eff.items() if not k.startswith("attn_") or not k.endswith("_dtype")}
+    prov = data["provenance"]
+    for param, op in (("attn_prefill_compute_dtype.bf16", "attn_prefill"), ("attn_decode_compute_dtype.bf16", "attn_decode"),
+                      ("attn_decode_memory", "attn_decode")):
+        n = sum(1 for r in attn if r["op"] == op and r["dtype"] == ("fp32" if "dtype" not in param else "bf16"))
+        assert f"fit to {n} microbenchmark cases" in prov[f"efficiency.{param}"], param

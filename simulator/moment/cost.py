@@ -366,9 +366,9 @@ class StepModel:
             groups.append(_AttnGroup(
                 s.kind, s.size, float(windowed_keys(s.kind, s.size, 1, float("inf"))), heads,
                 float(attn.tile_rows(head / 4.0)), float(attn.pair_seconds(hw, dt.act, head)),
-                s.ctx_flops * L / (peak * eff.attn_prefill_compute), s.ctx_bytes * L / (bw * eff.gemm_memory),
+                s.ctx_flops * L / (peak * attn.prefill_compute(hw, dt.act)), s.ctx_bytes * L / (bw * eff.gemm_memory),
                 (s.new_bytes - s.key_bytes) * L / (bw * eff.gemm_memory),
-                s.key_flops * L / (peak * eff.attn_decode_compute), s.key_bytes * L / (bw * eff.attn_decode_memory),
+                s.key_flops * L / (peak * attn.decode_compute(hw, dt.act)), s.key_bytes * L / (bw * eff.attn_decode_memory),
                 s.seq_bytes * L / (bw * eff.attn_decode_memory),
                 (eff.attn_decode_seq_us + eff.attn_decode_cta_us * kvh / self.units) * 1e-6 * L,
                 write * L / (bw * ew), per_kernel * 1e-6 * L, L))

@@ -118,7 +118,7 @@ def token_times(monkeypatch) -> dict[int, list[float]]:
 @pytest.mark.parametrize("sched", ["continuous", "chunked", "prefill_first", "mixed"])
 @pytest.mark.parametrize("pp, steps", [(1, 1), (2, 1), (1, 4)])
 def test_loaded_disaggregated_itl_is_every_requests_own_gaps(tmp_path, monkeypatch, sched, pp, steps):
-    """A loaded run (2 prefill replicas; 2 decode replicas of pp virtual engines, 6 sequences each,
+    """A loaded run (500 req/s on 2 prefill replicas; 2 decode replicas of pp virtual engines, 6 sequences each,
     so transferred requests wait for a place; one-token replies; a front end's way out): the gaps
     metrics.itl derives from the moment log are the requests' own, recorded token by token. With
     a multi-step block of 4 every output is 1 or 1 + a multiple of 4, so nobody finishes inside a
@@ -126,7 +126,7 @@ def test_loaded_disaggregated_itl_is_every_requests_own_gaps(tmp_path, monkeypat
     rng = np.random.default_rng(7)
     n = 150
     out = rng.integers(1, 60, n) if steps == 1 else 1 + steps * rng.integers(0, 12, n)
-    rows = list(zip(np.cumsum(rng.exponential(1 / 400.0, n)).tolist(), rng.integers(1, 1500, n).tolist(),
+    rows = list(zip(np.cumsum(rng.exponential(1 / 500.0, n)).tolist(), rng.integers(1, 1500, n).tolist(),
                     out.tolist(), strict=True))
     sc = scen(trace(tmp_path, rows), {"prefill": {"replicas": 2, "scheduler": "chunked"},
                                       "decode": {"replicas": 2, "pp": pp, "scheduler": sched, "max_batch_size": 6},
@@ -160,7 +160,7 @@ def test_itl_counts_each_token_once_when_the_decode_pool_preempts(tmp_path, sche
     hw.write_text(f"base: h100-sxm\nname: tiny\ndevice:\n  memory_gb: {gb!r}\n")
     rng = np.random.default_rng(3)
     n = 150
-    rows = list(zip(np.cumsum(rng.exponential(1 / 300.0, n)).tolist(), rng.integers(1, 800, n).tolist(),
+    rows = list(zip(np.cumsum(rng.exponential(1 / 500.0, n)).tolist(), rng.integers(1, 800, n).tolist(),
                     rng.integers(1, 300, n).tolist(), strict=True))
     r = simulate(scen(trace(tmp_path, rows), {"decode": {"hardware": str(hw)}, "prefill": {"scheduler": "chunked"}},
                       scheduler=sched, preemption=preemption))

@@ -148,7 +148,7 @@ def overloaded(queue: str, preempt: bool) -> dict[str, Any]:
     sc = Scenario.model_validate({
         "model": "llama-3.2-1b", "hardware": "h100-sxm", "seed": 1,
         "serving": {"scheduler": "continuous", "max_batch_size": 32, "queue": queue, "priority_preemption": preempt},
-        "workload": {"num_requests": 2000, "arrival": {"process": "poisson", "rate": 40.0},
+        "workload": {"num_requests": 2000, "arrival": {"process": "poisson", "rate": 45.0},
                      "prompt_len": {"dist": "lognormal", "mean": 1500, "sigma": 0.5, "max": 8000},
                      "output_len": {"dist": "lognormal", "mean": 300, "sigma": 0.5}, **classes()}})
     return summarize(simulate(sc))

@@ -639,10 +639,11 @@ def test_engine_equals_the_reference_on_a_long_chunked_run_under_pressure(tmp_pa
 def test_mixed_readmits_a_recomputed_request_longer_than_the_budget(tmp_path):
     """Found by the hypothesis comparison (seed 1): a request preempted by recompute whose prompt +
     generated tokens exceed max_batched_tokens stalled the replica ('stalled with 1 waiting'); it
-    now rejoins alone, as continuous batching's lone re-prefill does."""
+    now rejoins alone, as continuous batching's lone re-prefill does. (Found at 26 req/s; at 40
+    since the H100's per-step overhead is its host's measured one.)"""
     sc = Scenario.model_validate({
         "model": MODEL, "hardware": tiny_hw(tmp_path / "hw.yaml", 352), "seed": 1,
-        "workload": long_tail_workload(5, 26.0),
+        "workload": long_tail_workload(5, 40.0),
         "serving": {"scheduler": "mixed", "max_batch_size": 2, "max_batched_tokens": 256, "block_size": 1,
                     "preemption": "recompute"}})
     r, _ = compare(sc)

@@ -414,6 +414,45 @@ def family_summary(cases: Sequence[VCase]) -> dict[str, dict[str, float | int]]:
     return out
 
 
+def probe(device: str) -> dict[str, Any]:
+    """The machine's speed now: calibrate's probe (a large GEMM per dtype, a large copy)."""
+    from calibration import microbench as mb
+
+    sp = mb.probe_speed(device)
+    return {"gflops": {k: round(v / 1e9, 1) for k, v in sp.flops.items() if k != "fp8"}, "copy_gbps": round(sp.bw / 1e9, 1)}
+
+
+def profile_probe(hardware: str) -> dict[str, Any] | None:
+    """The probe recorded by the calibration behind `hardware` (a profile JSON, or a preset with a
+    committed profile), if any."""
+    from hwmodels.errors import load_mapping
+    from hwmodels.load import PROFILE_DIR
+
+    path = Path(hardware) if hardware.endswith(".json") else PROFILE_DIR / f"{hardware}.json"
+    try:
+        got = load_mapping(path)["fit"]["facts"]["probe"]
+    except (InputError, KeyError, TypeError):
+        return None
+    return got if isinstance(got, dict) else None
+
+
+def speed_lines(p: dict[str, Any], device: str) -> list[str]:
+    """How fast the machine ran while validated, against its profile's calibration: a CPU VM's
+    speed moves by tens of percent from day to day, and predictions assume the profile's."""
+    dt = "fp32" if device == "cpu" else "bf16"
+
+    def fmt(x: dict[str, Any]) -> str:
+        return f"{dt} GEMM {x['gflops'].get(dt, float('nan')):.1f} GFLOP/s, copy {x['copy_gbps']:.1f} GB/s"
+    out = [f"probe: {fmt(p['start'])} at the start, {fmt(p['end'])} at the end"]
+    ref = p.get("profile")
+    if ref and ref.get("gflops", {}).get(dt):
+        now = (p["start"]["gflops"][dt] + p["end"]["gflops"][dt]) / 2
+        pct = 100 * (now / ref["gflops"][dt] - 1)
+        out.append(f"the profile's calibration measured {fmt(ref)}: this machine ran {abs(pct):.0f} % "
+                   f"{'faster' if pct >= 0 else 'slower'} (predictions assume the profile's speed)")
+    return out
+
+
 def markdown(cases: Sequence[VCase], summ: dict[str, Any], meta: dict[str, Any]) -> str:
     fp = meta["fingerprint"]
     who = fp["gpu"]["name"] if "gpu" in fp else f"{fp['cpu']['model_name']} ({fp['cpu']['torch_threads']} threads)"
@@ -422,6 +461,8 @@ def markdown(cases: Sequence[VCase], summ: dict[str, Any], meta: dict[str, Any])
              f"{meta.get('dtype') or default_dtype('cuda' if 'gpu' in fp else 'cpu')}",
              f"- hardware predicted with: `{meta['hardware']}` ({meta['hardware_name']})",
              f"- command: `{meta['command']}`",
+             *[f"- {line}" for line in (speed_lines(meta["probe"], "cuda" if "gpu" in fp else "cpu")
+                                         if meta.get("probe") else [])],
              f"- {len(cases)} cases; whole layers and steps of the reference decoder, none used in the fit", "",
              "## Error per family (absolute, relative to measured)", "",
              "| family | cases | median | worst |", "| --- | ---: | ---: | ---: |"]
@@ -521,6 +562,7 @@ def validate(device: str, hardware: str, out: str | Path, size: str = "full", mo
     if device == "cpu":
         mb.setup_threads()
     fp = mb.fingerprint(device)
+    probes = [probe(device)] if size != "tiny" else []
     reps = {"tiny": 3, "quick": 5, "full": 7, "wide": 5}.get(size, 7)
     total = 0
     for _ in mods:
@@ -542,6 +584,9 @@ def validate(device: str, hardware: str, out: str | Path, size: str = "full", mo
     meta = {"fingerprint": fp, "hardware": hardware, "hardware_name": hw.name, "profile": hw.profile,
             "command": command or "momentsim validate (from Python)", "size": size, "dtype": dtype,
             "seconds": round(time.perf_counter() - t0, 1), "models": [f"{s.name}:{n}" for s, n in mods]}
+    if probes:
+        probes.append(probe(device))
+        meta["probe"] = {"start": probes[0], "end": probes[1], "profile": profile_probe(hardware)}
     data = {"meta": meta, "summary": summ, "cases": [{**asdict(c), "err": round(c.err, 5)} for c in cases]}
     (out / "validation.json").write_text(json.dumps(_clean(data), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     (out / "validation.md").write_text(markdown(cases, summ, meta), encoding="utf-8")
@@ -661,6 +706,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print(f"validation of {args.hardware} on {args.device}: {sum(s['cases'] for k, s in data['summary'].items() if k != 'all')} "
           f"cases, {data['meta']['seconds']:.0f} s -> {out / 'validation.md'}")
+    if data["meta"].get("probe"):
+        print("\n".join(speed_lines(data["meta"]["probe"], args.device)))
     print("\n".join(summary_lines(data)))
     return 0
 

@@ -279,3 +279,18 @@ def test_gpu_session_dry_run_on_a_cpu_keeps_one_json_per_model_and_the_wide_case
         js = json.loads((tmp_path / n).read_text())
         assert js["cases"] and all(c["measured_ms"] > 0 for c in js["cases"])
     assert json.loads((tmp_path / "validation-wide.json").read_text())["meta"]["size"] == "wide"
+
+
+def test_validate_reports_the_machines_speed_against_its_profiles_calibration():
+    # a CPU VM's speed moves by tens of percent from day to day: validate probes it at the start
+    # and the end and compares with the probe its profile's calibration recorded
+    from calibration.validate import profile_probe, speed_lines
+
+    ref = profile_probe("calibration/data/cpu-2026-12-01-bf16/profile.json")
+    assert ref == {"gflops": {"fp32": 155.8, "bf16": 389.2, "fp8": 778.4}, "copy_gbps": 30.8}  # its calibrate log
+    assert profile_probe("cpu") is None and profile_probe("no/such/profile.json") is None
+    now = {"start": {"gflops": {"fp32": 140.0}, "copy_gbps": 28.0}, "end": {"gflops": {"fp32": 120.0}, "copy_gbps": 27.0}}
+    lines = speed_lines({**now, "profile": ref}, "cpu")
+    assert lines[0] == "probe: fp32 GEMM 140.0 GFLOP/s, copy 28.0 GB/s at the start, fp32 GEMM 120.0 GFLOP/s, copy 27.0 GB/s at the end"
+    assert "this machine ran 17 % slower" in lines[1]  # (140 + 120) / 2 against 155.8
+    assert len(speed_lines({**now, "profile": None}, "cpu")) == 1

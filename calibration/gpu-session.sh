@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU session: a full `calibrate --device cuda` and `validate --device cuda` (eager and
 # CUDA-graph decode steps, prefills, generations, layers) of llama-3.2-1b, llama-3-8b and llama-2-13b
-# at full depth, then the --wide cases while time is left; everything worth keeping lands in $OUT.
+# at full depth, the GPU tests (pytest -m cuda), then the --wide cases while time is left; everything
+# worth keeping lands in $OUT.
 #
 # Made for the team's `device` tool (an H200 lent for 15 minutes, no network, torch already there):
 #   here, once:  echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps --only-binary=:all: \
@@ -51,6 +52,11 @@ for m in $MODELS; do          # one file per model: a timeout loses one model, n
     [ "$(left)" -gt 60 ] || break
     step "validate $m" $(( $(left) - 30 )) validate --device "$DEVICE" --hardware "$HW" --models "$m" --out "$OUT/v-${m%%:*}"
 done
+if [ "$DEVICE" = cuda ] && [ "$(left)" -gt 60 ]; then   # the tests that need a GPU (graph capture, CUDA timers)
+    echo "## pytest -m cuda ($(date -u +%T))" >>"$LOG"
+    timeout 45 python3 -m pytest -q -m cuda -p no:cacheprovider tests >>"$LOG" 2>&1
+    echo "## pytest -m cuda: exit $? at ${SECONDS} s" >>"$LOG"
+fi
 if [ "$(left)" -gt 90 ]; then
     step validate-wide $(( $(left) - 10 )) validate --device "$DEVICE" --wide --hardware "$HW" \
         --models "$(echo $MODELS | tr ' ' ,)" --out "$OUT/v-wide"

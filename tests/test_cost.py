@@ -367,7 +367,8 @@ def test_op_seconds_prices_each_op_in_the_dtype_its_weights_run_in(graph):
 
     cpu = load_hardware("calibration/profiles/cpu-2core.json")
     # a CPU whose element-wise kernels hand off to a thread pool (parallel_us: by element count)
-    pool = cpu.model_copy(update={"efficiency": cpu.efficiency.model_copy(update={"parallel_us": 5.0})})
+    pool = cpu.model_copy(update={"efficiency": cpu.efficiency.model_copy(
+        update={"parallel_us": cpu.efficiency.parallel_us + 5.0})})
     # each storage format on these parts: (GEMM dtype, unpacked on the way); the output head
     # stays bf16 under fp8 and int4 weights (its own format)
     runs_as = {"fp8": ("fp8", False), "int4-awq": ("bf16", True), "bf16": ("bf16", False), "fp32": ("fp32", False)}

@@ -103,7 +103,7 @@ def test_a_cpu_refit_fits_bf16_gemms_on_their_own_rate(tmp_path):
     # dtypes): predicted 2.4x too slow (median +146 % at 2-64 rows). With bf16's own compute rate
     # (measured: its speed-up on the compute-bound shapes) and weight stream they land where the
     # fp32 ones do, and the fp32 fit is what it was without them
-    data = refit("calibration/profiles/cpu-2core.json", tmp_path / "p.json")
+    data = refit("calibration/data/cpu-2026-11-25/profile.json", tmp_path / "p.json")
     assert data["hardware"]["efficiency"]["gemm_memory_dtype"].keys() == {"bf16"}
     gemm = [r for r in data["measurements"] if r["op"] == "gemm"]
     assert all(r["fitted"] for r in gemm) and {r["dtype"] for r in gemm} == {"fp32", "bf16"}

@@ -623,6 +623,8 @@ def attention_held_out(records: Sequence[Record], hw: Hardware, timer_us: float 
     attention records, its attention parameters (fit.GROUPS, the softmax cycles where head sizes
     differ) are fitted afresh from `start` (default: the efficiencies before any fit) on the
     other models' records, everything else held at `hw`, and its own records are predicted.
+    The records are of one dtype (a GPU's bf16, as the H200 run's): a CPU's bf16 records, fitted
+    apart by fit_profile (own_dtypes), would be mixed with its fp32 ones here.
     Returns the held-out errors per model and overall (fractions)."""
     recs = [r for r in prepare(list(records)) if r["op"] in ATTN_KINDS]
     start = start or Efficiency()

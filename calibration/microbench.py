@@ -387,11 +387,17 @@ def _gemm_builder(m: int, n: int, k: int, dt: str, device: str, pool: Pool) -> C
     return build
 
 
+# a CPU's bf16 SDPA converts to fp32 and computes: on a 2-core EPYC (2026-12-01) its prefill ran at
+# the fp32 GEMM probe's FLOP rate / 3 (median) and its decode at / 46; for the time estimates only
+CPU_BF16_SDPA_SLOWDOWN = {"prefill": 3.0, "decode": 45.0}
+
+
 def attention_cases(models: Sequence[ModelSpec], prefill: Sequence[tuple[int, int]],
                     decode: Sequence[tuple[int, int]], dtype: str, device: str, speed: Speed,
                     mem_cap: float) -> list[Case]:
     """Attention as the decoder runs it (2 cache writes, SDPA, the head merge), prefill (causal,
     from position 0) over (batch, length) and decode (one query) over (batch, context)."""
+    own_path = device == "cpu" and dtype == "bf16"
     cases: list[Case] = []
     seen: set[tuple] = set()
     size = torch.tensor([], dtype=TORCH_DTYPES[dtype]).element_size()
@@ -410,10 +416,12 @@ def attention_cases(models: Sequence[ModelSpec], prefill: Sequence[tuple[int, in
                 if mem > mem_cap:
                     continue
                 fl, by = float(o.flops), float(o.bytes)
+                est = (speed.est(fl * CPU_BF16_SDPA_SLOWDOWN[mode], by, "fp32", 4) if own_path
+                       else speed.est(fl, by, dtype, 4))
                 cases.append(Case(
                     o.kind, "attention", dtype, f"{o.kind} {dtype} h={heads}/{kvh}x{hd} b={b} {'len' if mode == 'prefill' else 'ctx'}={n}",
                     _attn_builder(mode, b, n, heads, kvh, hd, dtype, device), fl, by, 1, 0.0, 0.0, float(o.seqs),
-                    kernels=EAGER_KERNELS["attention"], est_s=speed.est(fl, by, dtype, 4), mem=mem,
+                    kernels=EAGER_KERNELS["attention"], est_s=est, mem=mem,
                     extra={"model": spec.name, "batch": b, "len": n, "heads": heads, "kv_heads": kvh,
                            "head_dim": hd}))
     return cases

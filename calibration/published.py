@@ -296,7 +296,7 @@ def calibrate(root: Path, base: Hardware | None = None) -> tuple[Profile, dict[s
     net_fit, _ = network_sets(tables)
     host = [r for r in microbench_records(tables["micro"]) if r["op"] == "dispatch"]
     hw, report = fit_profile(fit_recs + net_fit + host, hw0)
-    hw = _attention_from_h200(hw)
+    hw = _from_h200(hw)
     eff = hw.efficiency
     hw = hw.model_copy(update={
         "device": hw.device.model_copy(update={"kernel_launch_us": eff.elementwise_floor_us or eff.floor_us}),
@@ -334,7 +334,7 @@ H200_BORROWED = ("attn_prefill_compute", "attn_softmax_cycles", "attn_tail", "at
                  "graph_floor_us")
 
 
-def _attention_from_h200(hw: Hardware) -> Hardware:
+def _from_h200(hw: Hardware) -> Hardware:
     from hwmodels.load import _committed_profile
 
     h200 = _committed_profile("h200-sxm")
@@ -353,9 +353,10 @@ def _attention_from_h200(hw: Hardware) -> Hardware:
 
 
 def host_ratio(add_us: float, h200_host: Any) -> float:
-    """How much slower the published H100's host is than the H200 run's: the same tiny eager add
-    measured on both (23.1 against 8.65 us, 2.67x). Scales the H200's graph replay and per-step
-    scaffolding, which the published data does not measure."""
+    """How much slower the published H100's host is than the H200 run's on a tiny eager add (an
+    in-place add of a scalar there, an out-of-place add here: 23.1 against 8.65 us, 2.67x; the H200
+    host's ops spread 7.5-13.6 us, so the ratio is good to about a fifth). Scales the H200's graph
+    replay and per-step scaffolding, which the published data does not measure."""
     return add_us / h200_host.op_dispatch_us.get("add", h200_host.dispatch_us)
 
 
@@ -390,7 +391,7 @@ def provenance(report: dict[str, Any], n_net: int) -> dict[str, str]:
     out["host.view_us"] = "from calibration/profiles/h200-sxm.json (the H200 host's view call): not in the published data"
     out["host.dispatch_us"] = "h100-microbench.jsonl launch_overhead: eager t.add_(1) loop, us per kernel"
     for p in ("graph_launch_us", "step_overhead_us"):
-        out[f"host.{p}"] = (f"calibration/profiles/h200-sxm.json's {p} x the two hosts' ratio on the same eager "
+        out[f"host.{p}"] = (f"calibration/profiles/h200-sxm.json's {p} x the two hosts' ratio on a tiny eager "
                             "add (h100-microbench.jsonl 23.1 us against the H200 run's 8.65): not in the published data")
     out["device.kernel_launch_us"] = "= efficiency.elementwise_floor_us: the shortest kernel in the Vidur data"
     out["device"] = "preset hwmodels/presets/h100-sxm.yaml (datasheet numbers; see hardware.sources)"

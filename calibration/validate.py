@@ -436,17 +436,17 @@ def profile_probe(hardware: str) -> dict[str, Any] | None:
     return got if isinstance(got, dict) else None
 
 
-def speed_lines(p: dict[str, Any], device: str) -> list[str]:
+def speed_lines(probes: dict[str, Any], device: str) -> list[str]:
     """How fast the machine ran while validated, against its profile's calibration: a CPU VM's
     speed moves by tens of percent from day to day, and predictions assume the profile's."""
     dt = "fp32" if device == "cpu" else "bf16"
 
     def fmt(x: dict[str, Any]) -> str:
         return f"{dt} GEMM {x['gflops'].get(dt, float('nan')):.1f} GFLOP/s, copy {x['copy_gbps']:.1f} GB/s"
-    out = [f"probe: {fmt(p['start'])} at the start, {fmt(p['end'])} at the end"]
-    ref = p.get("profile")
+    out = [f"probe: {fmt(probes['start'])} at the start, {fmt(probes['end'])} at the end"]
+    ref = probes.get("profile")
     if ref and ref.get("gflops", {}).get(dt):
-        now = (p["start"]["gflops"][dt] + p["end"]["gflops"][dt]) / 2
+        now = (probes["start"]["gflops"][dt] + probes["end"]["gflops"][dt]) / 2
         pct = 100 * (now / ref["gflops"][dt] - 1)
         out.append(f"the profile's calibration measured {fmt(ref)}: this machine ran {abs(pct):.0f} % "
                    f"{'faster' if pct >= 0 else 'slower'} (predictions assume the profile's speed)")
@@ -673,6 +673,8 @@ def repredict(saved: str | Path, hardware: str, out: str | Path, command: str | 
     meta = {**src["meta"], "hardware": hardware, "hardware_name": hw.name, "profile": hw.profile,
             "command": command or f"momentsim validate --repredict {saved} --hardware {hardware}",
             "repredicted_from": str(saved)}
+    if isinstance(meta.get("probe"), dict):  # the machine's speed then, against this profile's calibration
+        meta["probe"] = {**meta["probe"], "profile": profile_probe(hardware)}
     data = {"meta": meta, "summary": summ, "cases": [{**asdict(c), "err": round(c.err, 5)} for c in cases]}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

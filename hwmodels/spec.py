@@ -271,7 +271,7 @@ class Efficiency(Strict):
     attn_decode_compute_dtype: dict[str, Fraction] = Field(
         default_factory=dict,
         description="per attention dtype: attn_decode_compute for it (PyTorch's bf16 decode SDPA on a 2-core "
-        "EPYC runs at about 4 GFLOP/s, 3-6x slower than fp32's: compute-bound, not a KV stream); absent: "
+        "EPYC runs at about 3.5 GFLOP/s, 3-6x slower than fp32's: compute-bound, not a KV stream); absent: "
         "attn_decode_compute",
     )
     attn_decode_seq_us: float = Field(default=0.0, ge=0, le=MAX_US, description="extra per sequence in a decode attention")

@@ -168,3 +168,19 @@ def test_tiny_cuda_calibration(tmp_path):
     data = calibrate("cuda", out, size="tiny", log=lambda s: None)
     assert load_hardware(str(out)).device.kind == "gpu"
     assert {r["op"] for r in data["measurements"]} >= {"gemm", "dispatch", "graph_launch"}
+
+
+def test_a_cpus_bf16_attention_is_estimated_at_its_own_slow_rate():
+    # a CPU's bf16 SDPA converts to fp32 (decode 45x under the fp32 GEMM probe's rate): estimated
+    # at bf16's GEMM rate its cases passed the per-case time cap and a full calibration ran 3x its
+    # estimate; at their own rate the slowest are skipped like any other too-slow case
+    from calibration.microbench import CPU_BF16_SDPA_SLOWDOWN, MINI, Speed, attention_cases
+
+    sp = Speed({"fp32": 1e11, "bf16": 4e11}, 2e10)
+    f32 = attention_cases([MINI], [(1, 128)], [(4, 512)], "fp32", "cpu", sp, 1e12)
+    b16 = attention_cases([MINI], [(1, 128)], [(4, 512)], "bf16", "cpu", sp, 1e12)
+    assert [c.op for c in b16] == ["attn_prefill", "attn_decode"] == [c.op for c in f32]
+    for c in b16:
+        slow = CPU_BF16_SDPA_SLOWDOWN["prefill" if c.op == "attn_prefill" else "decode"]
+        assert c.est_s == pytest.approx(c.flops * slow / 1e11 + c.bytes / 2e10 + 4 * 5e-6, rel=1e-12)
+    assert b16[1].est_s > 10 * f32[1].est_s

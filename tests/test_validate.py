@@ -252,11 +252,12 @@ def test_quick_and_wide_together_are_refused(capsys):
 def _gpu_session(tmp_path, **env):
     import os
     import subprocess
+    import sys
 
-    script = "calibration/gpu-session.sh"
     run_env = {**os.environ, "DEVICE": "cpu", "HW": "cpu", "MODELS": "tiny-llama:2", "WHEELS": "none",
-               "OUT": str(tmp_path), **env}
-    return subprocess.run(["bash", script], env=run_env, capture_output=True, text=True, timeout=300)
+               "OUT": str(tmp_path), "PYTHON": sys.executable, **env}
+    return subprocess.run(["bash", "calibration/gpu-session.sh"], env=run_env, capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_gpu_session_script_parses_and_keeps_nothing_when_out_of_time(tmp_path):
@@ -269,28 +270,40 @@ def test_gpu_session_script_parses_and_keeps_nothing_when_out_of_time(tmp_path):
     assert "# done after" in (tmp_path / "session.log").read_text()
 
 
+def test_gpu_session_goes_on_past_a_step_its_timeout_kills(tmp_path):
+    # each step capped at 2 s: the validations are killed (timeout's exit 124), none leaves a
+    # half-written file, and the script still ends with its log
+    r = _gpu_session(tmp_path, STEP_CAP_S="2", MODELS="tiny-llama:1")
+    assert r.returncode == 0, r.stderr
+    log = (tmp_path / "session.log").read_text()
+    assert log.count(": exit 124 at") == 2 and "# done after" in log  # the validation and the wide one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["session.log"]
+
+
 @pytest.mark.slow
 def test_gpu_session_dry_run_on_a_cpu_keeps_one_json_per_model_and_the_wide_cases(tmp_path):
     r = _gpu_session(tmp_path, BUDGET_S="300")
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["session.log", "validation-tiny-llama.json", "validation-wide.json"]  # at most 8 come back
+    assert names == ["session.log", "validation-tiny-llama.json", "validation-wide-tiny-llama.json"]
     for n in names[1:]:
         js = json.loads((tmp_path / n).read_text())
         assert js["cases"] and all(c["measured_ms"] > 0 for c in js["cases"])
-    assert json.loads((tmp_path / "validation-wide.json").read_text())["meta"]["size"] == "wide"
+    assert json.loads((tmp_path / "validation-wide-tiny-llama.json").read_text())["meta"]["size"] == "wide"
 
 
-def test_validate_reports_the_machines_speed_against_its_profiles_calibration():
-    # a CPU VM's speed moves by tens of percent from day to day: validate probes it at the start
-    # and the end and compares with the probe its profile's calibration recorded
-    from calibration.validate import profile_probe, speed_lines
+def test_a_repredict_compares_the_saved_probe_with_its_own_profile(tmp_path):
+    # the machine's speed measured then, against the calibration of the profile predicting now
+    from calibration.validate import profile_probe, repredict
 
-    ref = profile_probe("calibration/data/cpu-2026-12-01-bf16/profile.json")
-    assert ref == {"gflops": {"fp32": 155.8, "bf16": 389.2, "fp8": 778.4}, "copy_gbps": 30.8}  # its calibrate log
-    assert profile_probe("cpu") is None and profile_probe("no/such/profile.json") is None
-    now = {"start": {"gflops": {"fp32": 140.0}, "copy_gbps": 28.0}, "end": {"gflops": {"fp32": 120.0}, "copy_gbps": 27.0}}
-    lines = speed_lines({**now, "profile": ref}, "cpu")
-    assert lines[0] == "probe: fp32 GEMM 140.0 GFLOP/s, copy 28.0 GB/s at the start, fp32 GEMM 120.0 GFLOP/s, copy 27.0 GB/s at the end"
-    assert "this machine ran 17 % slower" in lines[1]  # (140 + 120) / 2 against 155.8
-    assert len(speed_lines({**now, "profile": None}, "cpu")) == 1
+    saved = json.loads(open("calibration/validation-cpu/validation.json", encoding="utf-8").read())
+    probes = {"start": {"gflops": {"fp32": 140.0}, "copy_gbps": 28.0}, "end": {"gflops": {"fp32": 150.0}, "copy_gbps": 29.0},
+              "profile": {"gflops": {"fp32": 999.0}, "copy_gbps": 99.0}}
+    saved["meta"]["probe"] = probes
+    src = tmp_path / "v.json"
+    src.write_text(json.dumps(saved), encoding="utf-8")
+    other = "calibration/data/cpu-2026-11-25/profile.json"
+    data = repredict(src, other, tmp_path / "out")
+    assert data["meta"]["probe"]["profile"] == profile_probe(other) and profile_probe(other)["gflops"]["fp32"] == 196.1
+    assert data["meta"]["probe"]["start"] == probes["start"]
+    assert "ran 26 % slower" in (tmp_path / "out" / "validation.md").read_text()  # 145 against 196.1

@@ -157,3 +157,12 @@ def test_a_cpu_refit_fits_bf16_attention_on_its_own_rates(tmp_path):
                       ("attn_decode_memory", "attn_decode")):
         n = sum(1 for r in attn if r["op"] == op and r["dtype"] == ("fp32" if "dtype" not in param else "bf16"))
         assert f"fit to {n} microbenchmark cases" in prov[f"efficiency.{param}"], param
+
+
+def test_the_readmes_table_of_cpu_days_is_what_the_committed_data_gives():
+    # every committed CPU profile against every committed validation (python -m calibration.cpu_days):
+    # a golden guard of the documented table, whose inputs are measurements the model never saw
+    from calibration.cpu_days import table
+
+    readme = open("README.md", encoding="utf-8").read()
+    assert "\n".join(table()) in readme

@@ -142,3 +142,18 @@ def test_cpu_memory_raises_the_prefix_hit_rate_and_reports_its_transfers():
     assert k["transfer_s"] == pytest.approx((st["copied_in_blocks"] + 2 * st["swapped_out_blocks"]) * per_block)
     assert k["host_capacity_blocks"] == int(8e9 // (16 * kvb))
     assert (off.requests["status"] == 0).all()
+
+
+def test_a_swapped_out_sequence_takes_its_own_blocks_and_its_prefix_to_the_cpu_tier():
+    # blocks of 4, 4 of them: two 8-token prompts sharing a 4-token prefix hold 3 (the prefix once,
+    # one of its own each); their first decode needs a block each, one is free, so the newest is
+    # swapped out: its own block and a copy of the prefix block go down (2), and request 0 decodes
+    s, log = sched(4, 100, [8, 8], [10, 10], (5, 4), scheduler="continuous", prefix_caching=True, preemption="swap")
+    s.add(0)
+    s.add(1)
+    m = s.schedule()
+    assert m.batch[2:4] == (2, 12) and s.kv.used == 3  # 8 + 4 new tokens: the second found the prefix
+    s.on_step_done(m, 1.0)
+    m = s.schedule()
+    assert m.batch[:2] == (1, 8) and log.preemptions.tolist() == [0, 1]
+    assert s.hosted == {1: 2} and s.kv.host.swapped_out == 2

@@ -292,3 +292,132 @@ def test_multi_step_admits_between_blocks_and_streams_at_their_end():
         m = s.schedule()
         s.on_step_done(m, float(t))
     assert log.finish_s.tolist() == [8.0, 8.0] and s.schedule() is None and s.drained
+
+
+# -- found by mutation testing of the schedulers (benchmarks/mutation-equivalent.md) -------------
+
+@pytest.mark.parametrize("kind", ["continuous", "chunked", "prefill_first"])
+@pytest.mark.parametrize("steps", [1, 2])
+def test_one_requests_moments_in_blocks_of_one_and_two_steps_by_hand(kind, steps):
+    """4 prompt tokens, 5 outputs: a prefill (4 x 5 / 2 = 10 causal pairs, one logit row) gives the
+    first token, then decodes at contexts 4, 5, 6, 7 with nothing else in their batch. In blocks of
+    2 steps the first of each block holds its token until the block's end; a request arriving
+    after the last block is admitted at once."""
+    s, log = make(kind, [4, 3], [5, 2], blocks=100, add=False, num_scheduler_steps=steps)
+    s.add(0)
+    m = s.schedule()
+    assert (m.kind, m.batch) == (PREFILL, (0, 0, 1, 4, 10.0, 0, 1))
+    s.on_step_done(m, 1.0)
+    batches, held = [], []
+    for t in range(2, 6):
+        m = s.schedule()
+        batches.append((m.kind, m.batch))
+        held.append(m.held)
+        s.on_step_done(m, float(t))
+    assert batches == [(DECODE, (1, c, 0, 0, 0.0, 0, 1)) for c in (4, 5, 6, 7)]
+    assert held == ([True, False, True, False] if steps == 2 else [False] * 4)
+    assert log.finish_s[0] == 5.0 and (s.outstanding, s.block_left) == (0, 0)
+    s.add(1)
+    m = s.schedule()
+    assert (m.kind, m.batch[2:4]) == (PREFILL, (1, 3))
+
+
+def test_a_preemption_that_leaves_others_running_does_not_restart_the_block():
+    # blocks of 4 tokens, 4 blocks: two 7-token prompts (2 blocks each) fill the cache; in a block
+    # of 3 steps the second decode step needs a third block for each, so the newest is preempted
+    # (recompute) and the other finishes the block: held, held, then streamed
+    s, log = make("continuous", [7, 7], [10, 10], blocks=4, block_size=4, num_scheduler_steps=3)
+    m = s.schedule()
+    assert (m.kind, m.batch[2]) == (PREFILL, 2)
+    s.on_step_done(m, 1.0)
+    held = []
+    for t in range(2, 5):
+        m = s.schedule()
+        held.append((m.batch[0], m.held))
+        s.on_step_done(m, float(t))
+    assert held == [(2, True), (1, True), (1, False)] and log.preemptions.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("kind", ["continuous", "chunked"])
+def test_guaranteed_no_evict_admits_exactly_what_the_budget_and_the_cache_hold(kind):
+    # a reservation of prompt + output: 4,798 + 2 tokens in blocks of 16 is exactly the 300 blocks
+    s, _ = make(kind, [4798], [2], blocks=300, guaranteed_no_evict=True, max_batched_tokens=8192)
+    m = s.schedule()
+    assert m is not None and m.kind == PREFILL and s.kv.used == 300
+    # prompts of 100 and 200 fill a budget of 300 exactly (continuous: whole prompts)
+    s, _ = make("continuous", [100, 200, 1], [5, 5, 5], blocks=1000, max_batched_tokens=300, guaranteed_no_evict=True)
+    m = s.schedule()
+    assert (m.batch[2], m.batch[3]) == (2, 300)
+    # chunked: a prompt longer than the budget runs a budget's chunk, its whole reservation held
+    s, _ = make("chunked", [100], [2], blocks=100, max_batched_tokens=64, guaranteed_no_evict=True)
+    m = s.schedule()
+    assert (m.batch[3], s.kv.used) == (64, 7)  # ceil(102 / 16) blocks
+
+
+def test_a_mid_prefill_prompt_gets_a_one_token_chunk_when_one_token_of_budget_is_left():
+    # budget 4: four one-token prompts first (each its first token), then three decodes leave one
+    # token of budget, which the fourth prompt (10 tokens) takes as its next chunk
+    s, _ = make("chunked", [1, 1, 1, 10], [5, 5, 5, 5], blocks=100, max_batched_tokens=4)
+    m = s.schedule()
+    assert (m.kind, m.batch[2], m.batch[3]) == (PREFILL, 4, 4)  # the fourth prompt's first chunk is 1 token
+    s.on_step_done(m, 1.0)
+    m = s.schedule()
+    assert (m.kind, m.batch[0], m.batch[2], m.batch[3]) == (MIXED, 3, 1, 1)
+
+
+@pytest.mark.parametrize("kind", ["chunked", "prefill_first"])
+def test_a_starved_mid_prefill_request_is_restarted_in_the_same_step(kind):
+    # two prompts mid-prefill (64 of 100 tokens each) hold all 8 blocks and neither can grow: the
+    # newest gives its blocks back and is recomputed later, the older takes its last 36 tokens now
+    from simulator.serving.schedulers.base import Prefill
+
+    s, log = make(kind, [100, 100], [2, 2], blocks=8, max_batched_tokens=64, add=False)
+    assert s.kv.alloc(8)
+    for i in (0, 1):
+        s.prefilling[i] = Prefill(i, 64, 100, 0, 0, -1, token=i + 1)
+    s.newest, s.admissions = [(1, 0), (2, 1)], 2
+    m = s.schedule()
+    assert m is not None and (m.kind, m.batch[2], m.batch[3]) == (PREFILL, 1, 36)
+    assert list(s.waiting) == [1] and log.preemptions.tolist() == [0, 1]
+
+
+def test_stale_candidates_are_dropped_and_recomputed_tokens_counted_once():
+    from simulator.serving.schedulers.base import Prefill
+
+    s, log = make("chunked", [100], [5], blocks=100, max_batched_tokens=64)
+    s.schedule()  # request 0 mid-prefill: a live candidate
+    s._drop_stale()
+    assert s.newest == [(1, 0)]
+    # it had computed 16 tokens before a preemption; a chunk of 8 from 16 recomputes nothing
+    s.computed[0] = 16
+    s._recomputed(Prefill(0, 16, 100, 0, 0, -1), 8)
+    assert 0 not in s.computed and log.recomputed == [0, 0, 0.0, 0]
+    # a chunk of 8 from 12 recomputes the 4 tokens it had up to 16 (after 12 cached)
+    s.computed[0] = 16
+    s._recomputed(Prefill(0, 12, 100, 0, 0, -1), 8)
+    assert 0 not in s.computed and log.recomputed == [1, 4, 4 * 12 + 4 * 5 / 2, 12]
+
+
+@pytest.mark.parametrize("kind", ["chunked", "prefill_first"])
+def test_a_swap_in_counts_the_prompts_mid_prefill_for_seats_and_the_reserve(kind):
+    """Request 0 decodes and request 1 is mid-prefill (56 of 100 tokens, 4 blocks; 95 of 100 blocks
+    free). A swapped-out request at the head of the queue comes back only if a seat is free
+    (2 sequences running fill max_batch_size 2) and its blocks leave the 1 % reserve (1 block)."""
+    def setup(**sv):
+        s, log = make(kind, [8, 100, 1000], [10, 10, 2000], blocks=100, max_batched_tokens=64, add=False, **sv)
+        s.add(0)
+        s.add(1)
+        s.on_step_done(s.schedule(), 1.0)
+        assert (s.decode.seqs, list(s.prefilling), s.kv.available) == (1, [1], 95)
+        return s
+
+    s = setup(max_batch_size=2)
+    s.swapped[2] = (8, 1)  # 1 block: room, but no seat
+    s.add(2)
+    s.schedule()
+    assert 2 in s.swapped and s.decode.seqs == 1
+    s = setup()
+    s.swapped[2] = (95 * 16 - 5, 3)  # 95 blocks: all that is free, none left for the reserve
+    s.add(2)
+    s.schedule()
+    assert 2 in s.swapped and s.decode.seqs == 1

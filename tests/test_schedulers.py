@@ -421,3 +421,18 @@ def test_a_swap_in_counts_the_prompts_mid_prefill_for_seats_and_the_reserve(kind
     s.add(2)
     s.schedule()
     assert 2 in s.swapped and s.decode.seqs == 1
+
+
+def test_a_request_that_ends_on_a_held_step_leaves_when_its_block_ends():
+    # 2 outputs in blocks of 2 steps: its prefill gives the first token, its second comes on the
+    # block's first (held) step; it leaves the replica there (the block ends early: nobody is
+    # left), the router's count drops to 0 and the next request is admitted at once
+    s, log = make("continuous", [4, 3], [2, 2], blocks=100, add=False, num_scheduler_steps=2)
+    s.add(0)
+    s.on_step_done(s.schedule(), 1.0)
+    m = s.schedule()
+    assert (m.kind, m.batch[:2], m.held, s.outstanding, s.block_left) == (DECODE, (1, 4), True, 1, 1)
+    s.on_step_done(m, 2.0)
+    assert log.finish_s[0] == 2.0 and (s.outstanding, s.block_left) == (0, 0)
+    s.add(1)
+    assert s.schedule().kind == PREFILL

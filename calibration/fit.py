@@ -196,11 +196,10 @@ def error_table(records: Sequence[Record], pred: np.ndarray, key: Callable[[Reco
 
 # -- parameters: get, set, bounds -----------------------------------------------------------------
 
-DICT_PARAMS = ("elementwise_memory", "elementwise_row_gbps", "elementwise_cache_gain", "gemm_memory_dtype",
-               "attn_prefill_compute_dtype", "attn_decode_compute_dtype")
 # per kind of record fitted apart in another dtype (own_dtypes): the one parameter such records set
 OWN_DTYPE_PARAM = {"gemm": "gemm_memory_dtype", "attn_prefill": "attn_prefill_compute_dtype",
                    "attn_decode": "attn_decode_compute_dtype"}
+DICT_PARAMS = ("elementwise_memory", "elementwise_row_gbps", "elementwise_cache_gain", *OWN_DTYPE_PARAM.values())
 # kernels that launch one thread block per token (vLLM-style rms_norm, rotary embedding,
 # silu_and_mul): only these get the per-row bound; torch's element-wise kernels (add, embedding
 # gather) spread over all elements
@@ -217,7 +216,7 @@ def get_param(eff: Efficiency, name: str) -> float:
         return float(eff.elementwise_cache_gain.get(cat, 0.0))
     if field == "gemm_memory_dtype":
         return float(eff.gemm_memory_dtype.get(cat, eff.gemv_memory or eff.gemm_memory))
-    if field in ("attn_prefill_compute_dtype", "attn_decode_compute_dtype"):
+    if field in (OWN_DTYPE_PARAM["attn_prefill"], OWN_DTYPE_PARAM["attn_decode"]):
         return float(getattr(eff, field).get(cat, getattr(eff, field.removesuffix("_dtype"))))
     if field == "elementwise_floor_us" and eff.elementwise_floor_us is None:
         return float(eff.floor_us)
@@ -241,8 +240,7 @@ def set_params(eff: Efficiency, values: dict[str, float]) -> Efficiency:
 
 def bounds(name: str) -> tuple[float, float]:
     """Bounds from the pydantic Field constraints (open ends closed by OPEN_BOUNDS)."""
-    if name.startswith(("elementwise_memory.", "gemm_memory_dtype.", "attn_prefill_compute_dtype.",
-                        "attn_decode_compute_dtype.")):
+    if name.startswith(("elementwise_memory.", *(f"{p}." for p in OWN_DTYPE_PARAM.values()))):
         return 1e-3, 1.0
     if name.startswith("elementwise_row_gbps."):
         return 0.5, 500.0

@@ -53,6 +53,16 @@ step() {  # step NAME SECONDS ARGS...: one momentsim command under a timeout, lo
     echo "## $name: exit $? at ${SECONDS} s" >>"$LOG"
 }
 
+validate_each() {  # validate_each PREFIX [ARGS...]: one validate per model into $OUT/v-PREFIX<model>,
+    local prefix=$1 i=0 m; shift   # each an even share of the time left: a timeout loses one model, not all
+    for m in $MODELS; do
+        [ "$(left)" -gt 60 ] || break
+        step "validate${*:+ $*} $m" "$(share $(( n - i )))" validate --device "$DEVICE" "$@" --hardware "$HW" \
+            --models "$m" --out "$OUT/v-$prefix${m%%:*}"
+        i=$(( i + 1 ))
+    done
+}
+
 set -- $MODELS
 n=$#
 if [ -z "${HW:-}" ]; then     # HW=PRESET|PROFILE skips the calibration; it leaves validation at least 2 minutes
@@ -61,24 +71,13 @@ if [ -z "${HW:-}" ]; then     # HW=PRESET|PROFILE skips the calibration; it leav
     HW=$OUT/profile-full.json
     [ -s "$HW" ] || HW=h200-sxm
 fi
-i=0
-for m in $MODELS; do          # one file per model: a timeout loses one model, not all
-    [ "$(left)" -gt 60 ] || break
-    step "validate $m" "$(share $(( n - i )))" validate --device "$DEVICE" --hardware "$HW" --models "$m" --out "$OUT/v-${m%%:*}"
-    i=$(( i + 1 ))
-done
+validate_each ""
 if [ "$DEVICE" = cuda ] && [ "$(left)" -gt 60 ]; then   # the tests that need a GPU (graph capture, CUDA timers)
     echo "## pytest -m cuda ($(date -u +%T))" >>"$LOG"
     timeout 45 "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider tests >>"$LOG" 2>&1
     echo "## pytest -m cuda: exit $? at ${SECONDS} s" >>"$LOG"
 fi
-i=0
-for m in $MODELS; do          # the wide cases, one file per model too, while time is left
-    [ "$(left)" -gt 60 ] || break
-    step "validate --wide $m" "$(share $(( n - i )))" validate --device "$DEVICE" --wide --hardware "$HW" --models "$m" \
-        --out "$OUT/v-wide-${m%%:*}"
-    i=$(( i + 1 ))
-done
+validate_each wide- --wide   # the wide cases, while time is left
 # keep the JSONs, drop what --repredict makes again (the tool brings back 8 files at most: the log,
 # the profile and 2 per model for 3 models)
 for d in "$OUT"/v-*; do
